@@ -1,0 +1,415 @@
+//! The engine: every operation the registry offers, in domain types.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde_json::{Map, Value, json};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::io::{self, AppendError};
+use crate::layout::Layout;
+use crate::manifest::{self, ManifestError};
+use crate::meta::{Meta, NewManifest, StoredManifest};
+use crate::name::{Reference, RepoName, UploadId};
+use crate::upload::{SessionState, Uploads};
+
+/// Number of lock stripes that order blob commits against blob deletes.
+const STRIPES: usize = 64;
+
+/// A byte range of a blob: first byte and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// Number of bytes.
+    pub len: u64,
+}
+
+/// A chunk the client declared with `Content-Range: start-end` (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRange {
+    /// First byte.
+    pub start: u64,
+    /// Last byte.
+    pub end: u64,
+}
+
+/// A stream of blob bytes; its memory use does not grow with the blob.
+pub struct BlobStream {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+}
+
+impl Stream for BlobStream {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Result of a manifest push.
+#[derive(Debug, Clone)]
+pub struct PushedManifest {
+    /// Digest of the stored bytes.
+    pub digest: Digest,
+    /// The `subject` the manifest refers to.
+    pub subject: Option<Digest>,
+}
+
+/// The storage engine.
+pub struct Engine {
+    layout: Layout,
+    meta: Arc<Meta>,
+    uploads: Uploads,
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Engine {
+    /// Open the storage rooted at `root`, creating it when missing.
+    pub async fn open(root: impl Into<std::path::PathBuf>) -> Result<Engine> {
+        let layout = Layout::new(root);
+        let l = layout.clone();
+        let meta = io::blocking(move || {
+            io::create_dir_all(&l.blobs_dir())?;
+            io::create_dir_all(&l.uploads_dir())?;
+            Meta::open(&l.meta()).map_err(std::io::Error::other)
+        })
+        .await?;
+        Ok(Engine {
+            uploads: Uploads::new(layout.clone()),
+            layout,
+            meta: Arc::new(meta),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &std::path::Path {
+        self.layout.root()
+    }
+
+    async fn meta<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Meta) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || f(&meta)).await.map_err(|e| Error::Meta(e.to_string()))?
+    }
+
+    fn stripe(&self, digest: &Digest) -> &Mutex<()> {
+        let b = u8::from_str_radix(&digest.hex()[..2], 16).unwrap_or(0) as usize;
+        &self.stripes[b % STRIPES]
+    }
+
+    // ---- blobs ----
+
+    /// Size of a blob the repository links.
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let (r, d) = (repo.clone(), digest.clone());
+        self.meta(move |m| m.repo_blob(&r, &d)).await?.ok_or_else(|| Error::BlobUnknown(digest.clone()))
+    }
+
+    /// Read `range` of a blob (the caller has checked it against the size).
+    pub async fn blob_read(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
+        let rx = io::read_range(self.layout.blob(digest), range.start, range.len).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound { Error::BlobUnknown(digest.clone()) } else { Error::Io(e) }
+        })?;
+        Ok(BlobStream { rx })
+    }
+
+    /// Unlink a blob from a repository; its file goes when no repository links it any more.
+    pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let _g = self.stripe(digest).lock().await;
+        let (r, d) = (repo.clone(), digest.clone());
+        match self.meta(move |m| m.unlink_blob(&r, &d)).await? {
+            None => Err(Error::BlobUnknown(digest.clone())),
+            Some(true) => Ok(io::remove_file(self.layout.blob(digest)).await?),
+            Some(false) => Ok(()),
+        }
+    }
+
+    /// Link an existing blob into `repo` from `from`, or from any repository when `from` is
+    /// `None`. Returns false when the blob is not available there.
+    pub async fn blob_mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
+        let _g = self.stripe(digest).lock().await;
+        let (r, d, f) = (repo.clone(), digest.clone(), from.cloned());
+        self.meta(move |m| {
+            let size = match &f {
+                Some(f) => m.repo_blob(f, &d)?,
+                None => m.blob(&d)?,
+            };
+            match size {
+                Some(size) => m.link_blob(&r, &d, size).map(|()| true),
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    // ---- uploads ----
+
+    /// Start an upload session.
+    pub async fn upload_start(&self, repo: &RepoName) -> Result<UploadId> {
+        Ok(self.uploads.start(repo).await?.id)
+    }
+
+    /// Bytes an upload session has received.
+    pub async fn upload_offset(&self, repo: &RepoName, id: UploadId) -> Result<u64> {
+        self.uploads.get(repo, id).await?.offset().await
+    }
+
+    /// Append a request body to a session. With `range`, the chunk must start at the current
+    /// offset and have exactly the declared length. Returns the new offset.
+    pub async fn upload_append<S, E>(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let session = self.uploads.get(repo, id).await?;
+        let mut state = session.lock()?;
+        append(&mut state, range, body).await?;
+        self.uploads.checkpoint(&session, state.offset, &state.hasher).await?;
+        Ok(state.offset)
+    }
+
+    /// Append an optional last chunk, check the digest, and commit the blob durably. On a digest
+    /// mismatch nothing is stored and the session is left as it was before this request.
+    /// Returns the blob's size.
+    pub async fn upload_finish<S, E>(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let session = self.uploads.get(repo, id).await?;
+        let mut state = session.lock()?;
+        let (before_offset, before_hasher) = (state.offset, state.hasher.clone());
+        append(&mut state, range, body).await?;
+        let actual = if digest.algorithm() == state.hasher.algorithm() {
+            state.hasher.finish()
+        } else {
+            let file = state.file.take().ok_or(Error::UploadUnknown)?;
+            let (file, h) = file.rehash(state.offset, Hasher::new(digest.algorithm())).await?;
+            state.file = Some(file);
+            h.finish()
+        };
+        if &actual != digest {
+            let file = state.file.take().ok_or(Error::UploadUnknown)?;
+            let (file, res) = file.truncate(before_offset).await;
+            state.file = Some(file);
+            res?;
+            state.offset = before_offset;
+            state.hasher = before_hasher;
+            return Err(Error::DigestMismatch { expected: digest.clone(), actual });
+        }
+        let size = state.offset;
+        let file = state.file.take().ok_or(Error::UploadUnknown)?;
+        {
+            let _g = self.stripe(digest).lock().await;
+            file.commit(self.layout.upload_data(id), self.layout.blob(digest)).await?;
+            let (r, d) = (repo.clone(), digest.clone());
+            self.meta(move |m| m.link_blob(&r, &d, size)).await?;
+        }
+        drop(state);
+        self.uploads.remove(id).await?;
+        Ok(size)
+    }
+
+    /// Cancel a session and delete what it received.
+    pub async fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<()> {
+        let session = self.uploads.get(repo, id).await?;
+        let mut state = session.lock()?;
+        state.file = None;
+        drop(state);
+        self.uploads.remove(id).await
+    }
+
+    /// Remove upload sessions idle for longer than `timeout`.
+    pub async fn reap_uploads(&self, timeout: Duration) -> Result<usize> {
+        self.uploads.reap(timeout).await
+    }
+
+    /// Number of upload sessions this process holds.
+    pub fn uploads_in_progress(&self) -> usize {
+        self.uploads.len()
+    }
+
+    // ---- manifests ----
+
+    /// Store a manifest under a tag or digest reference.
+    pub async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PushedManifest> {
+        let info = manifest::parse(content_type, &bytes).map_err(|e| match e {
+            ManifestError::TooLarge => Error::ManifestInvalid(e.to_string()),
+            ManifestError::Invalid(m) => Error::ManifestInvalid(m),
+        })?;
+        let algorithm = match reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => Algorithm::Sha256,
+        };
+        let digest = Digest::of(algorithm, &bytes);
+        if let Reference::Digest(d) = reference
+            && d != &digest
+        {
+            return Err(Error::DigestMismatch { expected: d.clone(), actual: digest });
+        }
+        let referrer = info.subject.as_ref().map(|s| {
+            let mut desc = Map::new();
+            desc.insert("mediaType".into(), json!(info.media_type));
+            desc.insert("digest".into(), json!(digest.to_string()));
+            desc.insert("size".into(), json!(bytes.len()));
+            if let Some(at) = &info.artifact_type {
+                desc.insert("artifactType".into(), json!(at));
+            }
+            if let Some(a) = &info.annotations {
+                desc.insert("annotations".into(), Value::Object(a.clone()));
+            }
+            (s.clone(), serde_json::to_vec(&desc).unwrap_or_default())
+        });
+        let (r, d, reference) = (repo.clone(), digest.clone(), reference.clone());
+        let subject = info.subject.clone();
+        self.meta(move |m| {
+            let tag = match &reference {
+                Reference::Tag(t) => Some(t),
+                Reference::Digest(_) => None,
+            };
+            m.put_manifest(NewManifest {
+                repo: &r,
+                digest: &d,
+                media_type: &info.media_type,
+                bytes: &bytes,
+                tag,
+                blobs: &info.blobs,
+                children: &info.children,
+                referrer: referrer.as_ref().map(|(s, desc)| (s, desc.clone())),
+            })
+        })
+        .await?;
+        Ok(PushedManifest { digest, subject })
+    }
+
+    /// A manifest by tag or digest.
+    pub async fn manifest_get(&self, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
+        let (r, re) = (repo.clone(), reference.clone());
+        self.meta(move |m| {
+            let digest = match &re {
+                Reference::Digest(d) => Some(d.clone()),
+                Reference::Tag(t) => m.resolve_tag(&r, t)?,
+            };
+            match digest {
+                Some(d) => m.manifest(&r, &d),
+                None => Ok(None),
+            }
+        })
+        .await?
+        .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))
+    }
+
+    /// Delete by digest (the manifest and every tag pointing at it) or by tag (the tag only).
+    pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let (r, re) = (repo.clone(), reference.clone());
+        let found = self
+            .meta(move |m| match &re {
+                Reference::Tag(t) => m.delete_tag(&r, t),
+                Reference::Digest(d) => {
+                    let Some(stored) = m.manifest(&r, d)? else { return Ok(false) };
+                    let subject = manifest::parse(Some(&stored.media_type), &stored.bytes).ok().and_then(|i| i.subject);
+                    m.delete_manifest(&r, d, subject.as_ref())
+                }
+            })
+            .await?;
+        if found { Ok(()) } else { Err(Error::ManifestUnknown(reference.to_string())) }
+    }
+
+    // ---- listings ----
+
+    /// A page of a repository's tags, sorted. Unknown repository → [`Error::NameUnknown`].
+    pub async fn tags(&self, repo: &RepoName, last: Option<String>, n: usize) -> Result<(Vec<String>, bool)> {
+        let r = repo.clone();
+        self.meta(move |m| {
+            if !m.repo_exists(&r)? {
+                return Err(Error::NameUnknown(r.to_string()));
+            }
+            m.tags(&r, last.as_deref(), n)
+        })
+        .await
+    }
+
+    /// A page of repository names, sorted.
+    pub async fn catalog(&self, last: Option<String>, n: usize) -> Result<(Vec<String>, bool)> {
+        self.meta(move |m| m.catalog(last.as_deref(), n)).await
+    }
+
+    /// Descriptors of the manifests in `repo` whose subject is `subject`, optionally only those
+    /// of one artifact type.
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Value>> {
+        let (r, s) = (repo.clone(), subject.clone());
+        let raw = self.meta(move |m| m.referrers(&r, &s)).await?;
+        Ok(raw
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
+            .filter(|d| artifact_type.is_none_or(|at| d.get("artifactType").and_then(Value::as_str) == Some(at)))
+            .collect())
+    }
+}
+
+/// Append a body to a locked session, enforcing a declared chunk range.
+async fn append<S, E>(state: &mut SessionState, range: Option<ChunkRange>, body: S) -> Result<()>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    if let Some(r) = range {
+        if r.start != state.offset {
+            return Err(Error::RangeMismatch { start: r.start, offset: state.offset });
+        }
+        if r.end < r.start {
+            return Err(Error::RangeMismatch { start: r.start, offset: state.offset });
+        }
+    }
+    let file = state.file.take().ok_or(Error::UploadUnknown)?;
+    let (file, hasher, res) = file.append(state.offset, state.hasher.clone(), body).await;
+    state.file = Some(file);
+    let written = match res {
+        Ok(n) => n,
+        Err(AppendError::Body(e)) => return Err(Error::Body(e)),
+        Err(AppendError::Io(e)) => return Err(Error::Io(e)),
+    };
+    if let Some(r) = range {
+        let declared = r.end - r.start + 1;
+        if written != declared {
+            let file = state.file.take().ok_or(Error::UploadUnknown)?;
+            let (file, res) = file.truncate(state.offset).await;
+            state.file = Some(file);
+            res?;
+            return Err(Error::SizeMismatch { declared, actual: written });
+        }
+    }
+    state.hasher = hasher;
+    state.offset += written;
+    Ok(())
+}

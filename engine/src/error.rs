@@ -1,0 +1,106 @@
+//! The engine's error type.
+
+use crate::digest::Digest;
+
+/// Why a string is not a valid name, tag, digest or id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Invalid repository name.
+    #[error("invalid repository name: {0}")]
+    Name(&'static str),
+    /// Invalid tag.
+    #[error("invalid tag: must match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
+    Tag,
+    /// Invalid digest.
+    #[error("invalid digest: {0}")]
+    Digest(&'static str),
+    /// Invalid upload id.
+    #[error("invalid upload id")]
+    UploadId,
+}
+
+/// Everything an engine operation can fail with. The server maps each variant to an OCI error
+/// code and HTTP status in one table.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The blob is not in the repository.
+    #[error("blob unknown to registry")]
+    BlobUnknown(Digest),
+    /// The upload session does not exist (or belongs to another repository).
+    #[error("blob upload unknown to registry")]
+    UploadUnknown,
+    /// Another request is writing to this upload session right now.
+    #[error("another request is writing to this upload session")]
+    UploadBusy,
+    /// A chunk does not start where the upload currently ends.
+    #[error("chunk starts at {start} but the upload has {offset} bytes")]
+    RangeMismatch {
+        /// First byte of the rejected chunk.
+        start: u64,
+        /// Bytes received so far.
+        offset: u64,
+    },
+    /// The body length disagrees with the declared length.
+    #[error("body has {actual} bytes but {declared} were declared")]
+    SizeMismatch {
+        /// Declared length.
+        declared: u64,
+        /// Received length.
+        actual: u64,
+    },
+    /// The uploaded content does not match the digest the client named.
+    #[error("digest did not match content: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The client's digest.
+        expected: Digest,
+        /// What the content hashes to.
+        actual: Digest,
+    },
+    /// The manifest is not in the repository.
+    #[error("manifest unknown to registry")]
+    ManifestUnknown(String),
+    /// The manifest cannot be accepted.
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    /// The manifest references content the repository does not have.
+    #[error("manifest references {0}, which is not in the repository")]
+    ManifestBlobUnknown(Digest),
+    /// The repository has no content.
+    #[error("repository name not known to registry")]
+    NameUnknown(String),
+    /// The client's body stream failed.
+    #[error("request body failed: {0}")]
+    Body(String),
+    /// Storage failure.
+    #[error("storage error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Metadata store failure.
+    #[error("metadata store error: {0}")]
+    Meta(String),
+}
+
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        Error::Meta(e.to_string())
+    }
+}
+
+macro_rules! meta_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Meta(e.to_string())
+            }
+        }
+    )*};
+}
+meta_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Engine result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

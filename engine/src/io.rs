@@ -1,0 +1,324 @@
+//! All disk I/O of the engine goes through this module.
+//!
+//! This is the std-fs engine: blocking file calls on tokio's blocking pool, with the body of an
+//! upload pipelined so that the network side keeps receiving while a blocking thread hashes and
+//! writes. An io_uring engine can replace the functions here without touching callers.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::digest::Hasher;
+
+/// How many request-body frames may wait for the writer thread.
+const PIPELINE_DEPTH: usize = 32;
+/// Size of the reads that serve a blob.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Run a blocking closure on the blocking pool.
+pub async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+/// The open data file of an upload session.
+#[derive(Debug)]
+pub struct UploadFile {
+    file: File,
+}
+
+impl UploadFile {
+    /// Create a new, empty session file (and its directory).
+    pub async fn create(path: PathBuf) -> io::Result<UploadFile> {
+        blocking(move || {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+            Ok(UploadFile { file })
+        })
+        .await
+    }
+
+    /// Reopen an existing session file, keeping only its first `len` bytes.
+    pub async fn reopen(path: PathBuf, len: u64) -> io::Result<UploadFile> {
+        blocking(move || {
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            if file.metadata()?.len() < len {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "upload data is shorter than its checkpoint"));
+            }
+            file.set_len(len)?;
+            Ok(UploadFile { file })
+        })
+        .await
+    }
+
+    /// Stream `body` to the end of the file at `offset`, feeding every byte to `hasher` in the
+    /// same pass. If the body fails, or `limit` is exceeded, the file is cut back to `offset` and
+    /// the hasher is left as it was, so a failed request changes nothing.
+    ///
+    /// Returns the number of bytes appended.
+    pub async fn append<S, E>(
+        self,
+        offset: u64,
+        hasher: Hasher,
+        body: S,
+    ) -> (UploadFile, Hasher, Result<u64, AppendError>)
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+        let before = hasher.clone();
+        let mut file = self.file;
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut hasher = hasher;
+            let mut written = 0u64;
+            let res = (|| {
+                file.seek(SeekFrom::Start(offset))?;
+                while let Some(frame) = rx.blocking_recv() {
+                    hasher.update(&frame);
+                    file.write_all(&frame)?;
+                    written += frame.len() as u64;
+                }
+                Ok::<_, io::Error>(())
+            })();
+            (file, hasher, written, res)
+        });
+
+        let mut body = std::pin::pin!(body);
+        let mut body_err = None;
+        while let Some(frame) = body.next().await {
+            match frame {
+                Ok(frame) if frame.is_empty() => {}
+                Ok(frame) => {
+                    if tx.send(frame).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    body_err = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let (file, hasher, written, res) = match writer.await {
+            Ok(v) => v,
+            Err(e) => panic!("upload writer thread panicked: {e}"),
+        };
+        let failure = match (res, body_err) {
+            (Err(e), _) => Some(AppendError::Io(e)),
+            (Ok(()), Some(e)) => Some(AppendError::Body(e)),
+            (Ok(()), None) => None,
+        };
+        match failure {
+            None => (UploadFile { file }, hasher, Ok(written)),
+            Some(err) => {
+                let (file, cut) = blocking_truncate(file, offset).await;
+                let err = match cut {
+                    Ok(()) => err,
+                    Err(e) => AppendError::Io(e),
+                };
+                (UploadFile { file }, before, Err(err))
+            }
+        }
+    }
+
+    /// Cut the file back to `len` bytes (used to undo an append that must not count).
+    pub async fn truncate(self, len: u64) -> (UploadFile, io::Result<()>) {
+        let (file, res) = blocking_truncate(self.file, len).await;
+        (UploadFile { file }, res)
+    }
+
+    /// Make the data durable and move it to `dest` (creating its directory). If `dest` already
+    /// exists the content is identical (same digest), so the new copy is dropped instead.
+    pub async fn commit(self, src: PathBuf, dest: PathBuf) -> io::Result<()> {
+        let file = self.file;
+        blocking(move || {
+            let dir = dest.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            if dest.exists() {
+                drop(file);
+                return fs::remove_file(&src);
+            }
+            file.sync_data()?;
+            drop(file);
+            fs::create_dir_all(dir)?;
+            fs::rename(&src, &dest)?;
+            sync_dir(dir)
+        })
+        .await
+    }
+
+    /// Hash the first `len` bytes of the file again (only when the client commits with a digest
+    /// algorithm other than the one the session hashed with).
+    pub async fn rehash(self, len: u64, mut hasher: Hasher) -> io::Result<(UploadFile, Hasher)> {
+        let mut file = self.file;
+        blocking(move || {
+            file.seek(SeekFrom::Start(0))?;
+            let mut buf = vec![0u8; READ_CHUNK];
+            let mut left = len;
+            while left > 0 {
+                let n = file.read(&mut buf[..READ_CHUNK.min(left as usize)])?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            Ok((UploadFile { file }, hasher))
+        })
+        .await
+    }
+}
+
+async fn blocking_truncate(file: File, len: u64) -> (File, io::Result<()>) {
+    let res = tokio::task::spawn_blocking(move || {
+        let r = file.set_len(len);
+        (file, r)
+    })
+    .await;
+    match res {
+        Ok(v) => v,
+        Err(e) => panic!("truncate thread panicked: {e}"),
+    }
+}
+
+/// Why an append failed.
+#[derive(Debug)]
+pub enum AppendError {
+    /// The client's body failed.
+    Body(String),
+    /// The disk failed.
+    Io(io::Error),
+}
+
+/// fsync a directory so a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Size of a file, or `None` when it does not exist.
+pub async fn file_len(path: PathBuf) -> io::Result<Option<u64>> {
+    blocking(move || match fs::metadata(&path) {
+        Ok(m) => Ok(Some(m.len())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await
+}
+
+/// Remove a file; a file that is already gone is not an error.
+pub async fn remove_file(path: PathBuf) -> io::Result<()> {
+    blocking(move || match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    })
+    .await
+}
+
+/// Remove a directory tree; one that is already gone is not an error.
+pub async fn remove_dir_all(path: PathBuf) -> io::Result<()> {
+    blocking(move || match fs::remove_dir_all(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    })
+    .await
+}
+
+/// Replace a small file atomically (write a sibling, rename over).
+pub async fn write_atomic(path: PathBuf, bytes: Vec<u8>) -> io::Result<()> {
+    blocking(move || {
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, &bytes)?;
+        fs::rename(&tmp, &path)
+    })
+    .await
+}
+
+/// Read a small file whole; `None` when it does not exist.
+pub async fn read_small(path: PathBuf) -> io::Result<Option<Vec<u8>>> {
+    blocking(move || match fs::read(&path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await
+}
+
+/// Names of the entries of a directory (empty when it does not exist).
+pub async fn list_dir(path: PathBuf) -> io::Result<Vec<String>> {
+    blocking(move || {
+        let rd = match fs::read_dir(&path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            if let Ok(name) = entry?.file_name().into_string() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// Create a directory and its parents.
+pub fn create_dir_all(path: &Path) -> io::Result<()> {
+    fs::create_dir_all(path)
+}
+
+/// Stream `len` bytes of the file at `path` from `start`, in chunks read on a blocking thread
+/// ahead of the consumer. Memory use is bounded by the channel depth, whatever the blob size.
+pub async fn read_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc::Receiver<io::Result<Bytes>>> {
+    let mut file = blocking(move || {
+        let mut f = File::open(&path)?;
+        f.seek(SeekFrom::Start(start))?;
+        Ok(f)
+    })
+    .await?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        while left > 0 {
+            let want = READ_CHUNK.min(left as usize);
+            let mut buf = BytesMut::zeroed(want);
+            let res = file.read(&mut buf);
+            let msg = match res {
+                Ok(0) => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                Ok(n) => {
+                    buf.truncate(n);
+                    left -= n as u64;
+                    Ok(buf.freeze())
+                }
+                Err(e) => Err(e),
+            };
+            let failed = msg.is_err();
+            if tx.blocking_send(msg).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Last modification time of a path, in seconds since the epoch; `None` when it is gone.
+pub async fn modified_secs(path: PathBuf) -> io::Result<Option<u64>> {
+    blocking(move || match fs::metadata(&path) {
+        Ok(m) => Ok(Some(
+            m.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await
+}

@@ -1,0 +1,28 @@
+//! Berth's storage engine.
+//!
+//! The engine knows nothing of HTTP. It owns every byte on disk and every metadata record, and
+//! speaks in validated domain types: [`Digest`], [`RepoName`], [`Tag`], [`Reference`],
+//! [`UploadId`]. Paths are built in one module ([`layout`]) from those types only, and all file
+//! I/O goes through one module ([`io`]).
+//!
+//! - Blobs are content-addressed files, one copy for all repositories.
+//! - Uploads stream to a session file while SHA-256 is computed in the same pass; the hash state
+//!   and offset are checkpointed after each request; commit checks the digest, syncs the data,
+//!   renames it into place and syncs the directory before the blob is linked.
+//! - Links, tags, manifests and referrers are records in an embedded transactional store.
+
+pub mod digest;
+pub mod engine;
+pub mod error;
+pub mod io;
+pub mod layout;
+pub mod manifest;
+pub mod meta;
+pub mod name;
+pub mod upload;
+
+pub use digest::{Algorithm, Digest, Hasher};
+pub use engine::{BlobStream, ByteRange, ChunkRange, Engine, PushedManifest};
+pub use error::{Error, ParseError, Result};
+pub use meta::StoredManifest;
+pub use name::{Reference, RepoName, Tag, UploadId};

@@ -1,0 +1,66 @@
+//! Tag lists, the catalog and referrers.
+
+use std::collections::HashMap;
+
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use berth_engine::manifest::OCI_INDEX;
+use berth_engine::{Digest, RepoName};
+
+use super::{App, Body, finish, full, json_response, query, response};
+use crate::error::{ApiError, Kind};
+
+/// `n` and `last` of a paginated listing; `n` is capped at the configured maximum.
+fn page_params(app: &App, q: &HashMap<String, String>) -> Result<(usize, Option<String>), ApiError> {
+    let n = match q.get("n") {
+        None => app.config.page_default,
+        Some(v) => v.parse::<usize>().map_err(|_| {
+            ApiError::new(Kind::PaginationNumberInvalid).message(format!("n must be a whole number from 0 to {}", app.config.page_max))
+        })?,
+    };
+    Ok((n.min(app.config.page_max), q.get("last").cloned().filter(|l| !l.is_empty())))
+}
+
+fn with_link(status: StatusCode, body: &serde_json::Value, next: Option<String>) -> Result<Response<Body>, ApiError> {
+    let mut resp = json_response(status, body)?;
+    if let Some(link) = next
+        && let Ok(v) = link.parse()
+    {
+        resp.headers_mut().insert(header::LINK, v);
+    }
+    Ok(resp)
+}
+
+fn next_link(path: &str, n: usize, items: &[String], more: bool) -> Option<String> {
+    let last = items.last().filter(|_| more)?;
+    let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+    Some(format!("<{path}?n={n}&last={last}>; rel=\"next\""))
+}
+
+pub(super) async fn tags(app: &App, repo: &RepoName, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (n, last) = page_params(app, &query(req.uri()))?;
+    let (tags, more) = app.engine.tags(repo, last, n).await?;
+    let next = next_link(&format!("/v2/{repo}/tags/list"), n, &tags, more);
+    with_link(StatusCode::OK, &json!({"name": repo.as_str(), "tags": tags}), next)
+}
+
+pub(super) async fn catalog(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (n, last) = page_params(app, &query(req.uri()))?;
+    let (repos, more) = app.engine.catalog(last, n).await?;
+    let next = next_link("/v2/_catalog", n, &repos, more);
+    with_link(StatusCode::OK, &json!({"repositories": repos}), next)
+}
+
+pub(super) async fn referrers(app: &App, repo: &RepoName, subject: &Digest, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = query(req.uri());
+    let artifact_type = q.get("artifactType").filter(|a| !a.is_empty());
+    let manifests = app.engine.referrers(repo, subject, artifact_type.map(String::as_str)).await?;
+    let body = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap_or_default();
+    let mut b = response(StatusCode::OK).header(header::CONTENT_TYPE, OCI_INDEX).header(header::CONTENT_LENGTH, body.len());
+    if artifact_type.is_some() {
+        b = b.header("oci-filters-applied", "artifactType");
+    }
+    finish(b, full(body))
+}

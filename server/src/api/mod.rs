@@ -1,0 +1,160 @@
+//! Request dispatch: route → handler, errors → OCI bodies, one access-log line per request.
+
+mod blob;
+mod listing;
+mod manifest;
+mod upload;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+
+use berth_engine::Engine;
+
+use crate::config::Config;
+use crate::error::{ApiError, Kind};
+use crate::route::{self, Route};
+
+/// Response body type.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Shared state of the server.
+pub struct App {
+    /// Storage.
+    pub engine: Engine,
+    /// Validated configuration.
+    pub config: Config,
+}
+
+/// `Docker-Distribution-API-Version` value sent on every response.
+pub const API_VERSION: &str = "registry/2.0";
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub(crate) fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A response builder with the registry's common headers.
+pub(crate) fn response(status: StatusCode) -> http::response::Builder {
+    Response::builder().status(status)
+}
+
+pub(crate) fn finish(b: http::response::Builder, body: Body) -> Result<Response<Body>, ApiError> {
+    b.body(body).map_err(|e| {
+        tracing::error!(error = %e, "building a response failed");
+        ApiError::new(Kind::Internal)
+    })
+}
+
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Result<Response<Body>, ApiError> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    finish(
+        response(status).header(header::CONTENT_TYPE, "application/json").header(header::CONTENT_LENGTH, bytes.len()),
+        full(bytes),
+    )
+}
+
+/// Decoded query parameters (first value wins).
+pub(crate) fn query(uri: &http::Uri) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    if let Some(q) = uri.query() {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+        }
+    }
+    out
+}
+
+pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn error_response(e: &ApiError, head: bool) -> Response<Body> {
+    let body = e.body();
+    let mut b = response(e.status())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, body.len());
+    for (k, v) in &e.headers {
+        b = b.header(k, v);
+    }
+    let body = if head { empty() } else { full(body) };
+    b.body(body).unwrap_or_else(|_| Response::new(empty()))
+}
+
+async fn dispatch(app: &App, route: &Route, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let method = req.method().clone();
+    match (route, &method) {
+        (Route::Base, &Method::GET | &Method::HEAD) => json_response(StatusCode::OK, &serde_json::json!({})),
+        (Route::Catalog, &Method::GET) => listing::catalog(app, &req).await,
+        (Route::Tags(repo), &Method::GET) => listing::tags(app, repo, &req).await,
+        (Route::Referrers(repo, d), &Method::GET) => listing::referrers(app, repo, d, &req).await,
+        (Route::Blob(repo, d), &Method::GET | &Method::HEAD) => blob::get(app, repo, d, &req).await,
+        (Route::Blob(repo, d), &Method::DELETE) => blob::delete(app, repo, d).await,
+        (Route::UploadStart(repo), &Method::POST) => upload::start(app, repo, req).await,
+        (Route::Upload(repo, id), &Method::PATCH) => upload::patch(app, repo, *id, req).await,
+        (Route::Upload(repo, id), &Method::PUT) => upload::put(app, repo, *id, req).await,
+        (Route::Upload(repo, id), &Method::GET) => upload::status(app, repo, *id).await,
+        (Route::Upload(repo, id), &Method::DELETE) => upload::cancel(app, repo, *id).await,
+        (Route::Manifest(repo, r), &Method::GET | &Method::HEAD) => manifest::get(app, repo, r, &method).await,
+        (Route::Manifest(repo, r), &Method::PUT) => manifest::put(app, repo, r, req).await,
+        (Route::Manifest(repo, r), &Method::DELETE) => manifest::delete(app, repo, r).await,
+        _ => Err(ApiError::new(Kind::MethodNotAllowed).message(format!("{method} is not allowed on this route"))),
+    }
+}
+
+/// Refuse a delete when deletes are switched off.
+pub(crate) fn check_delete_enabled(app: &App) -> Result<(), ApiError> {
+    if app.config.delete_enabled {
+        Ok(())
+    } else {
+        Err(ApiError::new(Kind::Unsupported).message(
+            "deletes are disabled on this registry; set storage.delete.enabled: true (env REGISTRY_STORAGE_DELETE_ENABLED=true) to allow them",
+        ))
+    }
+}
+
+/// Handle one request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
+    let bytes_in = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let route = route::parse(req.uri().path());
+    let (kind, repo) = match &route {
+        Ok(r) => (r.kind(), r.repo().map(|r| r.to_string())),
+        Err(_) => ("invalid", None),
+    };
+    let result = match route {
+        Ok(r) => dispatch(&app, &r, req).await,
+        Err(e) => Err(e),
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => error_response(&e, head),
+    };
+    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
+    if app.config.access_log {
+        let status = resp.status().as_u16();
+        let bytes_out = header_str(resp.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        tracing::info!(
+            target: "berth::access",
+            %method,
+            route = kind,
+            repo = repo.as_deref().unwrap_or("-"),
+            status,
+            bytes_in,
+            bytes_out,
+            ms = %format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
+            "request"
+        );
+    }
+    resp
+}

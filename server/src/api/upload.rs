@@ -1,0 +1,112 @@
+//! Upload sessions: `POST /v2/<name>/blobs/uploads/` (start, monolithic, mount) and
+//! `PATCH`/`PUT`/`GET`/`DELETE /v2/<name>/blobs/uploads/<id>`.
+
+use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use berth_engine::{ChunkRange, Digest, RepoName, UploadId};
+
+use super::{App, Body, empty, finish, header_str, query, response};
+use crate::error::{ApiError, Kind, upload_range};
+use crate::range::parse_content_range;
+
+/// Chunk size advertised in `OCI-Chunk-Min-Length`: chunks of at least this size keep request
+/// overhead small. Smaller chunks are still accepted.
+pub const CHUNK_MIN_LENGTH: u64 = 1024 * 1024;
+
+fn session_location(repo: &RepoName, id: UploadId) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+fn session_response(status: StatusCode, repo: &RepoName, id: UploadId, offset: u64) -> Result<Response<Body>, ApiError> {
+    finish(
+        response(status)
+            .header(header::LOCATION, session_location(repo, id))
+            .header(header::RANGE, upload_range(offset))
+            .header("docker-upload-uuid", id.to_string())
+            .header(header::CONTENT_LENGTH, 0),
+        empty(),
+    )
+}
+
+fn blob_created(repo: &RepoName, digest: &Digest) -> Result<Response<Body>, ApiError> {
+    finish(
+        response(StatusCode::CREATED)
+            .header(header::LOCATION, format!("/v2/{repo}/blobs/{digest}"))
+            .header("docker-content-digest", digest.to_string())
+            .header(header::CONTENT_LENGTH, 0),
+        empty(),
+    )
+}
+
+fn digest_param(q: &std::collections::HashMap<String, String>, name: &str) -> Result<Option<Digest>, ApiError> {
+    q.get(name).map(|d| d.parse::<Digest>().map_err(ApiError::from)).transpose()
+}
+
+async fn content_range(app: &App, repo: &RepoName, id: UploadId, req: &Request<Incoming>) -> Result<Option<ChunkRange>, ApiError> {
+    let Some(h) = header_str(req.headers(), header::CONTENT_RANGE) else { return Ok(None) };
+    match parse_content_range(h) {
+        Some(r) => Ok(Some(r)),
+        None => {
+            let offset = app.engine.upload_offset(repo, id).await?;
+            Err(ApiError::new(Kind::RangeInvalid)
+                .message(format!("malformed Content-Range {h:?}; send start-end, e.g. 0-1023"))
+                .header(header::RANGE, &upload_range(offset)))
+        }
+    }
+}
+
+pub(super) async fn start(app: &App, repo: &RepoName, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = query(req.uri());
+    if let Some(digest) = digest_param(&q, "mount")? {
+        let from = q.get("from").map(|f| f.parse::<RepoName>()).transpose()?;
+        if app.engine.blob_mount(repo, &digest, from.as_ref()).await? {
+            return blob_created(repo, &digest);
+        }
+    } else if let Some(digest) = digest_param(&q, "digest")? {
+        let id = app.engine.upload_start(repo).await?;
+        let body = req.into_body().into_data_stream();
+        return match app.engine.upload_finish(repo, id, &digest, None, body).await {
+            Ok(_) => blob_created(repo, &digest),
+            Err(e) => {
+                if let Err(c) = app.engine.upload_cancel(repo, id).await {
+                    tracing::warn!(error = %c, upload = %id, "removing a failed monolithic upload failed");
+                }
+                Err(e.into())
+            }
+        };
+    }
+    let id = app.engine.upload_start(repo).await?;
+    let mut resp = session_response(StatusCode::ACCEPTED, repo, id, 0)?;
+    resp.headers_mut().insert("oci-chunk-min-length", CHUNK_MIN_LENGTH.into());
+    Ok(resp)
+}
+
+pub(super) async fn patch(app: &App, repo: &RepoName, id: UploadId, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let range = content_range(app, repo, id, &req).await?;
+    let body = req.into_body().into_data_stream();
+    let offset = app.engine.upload_append(repo, id, range, body).await?;
+    session_response(StatusCode::ACCEPTED, repo, id, offset)
+}
+
+pub(super) async fn put(app: &App, repo: &RepoName, id: UploadId, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = query(req.uri());
+    let digest = digest_param(&q, "digest")?.ok_or_else(|| {
+        ApiError::new(Kind::DigestInvalid).message("the digest query parameter is required to complete an upload")
+    })?;
+    let range = content_range(app, repo, id, &req).await?;
+    let body = req.into_body().into_data_stream();
+    app.engine.upload_finish(repo, id, &digest, range, body).await?;
+    blob_created(repo, &digest)
+}
+
+pub(super) async fn status(app: &App, repo: &RepoName, id: UploadId) -> Result<Response<Body>, ApiError> {
+    let offset = app.engine.upload_offset(repo, id).await?;
+    session_response(StatusCode::NO_CONTENT, repo, id, offset)
+}
+
+pub(super) async fn cancel(app: &App, repo: &RepoName, id: UploadId) -> Result<Response<Body>, ApiError> {
+    app.engine.upload_cancel(repo, id).await?;
+    finish(response(StatusCode::NO_CONTENT), empty())
+}

@@ -1,0 +1,513 @@
+//! Configuration: a distribution-compatible `config.yml`, `REGISTRY_*` environment overrides and
+//! the short variable names users know, turned into a validated [`Config`] in one function.
+//! Every error names the setting (and its variable) and says what to do.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// One documented setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Dotted path in `config.yml` (`-` for a setting that exists only as a variable).
+    pub path: &'static str,
+    /// Environment variables that set it (first is the canonical one).
+    pub env: &'static [&'static str],
+    /// Default, as shown to users.
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+/// Every setting Berth reads. `docs/configuration.md` documents exactly these.
+pub const SETTINGS: &[Setting] = &[
+    Setting { path: "version", env: &[], default: "0.1", doc: "Configuration format version (accepted for compatibility)." },
+    Setting { path: "log.level", env: &["REGISTRY_LOG_LEVEL"], default: "info", doc: "error, warn, info, debug or trace." },
+    Setting { path: "log.formatter", env: &["REGISTRY_LOG_FORMATTER"], default: "text", doc: "text or json." },
+    Setting { path: "log.accesslog.disabled", env: &["REGISTRY_LOG_ACCESSLOG_DISABLED"], default: "false", doc: "Turn off the one-line-per-request log." },
+    Setting { path: "http.addr", env: &["REGISTRY_HTTP_ADDR"], default: "0.0.0.0:5000", doc: "Listen address, host:port (`:5000` means all interfaces)." },
+    Setting { path: "-", env: &["REGISTRY_HOST"], default: "(from http.addr)", doc: "Listen host only; overrides the host part of http.addr." },
+    Setting { path: "-", env: &["REGISTRY_PORT"], default: "(from http.addr)", doc: "Listen port only; overrides the port part of http.addr. A Kubernetes service link value such as tcp://10.0.0.7:5000 is ignored with a warning." },
+    Setting { path: "http.secret", env: &["REGISTRY_HTTP_SECRET"], default: "(none)", doc: "Accepted for compatibility; Berth's upload URLs need no signing secret." },
+    Setting { path: "storage.filesystem.rootdirectory", env: &["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "REGISTRY_STORAGE_PATH"], default: "./data", doc: "Directory for blobs, upload sessions and metadata." },
+    Setting { path: "storage.delete.enabled", env: &["REGISTRY_STORAGE_DELETE_ENABLED"], default: "false", doc: "Allow DELETE of blobs, manifests and tags (405 UNSUPPORTED otherwise)." },
+    Setting { path: "storage.maintenance.uploadpurging.age", env: &["REGISTRY_UPLOAD_TIMEOUT", "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE"], default: "3600s", doc: "An upload session idle this long is removed. Seconds, or a duration such as 90m." },
+    Setting { path: "storage.maintenance.uploadpurging.interval", env: &["REGISTRY_UPLOAD_CLEANUP_INTERVAL", "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_INTERVAL"], default: "300s", doc: "How often idle upload sessions are looked for." },
+    Setting { path: "storage.maintenance.uploadpurging.enabled", env: &["REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED"], default: "true", doc: "Remove idle upload sessions." },
+    Setting { path: "pagination.defaultlimit", env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"], default: "100", doc: "Page size of tag lists and the catalog when the client gives no n." },
+    Setting { path: "pagination.maxlimit", env: &["REGISTRY_PAGINATION_MAX_LIMIT"], default: "1000", doc: "Largest page; a larger n is capped to it." },
+];
+
+/// Sections of distribution's format that Berth reads but does not act on (yet); they are
+/// accepted with a warning rather than refused.
+const IGNORED_SECTIONS: &[&str] = &[
+    "notifications", "redis", "health", "proxy", "validation", "compatibility", "reporting", "middleware",
+    "storage.cache", "storage.redirect", "storage.tag", "http.debug", "http.headers", "http.relativeurls",
+    "http.draintimeout", "http.net", "http.prefix", "http.host", "log.fields", "log.hooks", "log.reportcaller", "loglevel",
+];
+
+/// Sections that change security or transport and that this version cannot honour: starting
+/// without them would expose the registry, so start-up stops with a message instead.
+const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
+    ("auth", "authentication is not available in this version of Berth; remove the auth section (and REGISTRY_AUTH_* variables) to run without authentication"),
+    ("http.tls", "TLS is not available in this version of Berth; terminate TLS in a proxy and remove http.tls"),
+];
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// File it came from, if any.
+    pub file: Option<PathBuf>,
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Storage root.
+    pub root: PathBuf,
+    /// Whether deletes are allowed.
+    pub delete_enabled: bool,
+    /// Log filter level.
+    pub log_level: String,
+    /// JSON logs.
+    pub log_json: bool,
+    /// One log line per request.
+    pub access_log: bool,
+    /// Idle upload session lifetime.
+    pub upload_timeout: Duration,
+    /// Reaper interval.
+    pub upload_cleanup_interval: Duration,
+    /// Whether idle sessions are reaped.
+    pub upload_purging: bool,
+    /// Default page size.
+    pub page_default: usize,
+    /// Largest page size.
+    pub page_max: usize,
+}
+
+/// A configuration that cannot be used; the message says which setting and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Where the configuration file is looked for when none is named.
+pub const DEFAULT_FILES: &[&str] = &["/etc/distribution/config.yml", "/etc/docker/registry/config.yml"];
+
+/// Load and validate. `explicit` is `--config` (or the positional argument); `env` is the
+/// process environment. Returns the config and warnings to log once logging is up.
+pub fn load(source: Source<'_>, env: &BTreeMap<String, String>) -> Result<(Config, Vec<String>), ConfigError> {
+    let file = match source {
+        Source::File(p) => Some(p.to_path_buf()),
+        Source::DefaultsOnly => None,
+        Source::Search => match env.get("REGISTRY_CONFIG").filter(|v| !v.is_empty()) {
+            Some(p) => Some(PathBuf::from(p)),
+            None => DEFAULT_FILES.iter().map(PathBuf::from).find(|p| p.is_file()),
+        },
+    };
+    let tree = match &file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(format!("cannot read configuration file {}: {e}", p.display())))?;
+            parse_yaml(&text).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
+        }
+        None => Value::Object(Map::new()),
+    };
+    match &file {
+        Some(p) => from_tree(tree, file.clone(), env).map_err(|e| ConfigError(format!("{}: {}", p.display(), e.0))),
+        None => from_tree(tree, None, env),
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// This file.
+    File(&'a Path),
+    /// `$REGISTRY_CONFIG`, then [`DEFAULT_FILES`], then built-in defaults.
+    Search,
+    /// Built-in defaults and environment variables only.
+    DefaultsOnly,
+}
+
+/// Parse YAML text into a tree (empty text is an empty config).
+pub fn parse_yaml(text: &str) -> Result<Value, String> {
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    let v: Value = serde_saphyr::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+    match v {
+        Value::Object(_) => Ok(v),
+        Value::Null => Ok(Value::Object(Map::new())),
+        _ => Err("the configuration must be a YAML mapping".into()),
+    }
+}
+
+/// Is this a variable Kubernetes injects for a Service (docker link style)? Such variables are
+/// named after the Service (`registry`, `registry-auth`, …) and must never stop the server.
+fn is_kubernetes_service_var(name: &str, value: &str) -> bool {
+    let parts: Vec<&str> = name.split('_').collect();
+    let n = parts.len();
+    let is_num = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // <SVC>_SERVICE_HOST, <SVC>_SERVICE_PORT, <SVC>_SERVICE_PORT_<PORTNAME>
+    if let Some(i) = parts.iter().rposition(|p| *p == "SERVICE")
+        && i > 0
+        && i + 1 < n
+        && (parts[i + 1] == "HOST" && i + 2 == n || parts[i + 1] == "PORT")
+    {
+        return true;
+    }
+    // <SVC>_PORT_<num>_<PROTO>[_ADDR|_PORT|_PROTO]
+    if let Some(i) = parts.iter().rposition(|p| *p == "PORT")
+        && i + 2 < n + 1
+        && i + 1 < n
+        && is_num(parts[i + 1])
+        && parts.get(i + 2).is_some_and(|p| matches!(*p, "TCP" | "UDP" | "SCTP"))
+    {
+        return true;
+    }
+    // <SVC>_PORT=tcp://ip:port
+    name.ends_with("_PORT") && ["tcp://", "udp://", "sctp://"].iter().any(|p| value.starts_with(p))
+}
+
+fn set_path(tree: &mut Value, path: &str, value: Value) {
+    let mut cur = tree;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        let obj = cur.as_object_mut().expect("just made an object");
+        if i + 1 == parts.len() {
+            obj.insert((*p).to_owned(), value);
+            return;
+        }
+        cur = obj.entry((*p).to_owned()).or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+fn get_path<'a>(tree: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(tree, |v, p| v.get(p)).filter(|v| !v.is_null())
+}
+
+/// Dotted paths of every leaf (and of empty mappings) in the tree.
+fn leaves(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                leaves(child, &p, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+fn env_names(path: &str) -> String {
+    SETTINGS
+        .iter()
+        .find(|s| s.path == path)
+        .map(|s| s.env.join(" or "))
+        .filter(|s| !s.is_empty())
+        .map(|s| format!(" (env {s})"))
+        .unwrap_or_default()
+}
+
+fn bad(path: &str, what: &str, got: &Value) -> ConfigError {
+    ConfigError(format!("{path}{}: expected {what}, got {got}", env_names(path)))
+}
+
+fn get_bool(tree: &Value, path: &str, default: bool) -> Result<bool, ConfigError> {
+    match get_path(tree, path) {
+        None => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(bad(path, "true or false", &Value::String(s.clone()))),
+        },
+        Some(v) => Err(bad(path, "true or false", v)),
+    }
+}
+
+fn get_str<'a>(tree: &'a Value, path: &str) -> Result<Option<&'a str>, ConfigError> {
+    match get_path(tree, path) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(v) => Err(bad(path, "a string", v)),
+    }
+}
+
+fn get_usize(tree: &Value, path: &str, default: usize) -> Result<usize, ConfigError> {
+    match get_path(tree, path) {
+        None => Ok(default),
+        Some(Value::Number(n)) => n.as_u64().map(|n| n as usize).ok_or_else(|| bad(path, "a positive whole number", &Value::Number(n.clone()))),
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| bad(path, "a positive whole number", &Value::String(s.clone()))),
+        Some(v) => Err(bad(path, "a positive whole number", v)),
+    }
+}
+
+/// Seconds as a number, or a duration string like `90s`, `5m`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            _ => return None,
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+fn get_duration(tree: &Value, path: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match get_path(tree, path) {
+        None => Ok(default),
+        Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs).ok_or_else(|| bad(path, "a duration such as 300s or 1h", &Value::Number(n.clone()))),
+        Some(Value::String(s)) => parse_duration(s).ok_or_else(|| bad(path, "a duration such as 300s or 1h", &Value::String(s.clone()))),
+        Some(v) => Err(bad(path, "a duration such as 300s or 1h", v)),
+    }
+}
+
+fn parse_host(host: &str) -> Option<IpAddr> {
+    match host.trim_start_matches('[').trim_end_matches(']') {
+        "" => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        "localhost" => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        h => h.parse().ok(),
+    }
+}
+
+/// Validate a tree (file contents with nothing applied yet) against the environment.
+pub fn from_tree(mut tree: Value, file: Option<PathBuf>, env: &BTreeMap<String, String>) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut warnings = Vec::new();
+    let mut host_override = None;
+    let mut port_override = None;
+    for (name, value) in env.iter().filter(|(k, _)| k.starts_with("REGISTRY_")) {
+        if name == "REGISTRY_CONFIG" {
+            continue;
+        }
+        if name == "REGISTRY_PORT" && !is_kubernetes_service_var(name, value) {
+            port_override = Some(value.clone());
+            continue;
+        }
+        if name == "REGISTRY_HOST" {
+            host_override = Some(value.clone());
+            continue;
+        }
+        if is_kubernetes_service_var(name, value) {
+            warnings.push(format!(
+                "ignoring {name}: it looks like a variable Kubernetes injects for a Service, not a Berth setting (set enableServiceLinks: false in the pod spec to stop them)"
+            ));
+            continue;
+        }
+        if name == "REGISTRY_AUTH_TYPE" && value.trim().eq_ignore_ascii_case("none") {
+            continue;
+        }
+        if let Some(s) = SETTINGS.iter().find(|s| s.env.contains(&name.as_str())) {
+            set_path(&mut tree, s.path, Value::String(value.clone()));
+            continue;
+        }
+        if name.starts_with("REGISTRY_AUTH_") {
+            set_path(&mut tree, "auth.env", Value::String(name.clone()));
+            continue;
+        }
+        if name.starts_with("REGISTRY_HTTP_TLS_") {
+            set_path(&mut tree, "http.tls.env", Value::String(name.clone()));
+            continue;
+        }
+        warnings.push(format!("ignoring {name}: not a Berth setting (see docs/configuration.md)"));
+    }
+
+    for (section, why) in UNSUPPORTED_SECTIONS {
+        if get_path(&tree, section).is_some() {
+            return Err(ConfigError(format!("{section}: {why}")));
+        }
+    }
+    let mut all = Vec::new();
+    leaves(&tree, "", &mut all);
+    for leaf in all.iter().filter(|l| !l.is_empty()) {
+        let known = SETTINGS.iter().any(|s| s.path == leaf);
+        let ignored = IGNORED_SECTIONS.iter().any(|s| leaf == s || leaf.starts_with(&format!("{s}.")));
+        if ignored {
+            warnings.push(format!("{leaf}: not used by Berth, ignored"));
+        } else if !known {
+            if leaf.starts_with("storage.") && !leaf.starts_with("storage.filesystem") && !leaf.starts_with("storage.delete") && !leaf.starts_with("storage.maintenance") {
+                let driver = leaf.split('.').nth(1).unwrap_or("");
+                return Err(ConfigError(format!(
+                    "storage.{driver}: this storage driver is not available in this version of Berth; use storage.filesystem.rootdirectory"
+                )));
+            }
+            warnings.push(format!("{leaf}: unknown setting, ignored (see docs/configuration.md)"));
+        }
+    }
+
+    let addr_text = get_str(&tree, "http.addr")?.unwrap_or("0.0.0.0:5000");
+    let (host, port) = addr_text.rsplit_once(':').ok_or_else(|| {
+        ConfigError(format!("http.addr (env REGISTRY_HTTP_ADDR): {addr_text:?} is not host:port, e.g. 0.0.0.0:5000 or :5000"))
+    })?;
+    let host = host_override.as_deref().unwrap_or(host);
+    let ip = parse_host(host).ok_or_else(|| {
+        ConfigError(format!("listen host {host:?} (http.addr / REGISTRY_HOST) is not an IP address; use 0.0.0.0, 127.0.0.1, :: or localhost"))
+    })?;
+    let port_text = port_override.as_deref().unwrap_or(port);
+    let port: u16 = port_text.trim().parse().map_err(|_| {
+        ConfigError(format!("listen port {port_text:?} (http.addr / REGISTRY_PORT) is not a port number between 0 and 65535"))
+    })?;
+
+    let root = get_str(&tree, "storage.filesystem.rootdirectory")?.unwrap_or("./data");
+    if root.trim().is_empty() {
+        return Err(ConfigError("storage.filesystem.rootdirectory (env REGISTRY_STORAGE_PATH) is empty; name a directory".into()));
+    }
+    let log_level = get_str(&tree, "log.level")?.unwrap_or("info").to_ascii_lowercase();
+    if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+        return Err(ConfigError(format!("log.level (env REGISTRY_LOG_LEVEL): {log_level:?} is not one of error, warn, info, debug, trace")));
+    }
+    let log_json = match get_str(&tree, "log.formatter")?.unwrap_or("text") {
+        "text" => false,
+        "json" => true,
+        other => return Err(ConfigError(format!("log.formatter (env REGISTRY_LOG_FORMATTER): {other:?} is not text or json"))),
+    };
+    let page_default = get_usize(&tree, "pagination.defaultlimit", 100)?;
+    let page_max = get_usize(&tree, "pagination.maxlimit", 1000)?;
+    if page_max == 0 || page_default == 0 {
+        return Err(ConfigError("pagination.defaultlimit and pagination.maxlimit (env REGISTRY_PAGINATION_DEFAULT_LIMIT, REGISTRY_PAGINATION_MAX_LIMIT) must be at least 1".into()));
+    }
+    if page_default > page_max {
+        return Err(ConfigError(format!(
+            "pagination.defaultlimit ({page_default}) is larger than pagination.maxlimit ({page_max}); raise REGISTRY_PAGINATION_MAX_LIMIT or lower REGISTRY_PAGINATION_DEFAULT_LIMIT"
+        )));
+    }
+    let upload_timeout = get_duration(&tree, "storage.maintenance.uploadpurging.age", Duration::from_secs(3600))?;
+    let upload_cleanup_interval = get_duration(&tree, "storage.maintenance.uploadpurging.interval", Duration::from_secs(300))?;
+    if upload_cleanup_interval.is_zero() {
+        return Err(ConfigError("storage.maintenance.uploadpurging.interval (env REGISTRY_UPLOAD_CLEANUP_INTERVAL) must be greater than 0".into()));
+    }
+    let config = Config {
+        file,
+        addr: SocketAddr::new(ip, port),
+        root: PathBuf::from(root),
+        delete_enabled: get_bool(&tree, "storage.delete.enabled", false)?,
+        log_level,
+        log_json,
+        access_log: !get_bool(&tree, "log.accesslog.disabled", false)?,
+        upload_timeout,
+        upload_cleanup_interval,
+        upload_purging: get_bool(&tree, "storage.maintenance.uploadpurging.enabled", true)?,
+        page_default,
+        page_max,
+    };
+    Ok((config, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load_str(yaml: &str, pairs: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
+        from_tree(parse_yaml(yaml).unwrap(), None, &env(pairs))
+    }
+
+    #[test]
+    fn defaults() {
+        let (c, w) = load_str("", &[]).unwrap();
+        assert_eq!(c.addr, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(c.root, PathBuf::from("./data"));
+        assert!(!c.delete_enabled);
+        assert_eq!(c.log_level, "info");
+        assert_eq!((c.page_default, c.page_max), (100, 1000));
+        assert_eq!(c.upload_timeout, Duration::from_secs(3600));
+        assert_eq!(c.upload_cleanup_interval, Duration::from_secs(300));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn distribution_file_and_env_overrides() {
+        let yaml = "version: 0.1\nlog: {level: debug}\nstorage:\n  filesystem: {rootdirectory: /var/lib/registry}\n  delete: {enabled: true}\n  cache: {blobdescriptor: inmemory}\nhttp: {addr: ':5001', secret: s}\n";
+        let (c, w) = load_str(yaml, &[]).unwrap();
+        assert_eq!(c.addr, "0.0.0.0:5001".parse().unwrap());
+        assert_eq!(c.root, PathBuf::from("/var/lib/registry"));
+        assert!(c.delete_enabled);
+        assert_eq!(c.log_level, "debug");
+        assert!(w.iter().any(|w| w.contains("storage.cache")));
+        let (c, _) = load_str(yaml, &[("REGISTRY_STORAGE_PATH", "/x"), ("REGISTRY_PORT", "6000"), ("REGISTRY_HOST", "127.0.0.1"), ("REGISTRY_STORAGE_DELETE_ENABLED", "false"), ("REGISTRY_UPLOAD_TIMEOUT", "60"), ("REGISTRY_PAGINATION_DEFAULT_LIMIT", "5")]).unwrap();
+        assert_eq!(c.root, PathBuf::from("/x"));
+        assert_eq!(c.addr, "127.0.0.1:6000".parse().unwrap());
+        assert!(!c.delete_enabled);
+        assert_eq!(c.upload_timeout, Duration::from_secs(60));
+        assert_eq!(c.page_default, 5);
+    }
+
+    #[test]
+    fn kubernetes_service_variables_are_ignored() {
+        let vars = [
+            ("REGISTRY_PORT", "tcp://10.0.0.7:5000"),
+            ("REGISTRY_PORT_5000_TCP", "tcp://10.0.0.7:5000"),
+            ("REGISTRY_PORT_5000_TCP_ADDR", "10.0.0.7"),
+            ("REGISTRY_PORT_5000_TCP_PORT", "5000"),
+            ("REGISTRY_PORT_5000_TCP_PROTO", "tcp"),
+            ("REGISTRY_SERVICE_HOST", "10.0.0.7"),
+            ("REGISTRY_SERVICE_PORT", "5000"),
+            ("REGISTRY_SERVICE_PORT_HTTP", "5000"),
+            ("REGISTRY_AUTH_PORT", "tcp://10.0.0.8:80"),
+            ("REGISTRY_AUTH_PORT_80_TCP_ADDR", "10.0.0.8"),
+            ("REGISTRY_AUTH_SERVICE_HOST", "10.0.0.8"),
+            ("REGISTRY_AUTH_SERVICE_PORT", "80"),
+        ];
+        let (c, w) = load_str("", &vars).unwrap();
+        assert_eq!(c.addr.port(), 5000);
+        assert_eq!(w.len(), vars.len(), "{w:?}");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = load_str("", &[("REGISTRY_HTTP_ADDR", "nonsense")]).unwrap_err().0;
+        assert!(e.contains("REGISTRY_HTTP_ADDR"), "{e}");
+        let e = load_str("", &[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")]).unwrap_err().0;
+        assert!(e.contains("storage.delete.enabled") && e.contains("REGISTRY_STORAGE_DELETE_ENABLED"), "{e}");
+        let e = load_str("", &[("REGISTRY_PAGINATION_DEFAULT_LIMIT", "2000")]).unwrap_err().0;
+        assert!(e.contains("pagination.maxlimit"), "{e}");
+        let e = load_str("storage: {s3: {bucket: b}}", &[]).unwrap_err().0;
+        assert!(e.contains("storage.s3"), "{e}");
+        let e = load_str("", &[("REGISTRY_UPLOAD_TIMEOUT", "soon")]).unwrap_err().0;
+        assert!(e.contains("REGISTRY_UPLOAD_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn auth_and_tls_refuse_to_start_rather_than_run_open() {
+        assert!(load_str("auth: {htpasswd: {realm: r, path: /p}}", &[]).unwrap_err().0.starts_with("auth"));
+        assert!(load_str("", &[("REGISTRY_AUTH_TYPE", "basic")]).is_err());
+        assert!(load_str("", &[("REGISTRY_AUTH_TYPE", "none")]).is_ok());
+        assert!(load_str("http: {tls: {certificate: c, key: k}}", &[]).unwrap_err().0.starts_with("http.tls"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10x"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

@@ -1,0 +1,240 @@
+//! OCI error responses: one table of error → code → status → message, and the mapping from
+//! engine errors. This is the only place where failures become HTTP statuses.
+
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+use berth_engine::{Error as EngineError, ParseError};
+
+/// Every error the API can answer with. Each variant is one row of [`Kind::row`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Blob not in the repository.
+    BlobUnknown,
+    /// Upload session in a bad state, or body failure.
+    BlobUploadInvalid,
+    /// Upload session being written by another request.
+    BlobUploadBusy,
+    /// Upload session not found.
+    BlobUploadUnknown,
+    /// Digest malformed or not matching content.
+    DigestInvalid,
+    /// Manifest references unknown content.
+    ManifestBlobUnknown,
+    /// Manifest malformed or unsupported.
+    ManifestInvalid,
+    /// Manifest larger than the limit.
+    ManifestTooLarge,
+    /// Manifest not found.
+    ManifestUnknown,
+    /// Repository name malformed.
+    NameInvalid,
+    /// Repository not known.
+    NameUnknown,
+    /// Tag malformed.
+    TagInvalid,
+    /// Content length disagrees with the declared length.
+    SizeInvalid,
+    /// Chunk range does not fit the upload.
+    RangeInvalid,
+    /// Requested byte range cannot be served.
+    RangeNotSatisfiable,
+    /// Pagination `n` malformed.
+    PaginationNumberInvalid,
+    /// Operation switched off or not supported.
+    Unsupported,
+    /// Method not allowed on this route.
+    MethodNotAllowed,
+    /// Route not found.
+    NotFound,
+    /// Too many requests.
+    TooManyRequests,
+    /// Storage is full.
+    StorageFull,
+    /// Anything else; details are logged, not sent.
+    Internal,
+}
+
+impl Kind {
+    /// (code, status, message)
+    pub fn row(self) -> (&'static str, StatusCode, &'static str) {
+        use Kind::*;
+        match self {
+            BlobUnknown => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND, "blob unknown to registry"),
+            BlobUploadInvalid => ("BLOB_UPLOAD_INVALID", StatusCode::BAD_REQUEST, "blob upload invalid"),
+            BlobUploadBusy => (
+                "BLOB_UPLOAD_INVALID",
+                StatusCode::CONFLICT,
+                "another request is writing to this upload session; retry when it has finished",
+            ),
+            BlobUploadUnknown => ("BLOB_UPLOAD_UNKNOWN", StatusCode::NOT_FOUND, "blob upload unknown to registry"),
+            DigestInvalid => (
+                "DIGEST_INVALID",
+                StatusCode::BAD_REQUEST,
+                "provided digest did not match uploaded content",
+            ),
+            ManifestBlobUnknown => (
+                "MANIFEST_BLOB_UNKNOWN",
+                StatusCode::BAD_REQUEST,
+                "manifest references a manifest or blob unknown to registry",
+            ),
+            ManifestInvalid => ("MANIFEST_INVALID", StatusCode::BAD_REQUEST, "manifest invalid"),
+            ManifestTooLarge => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE, "manifest is larger than 4 MiB"),
+            ManifestUnknown => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND, "manifest unknown to registry"),
+            NameInvalid => ("NAME_INVALID", StatusCode::BAD_REQUEST, "invalid repository name"),
+            NameUnknown => ("NAME_UNKNOWN", StatusCode::NOT_FOUND, "repository name not known to registry"),
+            TagInvalid => ("TAG_INVALID", StatusCode::BAD_REQUEST, "invalid tag"),
+            SizeInvalid => (
+                "SIZE_INVALID",
+                StatusCode::BAD_REQUEST,
+                "provided length did not match content length",
+            ),
+            RangeInvalid => ("RANGE_INVALID", StatusCode::RANGE_NOT_SATISFIABLE, "invalid content range"),
+            RangeNotSatisfiable => (
+                "RANGE_INVALID",
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "requested range not satisfiable",
+            ),
+            PaginationNumberInvalid => (
+                "PAGINATION_NUMBER_INVALID",
+                StatusCode::BAD_REQUEST,
+                "invalid number of results requested",
+            ),
+            Unsupported => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED, "the operation is unsupported"),
+            MethodNotAllowed => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route"),
+            NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such route in the registry API"),
+            TooManyRequests => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS, "too many requests"),
+            StorageFull => ("UNKNOWN", StatusCode::INSUFFICIENT_STORAGE, "the registry's storage is full"),
+            Internal => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+        }
+    }
+}
+
+/// An error response: a row of the table, optional detail and extra headers.
+#[derive(Debug)]
+pub struct ApiError {
+    /// Which row.
+    pub kind: Kind,
+    /// A message more specific than the table's, when there is one.
+    pub message: Option<String>,
+    /// The `detail` member.
+    pub detail: Value,
+    /// Extra response headers (e.g. `Range` on a 416).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    /// An error with the table's message.
+    pub fn new(kind: Kind) -> ApiError {
+        ApiError { kind, message: None, detail: Value::Null, headers: Vec::new() }
+    }
+
+    /// Replace the message.
+    pub fn message(mut self, m: impl Into<String>) -> ApiError {
+        self.message = Some(m.into());
+        self
+    }
+
+    /// Set the detail.
+    pub fn detail(mut self, d: Value) -> ApiError {
+        self.detail = d;
+        self
+    }
+
+    /// Add a response header.
+    pub fn header(mut self, name: header::HeaderName, value: &str) -> ApiError {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.kind.row().1
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        let (code, _, message) = self.kind.row();
+        let message = self.message.as_deref().unwrap_or(message);
+        let body = json!({"errors": [{"code": code, "message": message, "detail": self.detail}]});
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+impl From<Kind> for ApiError {
+    fn from(k: Kind) -> Self {
+        ApiError::new(k)
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(e: ParseError) -> Self {
+        let kind = match e {
+            ParseError::Name(_) => Kind::NameInvalid,
+            ParseError::Tag => Kind::TagInvalid,
+            ParseError::Digest(_) => Kind::DigestInvalid,
+            ParseError::UploadId => Kind::BlobUploadUnknown,
+        };
+        ApiError::new(kind).message(e.to_string())
+    }
+}
+
+/// The Range header value for an upload that has `offset` bytes.
+pub fn upload_range(offset: u64) -> String {
+    format!("0-{}", offset.saturating_sub(1))
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::BlobUnknown(d) => ApiError::new(Kind::BlobUnknown).detail(json!({"digest": d.to_string()})),
+            EngineError::UploadUnknown => Kind::BlobUploadUnknown.into(),
+            EngineError::UploadBusy => Kind::BlobUploadBusy.into(),
+            EngineError::RangeMismatch { start, offset } => ApiError::new(Kind::RangeInvalid)
+                .message(format!("chunk starts at byte {start} but the upload has {offset} bytes; send the chunk that starts at {offset}"))
+                .header(header::RANGE, &upload_range(offset)),
+            EngineError::SizeMismatch { declared, actual } => ApiError::new(Kind::SizeInvalid)
+                .message(format!("Content-Range declared {declared} bytes but the body had {actual}")),
+            EngineError::DigestMismatch { expected, actual } => ApiError::new(Kind::DigestInvalid)
+                .detail(json!({"expected": expected.to_string(), "actual": actual.to_string()})),
+            EngineError::ManifestUnknown(r) => ApiError::new(Kind::ManifestUnknown).detail(json!({"reference": r})),
+            EngineError::ManifestInvalid(m) => ApiError::new(Kind::ManifestInvalid).message(format!("manifest invalid: {m}")),
+            EngineError::ManifestBlobUnknown(d) => {
+                ApiError::new(Kind::ManifestBlobUnknown).detail(json!({"digest": d.to_string()}))
+            }
+            EngineError::NameUnknown(n) => ApiError::new(Kind::NameUnknown).detail(json!({"name": n})),
+            EngineError::Body(m) => ApiError::new(Kind::BlobUploadInvalid).message(format!("request body failed: {m}")),
+            EngineError::Io(e) if e.raw_os_error() == Some(28) => {
+                tracing::error!(error = %e, "storage full");
+                Kind::StorageFull.into()
+            }
+            e @ (EngineError::Io(_) | EngineError::Meta(_)) => {
+                tracing::error!(error = %e, "internal error");
+                Kind::Internal.into()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_spec_shape() {
+        let e = ApiError::new(Kind::BlobUnknown).detail(json!({"digest": "sha256:x"}));
+        let v: Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["errors"][0]["code"], "BLOB_UNKNOWN");
+        assert_eq!(v["errors"][0]["message"], "blob unknown to registry");
+        assert_eq!(v["errors"][0]["detail"]["digest"], "sha256:x");
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn upload_range_header() {
+        assert_eq!(upload_range(0), "0-0");
+        assert_eq!(upload_range(10), "0-9");
+    }
+}

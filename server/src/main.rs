@@ -1,0 +1,137 @@
+//! The `berth` binary.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use berth_engine::Engine;
+use berth_server::api::App;
+use berth_server::{config, serve};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "A fast OCI container registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry.
+    Serve {
+        /// Configuration file (distribution's config.yml format). Without one, $REGISTRY_CONFIG,
+        /// /etc/distribution/config.yml and /etc/docker/registry/config.yml are tried, then the
+        /// built-in defaults (./data, port 5000, no auth).
+        #[arg(value_name = "CONFIG")]
+        file: Option<PathBuf>,
+        /// Same as the positional CONFIG.
+        #[arg(long = "config", value_name = "CONFIG", conflicts_with = "file")]
+        config: Option<PathBuf>,
+        /// Do not look for a configuration file: built-in defaults and REGISTRY_* variables only.
+        #[arg(long, conflicts_with_all = ["file", "config"])]
+        no_config_file: bool,
+    },
+    /// Validate the configuration and print the settings in effect.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(value_name = "CONFIG")]
+        file: Option<PathBuf>,
+        /// Same as the positional CONFIG.
+        #[arg(long = "config", value_name = "CONFIG", conflicts_with = "file")]
+        config: Option<PathBuf>,
+        /// Do not look for a configuration file: built-in defaults and REGISTRY_* variables only.
+        #[arg(long, conflicts_with_all = ["file", "config"])]
+        no_config_file: bool,
+    },
+}
+
+fn init_logging(cfg: &config::Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},hyper=warn,h2=warn", cfg.log_level)));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if cfg.log_json { b.json().init() } else { b.init() }
+}
+
+fn load(file: Option<PathBuf>, no_config_file: bool) -> config::Config {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let source = match (&file, no_config_file) {
+        (Some(f), _) => config::Source::File(f),
+        (None, true) => config::Source::DefaultsOnly,
+        (None, false) => config::Source::Search,
+    };
+    match config::load(source, &env) {
+        Ok((cfg, warnings)) => {
+            init_logging(&cfg);
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            cfg
+        }
+        Err(e) => {
+            eprintln!("berth: configuration error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}
+
+async fn run(cfg: config::Config) -> Result<(), String> {
+    let engine = Engine::open(&cfg.root)
+        .await
+        .map_err(|e| format!("cannot open storage at {} (storage.filesystem.rootdirectory): {e}", cfg.root.display()))?;
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {} (http.addr / REGISTRY_HTTP_ADDR): {e}", cfg.addr))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        addr = %local,
+        storage = %cfg.root.display(),
+        config = %cfg.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into()),
+        delete = cfg.delete_enabled,
+        "berth {} listening", env!("CARGO_PKG_VERSION")
+    );
+    let app = Arc::new(App { engine, config: cfg });
+    serve::spawn_upload_reaper(app.clone());
+    serve::serve(app, listener, shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { file, config, no_config_file } => {
+            let cfg = load(file.or(config), no_config_file);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            if let Err(e) = rt.block_on(run(cfg)) {
+                tracing::error!("{e}");
+                eprintln!("berth: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::CheckConfig { file, config, no_config_file } => {
+            let cfg = load(file.or(config), no_config_file);
+            println!("{cfg:#?}");
+        }
+    }
+}

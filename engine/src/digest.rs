@@ -104,7 +104,10 @@ impl FromStr for Digest {
         if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(ParseError::Digest("encoded part must be lowercase hex"));
         }
-        Ok(Digest { algorithm, hex: hex.to_owned() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_owned(),
+        })
     }
 }
 
@@ -171,7 +174,10 @@ impl Hasher {
             Hasher::Sha256(h) => hex::encode(h.clone().finalize()),
             Hasher::Sha512(h) => hex::encode(h.clone().finalize()),
         };
-        Digest { algorithm: self.algorithm(), hex }
+        Digest {
+            algorithm: self.algorithm(),
+            hex,
+        }
     }
 
     /// Serialize the internal state: a version byte, an algorithm byte, then the state.

@@ -100,7 +100,9 @@ impl Engine {
         T: Send + 'static,
     {
         let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || f(&meta)).await.map_err(|e| Error::Meta(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&meta))
+            .await
+            .map_err(|e| Error::Meta(e.to_string()))?
     }
 
     fn stripe(&self, digest: &Digest) -> &Mutex<()> {
@@ -113,14 +115,22 @@ impl Engine {
     /// Size of a blob the repository links.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         let (r, d) = (repo.clone(), digest.clone());
-        self.meta(move |m| m.repo_blob(&r, &d)).await?.ok_or_else(|| Error::BlobUnknown(digest.clone()))
+        self.meta(move |m| m.repo_blob(&r, &d))
+            .await?
+            .ok_or_else(|| Error::BlobUnknown(digest.clone()))
     }
 
     /// Read `range` of a blob (the caller has checked it against the size).
     pub async fn blob_read(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
-        let rx = io::read_range(self.layout.blob(digest), range.start, range.len).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound { Error::BlobUnknown(digest.clone()) } else { Error::Io(e) }
-        })?;
+        let rx = io::read_range(self.layout.blob(digest), range.start, range.len)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::BlobUnknown(digest.clone())
+                } else {
+                    Error::Io(e)
+                }
+            })?;
         Ok(BlobStream { rx })
     }
 
@@ -219,13 +229,17 @@ impl Engine {
             res?;
             state.offset = before_offset;
             state.hasher = before_hasher;
-            return Err(Error::DigestMismatch { expected: digest.clone(), actual });
+            return Err(Error::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
         }
         let size = state.offset;
         let file = state.file.take().ok_or(Error::UploadUnknown)?;
         {
             let _g = self.stripe(digest).lock().await;
-            file.commit(self.layout.upload_data(id), self.layout.blob(digest)).await?;
+            file.commit(self.layout.upload_data(id), self.layout.blob(digest))
+                .await?;
             let (r, d) = (repo.clone(), digest.clone());
             self.meta(move |m| m.link_blob(&r, &d, size)).await?;
         }
@@ -275,7 +289,10 @@ impl Engine {
         if let Reference::Digest(d) = reference
             && d != &digest
         {
-            return Err(Error::DigestMismatch { expected: d.clone(), actual: digest });
+            return Err(Error::DigestMismatch {
+                expected: d.clone(),
+                actual: digest,
+            });
         }
         let referrer = info.subject.as_ref().map(|s| {
             let mut desc = Map::new();
@@ -336,13 +353,21 @@ impl Engine {
             .meta(move |m| match &re {
                 Reference::Tag(t) => m.delete_tag(&r, t),
                 Reference::Digest(d) => {
-                    let Some(stored) = m.manifest(&r, d)? else { return Ok(false) };
-                    let subject = manifest::parse(Some(&stored.media_type), &stored.bytes).ok().and_then(|i| i.subject);
+                    let Some(stored) = m.manifest(&r, d)? else {
+                        return Ok(false);
+                    };
+                    let subject = manifest::parse(Some(&stored.media_type), &stored.bytes)
+                        .ok()
+                        .and_then(|i| i.subject);
                     m.delete_manifest(&r, d, subject.as_ref())
                 }
             })
             .await?;
-        if found { Ok(()) } else { Err(Error::ManifestUnknown(reference.to_string())) }
+        if found {
+            Ok(())
+        } else {
+            Err(Error::ManifestUnknown(reference.to_string()))
+        }
     }
 
     // ---- listings ----
@@ -366,7 +391,12 @@ impl Engine {
 
     /// Descriptors of the manifests in `repo` whose subject is `subject`, optionally only those
     /// of one artifact type.
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Value>> {
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Value>> {
         let (r, s) = (repo.clone(), subject.clone());
         let raw = self.meta(move |m| m.referrers(&r, &s)).await?;
         Ok(raw
@@ -385,10 +415,16 @@ where
 {
     if let Some(r) = range {
         if r.start != state.offset {
-            return Err(Error::RangeMismatch { start: r.start, offset: state.offset });
+            return Err(Error::RangeMismatch {
+                start: r.start,
+                offset: state.offset,
+            });
         }
         if r.end < r.start {
-            return Err(Error::RangeMismatch { start: r.start, offset: state.offset });
+            return Err(Error::RangeMismatch {
+                start: r.start,
+                offset: state.offset,
+            });
         }
     }
     let file = state.file.take().ok_or(Error::UploadUnknown)?;
@@ -406,7 +442,10 @@ where
             let (file, res) = file.truncate(state.offset).await;
             state.file = Some(file);
             res?;
-            return Err(Error::SizeMismatch { declared, actual: written });
+            return Err(Error::SizeMismatch {
+                declared,
+                actual: written,
+            });
         }
     }
     state.hasher = hasher;

@@ -52,7 +52,10 @@ impl UploadFile {
         blocking(move || {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             if file.metadata()?.len() < len {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "upload data is shorter than its checkpoint"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upload data is shorter than its checkpoint",
+                ));
             }
             file.set_len(len)?;
             Ok(UploadFile { file })
@@ -143,7 +146,9 @@ impl UploadFile {
     pub async fn commit(self, src: PathBuf, dest: PathBuf) -> io::Result<()> {
         let file = self.file;
         blocking(move || {
-            let dir = dest.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            let dir = dest
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
             if dest.exists() {
                 drop(file);
                 return fs::remove_file(&src);
@@ -315,7 +320,10 @@ pub async fn read_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc:
 pub async fn modified_secs(path: PathBuf) -> io::Result<Option<u64>> {
     blocking(move || match fs::metadata(&path) {
         Ok(m) => Ok(Some(
-            m.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            m.modified()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),

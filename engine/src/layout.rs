@@ -46,7 +46,10 @@ impl Layout {
     /// The file holding a blob's bytes.
     pub fn blob(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.blobs_dir().join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
+        self.blobs_dir()
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
     }
 
     /// Directory of all upload sessions.
@@ -81,9 +84,7 @@ mod tests {
         let d = Digest::of(Algorithm::Sha256, b"");
         assert_eq!(
             l.blob(&d),
-            PathBuf::from(
-                "/r/blobs/sha256/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-            )
+            PathBuf::from("/r/blobs/sha256/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         );
     }
 }

@@ -132,7 +132,14 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<ManifestInfo, M
         .media_type
         .clone()
         .or_else(|| header.map(str::to_owned))
-        .unwrap_or_else(|| if raw.manifests.is_some() { OCI_INDEX } else { OCI_MANIFEST }.to_owned());
+        .unwrap_or_else(|| {
+            if raw.manifests.is_some() {
+                OCI_INDEX
+            } else {
+                OCI_MANIFEST
+            }
+            .to_owned()
+        });
     let kind = match media_type.as_str() {
         OCI_INDEX | DOCKER_LIST => Kind::Index,
         OCI_MANIFEST | DOCKER_MANIFEST => Kind::Image,
@@ -143,8 +150,14 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<ManifestInfo, M
     let mut children = Vec::new();
     match kind {
         Kind::Image => {
-            let config = raw.config.as_ref().ok_or_else(|| invalid("image manifest has no config"))?;
-            let layers = raw.layers.as_ref().ok_or_else(|| invalid("image manifest has no layers array"))?;
+            let config = raw
+                .config
+                .as_ref()
+                .ok_or_else(|| invalid("image manifest has no config"))?;
+            let layers = raw
+                .layers
+                .as_ref()
+                .ok_or_else(|| invalid("image manifest has no layers array"))?;
             if raw.manifests.is_some() {
                 return Err(invalid("an image manifest cannot have a manifests array"));
             }
@@ -156,7 +169,10 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<ManifestInfo, M
             }
         }
         Kind::Index => {
-            let list = raw.manifests.as_ref().ok_or_else(|| invalid("index has no manifests array"))?;
+            let list = raw
+                .manifests
+                .as_ref()
+                .ok_or_else(|| invalid("index has no manifests array"))?;
             if raw.layers.is_some() || raw.config.is_some() {
                 return Err(invalid("an index cannot have config or layers"));
             }
@@ -196,13 +212,18 @@ mod tests {
         let m = parse(Some(OCI_MANIFEST), image("").as_bytes()).unwrap();
         assert_eq!(m.kind, Kind::Image);
         assert_eq!(m.blobs.len(), 2);
-        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
         assert!(m.subject.is_none());
     }
 
     #[test]
     fn subject_and_artifact_type() {
-        let extra = format!(r#","artifactType":"application/x-sig","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":9}}"#);
+        let extra = format!(
+            r#","artifactType":"application/x-sig","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":9}}"#
+        );
         let m = parse(Some(OCI_MANIFEST), image(&extra).as_bytes()).unwrap();
         assert_eq!(m.subject.unwrap().to_string(), D1);
         assert_eq!(m.artifact_type.as_deref(), Some("application/x-sig"));
@@ -224,12 +245,22 @@ mod tests {
         assert!(parse(None, b"not json").is_err());
         assert!(parse(None, br#"{"schemaVersion":1,"name":"x"}"#).is_err());
         assert!(parse(Some("application/vnd.docker.distribution.manifest.v1+prettyjws"), b"{}").is_err());
-        assert!(parse(Some(OCI_INDEX), image("").as_bytes()).is_err(), "media type mismatch accepted");
+        assert!(
+            parse(Some(OCI_INDEX), image("").as_bytes()).is_err(),
+            "media type mismatch accepted"
+        );
         let bad_digest = image("").replace(D2, "sha256:nothex");
         assert!(parse(Some(OCI_MANIFEST), bad_digest.as_bytes()).is_err());
-        let deep = format!(r#"{{"schemaVersion":2,"annotations":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let deep = format!(
+            r#"{{"schemaVersion":2,"annotations":{}1{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         assert!(parse(None, deep.as_bytes()).is_err());
-        assert!(matches!(parse(None, &vec![b' '; MAX_MANIFEST_SIZE + 1]), Err(ManifestError::TooLarge)));
+        assert!(matches!(
+            parse(None, &vec![b' '; MAX_MANIFEST_SIZE + 1]),
+            Err(ManifestError::TooLarge)
+        ));
     }
 
     #[test]

@@ -93,7 +93,8 @@ impl Meta {
     pub fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(REPO_BLOBS)?;
-        Ok(t.get(key(&[repo.as_str(), &digest.to_string()]).as_str())?.map(|v| v.value()))
+        Ok(t.get(key(&[repo.as_str(), &digest.to_string()]).as_str())?
+            .map(|v| v.value()))
     }
 
     /// Size of a blob if any repository links it.
@@ -173,7 +174,8 @@ impl Meta {
             let refs = if newly_linked { refs + 1 } else { refs.max(1) };
             manifests.insert(d.as_str(), (refs, m.media_type, m.bytes))?;
             if let Some(tag) = m.tag {
-                tx.open_table(TAGS)?.insert(key(&[repo, tag.as_str()]).as_str(), d.as_str())?;
+                tx.open_table(TAGS)?
+                    .insert(key(&[repo, tag.as_str()]).as_str(), d.as_str())?;
             }
             if let Some((subject, descriptor)) = &m.referrer {
                 tx.open_table(REFERRERS)?
@@ -197,13 +199,21 @@ impl Meta {
     pub fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
         let tx = self.db.begin_read()?;
         let d = digest.to_string();
-        if tx.open_table(REPO_MANIFESTS)?.get(key(&[repo.as_str(), &d]).as_str())?.is_none() {
+        if tx
+            .open_table(REPO_MANIFESTS)?
+            .get(key(&[repo.as_str(), &d]).as_str())?
+            .is_none()
+        {
             return Ok(None);
         }
         let t = tx.open_table(MANIFESTS)?;
         Ok(t.get(d.as_str())?.map(|v| {
             let (_, media_type, bytes) = v.value();
-            StoredManifest { digest: digest.clone(), media_type: media_type.to_owned(), bytes: bytes.to_vec() }
+            StoredManifest {
+                digest: digest.clone(),
+                media_type: media_type.to_owned(),
+                bytes: bytes.to_vec(),
+            }
         }))
     }
 
@@ -245,7 +255,8 @@ impl Meta {
             }
             drop(tags);
             if let Some(subject) = subject {
-                tx.open_table(REFERRERS)?.remove(key(&[r, &subject.to_string(), &d]).as_str())?;
+                tx.open_table(REFERRERS)?
+                    .remove(key(&[r, &subject.to_string(), &d]).as_str())?;
             }
             forget_repo_if_empty(&tx, repo)?;
         }
@@ -256,7 +267,10 @@ impl Meta {
     /// Remove a tag. Returns false when it did not exist.
     pub fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         let tx = self.db.begin_write()?;
-        let removed = tx.open_table(TAGS)?.remove(key(&[repo.as_str(), tag.as_str()]).as_str())?.is_some();
+        let removed = tx
+            .open_table(TAGS)?
+            .remove(key(&[repo.as_str(), tag.as_str()]).as_str())?
+            .is_some();
         tx.commit()?;
         Ok(removed)
     }
@@ -278,7 +292,9 @@ impl Meta {
             None => Bound::Included(lo.as_str()),
         };
         let skip = lo.len();
-        page(t.range::<&str>((lower, Bound::Excluded(hi.as_str())))?, n, |k| k[skip..].to_owned())
+        page(t.range::<&str>((lower, Bound::Excluded(hi.as_str())))?, n, |k| {
+            k[skip..].to_owned()
+        })
     }
 
     /// Up to `n` repository names after `last`, sorted; the flag says whether more remain.
@@ -308,7 +324,9 @@ impl Meta {
 fn page<'a, V, I>(iter: I, n: usize, name: impl Fn(&str) -> String) -> Result<(Vec<String>, bool)>
 where
     V: redb::Value + 'static,
-    I: Iterator<Item = std::result::Result<(redb::AccessGuard<'a, &'static str>, redb::AccessGuard<'a, V>), redb::StorageError>>,
+    I: Iterator<
+        Item = std::result::Result<(redb::AccessGuard<'a, &'static str>, redb::AccessGuard<'a, V>), redb::StorageError>,
+    >,
 {
     let mut out = Vec::new();
     for e in iter {
@@ -325,7 +343,11 @@ where
 fn forget_repo_if_empty(tx: &redb::WriteTransaction, repo: &RepoName) -> Result<()> {
     let (lo, hi) = prefix_range(repo.as_str());
     let range = lo.as_str()..hi.as_str();
-    let has_blobs = tx.open_table(REPO_BLOBS)?.range::<&str>(range.clone())?.next().is_some();
+    let has_blobs = tx
+        .open_table(REPO_BLOBS)?
+        .range::<&str>(range.clone())?
+        .next()
+        .is_some();
     let has_manifests = tx.open_table(REPO_MANIFESTS)?.range::<&str>(range)?.next().is_some();
     if !has_blobs && !has_manifests {
         tx.open_table(REPOS)?.remove(repo.as_str())?;

@@ -111,8 +111,13 @@ impl FromStr for Tag {
         let ok = !b.is_empty()
             && b.len() <= 128
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
-        if ok { Ok(Tag(s.to_owned())) } else { Err(ParseError::Tag) }
+            && b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(Tag(s.to_owned()))
+        } else {
+            Err(ParseError::Tag)
+        }
     }
 }
 
@@ -176,7 +181,11 @@ impl FromStr for UploadId {
         // Only the canonical hyphenated lowercase form: one spelling per session.
         let id = uuid::Uuid::try_parse(s).map_err(|_| ParseError::UploadId)?;
         let canonical = id.hyphenated().to_string();
-        if canonical == s { Ok(UploadId(id)) } else { Err(ParseError::UploadId) }
+        if canonical == s {
+            Ok(UploadId(id))
+        } else {
+            Err(ParseError::UploadId)
+        }
     }
 }
 
@@ -198,12 +207,21 @@ mod tests {
 
     #[test]
     fn names() {
-        for good in ["a", "library/ubuntu", "a/b/c/d/e", "foo.bar", "a__b", "a---b", "x9/y_z", "0"] {
+        for good in [
+            "a",
+            "library/ubuntu",
+            "a/b/c/d/e",
+            "foo.bar",
+            "a__b",
+            "a---b",
+            "x9/y_z",
+            "0",
+        ] {
             assert!(good.parse::<RepoName>().is_ok(), "{good} rejected");
         }
         for bad in [
-            "", "A", "a/", "/a", "a//b", "a/../b", "..", "a/./b", "-a", "a-", "a___b", "a._b", "a%2eb",
-            "a b", "a\0b", "a\\b", "a.", "_a",
+            "", "A", "a/", "/a", "a//b", "a/../b", "..", "a/./b", "-a", "a-", "a___b", "a._b", "a%2eb", "a b", "a\0b",
+            "a\\b", "a.", "_a",
         ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad:?} accepted");
         }

@@ -15,7 +15,10 @@ use crate::layout::Layout;
 use crate::name::{RepoName, UploadId};
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The mutable part of a session, held while a request writes.
@@ -42,7 +45,10 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("id", &self.id).field("repo", &self.repo).finish()
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("repo", &self.repo)
+            .finish()
     }
 }
 
@@ -91,7 +97,10 @@ pub struct Uploads {
 impl Uploads {
     /// An empty table over `layout`.
     pub fn new(layout: Layout) -> Uploads {
-        Uploads { layout, table: papaya::HashMap::new() }
+        Uploads {
+            layout,
+            table: papaya::HashMap::new(),
+        }
     }
 
     /// Start a session.
@@ -104,9 +113,18 @@ impl Uploads {
             repo: repo.clone(),
             started: now,
             last_active: AtomicU64::new(now),
-            state: Mutex::new(SessionState { file: Some(file), hasher: Hasher::new(Algorithm::Sha256), offset: 0 }),
+            state: Mutex::new(SessionState {
+                file: Some(file),
+                hasher: Hasher::new(Algorithm::Sha256),
+                offset: 0,
+            }),
         });
-        self.checkpoint(&session, 0, &session.state.try_lock().map_err(|_| Error::UploadBusy)?.hasher).await?;
+        self.checkpoint(
+            &session,
+            0,
+            &session.state.try_lock().map_err(|_| Error::UploadBusy)?.hasher,
+        )
+        .await?;
         self.table.pin().insert(id, session.clone());
         Ok(session)
     }
@@ -129,17 +147,28 @@ impl Uploads {
     }
 
     async fn load(&self, id: UploadId) -> Result<Session> {
-        let raw = io::read_small(self.layout.upload_state(id)).await?.ok_or(Error::UploadUnknown)?;
+        let raw = io::read_small(self.layout.upload_state(id))
+            .await?
+            .ok_or(Error::UploadUnknown)?;
         let cp: Checkpoint = serde_json::from_slice(&raw).map_err(|_| Error::UploadUnknown)?;
         let repo: RepoName = cp.repo.parse().map_err(|_| Error::UploadUnknown)?;
-        let hasher = hex::decode(&cp.hash_state).ok().and_then(|b| Hasher::restore(&b)).ok_or(Error::UploadUnknown)?;
-        let file = UploadFile::reopen(self.layout.upload_data(id), cp.offset).await.map_err(|_| Error::UploadUnknown)?;
+        let hasher = hex::decode(&cp.hash_state)
+            .ok()
+            .and_then(|b| Hasher::restore(&b))
+            .ok_or(Error::UploadUnknown)?;
+        let file = UploadFile::reopen(self.layout.upload_data(id), cp.offset)
+            .await
+            .map_err(|_| Error::UploadUnknown)?;
         Ok(Session {
             id,
             repo,
             started: cp.started,
             last_active: AtomicU64::new(now_secs()),
-            state: Mutex::new(SessionState { file: Some(file), hasher, offset: cp.offset }),
+            state: Mutex::new(SessionState {
+                file: Some(file),
+                hasher,
+                offset: cp.offset,
+            }),
         })
     }
 

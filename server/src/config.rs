@@ -24,36 +24,142 @@ pub struct Setting {
 
 /// Every setting Berth reads. `docs/configuration.md` documents exactly these.
 pub const SETTINGS: &[Setting] = &[
-    Setting { path: "version", env: &[], default: "0.1", doc: "Configuration format version (accepted for compatibility)." },
-    Setting { path: "log.level", env: &["REGISTRY_LOG_LEVEL"], default: "info", doc: "error, warn, info, debug or trace." },
-    Setting { path: "log.formatter", env: &["REGISTRY_LOG_FORMATTER"], default: "text", doc: "text or json." },
-    Setting { path: "log.accesslog.disabled", env: &["REGISTRY_LOG_ACCESSLOG_DISABLED"], default: "false", doc: "Turn off the one-line-per-request log." },
-    Setting { path: "http.addr", env: &["REGISTRY_HTTP_ADDR"], default: "0.0.0.0:5000", doc: "Listen address, host:port (`:5000` means all interfaces)." },
-    Setting { path: "-", env: &["REGISTRY_HOST"], default: "(from http.addr)", doc: "Listen host only; overrides the host part of http.addr." },
-    Setting { path: "-", env: &["REGISTRY_PORT"], default: "(from http.addr)", doc: "Listen port only; overrides the port part of http.addr. A Kubernetes service link value such as tcp://10.0.0.7:5000 is ignored with a warning." },
-    Setting { path: "http.secret", env: &["REGISTRY_HTTP_SECRET"], default: "(none)", doc: "Accepted for compatibility; Berth's upload URLs need no signing secret." },
-    Setting { path: "storage.filesystem.rootdirectory", env: &["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "REGISTRY_STORAGE_PATH"], default: "./data", doc: "Directory for blobs, upload sessions and metadata." },
-    Setting { path: "storage.delete.enabled", env: &["REGISTRY_STORAGE_DELETE_ENABLED"], default: "false", doc: "Allow DELETE of blobs, manifests and tags (405 UNSUPPORTED otherwise)." },
-    Setting { path: "storage.maintenance.uploadpurging.age", env: &["REGISTRY_UPLOAD_TIMEOUT", "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE"], default: "3600s", doc: "An upload session idle this long is removed. Seconds, or a duration such as 90m." },
-    Setting { path: "storage.maintenance.uploadpurging.interval", env: &["REGISTRY_UPLOAD_CLEANUP_INTERVAL", "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_INTERVAL"], default: "300s", doc: "How often idle upload sessions are looked for." },
-    Setting { path: "storage.maintenance.uploadpurging.enabled", env: &["REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED"], default: "true", doc: "Remove idle upload sessions." },
-    Setting { path: "pagination.defaultlimit", env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"], default: "100", doc: "Page size of tag lists and the catalog when the client gives no n." },
-    Setting { path: "pagination.maxlimit", env: &["REGISTRY_PAGINATION_MAX_LIMIT"], default: "1000", doc: "Largest page; a larger n is capped to it." },
+    Setting {
+        path: "version",
+        env: &[],
+        default: "0.1",
+        doc: "Configuration format version (accepted for compatibility).",
+    },
+    Setting {
+        path: "log.level",
+        env: &["REGISTRY_LOG_LEVEL"],
+        default: "info",
+        doc: "error, warn, info, debug or trace.",
+    },
+    Setting {
+        path: "log.formatter",
+        env: &["REGISTRY_LOG_FORMATTER"],
+        default: "text",
+        doc: "text or json.",
+    },
+    Setting {
+        path: "log.accesslog.disabled",
+        env: &["REGISTRY_LOG_ACCESSLOG_DISABLED"],
+        default: "false",
+        doc: "Turn off the one-line-per-request log.",
+    },
+    Setting {
+        path: "http.addr",
+        env: &["REGISTRY_HTTP_ADDR"],
+        default: "0.0.0.0:5000",
+        doc: "Listen address, host:port (`:5000` means all interfaces).",
+    },
+    Setting {
+        path: "-",
+        env: &["REGISTRY_HOST"],
+        default: "(from http.addr)",
+        doc: "Listen host only; overrides the host part of http.addr.",
+    },
+    Setting {
+        path: "-",
+        env: &["REGISTRY_PORT"],
+        default: "(from http.addr)",
+        doc: "Listen port only; overrides the port part of http.addr. A Kubernetes service link value such as tcp://10.0.0.7:5000 is ignored with a warning.",
+    },
+    Setting {
+        path: "http.secret",
+        env: &["REGISTRY_HTTP_SECRET"],
+        default: "(none)",
+        doc: "Accepted for compatibility; Berth's upload URLs need no signing secret.",
+    },
+    Setting {
+        path: "storage.filesystem.rootdirectory",
+        env: &["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "REGISTRY_STORAGE_PATH"],
+        default: "./data",
+        doc: "Directory for blobs, upload sessions and metadata.",
+    },
+    Setting {
+        path: "storage.delete.enabled",
+        env: &["REGISTRY_STORAGE_DELETE_ENABLED"],
+        default: "false",
+        doc: "Allow DELETE of blobs, manifests and tags (405 UNSUPPORTED otherwise).",
+    },
+    Setting {
+        path: "storage.maintenance.uploadpurging.age",
+        env: &[
+            "REGISTRY_UPLOAD_TIMEOUT",
+            "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE",
+        ],
+        default: "3600s",
+        doc: "An upload session idle this long is removed. Seconds, or a duration such as 90m.",
+    },
+    Setting {
+        path: "storage.maintenance.uploadpurging.interval",
+        env: &[
+            "REGISTRY_UPLOAD_CLEANUP_INTERVAL",
+            "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_INTERVAL",
+        ],
+        default: "300s",
+        doc: "How often idle upload sessions are looked for.",
+    },
+    Setting {
+        path: "storage.maintenance.uploadpurging.enabled",
+        env: &["REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED"],
+        default: "true",
+        doc: "Remove idle upload sessions.",
+    },
+    Setting {
+        path: "pagination.defaultlimit",
+        env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"],
+        default: "100",
+        doc: "Page size of tag lists and the catalog when the client gives no n.",
+    },
+    Setting {
+        path: "pagination.maxlimit",
+        env: &["REGISTRY_PAGINATION_MAX_LIMIT"],
+        default: "1000",
+        doc: "Largest page; a larger n is capped to it.",
+    },
 ];
 
 /// Sections of distribution's format that Berth reads but does not act on (yet); they are
 /// accepted with a warning rather than refused.
 const IGNORED_SECTIONS: &[&str] = &[
-    "notifications", "redis", "health", "proxy", "validation", "compatibility", "reporting", "middleware",
-    "storage.cache", "storage.redirect", "storage.tag", "http.debug", "http.headers", "http.relativeurls",
-    "http.draintimeout", "http.net", "http.prefix", "http.host", "log.fields", "log.hooks", "log.reportcaller", "loglevel",
+    "notifications",
+    "redis",
+    "health",
+    "proxy",
+    "validation",
+    "compatibility",
+    "reporting",
+    "middleware",
+    "storage.cache",
+    "storage.redirect",
+    "storage.tag",
+    "http.debug",
+    "http.headers",
+    "http.relativeurls",
+    "http.draintimeout",
+    "http.net",
+    "http.prefix",
+    "http.host",
+    "log.fields",
+    "log.hooks",
+    "log.reportcaller",
+    "loglevel",
 ];
 
 /// Sections that change security or transport and that this version cannot honour: starting
 /// without them would expose the registry, so start-up stops with a message instead.
 const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
-    ("auth", "authentication is not available in this version of Berth; remove the auth section (and REGISTRY_AUTH_* variables) to run without authentication"),
-    ("http.tls", "TLS is not available in this version of Berth; terminate TLS in a proxy and remove http.tls"),
+    (
+        "auth",
+        "authentication is not available in this version of Berth; remove the auth section (and REGISTRY_AUTH_* variables) to run without authentication",
+    ),
+    (
+        "http.tls",
+        "TLS is not available in this version of Berth; terminate TLS in a proxy and remove http.tls",
+    ),
 ];
 
 /// The validated configuration.
@@ -194,7 +300,11 @@ fn leaves(v: &Value, prefix: &str, out: &mut Vec<String>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, child) in m {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 leaves(child, &p, out);
             }
         }
@@ -240,8 +350,14 @@ fn get_str<'a>(tree: &'a Value, path: &str) -> Result<Option<&'a str>, ConfigErr
 fn get_usize(tree: &Value, path: &str, default: usize) -> Result<usize, ConfigError> {
     match get_path(tree, path) {
         None => Ok(default),
-        Some(Value::Number(n)) => n.as_u64().map(|n| n as usize).ok_or_else(|| bad(path, "a positive whole number", &Value::Number(n.clone()))),
-        Some(Value::String(s)) => s.trim().parse().map_err(|_| bad(path, "a positive whole number", &Value::String(s.clone()))),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| bad(path, "a positive whole number", &Value::Number(n.clone()))),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map_err(|_| bad(path, "a positive whole number", &Value::String(s.clone()))),
         Some(v) => Err(bad(path, "a positive whole number", v)),
     }
 }
@@ -281,8 +397,13 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 fn get_duration(tree: &Value, path: &str, default: Duration) -> Result<Duration, ConfigError> {
     match get_path(tree, path) {
         None => Ok(default),
-        Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs).ok_or_else(|| bad(path, "a duration such as 300s or 1h", &Value::Number(n.clone()))),
-        Some(Value::String(s)) => parse_duration(s).ok_or_else(|| bad(path, "a duration such as 300s or 1h", &Value::String(s.clone()))),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Duration::from_secs)
+            .ok_or_else(|| bad(path, "a duration such as 300s or 1h", &Value::Number(n.clone()))),
+        Some(Value::String(s)) => {
+            parse_duration(s).ok_or_else(|| bad(path, "a duration such as 300s or 1h", &Value::String(s.clone())))
+        }
         Some(v) => Err(bad(path, "a duration such as 300s or 1h", v)),
     }
 }
@@ -296,7 +417,11 @@ fn parse_host(host: &str) -> Option<IpAddr> {
 }
 
 /// Validate a tree (file contents with nothing applied yet) against the environment.
-pub fn from_tree(mut tree: Value, file: Option<PathBuf>, env: &BTreeMap<String, String>) -> Result<(Config, Vec<String>), ConfigError> {
+pub fn from_tree(
+    mut tree: Value,
+    file: Option<PathBuf>,
+    env: &BTreeMap<String, String>,
+) -> Result<(Config, Vec<String>), ConfigError> {
     let mut warnings = Vec::new();
     let mut host_override = None;
     let mut port_override = None;
@@ -333,7 +458,9 @@ pub fn from_tree(mut tree: Value, file: Option<PathBuf>, env: &BTreeMap<String, 
             set_path(&mut tree, "http.tls.env", Value::String(name.clone()));
             continue;
         }
-        warnings.push(format!("ignoring {name}: not a Berth setting (see docs/configuration.md)"));
+        warnings.push(format!(
+            "ignoring {name}: not a Berth setting (see docs/configuration.md)"
+        ));
     }
 
     for (section, why) in UNSUPPORTED_SECTIONS {
@@ -345,11 +472,17 @@ pub fn from_tree(mut tree: Value, file: Option<PathBuf>, env: &BTreeMap<String, 
     leaves(&tree, "", &mut all);
     for leaf in all.iter().filter(|l| !l.is_empty()) {
         let known = SETTINGS.iter().any(|s| s.path == leaf);
-        let ignored = IGNORED_SECTIONS.iter().any(|s| leaf == s || leaf.starts_with(&format!("{s}.")));
+        let ignored = IGNORED_SECTIONS
+            .iter()
+            .any(|s| leaf == s || leaf.starts_with(&format!("{s}.")));
         if ignored {
             warnings.push(format!("{leaf}: not used by Berth, ignored"));
         } else if !known {
-            if leaf.starts_with("storage.") && !leaf.starts_with("storage.filesystem") && !leaf.starts_with("storage.delete") && !leaf.starts_with("storage.maintenance") {
+            if leaf.starts_with("storage.")
+                && !leaf.starts_with("storage.filesystem")
+                && !leaf.starts_with("storage.delete")
+                && !leaf.starts_with("storage.maintenance")
+            {
                 let driver = leaf.split('.').nth(1).unwrap_or("");
                 return Err(ConfigError(format!(
                     "storage.{driver}: this storage driver is not available in this version of Berth; use storage.filesystem.rootdirectory"
@@ -361,7 +494,9 @@ pub fn from_tree(mut tree: Value, file: Option<PathBuf>, env: &BTreeMap<String, 
 
     let addr_text = get_str(&tree, "http.addr")?.unwrap_or("0.0.0.0:5000");
     let (host, port) = addr_text.rsplit_once(':').ok_or_else(|| {
-        ConfigError(format!("http.addr (env REGISTRY_HTTP_ADDR): {addr_text:?} is not host:port, e.g. 0.0.0.0:5000 or :5000"))
+        ConfigError(format!(
+            "http.addr (env REGISTRY_HTTP_ADDR): {addr_text:?} is not host:port, e.g. 0.0.0.0:5000 or :5000"
+        ))
     })?;
     let host = host_override.as_deref().unwrap_or(host);
     let ip = parse_host(host).ok_or_else(|| {
@@ -369,21 +504,31 @@ pub fn from_tree(mut tree: Value, file: Option<PathBuf>, env: &BTreeMap<String, 
     })?;
     let port_text = port_override.as_deref().unwrap_or(port);
     let port: u16 = port_text.trim().parse().map_err(|_| {
-        ConfigError(format!("listen port {port_text:?} (http.addr / REGISTRY_PORT) is not a port number between 0 and 65535"))
+        ConfigError(format!(
+            "listen port {port_text:?} (http.addr / REGISTRY_PORT) is not a port number between 0 and 65535"
+        ))
     })?;
 
     let root = get_str(&tree, "storage.filesystem.rootdirectory")?.unwrap_or("./data");
     if root.trim().is_empty() {
-        return Err(ConfigError("storage.filesystem.rootdirectory (env REGISTRY_STORAGE_PATH) is empty; name a directory".into()));
+        return Err(ConfigError(
+            "storage.filesystem.rootdirectory (env REGISTRY_STORAGE_PATH) is empty; name a directory".into(),
+        ));
     }
     let log_level = get_str(&tree, "log.level")?.unwrap_or("info").to_ascii_lowercase();
     if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-        return Err(ConfigError(format!("log.level (env REGISTRY_LOG_LEVEL): {log_level:?} is not one of error, warn, info, debug, trace")));
+        return Err(ConfigError(format!(
+            "log.level (env REGISTRY_LOG_LEVEL): {log_level:?} is not one of error, warn, info, debug, trace"
+        )));
     }
     let log_json = match get_str(&tree, "log.formatter")?.unwrap_or("text") {
         "text" => false,
         "json" => true,
-        other => return Err(ConfigError(format!("log.formatter (env REGISTRY_LOG_FORMATTER): {other:?} is not text or json"))),
+        other => {
+            return Err(ConfigError(format!(
+                "log.formatter (env REGISTRY_LOG_FORMATTER): {other:?} is not text or json"
+            )));
+        }
     };
     let page_default = get_usize(&tree, "pagination.defaultlimit", 100)?;
     let page_max = get_usize(&tree, "pagination.maxlimit", 1000)?;
@@ -395,10 +540,21 @@ pub fn from_tree(mut tree: Value, file: Option<PathBuf>, env: &BTreeMap<String, 
             "pagination.defaultlimit ({page_default}) is larger than pagination.maxlimit ({page_max}); raise REGISTRY_PAGINATION_MAX_LIMIT or lower REGISTRY_PAGINATION_DEFAULT_LIMIT"
         )));
     }
-    let upload_timeout = get_duration(&tree, "storage.maintenance.uploadpurging.age", Duration::from_secs(3600))?;
-    let upload_cleanup_interval = get_duration(&tree, "storage.maintenance.uploadpurging.interval", Duration::from_secs(300))?;
+    let upload_timeout = get_duration(
+        &tree,
+        "storage.maintenance.uploadpurging.age",
+        Duration::from_secs(3600),
+    )?;
+    let upload_cleanup_interval = get_duration(
+        &tree,
+        "storage.maintenance.uploadpurging.interval",
+        Duration::from_secs(300),
+    )?;
     if upload_cleanup_interval.is_zero() {
-        return Err(ConfigError("storage.maintenance.uploadpurging.interval (env REGISTRY_UPLOAD_CLEANUP_INTERVAL) must be greater than 0".into()));
+        return Err(ConfigError(
+            "storage.maintenance.uploadpurging.interval (env REGISTRY_UPLOAD_CLEANUP_INTERVAL) must be greater than 0"
+                .into(),
+        ));
     }
     let config = Config {
         file,
@@ -451,7 +607,18 @@ mod tests {
         assert!(c.delete_enabled);
         assert_eq!(c.log_level, "debug");
         assert!(w.iter().any(|w| w.contains("storage.cache")));
-        let (c, _) = load_str(yaml, &[("REGISTRY_STORAGE_PATH", "/x"), ("REGISTRY_PORT", "6000"), ("REGISTRY_HOST", "127.0.0.1"), ("REGISTRY_STORAGE_DELETE_ENABLED", "false"), ("REGISTRY_UPLOAD_TIMEOUT", "60"), ("REGISTRY_PAGINATION_DEFAULT_LIMIT", "5")]).unwrap();
+        let (c, _) = load_str(
+            yaml,
+            &[
+                ("REGISTRY_STORAGE_PATH", "/x"),
+                ("REGISTRY_PORT", "6000"),
+                ("REGISTRY_HOST", "127.0.0.1"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "false"),
+                ("REGISTRY_UPLOAD_TIMEOUT", "60"),
+                ("REGISTRY_PAGINATION_DEFAULT_LIMIT", "5"),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.root, PathBuf::from("/x"));
         assert_eq!(c.addr, "127.0.0.1:6000".parse().unwrap());
         assert!(!c.delete_enabled);
@@ -484,9 +651,16 @@ mod tests {
     fn errors_name_the_setting() {
         let e = load_str("", &[("REGISTRY_HTTP_ADDR", "nonsense")]).unwrap_err().0;
         assert!(e.contains("REGISTRY_HTTP_ADDR"), "{e}");
-        let e = load_str("", &[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")]).unwrap_err().0;
-        assert!(e.contains("storage.delete.enabled") && e.contains("REGISTRY_STORAGE_DELETE_ENABLED"), "{e}");
-        let e = load_str("", &[("REGISTRY_PAGINATION_DEFAULT_LIMIT", "2000")]).unwrap_err().0;
+        let e = load_str("", &[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")])
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("storage.delete.enabled") && e.contains("REGISTRY_STORAGE_DELETE_ENABLED"),
+            "{e}"
+        );
+        let e = load_str("", &[("REGISTRY_PAGINATION_DEFAULT_LIMIT", "2000")])
+            .unwrap_err()
+            .0;
         assert!(e.contains("pagination.maxlimit"), "{e}");
         let e = load_str("storage: {s3: {bucket: b}}", &[]).unwrap_err().0;
         assert!(e.contains("storage.s3"), "{e}");
@@ -496,10 +670,20 @@ mod tests {
 
     #[test]
     fn auth_and_tls_refuse_to_start_rather_than_run_open() {
-        assert!(load_str("auth: {htpasswd: {realm: r, path: /p}}", &[]).unwrap_err().0.starts_with("auth"));
+        assert!(
+            load_str("auth: {htpasswd: {realm: r, path: /p}}", &[])
+                .unwrap_err()
+                .0
+                .starts_with("auth")
+        );
         assert!(load_str("", &[("REGISTRY_AUTH_TYPE", "basic")]).is_err());
         assert!(load_str("", &[("REGISTRY_AUTH_TYPE", "none")]).is_ok());
-        assert!(load_str("http: {tls: {certificate: c, key: k}}", &[]).unwrap_err().0.starts_with("http.tls"));
+        assert!(
+            load_str("http: {tls: {certificate: c, key: k}}", &[])
+                .unwrap_err()
+                .0
+                .starts_with("http.tls")
+        );
     }
 
     #[test]

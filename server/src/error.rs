@@ -67,7 +67,11 @@ impl Kind {
                 StatusCode::CONFLICT,
                 "another request is writing to this upload session; retry when it has finished",
             ),
-            BlobUploadUnknown => ("BLOB_UPLOAD_UNKNOWN", StatusCode::NOT_FOUND, "blob upload unknown to registry"),
+            BlobUploadUnknown => (
+                "BLOB_UPLOAD_UNKNOWN",
+                StatusCode::NOT_FOUND,
+                "blob upload unknown to registry",
+            ),
             DigestInvalid => (
                 "DIGEST_INVALID",
                 StatusCode::BAD_REQUEST,
@@ -79,17 +83,33 @@ impl Kind {
                 "manifest references a manifest or blob unknown to registry",
             ),
             ManifestInvalid => ("MANIFEST_INVALID", StatusCode::BAD_REQUEST, "manifest invalid"),
-            ManifestTooLarge => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE, "manifest is larger than 4 MiB"),
-            ManifestUnknown => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND, "manifest unknown to registry"),
+            ManifestTooLarge => (
+                "SIZE_INVALID",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "manifest is larger than 4 MiB",
+            ),
+            ManifestUnknown => (
+                "MANIFEST_UNKNOWN",
+                StatusCode::NOT_FOUND,
+                "manifest unknown to registry",
+            ),
             NameInvalid => ("NAME_INVALID", StatusCode::BAD_REQUEST, "invalid repository name"),
-            NameUnknown => ("NAME_UNKNOWN", StatusCode::NOT_FOUND, "repository name not known to registry"),
+            NameUnknown => (
+                "NAME_UNKNOWN",
+                StatusCode::NOT_FOUND,
+                "repository name not known to registry",
+            ),
             TagInvalid => ("TAG_INVALID", StatusCode::BAD_REQUEST, "invalid tag"),
             SizeInvalid => (
                 "SIZE_INVALID",
                 StatusCode::BAD_REQUEST,
                 "provided length did not match content length",
             ),
-            RangeInvalid => ("RANGE_INVALID", StatusCode::RANGE_NOT_SATISFIABLE, "invalid content range"),
+            RangeInvalid => (
+                "RANGE_INVALID",
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "invalid content range",
+            ),
             RangeNotSatisfiable => (
                 "RANGE_INVALID",
                 StatusCode::RANGE_NOT_SATISFIABLE,
@@ -100,11 +120,23 @@ impl Kind {
                 StatusCode::BAD_REQUEST,
                 "invalid number of results requested",
             ),
-            Unsupported => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED, "the operation is unsupported"),
-            MethodNotAllowed => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route"),
+            Unsupported => (
+                "UNSUPPORTED",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the operation is unsupported",
+            ),
+            MethodNotAllowed => (
+                "UNSUPPORTED",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            ),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such route in the registry API"),
             TooManyRequests => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS, "too many requests"),
-            StorageFull => ("UNKNOWN", StatusCode::INSUFFICIENT_STORAGE, "the registry's storage is full"),
+            StorageFull => (
+                "UNKNOWN",
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the registry's storage is full",
+            ),
             Internal => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
         }
     }
@@ -126,7 +158,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the table's message.
     pub fn new(kind: Kind) -> ApiError {
-        ApiError { kind, message: None, detail: Value::Null, headers: Vec::new() }
+        ApiError {
+            kind,
+            message: None,
+            detail: Value::Null,
+            headers: Vec::new(),
+        }
     }
 
     /// Replace the message.

@@ -54,7 +54,10 @@ fn init_logging(cfg: &config::Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},hyper=warn,h2=warn", cfg.log_level)));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if cfg.log_json { b.json().init() } else { b.init() }
 }
 
@@ -98,9 +101,12 @@ async fn shutdown_signal() {
 }
 
 async fn run(cfg: config::Config) -> Result<(), String> {
-    let engine = Engine::open(&cfg.root)
-        .await
-        .map_err(|e| format!("cannot open storage at {} (storage.filesystem.rootdirectory): {e}", cfg.root.display()))?;
+    let engine = Engine::open(&cfg.root).await.map_err(|e| {
+        format!(
+            "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
+            cfg.root.display()
+        )
+    })?;
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
         .map_err(|e| format!("cannot listen on {} (http.addr / REGISTRY_HTTP_ADDR): {e}", cfg.addr))?;
@@ -114,22 +120,35 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     );
     let app = Arc::new(App { engine, config: cfg });
     serve::spawn_upload_reaper(app.clone());
-    serve::serve(app, listener, shutdown_signal()).await.map_err(|e| e.to_string())
+    serve::serve(app, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { file, config, no_config_file } => {
+        Command::Serve {
+            file,
+            config,
+            no_config_file,
+        } => {
             let cfg = load(file.or(config), no_config_file);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             if let Err(e) = rt.block_on(run(cfg)) {
                 tracing::error!("{e}");
                 eprintln!("berth: {e}");
                 std::process::exit(1);
             }
         }
-        Command::CheckConfig { file, config, no_config_file } => {
+        Command::CheckConfig {
+            file,
+            config,
+            no_config_file,
+        } => {
             let cfg = load(file.or(config), no_config_file);
             println!("{cfg:#?}");
         }

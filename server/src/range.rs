@@ -26,7 +26,11 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
         return RangeRequest::Full;
     };
     let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) { None } else { s.parse().ok() }
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
     };
     match (a.is_empty(), b.is_empty()) {
         // bytes=-n: the last n bytes
@@ -43,7 +47,10 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
         (false, true) => match num(a) {
             None => RangeRequest::Full,
             Some(start) if start >= size => RangeRequest::Unsatisfiable,
-            Some(start) => RangeRequest::Partial(ByteRange { start, len: size - start }),
+            Some(start) => RangeRequest::Partial(ByteRange {
+                start,
+                len: size - start,
+            }),
         },
         // bytes=a-b
         (false, false) => match (num(a), num(b)) {
@@ -52,7 +59,10 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
                     RangeRequest::Unsatisfiable
                 } else {
                     let end = end.min(size - 1);
-                    RangeRequest::Partial(ByteRange { start, len: end - start + 1 })
+                    RangeRequest::Partial(ByteRange {
+                        start,
+                        len: end - start + 1,
+                    })
                 }
             }
             _ => RangeRequest::Full,
@@ -65,7 +75,11 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
 /// `/total` suffix as some clients send. `None` when malformed.
 pub fn parse_content_range(header: &str) -> Option<ChunkRange> {
     let h = header.trim();
-    let h = h.strip_prefix("bytes=").or_else(|| h.strip_prefix("bytes ")).unwrap_or(h).trim();
+    let h = h
+        .strip_prefix("bytes=")
+        .or_else(|| h.strip_prefix("bytes "))
+        .unwrap_or(h)
+        .trim();
     let h = h.split_once('/').map_or(h, |(r, _)| r);
     let (a, b) = h.split_once('-')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
@@ -97,7 +111,15 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-0"), 10), RangeRequest::Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-"), 0), RangeRequest::Unsatisfiable);
         // malformed, reversed, negative, overflowing, multi: ignored
-        for h in ["bytes=5-2", "bytes=--1", "bytes=a-b", "items=0-1", "bytes=0-1,3-4", "bytes=99999999999999999999999-", "bytes=-"] {
+        for h in [
+            "bytes=5-2",
+            "bytes=--1",
+            "bytes=a-b",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=99999999999999999999999-",
+            "bytes=-",
+        ] {
             assert_eq!(parse_range(Some(h), 10), RangeRequest::Full, "{h}");
         }
     }
@@ -105,9 +127,20 @@ mod tests {
     #[test]
     fn content_ranges() {
         assert_eq!(parse_content_range("0-99"), Some(ChunkRange { start: 0, end: 99 }));
-        assert_eq!(parse_content_range("bytes 100-199/*"), Some(ChunkRange { start: 100, end: 199 }));
+        assert_eq!(
+            parse_content_range("bytes 100-199/*"),
+            Some(ChunkRange { start: 100, end: 199 })
+        );
         assert_eq!(parse_content_range("bytes=5-5"), Some(ChunkRange { start: 5, end: 5 }));
-        for bad in ["", "5", "9-1", "-1-3", "a-b", "1-", "18446744073709551616-18446744073709551617"] {
+        for bad in [
+            "",
+            "5",
+            "9-1",
+            "-1-3",
+            "a-b",
+            "1-",
+            "18446744073709551616-18446744073709551617",
+        ] {
             assert_eq!(parse_content_range(bad), None, "{bad}");
         }
     }

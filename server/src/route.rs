@@ -112,15 +112,25 @@ mod tests {
         assert!(matches!(parse("/v2/x/blobs/uploads/").unwrap(), Route::UploadStart(_)));
         assert!(matches!(parse("/v2/x/blobs/uploads").unwrap(), Route::UploadStart(_)));
         let id = UploadId::random();
-        assert!(matches!(parse(&format!("/v2/a/b/blobs/uploads/{id}")).unwrap(), Route::Upload(r, i) if r.as_str() == "a/b" && i == id));
-        assert!(matches!(parse("/v2/m/manifests/latest").unwrap(), Route::Manifest(_, Reference::Tag(_))));
-        assert!(matches!(parse(&format!("/v2/m/referrers/{D}")).unwrap(), Route::Referrers(..)));
+        assert!(
+            matches!(parse(&format!("/v2/a/b/blobs/uploads/{id}")).unwrap(), Route::Upload(r, i) if r.as_str() == "a/b" && i == id)
+        );
+        assert!(matches!(
+            parse("/v2/m/manifests/latest").unwrap(),
+            Route::Manifest(_, Reference::Tag(_))
+        ));
+        assert!(matches!(
+            parse(&format!("/v2/m/referrers/{D}")).unwrap(),
+            Route::Referrers(..)
+        ));
     }
 
     #[test]
     fn names_with_route_words() {
         assert!(matches!(parse(&format!("/v2/blobs/blobs/{D}")).unwrap(), Route::Blob(r, _) if r.as_str() == "blobs"));
-        assert!(matches!(parse("/v2/a/manifests/b/manifests/v1").unwrap(), Route::Manifest(r, _) if r.as_str() == "a/manifests/b"));
+        assert!(
+            matches!(parse("/v2/a/manifests/b/manifests/v1").unwrap(), Route::Manifest(r, _) if r.as_str() == "a/manifests/b")
+        );
         assert!(matches!(parse("/v2/tags/list/tags/list").unwrap(), Route::Tags(r) if r.as_str() == "tags/list"));
     }
 

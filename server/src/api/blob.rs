@@ -11,7 +11,12 @@ use super::{App, Body, check_delete_enabled, empty, finish, header_str, response
 use crate::error::{ApiError, Kind};
 use crate::range::{RangeRequest, parse_range};
 
-pub(super) async fn get(app: &App, repo: &RepoName, digest: &Digest, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(
+    app: &App,
+    repo: &RepoName,
+    digest: &Digest,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let size = app.engine.blob_size(repo, digest).await?;
     let head = req.method() == http::Method::HEAD;
     let base = response(StatusCode::OK)
@@ -21,11 +26,17 @@ pub(super) async fn get(app: &App, repo: &RepoName, digest: &Digest, req: &Reque
         .header(header::ETAG, format!("\"{digest}\""))
         .header(header::CACHE_CONTROL, "max-age=31536000");
     let (builder, range) = match parse_range(header_str(req.headers(), header::RANGE), size) {
-        RangeRequest::Full => (base.header(header::CONTENT_LENGTH, size), ByteRange { start: 0, len: size }),
+        RangeRequest::Full => (
+            base.header(header::CONTENT_LENGTH, size),
+            ByteRange { start: 0, len: size },
+        ),
         RangeRequest::Partial(r) => (
             base.status(StatusCode::PARTIAL_CONTENT)
                 .header(header::CONTENT_LENGTH, r.len)
-                .header(header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.start + r.len - 1, size)),
+                .header(
+                    header::CONTENT_RANGE,
+                    format!("bytes {}-{}/{}", r.start, r.start + r.len - 1, size),
+                ),
             r,
         ),
         RangeRequest::Unsatisfiable => {
@@ -46,7 +57,9 @@ pub(super) async fn delete(app: &App, repo: &RepoName, digest: &Digest) -> Resul
     check_delete_enabled(app)?;
     app.engine.blob_delete(repo, digest).await?;
     finish(
-        response(StatusCode::ACCEPTED).header(header::CONTENT_LENGTH, 0).header("docker-content-digest", digest.to_string()),
+        response(StatusCode::ACCEPTED)
+            .header(header::CONTENT_LENGTH, 0)
+            .header("docker-content-digest", digest.to_string()),
         empty(),
     )
 }

@@ -17,10 +17,14 @@ fn page_params(app: &App, q: &HashMap<String, String>) -> Result<(usize, Option<
     let n = match q.get("n") {
         None => app.config.page_default,
         Some(v) => v.parse::<usize>().map_err(|_| {
-            ApiError::new(Kind::PaginationNumberInvalid).message(format!("n must be a whole number from 0 to {}", app.config.page_max))
+            ApiError::new(Kind::PaginationNumberInvalid)
+                .message(format!("n must be a whole number from 0 to {}", app.config.page_max))
         })?,
     };
-    Ok((n.min(app.config.page_max), q.get("last").cloned().filter(|l| !l.is_empty())))
+    Ok((
+        n.min(app.config.page_max),
+        q.get("last").cloned().filter(|l| !l.is_empty()),
+    ))
 }
 
 fn with_link(status: StatusCode, body: &serde_json::Value, next: Option<String>) -> Result<Response<Body>, ApiError> {
@@ -53,12 +57,23 @@ pub(super) async fn catalog(app: &App, req: &Request<Incoming>) -> Result<Respon
     with_link(StatusCode::OK, &json!({"repositories": repos}), next)
 }
 
-pub(super) async fn referrers(app: &App, repo: &RepoName, subject: &Digest, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn referrers(
+    app: &App,
+    repo: &RepoName,
+    subject: &Digest,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let q = query(req.uri());
     let artifact_type = q.get("artifactType").filter(|a| !a.is_empty());
-    let manifests = app.engine.referrers(repo, subject, artifact_type.map(String::as_str)).await?;
-    let body = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap_or_default();
-    let mut b = response(StatusCode::OK).header(header::CONTENT_TYPE, OCI_INDEX).header(header::CONTENT_LENGTH, body.len());
+    let manifests = app
+        .engine
+        .referrers(repo, subject, artifact_type.map(String::as_str))
+        .await?;
+    let body = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}))
+        .unwrap_or_default();
+    let mut b = response(StatusCode::OK)
+        .header(header::CONTENT_TYPE, OCI_INDEX)
+        .header(header::CONTENT_LENGTH, body.len());
     if artifact_type.is_some() {
         b = b.header("oci-filters-applied", "artifactType");
     }

@@ -11,7 +11,12 @@ use berth_engine::{Reference, RepoName};
 use super::{App, Body, check_delete_enabled, empty, finish, full, header_str, response};
 use crate::error::{ApiError, Kind};
 
-pub(super) async fn get(app: &App, repo: &RepoName, reference: &Reference, method: &Method) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(
+    app: &App,
+    repo: &RepoName,
+    reference: &Reference,
+    method: &Method,
+) -> Result<Response<Body>, ApiError> {
     let m = app.engine.manifest_get(repo, reference).await?;
     let b = response(StatusCode::OK)
         .header(header::CONTENT_TYPE, m.media_type.as_str())
@@ -23,7 +28,8 @@ pub(super) async fn get(app: &App, repo: &RepoName, reference: &Reference, metho
 }
 
 async fn read_manifest_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::new(Kind::ManifestTooLarge).message(format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes"));
+    let too_large =
+        || ApiError::new(Kind::ManifestTooLarge).message(format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes"));
     let declared = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
         return Err(too_large());
@@ -35,10 +41,18 @@ async fn read_manifest_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
-pub(super) async fn put(app: &App, repo: &RepoName, reference: &Reference, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn put(
+    app: &App,
+    repo: &RepoName,
+    reference: &Reference,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
     let bytes = read_manifest_body(req).await?;
-    let pushed = app.engine.manifest_put(repo, reference, content_type.as_deref(), bytes).await?;
+    let pushed = app
+        .engine
+        .manifest_put(repo, reference, content_type.as_deref(), bytes)
+        .await?;
     let mut b = response(StatusCode::CREATED)
         .header(header::LOCATION, format!("/v2/{repo}/manifests/{}", pushed.digest))
         .header("docker-content-digest", pushed.digest.to_string())
@@ -52,5 +66,8 @@ pub(super) async fn put(app: &App, repo: &RepoName, reference: &Reference, req: 
 pub(super) async fn delete(app: &App, repo: &RepoName, reference: &Reference) -> Result<Response<Body>, ApiError> {
     check_delete_enabled(app)?;
     app.engine.manifest_delete(repo, reference).await?;
-    finish(response(StatusCode::ACCEPTED).header(header::CONTENT_LENGTH, 0), empty())
+    finish(
+        response(StatusCode::ACCEPTED).header(header::CONTENT_LENGTH, 0),
+        empty(),
+    )
 }

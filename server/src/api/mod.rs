@@ -57,7 +57,9 @@ pub(crate) fn finish(b: http::response::Builder, body: Body) -> Result<Response<
 pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Result<Response<Body>, ApiError> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     finish(
-        response(status).header(header::CONTENT_TYPE, "application/json").header(header::CONTENT_LENGTH, bytes.len()),
+        response(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, bytes.len()),
         full(bytes),
     )
 }
@@ -73,7 +75,7 @@ pub(crate) fn query(uri: &http::Uri) -> HashMap<String, String> {
     out
 }
 
-pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+pub(crate) fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -126,7 +128,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let head = method == Method::HEAD;
-    let bytes_in = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let bytes_in = header_str(req.headers(), header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let route = route::parse(req.uri().path());
     let (kind, repo) = match &route {
         Ok(r) => (r.kind(), r.repo().map(|r| r.to_string())),
@@ -140,10 +144,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Ok(r) => r,
         Err(e) => error_response(&e, head),
     };
-    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
+    resp.headers_mut()
+        .insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
     if app.config.access_log {
         let status = resp.status().as_u16();
-        let bytes_out = header_str(resp.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let bytes_out = header_str(resp.headers(), header::CONTENT_LENGTH)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
         tracing::info!(
             target: "berth::access",
             %method,

@@ -19,7 +19,12 @@ fn session_location(repo: &RepoName, id: UploadId) -> String {
     format!("/v2/{repo}/blobs/uploads/{id}")
 }
 
-fn session_response(status: StatusCode, repo: &RepoName, id: UploadId, offset: u64) -> Result<Response<Body>, ApiError> {
+fn session_response(
+    status: StatusCode,
+    repo: &RepoName,
+    id: UploadId,
+    offset: u64,
+) -> Result<Response<Body>, ApiError> {
     finish(
         response(status)
             .header(header::LOCATION, session_location(repo, id))
@@ -41,11 +46,20 @@ fn blob_created(repo: &RepoName, digest: &Digest) -> Result<Response<Body>, ApiE
 }
 
 fn digest_param(q: &std::collections::HashMap<String, String>, name: &str) -> Result<Option<Digest>, ApiError> {
-    q.get(name).map(|d| d.parse::<Digest>().map_err(ApiError::from)).transpose()
+    q.get(name)
+        .map(|d| d.parse::<Digest>().map_err(ApiError::from))
+        .transpose()
 }
 
-async fn content_range(app: &App, repo: &RepoName, id: UploadId, req: &Request<Incoming>) -> Result<Option<ChunkRange>, ApiError> {
-    let Some(h) = header_str(req.headers(), header::CONTENT_RANGE) else { return Ok(None) };
+async fn content_range(
+    app: &App,
+    repo: &RepoName,
+    id: UploadId,
+    req: &Request<Incoming>,
+) -> Result<Option<ChunkRange>, ApiError> {
+    let Some(h) = header_str(req.headers(), header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
     match parse_content_range(h) {
         Some(r) => Ok(Some(r)),
         None => {
@@ -79,18 +93,29 @@ pub(super) async fn start(app: &App, repo: &RepoName, req: Request<Incoming>) ->
     }
     let id = app.engine.upload_start(repo).await?;
     let mut resp = session_response(StatusCode::ACCEPTED, repo, id, 0)?;
-    resp.headers_mut().insert("oci-chunk-min-length", CHUNK_MIN_LENGTH.into());
+    resp.headers_mut()
+        .insert("oci-chunk-min-length", CHUNK_MIN_LENGTH.into());
     Ok(resp)
 }
 
-pub(super) async fn patch(app: &App, repo: &RepoName, id: UploadId, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn patch(
+    app: &App,
+    repo: &RepoName,
+    id: UploadId,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let range = content_range(app, repo, id, &req).await?;
     let body = req.into_body().into_data_stream();
     let offset = app.engine.upload_append(repo, id, range, body).await?;
     session_response(StatusCode::ACCEPTED, repo, id, offset)
 }
 
-pub(super) async fn put(app: &App, repo: &RepoName, id: UploadId, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn put(
+    app: &App,
+    repo: &RepoName,
+    id: UploadId,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let q = query(req.uri());
     let digest = digest_param(&q, "digest")?.ok_or_else(|| {
         ApiError::new(Kind::DigestInvalid).message("the digest query parameter is required to complete an upload")

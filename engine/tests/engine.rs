@@ -1,0 +1,380 @@
+//! Engine behaviour through its public API, on a real temporary directory.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures_util::stream;
+use proptest::prelude::*;
+
+use berth_engine::{Algorithm, ByteRange, ChunkRange, Digest, Engine, Error, Reference, RepoName};
+
+type Chunks = Vec<Result<Bytes, Infallible>>;
+
+fn body(parts: &[&[u8]]) -> futures_util::stream::Iter<std::vec::IntoIter<Result<Bytes, Infallible>>> {
+    let v: Chunks = parts.iter().map(|p| Ok(Bytes::copy_from_slice(p))).collect();
+    stream::iter(v)
+}
+
+fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+async fn read_all(e: &Engine, d: &Digest, start: u64, len: u64) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut s = e.blob_read(d, ByteRange { start, len }).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    out
+}
+
+async fn push(e: &Engine, r: &RepoName, data: &[u8]) -> Digest {
+    let d = Digest::of(Algorithm::Sha256, data);
+    let id = e.upload_start(r).await.unwrap();
+    e.upload_finish(r, id, &d, None, body(&[data])).await.unwrap();
+    d
+}
+
+#[tokio::test]
+async fn chunked_upload_commits_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let r = repo("a/b");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let d = Digest::of(Algorithm::Sha256, &data);
+    let id = e.upload_start(&r).await.unwrap();
+    let off = e
+        .upload_append(
+            &r,
+            id,
+            Some(ChunkRange { start: 0, end: 39_999 }),
+            body(&[&data[..40_000]]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(off, 40_000);
+    // out of order
+    let err = e
+        .upload_append(&r, id, Some(ChunkRange { start: 0, end: 9 }), body(&[&data[..10]]))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::RangeMismatch {
+            start: 0,
+            offset: 40_000
+        }
+    ));
+    // declared length disagrees with the body: nothing is kept
+    let err = e
+        .upload_append(
+            &r,
+            id,
+            Some(ChunkRange {
+                start: 40_000,
+                end: 40_009,
+            }),
+            body(&[&data[40_000..40_005]]),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::SizeMismatch {
+            declared: 10,
+            actual: 5
+        }
+    ));
+    assert_eq!(e.upload_offset(&r, id).await.unwrap(), 40_000);
+    e.upload_append(&r, id, None, body(&[&data[40_000..70_000]]))
+        .await
+        .unwrap();
+    assert_eq!(
+        e.upload_finish(&r, id, &d, None, body(&[&data[70_000..]]))
+            .await
+            .unwrap(),
+        100_000
+    );
+    assert_eq!(e.blob_size(&r, &d).await.unwrap(), 100_000);
+    assert_eq!(read_all(&e, &d, 0, 100_000).await, data);
+    assert_eq!(read_all(&e, &d, 10, 5).await, &data[10..15]);
+    // the session is gone after commit
+    assert!(matches!(e.upload_offset(&r, id).await, Err(Error::UploadUnknown)));
+}
+
+#[tokio::test]
+async fn wrong_digest_stores_nothing_and_keeps_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let r = repo("x");
+    let wrong = Digest::of(Algorithm::Sha256, b"something else");
+    let id = e.upload_start(&r).await.unwrap();
+    e.upload_append(&r, id, None, body(&[b"abc"])).await.unwrap();
+    let err = e
+        .upload_finish(&r, id, &wrong, None, body(&[b"def"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }));
+    assert!(matches!(e.blob_size(&r, &wrong).await, Err(Error::BlobUnknown(_))));
+    assert_eq!(
+        e.upload_offset(&r, id).await.unwrap(),
+        3,
+        "the failed final chunk was rolled back"
+    );
+    let right = Digest::of(Algorithm::Sha256, b"abcdef");
+    e.upload_finish(&r, id, &right, None, body(&[b"def"])).await.unwrap();
+    assert_eq!(e.blob_size(&r, &right).await.unwrap(), 6);
+}
+
+#[tokio::test]
+async fn sha512_commit_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let r = repo("x");
+    let d = Digest::of(Algorithm::Sha512, b"hello");
+    let id = e.upload_start(&r).await.unwrap();
+    e.upload_finish(&r, id, &d, None, body(&[b"hel", b"lo"])).await.unwrap();
+    assert_eq!(read_all(&e, &d, 0, 5).await, b"hello");
+}
+
+#[tokio::test]
+async fn sessions_belong_to_their_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let id = e.upload_start(&repo("a")).await.unwrap();
+    assert!(matches!(
+        e.upload_offset(&repo("b"), id).await,
+        Err(Error::UploadUnknown)
+    ));
+    e.upload_cancel(&repo("a"), id).await.unwrap();
+    assert!(matches!(
+        e.upload_offset(&repo("a"), id).await,
+        Err(Error::UploadUnknown)
+    ));
+}
+
+#[tokio::test]
+async fn upload_resumes_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo("resume/me");
+    let id = {
+        let e = Engine::open(dir.path()).await.unwrap();
+        let id = e.upload_start(&r).await.unwrap();
+        e.upload_append(&r, id, None, body(&[b"first half, "])).await.unwrap();
+        id
+    };
+    let e = Engine::open(dir.path()).await.unwrap();
+    assert_eq!(e.upload_offset(&r, id).await.unwrap(), 12);
+    let d = Digest::of(Algorithm::Sha256, b"first half, second half");
+    e.upload_append(&r, id, Some(ChunkRange { start: 12, end: 22 }), body(&[b"second half"]))
+        .await
+        .unwrap();
+    e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap();
+    assert_eq!(read_all(&e, &d, 0, 23).await, b"first half, second half");
+}
+
+#[tokio::test]
+async fn blobs_are_shared_and_deleted_with_their_last_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let (a, b) = (repo("a"), repo("b"));
+    let d = push(&e, &a, b"shared").await;
+    assert!(
+        matches!(e.blob_size(&b, &d).await, Err(Error::BlobUnknown(_))),
+        "repositories are isolated"
+    );
+    assert!(e.blob_mount(&b, &d, Some(&a)).await.unwrap());
+    assert!(!e.blob_mount(&b, &d, Some(&repo("c"))).await.unwrap());
+    let again = push(&e, &b, b"shared").await; // deduplicated
+    assert_eq!(again, d);
+    e.blob_delete(&a, &d).await.unwrap();
+    assert!(matches!(e.blob_size(&a, &d).await, Err(Error::BlobUnknown(_))));
+    assert_eq!(read_all(&e, &d, 0, 6).await, b"shared", "b still links it");
+    e.blob_delete(&b, &d).await.unwrap();
+    assert!(matches!(
+        e.blob_read(&d, ByteRange { start: 0, len: 6 }).await,
+        Err(Error::BlobUnknown(_))
+    ));
+    assert!(!e.blob_mount(&a, &d, None).await.unwrap());
+}
+
+fn image_manifest(config: &Digest, layer: &Digest, extra: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":5}}]{extra}}}"#
+    ))
+}
+
+#[tokio::test]
+async fn manifests_tags_and_referrers() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let r = repo("app");
+    let config = push(&e, &r, b"{}").await;
+    let layer = push(&e, &r, b"layer").await;
+    let ct = Some("application/vnd.oci.image.manifest.v1+json");
+    let body = image_manifest(&config, &layer, "");
+    let pushed = e
+        .manifest_put(&r, &"v1".parse().unwrap(), ct, body.clone())
+        .await
+        .unwrap();
+    assert_eq!(pushed.digest, Digest::of(Algorithm::Sha256, &body));
+    let got = e.manifest_get(&r, &"v1".parse().unwrap()).await.unwrap();
+    assert_eq!(got.bytes, body.to_vec());
+    assert_eq!(got.media_type, ct.unwrap());
+
+    // a missing layer is refused, in another repository too
+    let missing = Digest::of(Algorithm::Sha256, b"nope");
+    let err = e
+        .manifest_put(&r, &"v2".parse().unwrap(), ct, image_manifest(&config, &missing, ""))
+        .await;
+    assert!(matches!(err, Err(Error::ManifestBlobUnknown(d)) if d == missing));
+    let err = e
+        .manifest_put(&repo("other"), &"v1".parse().unwrap(), ct, body.clone())
+        .await;
+    assert!(matches!(err, Err(Error::ManifestBlobUnknown(_))));
+
+    // a referrer
+    let subject = format!(
+        r#","artifactType":"application/x-sig","subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{}}},"annotations":{{"k":"v"}}"#,
+        pushed.digest,
+        body.len()
+    );
+    let sig = e
+        .manifest_put(
+            &r,
+            &"sig".parse().unwrap(),
+            ct,
+            image_manifest(&config, &layer, &subject),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sig.subject.as_ref(), Some(&pushed.digest));
+    let refs = e.referrers(&r, &pushed.digest, None).await.unwrap();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0]["digest"], sig.digest.to_string());
+    assert_eq!(refs[0]["artifactType"], "application/x-sig");
+    assert_eq!(refs[0]["annotations"]["k"], "v");
+    assert!(
+        e.referrers(&r, &pushed.digest, Some("application/other"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // tags: sorted pages
+    for t in ["b", "a", "c"] {
+        e.manifest_put(&r, &t.parse().unwrap(), ct, body.clone()).await.unwrap();
+    }
+    assert_eq!(
+        e.tags(&r, None, 2).await.unwrap(),
+        (vec!["a".to_string(), "b".into()], true)
+    );
+    let (rest, more) = e.tags(&r, Some("b".into()), 10).await.unwrap();
+    assert_eq!(rest, vec!["c", "sig", "v1"]);
+    assert!(!more);
+    assert!(matches!(
+        e.tags(&repo("nothing"), None, 10).await,
+        Err(Error::NameUnknown(_))
+    ));
+
+    // delete by tag removes only the tag; by digest removes all its tags and its referrer entry
+    e.manifest_delete(&r, &"a".parse().unwrap()).await.unwrap();
+    assert!(
+        e.manifest_get(&r, &Reference::Digest(pushed.digest.clone()))
+            .await
+            .is_ok()
+    );
+    e.manifest_delete(&r, &Reference::Digest(sig.digest.clone()))
+        .await
+        .unwrap();
+    assert!(e.referrers(&r, &pushed.digest, None).await.unwrap().is_empty());
+    e.manifest_delete(&r, &Reference::Digest(pushed.digest.clone()))
+        .await
+        .unwrap();
+    let (left, _) = e.tags(&r, None, 10).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(matches!(
+        e.manifest_get(&r, &"v1".parse().unwrap()).await,
+        Err(Error::ManifestUnknown(_))
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_writes_to_one_session_are_refused_not_serialized() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(Engine::open(dir.path()).await.unwrap());
+    let r = repo("busy");
+    let id = e.upload_start(&r).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
+    let slow = {
+        let (e, r) = (e.clone(), r.clone());
+        tokio::spawn(async move { e.upload_append(&r, id, None, tokio_stream(rx)).await })
+    };
+    tx.send(Ok(Bytes::from_static(b"x"))).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let err = e.upload_append(&r, id, None, body(&[b"y"])).await.unwrap_err();
+    assert!(matches!(err, Error::UploadBusy));
+    drop(tx);
+    assert_eq!(slow.await.unwrap().unwrap(), 1);
+}
+
+fn tokio_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, Infallible>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn catalog_lists_repositories_with_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    for name in ["z/z", "a", "m/n/o"] {
+        push(&e, &repo(name), name.as_bytes()).await;
+    }
+    assert_eq!(e.catalog(None, 10).await.unwrap().0, vec!["a", "m/n/o", "z/z"]);
+    assert_eq!(
+        e.catalog(Some("a".into()), 1).await.unwrap(),
+        (vec!["m/n/o".to_string()], true)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Any split of a blob into chunks, declared or streamed, gives the same digest and bytes.
+    #[test]
+    fn any_chunking_gives_the_same_blob(
+        data in proptest::collection::vec(any::<u8>(), 0..200_000),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        declared in any::<bool>(),
+        frames in 1usize..5,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let e = Engine::open(dir.path()).await.unwrap();
+            let r = repo("prop");
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(data.len() + 1)).collect();
+            points.push(0);
+            points.push(data.len());
+            points.sort_unstable();
+            points.dedup();
+            let id = e.upload_start(&r).await.unwrap();
+            for w in points.windows(2) {
+                let chunk = &data[w[0]..w[1]];
+                if chunk.is_empty() { continue; }
+                // each chunk arrives as several body frames
+                let step = chunk.len().div_ceil(frames);
+                let parts: Vec<&[u8]> = chunk.chunks(step).collect();
+                let range = declared.then(|| ChunkRange { start: w[0] as u64, end: w[1] as u64 - 1 });
+                e.upload_append(&r, id, range, body(&parts)).await.unwrap();
+            }
+            let d = Digest::of(Algorithm::Sha256, &data);
+            prop_assert_eq!(e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap(), data.len() as u64);
+            if !data.is_empty() {
+                prop_assert_eq!(read_all(&e, &d, 0, data.len() as u64).await, data.clone());
+            }
+            Ok(())
+        })?;
+    }
+}

@@ -1,1 +1,98 @@
-fn main() {}
+//! Hot-path benches: hashing, upload append, range reads, route and header parsing.
+
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::StreamExt;
+use sha2::Digest as _;
+
+use berth_engine::{Algorithm, ByteRange, Digest, Engine, Hasher, RepoName};
+
+const MIB: usize = 1024 * 1024;
+
+fn hashing(c: &mut Criterion) {
+    let data = vec![7u8; 4 * MIB];
+    let mut g = c.benchmark_group("sha256");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.bench_function("sha2", |b| b.iter(|| black_box(sha2::Sha256::digest(black_box(&data)))));
+    g.bench_function("engine_hasher", |b| {
+        b.iter(|| {
+            let mut h = Hasher::new(Algorithm::Sha256);
+            h.update(black_box(&data));
+            black_box(h.finish())
+        })
+    });
+    g.finish();
+}
+
+fn upload_append(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt.block_on(Engine::open(dir.path())).unwrap();
+    let repo: RepoName = "bench/upload".parse().unwrap();
+    let frame = Bytes::from(vec![1u8; 64 * 1024]);
+    let frames = 256; // 16 MiB per request
+    let mut g = c.benchmark_group("upload");
+    g.throughput(Throughput::Bytes((frames * frame.len()) as u64));
+    g.sample_size(20);
+    g.bench_function("append_16MiB_in_64KiB_frames", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let id = engine.upload_start(&repo).await.unwrap();
+                let body = futures_util::stream::iter((0..frames).map(|_| Ok::<_, Infallible>(frame.clone())));
+                let n = engine.upload_append(&repo, id, None, body).await.unwrap();
+                engine.upload_cancel(&repo, id).await.unwrap();
+                black_box(n)
+            })
+        })
+    });
+    g.finish();
+}
+
+fn range_read(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt.block_on(Engine::open(dir.path())).unwrap();
+    let repo: RepoName = "bench/read".parse().unwrap();
+    let data = Bytes::from(vec![3u8; 8 * MIB]);
+    let digest = Digest::of(Algorithm::Sha256, &data);
+    rt.block_on(async {
+        let id = engine.upload_start(&repo).await.unwrap();
+        let body = futures_util::stream::iter([Ok::<_, Infallible>(data.clone())]);
+        engine.upload_finish(&repo, id, &digest, None, body).await.unwrap();
+    });
+    let mut g = c.benchmark_group("read");
+    g.throughput(Throughput::Bytes(MIB as u64));
+    g.bench_function("range_1MiB", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut s = engine.blob_read(&digest, ByteRange { start: MIB as u64, len: MIB as u64 }).await.unwrap();
+                let mut n = 0;
+                while let Some(chunk) = s.next().await {
+                    n += chunk.unwrap().len();
+                }
+                black_box(n)
+            })
+        })
+    });
+    g.finish();
+}
+
+fn parsing(c: &mut Criterion) {
+    let blob = "/v2/team/project/app/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let manifest = "/v2/team/project/app/manifests/v1.2.3";
+    c.bench_function("route_blob", |b| b.iter(|| black_box(berth_server::route::parse(black_box(blob)).is_ok())));
+    c.bench_function("route_manifest", |b| {
+        b.iter(|| black_box(berth_server::route::parse(black_box(manifest)).is_ok()))
+    });
+    c.bench_function("range_header", |b| {
+        b.iter(|| black_box(berth_server::range::parse_range(black_box(Some("bytes=1024-65535")), 1 << 30)))
+    });
+}
+
+criterion_group!(benches, hashing, upload_append, range_read, parsing);
+criterion_main!(benches);

@@ -1,1 +1,1 @@
-//! Benches live in `benches/`.
+//! Criterion benches of Berth's hot paths live in `benches/`; run them with `cargo bench -p berth-benches`.

@@ -1,9 +1,13 @@
 //! Berth's authentication and authorization.
 //!
 //! This crate knows nothing of storage or HTTP statuses. It parses what clients ask for
-//! ([`Scope`]s such as `repository:team/app:pull,push`) and, as the auth modes land, verifies
-//! credentials and tokens and decides grants, returning typed decisions for `server` to render.
+//! ([`Scope`]s such as `repository:team/app:pull,push`), verifies credentials ([`BasicAuth`]
+//! over an htpasswd file, bcrypt only), and returns typed answers for `server` to render.
 
+pub mod basic;
+pub mod htpasswd;
 pub mod scope;
 
+pub use basic::{BasicAuth, BasicCredentials};
+pub use htpasswd::{Htpasswd, HtpasswdError};
 pub use scope::{Action, Scope, ScopeError};

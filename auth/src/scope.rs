@@ -66,7 +66,11 @@ impl Scope {
         let mut actions = actions.to_vec();
         actions.sort_unstable();
         actions.dedup();
-        Scope { resource_type: "repository".into(), name: name.into(), actions }
+        Scope {
+            resource_type: "repository".into(),
+            name: name.into(),
+            actions,
+        }
     }
 
     /// Whether this scope allows `action` on `resource_type:name`.
@@ -88,7 +92,9 @@ impl FromStr for Scope {
             None => resource_type,
         };
         let type_ok = !resource_type.is_empty()
-            && resource_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && resource_type
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !type_ok {
             return Err(ScopeError::Type);
         }
@@ -107,7 +113,11 @@ impl FromStr for Scope {
             .collect();
         acts.sort_unstable();
         acts.dedup();
-        Ok(Scope { resource_type: resource_type.to_owned(), name: name.to_owned(), actions: acts })
+        Ok(Scope {
+            resource_type: resource_type.to_owned(),
+            name: name.to_owned(),
+            actions: acts,
+        })
     }
 }
 
@@ -147,7 +157,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "repository", "repository:app", ":app:pull", "repository::pull", "re po:app:pull"] {
+        for bad in [
+            "",
+            "repository",
+            "repository:app",
+            ":app:pull",
+            "repository::pull",
+            "re po:app:pull",
+        ] {
             assert!(bad.parse::<Scope>().is_err(), "{bad:?}");
         }
     }

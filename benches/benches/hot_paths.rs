@@ -30,7 +30,11 @@ fn hashing(c: &mut Criterion) {
 }
 
 fn upload_append(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let engine = rt.block_on(Engine::open(dir.path())).unwrap();
     let repo: RepoName = "bench/upload".parse().unwrap();
@@ -54,7 +58,11 @@ fn upload_append(c: &mut Criterion) {
 }
 
 fn range_read(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let engine = rt.block_on(Engine::open(dir.path())).unwrap();
     let repo: RepoName = "bench/read".parse().unwrap();
@@ -70,7 +78,16 @@ fn range_read(c: &mut Criterion) {
     g.bench_function("range_1MiB", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let mut s = engine.blob_read(&digest, ByteRange { start: MIB as u64, len: MIB as u64 }).await.unwrap();
+                let mut s = engine
+                    .blob_read(
+                        &digest,
+                        ByteRange {
+                            start: MIB as u64,
+                            len: MIB as u64,
+                        },
+                    )
+                    .await
+                    .unwrap();
                 let mut n = 0;
                 while let Some(chunk) = s.next().await {
                     n += chunk.unwrap().len();
@@ -85,12 +102,19 @@ fn range_read(c: &mut Criterion) {
 fn parsing(c: &mut Criterion) {
     let blob = "/v2/team/project/app/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     let manifest = "/v2/team/project/app/manifests/v1.2.3";
-    c.bench_function("route_blob", |b| b.iter(|| black_box(berth_server::route::parse(black_box(blob)).is_ok())));
+    c.bench_function("route_blob", |b| {
+        b.iter(|| black_box(berth_server::route::parse(black_box(blob)).is_ok()))
+    });
     c.bench_function("route_manifest", |b| {
         b.iter(|| black_box(berth_server::route::parse(black_box(manifest)).is_ok()))
     });
     c.bench_function("range_header", |b| {
-        b.iter(|| black_box(berth_server::range::parse_range(black_box(Some("bytes=1024-65535")), 1 << 30)))
+        b.iter(|| {
+            black_box(berth_server::range::parse_range(
+                black_box(Some("bytes=1024-65535")),
+                1 << 30,
+            ))
+        })
     });
 }
 

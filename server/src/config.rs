@@ -109,6 +109,24 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Remove idle upload sessions.",
     },
     Setting {
+        path: "-",
+        env: &["REGISTRY_AUTH_TYPE"],
+        default: "none (basic when auth.htpasswd is set)",
+        doc: "none or basic (token comes with a later version and refuses to start for now).",
+    },
+    Setting {
+        path: "auth.htpasswd.path",
+        env: &["REGISTRY_AUTH_HTPASSWD_PATH", "REGISTRY_AUTH_HTPASSWD"],
+        default: "(none)",
+        doc: "htpasswd file for basic authentication; bcrypt hashes only (`htpasswd -B`). Re-read within seconds when it changes.",
+    },
+    Setting {
+        path: "auth.htpasswd.realm",
+        env: &["REGISTRY_AUTH_HTPASSWD_REALM", "REGISTRY_AUTH_REALM"],
+        default: "Berth Registry",
+        doc: "Realm sent in the Basic challenge.",
+    },
+    Setting {
         path: "pagination.defaultlimit",
         env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"],
         default: "100",
@@ -153,8 +171,12 @@ const IGNORED_SECTIONS: &[&str] = &[
 /// without them would expose the registry, so start-up stops with a message instead.
 const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
     (
-        "auth",
-        "authentication is not available in this version of Berth; remove the auth section (and REGISTRY_AUTH_* variables) to run without authentication",
+        "auth.token",
+        "token authentication is not available in this version of Berth yet; use basic authentication (auth.htpasswd, or REGISTRY_AUTH_TYPE=basic with REGISTRY_AUTH_HTPASSWD) or remove auth.token (and REGISTRY_AUTH_TOKEN_* variables)",
+    ),
+    (
+        "auth.silly",
+        "silly authentication is for testing distribution only and is not offered by Berth; use auth.htpasswd",
     ),
     (
         "http.tls",
@@ -162,11 +184,68 @@ const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// How clients authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// Everyone may do everything.
+    None,
+    /// HTTP Basic against an htpasswd file (bcrypt only).
+    Basic {
+        /// Realm in the challenge.
+        realm: String,
+        /// The htpasswd file.
+        path: PathBuf,
+    },
+}
+
+/// Decide the auth mode: `REGISTRY_AUTH_TYPE` wins over the file; otherwise the section that is
+/// present. With `none` chosen explicitly, auth sections of the file are dropped.
+fn auth_config(tree: &mut Value, auth_type: Option<&str>) -> Result<AuthConfig, ConfigError> {
+    let has = |tree: &Value, p: &str| get_path(tree, p).is_some();
+    let kind = match auth_type {
+        Some(t) => t.to_owned(),
+        None if has(tree, "auth.token") => "token".into(),
+        None if has(tree, "auth.htpasswd") => "basic".into(),
+        None => "none".into(),
+    };
+    match kind.as_str() {
+        "none" | "" => {
+            if let Some(obj) = tree.as_object_mut() {
+                obj.remove("auth");
+            }
+            Ok(AuthConfig::None)
+        }
+        "basic" | "htpasswd" => {
+            let path = get_str(tree, "auth.htpasswd.path")?.filter(|p| !p.trim().is_empty()).ok_or_else(|| {
+                ConfigError(
+                    "auth.htpasswd.path (env REGISTRY_AUTH_HTPASSWD): basic authentication needs an htpasswd file; create one with `htpasswd -Bc FILE USER` and name it here".into(),
+                )
+            })?;
+            let realm = get_str(tree, "auth.htpasswd.realm")?
+                .unwrap_or("Berth Registry")
+                .to_owned();
+            Ok(AuthConfig::Basic {
+                realm,
+                path: PathBuf::from(path),
+            })
+        }
+        "token" => {
+            set_path(tree, "auth.token.type", Value::String(kind.clone()));
+            Ok(AuthConfig::None) // refused below with the auth.token message
+        }
+        other => Err(ConfigError(format!(
+            "REGISTRY_AUTH_TYPE: {other:?} is not one of none, basic, token"
+        ))),
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// File it came from, if any.
     pub file: Option<PathBuf>,
+    /// Authentication.
+    pub auth: AuthConfig,
     /// Listen address.
     pub addr: SocketAddr,
     /// Storage root.
@@ -425,6 +504,7 @@ pub fn from_tree(
     let mut warnings = Vec::new();
     let mut host_override = None;
     let mut port_override = None;
+    let mut auth_type: Option<String> = None;
     for (name, value) in env.iter().filter(|(k, _)| k.starts_with("REGISTRY_")) {
         if name == "REGISTRY_CONFIG" {
             continue;
@@ -443,15 +523,16 @@ pub fn from_tree(
             ));
             continue;
         }
-        if name == "REGISTRY_AUTH_TYPE" && value.trim().eq_ignore_ascii_case("none") {
+        if name == "REGISTRY_AUTH_TYPE" {
+            auth_type = Some(value.trim().to_ascii_lowercase());
             continue;
         }
         if let Some(s) = SETTINGS.iter().find(|s| s.env.contains(&name.as_str())) {
             set_path(&mut tree, s.path, Value::String(value.clone()));
             continue;
         }
-        if name.starts_with("REGISTRY_AUTH_") {
-            set_path(&mut tree, "auth.env", Value::String(name.clone()));
+        if name.starts_with("REGISTRY_AUTH_TOKEN_") {
+            set_path(&mut tree, "auth.token.env", Value::String(name.clone()));
             continue;
         }
         if name.starts_with("REGISTRY_HTTP_TLS_") {
@@ -463,6 +544,7 @@ pub fn from_tree(
         ));
     }
 
+    let auth = auth_config(&mut tree, auth_type.as_deref())?;
     for (section, why) in UNSUPPORTED_SECTIONS {
         if get_path(&tree, section).is_some() {
             return Err(ConfigError(format!("{section}: {why}")));
@@ -558,6 +640,7 @@ pub fn from_tree(
     }
     let config = Config {
         file,
+        auth,
         addr: SocketAddr::new(ip, port),
         root: PathBuf::from(root),
         delete_enabled: get_bool(&tree, "storage.delete.enabled", false)?,
@@ -669,15 +752,41 @@ mod tests {
     }
 
     #[test]
-    fn auth_and_tls_refuse_to_start_rather_than_run_open() {
+    fn auth_modes() {
+        let (c, _) = load_str("auth: {htpasswd: {realm: r, path: /p}}", &[]).unwrap();
+        assert_eq!(
+            c.auth,
+            AuthConfig::Basic {
+                realm: "r".into(),
+                path: "/p".into()
+            }
+        );
+        let (c, _) = load_str("", &[("REGISTRY_AUTH_TYPE", "basic"), ("REGISTRY_AUTH_HTPASSWD", "/h")]).unwrap();
+        assert_eq!(
+            c.auth,
+            AuthConfig::Basic {
+                realm: "Berth Registry".into(),
+                path: "/h".into()
+            }
+        );
+        let e = load_str("", &[("REGISTRY_AUTH_TYPE", "basic")]).unwrap_err().0;
+        assert!(e.contains("REGISTRY_AUTH_HTPASSWD"), "{e}");
+        let (c, _) = load_str("auth: {htpasswd: {path: /p}}", &[("REGISTRY_AUTH_TYPE", "none")]).unwrap();
+        assert_eq!(c.auth, AuthConfig::None);
+        assert!(load_str("", &[("REGISTRY_AUTH_TYPE", "magic")]).is_err());
+    }
+
+    #[test]
+    fn token_and_tls_refuse_to_start_rather_than_run_open() {
+        let e = load_str("auth: {token: {realm: r}}", &[]).unwrap_err().0;
+        assert!(e.starts_with("auth.token"), "{e}");
         assert!(
-            load_str("auth: {htpasswd: {realm: r, path: /p}}", &[])
+            load_str("", &[("REGISTRY_AUTH_TYPE", "token")])
                 .unwrap_err()
                 .0
-                .starts_with("auth")
+                .starts_with("auth.token")
         );
-        assert!(load_str("", &[("REGISTRY_AUTH_TYPE", "basic")]).is_err());
-        assert!(load_str("", &[("REGISTRY_AUTH_TYPE", "none")]).is_ok());
+        assert!(load_str("", &[("REGISTRY_AUTH_TOKEN_REALM", "https://x")]).is_err());
         assert!(
             load_str("http: {tls: {certificate: c, key: k}}", &[])
                 .unwrap_err()

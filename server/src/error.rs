@@ -49,6 +49,8 @@ pub enum Kind {
     NotFound,
     /// Too many requests.
     TooManyRequests,
+    /// No or wrong credentials.
+    Unauthorized,
     /// Storage is full.
     StorageFull,
     /// Anything else; details are logged, not sent.
@@ -131,6 +133,7 @@ impl Kind {
                 "method not allowed on this route",
             ),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such route in the registry API"),
+            Unauthorized => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED, "authentication required"),
             TooManyRequests => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS, "too many requests"),
             StorageFull => (
                 "UNKNOWN",

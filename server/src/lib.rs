@@ -5,6 +5,7 @@
 //! ([`error`]). Configuration is read and validated in [`config`].
 
 pub mod api;
+pub mod authn;
 pub mod config;
 pub mod error;
 pub mod range;

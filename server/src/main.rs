@@ -101,6 +101,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(cfg: config::Config) -> Result<(), String> {
+    let authn = Arc::new(berth_server::authn::Authn::from_config(&cfg.auth)?);
     let engine = Engine::open(&cfg.root).await.map_err(|e| {
         format!(
             "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
@@ -116,9 +117,15 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         storage = %cfg.root.display(),
         config = %cfg.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into()),
         delete = cfg.delete_enabled,
+        auth = authn.mode(),
         "berth {} listening", env!("CARGO_PKG_VERSION")
     );
-    let app = Arc::new(App { engine, config: cfg });
+    authn.spawn_reloader();
+    let app = Arc::new(App {
+        engine,
+        config: cfg,
+        authn,
+    });
     serve::spawn_upload_reaper(app.clone());
     serve::serve(app, listener, shutdown_signal())
         .await

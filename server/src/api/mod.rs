@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 
 use berth_engine::Engine;
 
+use crate::authn::Authn;
 use crate::config::Config;
 use crate::error::{ApiError, Kind};
 use crate::route::{self, Route};
@@ -29,6 +30,8 @@ pub struct App {
     pub engine: Engine,
     /// Validated configuration.
     pub config: Config,
+    /// Authentication.
+    pub authn: Arc<Authn>,
 }
 
 /// `Docker-Distribution-API-Version` value sent on every response.
@@ -136,9 +139,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Ok(r) => (r.kind(), r.repo().map(|r| r.to_string())),
         Err(_) => ("invalid", None),
     };
-    let result = match route {
-        Ok(r) => dispatch(&app, &r, req).await,
+    let mut user = None;
+    let result = match app.authn.check(req.headers()).await {
         Err(e) => Err(e),
+        Ok(u) => match route {
+            Ok(r) => {
+                user = u;
+                dispatch(&app, &r, req).await
+            }
+            Err(e) => Err(e),
+        },
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -156,6 +166,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             %method,
             route = kind,
             repo = repo.as_deref().unwrap_or("-"),
+            user = user.as_deref().unwrap_or("-"),
             status,
             bytes_in,
             bytes_out,

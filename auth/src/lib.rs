@@ -4,10 +4,12 @@
 //! ([`Scope`]s such as `repository:team/app:pull,push`), verifies credentials ([`BasicAuth`]
 //! over an htpasswd file, bcrypt only), and returns typed answers for `server` to render.
 
+pub mod access;
 pub mod basic;
 pub mod htpasswd;
 pub mod scope;
 
+pub use access::{AccessRules, Pattern, Policy};
 pub use basic::{BasicAuth, BasicCredentials};
 pub use htpasswd::{Htpasswd, HtpasswdError};
 pub use scope::{Action, Scope, ScopeError};

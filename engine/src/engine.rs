@@ -386,7 +386,15 @@ impl Engine {
 
     /// A page of repository names, sorted.
     pub async fn catalog(&self, last: Option<String>, n: usize) -> Result<(Vec<String>, bool)> {
-        self.meta(move |m| m.catalog(last.as_deref(), n)).await
+        self.meta(move |m| m.catalog(last.as_deref(), n, &|_| true)).await
+    }
+
+    /// A page of the repository names for which `keep` holds (e.g. those a caller may read).
+    pub async fn catalog_filtered<F>(&self, last: Option<String>, n: usize, keep: F) -> Result<(Vec<String>, bool)>
+    where
+        F: Fn(&str) -> bool + Send + 'static,
+    {
+        self.meta(move |m| m.catalog(last.as_deref(), n, &keep)).await
     }
 
     /// Descriptors of the manifests in `repo` whose subject is `subject`, optionally only those

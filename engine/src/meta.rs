@@ -297,15 +297,20 @@ impl Meta {
         })
     }
 
-    /// Up to `n` repository names after `last`, sorted; the flag says whether more remain.
-    pub fn catalog(&self, last: Option<&str>, n: usize) -> Result<(Vec<String>, bool)> {
+    /// Up to `n` repository names after `last` for which `keep` holds, sorted; the flag says
+    /// whether more remain.
+    pub fn catalog(&self, last: Option<&str>, n: usize, keep: &dyn Fn(&str) -> bool) -> Result<(Vec<String>, bool)> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(REPOS)?;
         let lower = match last {
             Some(l) => Bound::Excluded(l),
             None => Bound::Unbounded,
         };
-        page(t.range::<&str>((lower, Bound::Unbounded))?, n, str::to_owned)
+        let iter = t.range::<&str>((lower, Bound::Unbounded))?.filter(|e| match e {
+            Ok((k, _)) => keep(k.value()),
+            Err(_) => true,
+        });
+        page(iter, n, str::to_owned)
     }
 
     /// Descriptor JSON of every manifest in `repo` whose subject is `subject`.

@@ -58,29 +58,49 @@ impl Authn {
         }
     }
 
-    /// Check the request's credentials. Returns the user name when there is one.
-    pub async fn check(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    /// The `WWW-Authenticate` challenge, when the mode has one.
+    pub fn challenge(&self) -> Option<String> {
         match self {
-            Authn::None => Ok(None),
-            Authn::Basic { realm, verifier } => {
-                let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", quote(realm));
-                let creds = headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(BasicCredentials::from_header);
-                let Some(creds) = creds else {
-                    return Err(ApiError::new(Kind::Unauthorized).header(header::WWW_AUTHENTICATE, &challenge));
-                };
-                if verifier.verify(&creds).await {
-                    Ok(Some(creds.user))
-                } else {
-                    tracing::info!(user = %creds.user, "authentication failed: unknown user or wrong password");
-                    Err(ApiError::new(Kind::Unauthorized)
-                        .message("invalid username or password")
-                        .header(header::WWW_AUTHENTICATE, &challenge))
-                }
-            }
+            Authn::None => None,
+            Authn::Basic { realm, .. } => Some(format!("Basic realm=\"{}\", charset=\"UTF-8\"", quote(realm))),
         }
+    }
+
+    /// A 401 carrying the challenge.
+    pub fn unauthorized(&self, message: Option<&str>) -> ApiError {
+        let mut e = ApiError::new(Kind::Unauthorized);
+        if let Some(m) = message {
+            e = e.message(m);
+        }
+        match self.challenge() {
+            Some(c) => e.header(header::WWW_AUTHENTICATE, &c),
+            None => e,
+        }
+    }
+
+    /// Who is calling: `Ok(None)` without credentials, `Ok(Some(user))` with good ones, a 401
+    /// with wrong ones.
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+        let Authn::Basic { verifier, .. } = self else {
+            return Ok(None);
+        };
+        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return Ok(None);
+        };
+        let Some(creds) = BasicCredentials::from_header(value) else {
+            return Err(self.unauthorized(Some("the Authorization header is not valid Basic credentials")));
+        };
+        if verifier.verify(&creds).await {
+            Ok(Some(creds.user))
+        } else {
+            tracing::info!(user = %creds.user, "authentication failed: unknown user or wrong password");
+            Err(self.unauthorized(Some("invalid username or password")))
+        }
+    }
+
+    /// Whether credentials are required at all.
+    pub fn required(&self) -> bool {
+        !matches!(self, Authn::None)
     }
 
     /// Keep credentials current: re-read the htpasswd file when it changes.

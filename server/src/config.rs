@@ -127,6 +127,18 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Realm sent in the Basic challenge.",
     },
     Setting {
+        path: "accesscontrol.enabled",
+        env: &["REGISTRY_ACCESS_CONTROL_ENABLED"],
+        default: "true when accesscontrol.config is set",
+        doc: "Apply repository access rules.",
+    },
+    Setting {
+        path: "accesscontrol.config",
+        env: &["REGISTRY_ACCESS_CONTROL_CONFIG"],
+        default: "(none)",
+        doc: "JSON file of access rules (defaultPolicy, adminUsers, anonymous, rules); see docs/auth.md.",
+    },
+    Setting {
         path: "pagination.defaultlimit",
         env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"],
         default: "100",
@@ -246,6 +258,8 @@ pub struct Config {
     pub file: Option<PathBuf>,
     /// Authentication.
     pub auth: AuthConfig,
+    /// Access rules file, when access control is on.
+    pub access_rules: Option<PathBuf>,
     /// Listen address.
     pub addr: SocketAddr,
     /// Storage root.
@@ -638,9 +652,25 @@ pub fn from_tree(
                 .into(),
         ));
     }
+    let rules_path = get_str(&tree, "accesscontrol.config")?
+        .filter(|p| !p.trim().is_empty())
+        .map(PathBuf::from);
+    let access_rules = match (
+        get_bool(&tree, "accesscontrol.enabled", rules_path.is_some())?,
+        rules_path,
+    ) {
+        (false, _) => None,
+        (true, Some(p)) => Some(p),
+        (true, None) => {
+            return Err(ConfigError(
+                "accesscontrol.config (env REGISTRY_ACCESS_CONTROL_CONFIG): access control is enabled but no rules file is named".into(),
+            ));
+        }
+    };
     let config = Config {
         file,
         auth,
+        access_rules,
         addr: SocketAddr::new(ip, port),
         root: PathBuf::from(root),
         delete_enabled: get_bool(&tree, "storage.delete.enabled", false)?,
@@ -793,6 +823,25 @@ mod tests {
                 .0
                 .starts_with("http.tls")
         );
+    }
+
+    #[test]
+    fn access_control() {
+        let (c, _) = load_str("", &[("REGISTRY_ACCESS_CONTROL_CONFIG", "/r.json")]).unwrap();
+        assert_eq!(c.access_rules, Some(PathBuf::from("/r.json")));
+        let (c, _) = load_str(
+            "",
+            &[
+                ("REGISTRY_ACCESS_CONTROL_CONFIG", "/r.json"),
+                ("REGISTRY_ACCESS_CONTROL_ENABLED", "false"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.access_rules, None);
+        let e = load_str("", &[("REGISTRY_ACCESS_CONTROL_ENABLED", "true")])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("REGISTRY_ACCESS_CONTROL_CONFIG"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub enum Kind {
     TooManyRequests,
     /// No or wrong credentials.
     Unauthorized,
+    /// Authenticated but not allowed.
+    Denied,
     /// Storage is full.
     StorageFull,
     /// Anything else; details are logged, not sent.
@@ -134,6 +136,11 @@ impl Kind {
             ),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such route in the registry API"),
             Unauthorized => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED, "authentication required"),
+            Denied => (
+                "DENIED",
+                StatusCode::FORBIDDEN,
+                "requested access to the resource is denied",
+            ),
             TooManyRequests => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS, "too many requests"),
             StorageFull => (
                 "UNKNOWN",

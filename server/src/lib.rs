@@ -4,6 +4,7 @@
 //! calls the [`berth_engine::Engine`], and maps every error to an OCI error body in one table
 //! ([`error`]). Configuration is read and validated in [`config`].
 
+pub mod access;
 pub mod api;
 pub mod authn;
 pub mod config;

@@ -102,6 +102,11 @@ async fn shutdown_signal() {
 
 async fn run(cfg: config::Config) -> Result<(), String> {
     let authn = Arc::new(berth_server::authn::Authn::from_config(&cfg.auth)?);
+    let rules = match &cfg.access_rules {
+        Some(p) => Some(berth_auth::AccessRules::load(p).map_err(|e| format!("accesscontrol.config: {e}"))?),
+        None => None,
+    };
+    let access = Arc::new(berth_server::access::Access::new(rules));
     let engine = Engine::open(&cfg.root).await.map_err(|e| {
         format!(
             "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
@@ -118,6 +123,7 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         config = %cfg.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into()),
         delete = cfg.delete_enabled,
         auth = authn.mode(),
+        access_rules = access.enabled(),
         "berth {} listening", env!("CARGO_PKG_VERSION")
     );
     authn.spawn_reloader();
@@ -125,6 +131,7 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         engine,
         config: cfg,
         authn,
+        access,
     });
     serve::spawn_upload_reaper(app.clone());
     serve::serve(app, listener, shutdown_signal())

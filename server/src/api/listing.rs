@@ -10,7 +10,9 @@ use berth_engine::manifest::OCI_INDEX;
 use berth_engine::{Digest, RepoName};
 
 use super::{App, Body, finish, full, json_response, query, response};
+use crate::access::Caller;
 use crate::error::{ApiError, Kind};
+use berth_auth::Action;
 
 /// `n` and `last` of a paginated listing; `n` is capped at the configured maximum.
 fn page_params(app: &App, q: &HashMap<String, String>) -> Result<(usize, Option<String>), ApiError> {
@@ -50,9 +52,17 @@ pub(super) async fn tags(app: &App, repo: &RepoName, req: &Request<Incoming>) ->
     with_link(StatusCode::OK, &json!({"name": repo.as_str(), "tags": tags}), next)
 }
 
-pub(super) async fn catalog(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn catalog(app: &App, caller: &Caller, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (n, last) = page_params(app, &query(req.uri()))?;
-    let (repos, more) = app.engine.catalog(last, n).await?;
+    let (repos, more) = if app.access.enabled() {
+        // Only the repositories the caller may pull.
+        let (access, authn, caller) = (app.access.clone(), app.authn.clone(), caller.clone());
+        app.engine
+            .catalog_filtered(last, n, move |name| access.allows(&authn, &caller, name, Action::Pull))
+            .await?
+    } else {
+        app.engine.catalog(last, n).await?
+    };
     let next = next_link("/v2/_catalog", n, &repos, more);
     with_link(StatusCode::OK, &json!({"repositories": repos}), next)
 }

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 
 use berth_engine::Engine;
 
+use crate::access::{self, Access, Caller};
 use crate::authn::Authn;
 use crate::config::Config;
 use crate::error::{ApiError, Kind};
@@ -32,6 +33,8 @@ pub struct App {
     pub config: Config,
     /// Authentication.
     pub authn: Arc<Authn>,
+    /// Access rules.
+    pub access: Arc<Access>,
 }
 
 /// `Docker-Distribution-API-Version` value sent on every response.
@@ -94,16 +97,21 @@ fn error_response(e: &ApiError, head: bool) -> Response<Body> {
     b.body(body).unwrap_or_else(|_| Response::new(empty()))
 }
 
-async fn dispatch(app: &App, route: &Route, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn dispatch(
+    app: &App,
+    route: &Route,
+    caller: &Caller,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
     match (route, &method) {
         (Route::Base, &Method::GET | &Method::HEAD) => json_response(StatusCode::OK, &serde_json::json!({})),
-        (Route::Catalog, &Method::GET) => listing::catalog(app, &req).await,
+        (Route::Catalog, &Method::GET) => listing::catalog(app, caller, &req).await,
         (Route::Tags(repo), &Method::GET) => listing::tags(app, repo, &req).await,
         (Route::Referrers(repo, d), &Method::GET) => listing::referrers(app, repo, d, &req).await,
         (Route::Blob(repo, d), &Method::GET | &Method::HEAD) => blob::get(app, repo, d, &req).await,
         (Route::Blob(repo, d), &Method::DELETE) => blob::delete(app, repo, d).await,
-        (Route::UploadStart(repo), &Method::POST) => upload::start(app, repo, req).await,
+        (Route::UploadStart(repo), &Method::POST) => upload::start(app, caller, repo, req).await,
         (Route::Upload(repo, id), &Method::PATCH) => upload::patch(app, repo, *id, req).await,
         (Route::Upload(repo, id), &Method::PUT) => upload::put(app, repo, *id, req).await,
         (Route::Upload(repo, id), &Method::GET) => upload::status(app, repo, *id).await,
@@ -140,15 +148,21 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Err(_) => ("invalid", None),
     };
     let mut user = None;
-    let result = match app.authn.check(req.headers()).await {
+    let result = match app.authn.identify(req.headers()).await {
         Err(e) => Err(e),
-        Ok(u) => match route {
-            Ok(r) => {
-                user = u;
-                dispatch(&app, &r, req).await
+        Ok(u) => {
+            let caller = Caller { user: u };
+            user = caller.user.clone();
+            match route {
+                Ok(r) => match app.access.authorize(&app.authn, &caller, &access::need(&r, &method)) {
+                    Ok(()) => dispatch(&app, &r, &caller, req).await,
+                    Err(e) => Err(e),
+                },
+                // An unauthenticated client learns nothing about routes or names.
+                Err(_) if caller.user.is_none() && app.authn.required() => Err(app.authn.unauthorized(None)),
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
     };
     let mut resp = match result {
         Ok(r) => r,

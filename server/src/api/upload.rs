@@ -8,8 +8,10 @@ use hyper::body::Incoming;
 use berth_engine::{ChunkRange, Digest, RepoName, UploadId};
 
 use super::{App, Body, empty, finish, header_str, query, response};
+use crate::access::Caller;
 use crate::error::{ApiError, Kind, upload_range};
 use crate::range::parse_content_range;
+use berth_auth::Action;
 
 /// Chunk size advertised in `OCI-Chunk-Min-Length`: chunks of at least this size keep request
 /// overhead small. Smaller chunks are still accepted.
@@ -71,11 +73,23 @@ async fn content_range(
     }
 }
 
-pub(super) async fn start(app: &App, repo: &RepoName, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn start(
+    app: &App,
+    caller: &Caller,
+    repo: &RepoName,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let q = query(req.uri());
     if let Some(digest) = digest_param(&q, "mount")? {
         let from = q.get("from").map(|f| f.parse::<RepoName>()).transpose()?;
-        if app.engine.blob_mount(repo, &digest, from.as_ref()).await? {
+        // Mount only from where the caller may read; otherwise fall back to a normal upload,
+        // as clients expect. Without `from`, any repository will do only when no rules limit
+        // reading (the caller could not name a repository it may read otherwise).
+        let readable = match &from {
+            Some(f) => app.access.allows(&app.authn, caller, f.as_str(), Action::Pull),
+            None => !app.access.enabled(),
+        };
+        if readable && app.engine.blob_mount(repo, &digest, from.as_ref()).await? {
             return blob_created(repo, &digest);
         }
     } else if let Some(digest) = digest_param(&q, "digest")? {

@@ -1,0 +1,317 @@
+//! Repository access rules: who may pull, push or delete where.
+//!
+//! ```json
+//! {"defaultPolicy": "deny",
+//!  "adminUsers": ["root"],
+//!  "anonymous": [{"repository": "public/**", "permissions": ["pull"]}],
+//!  "rules": [{"repository": "team-a/*", "users": ["alice", "bob"], "permissions": ["pull", "push"]},
+//!            {"repository": "${user}/**", "users": ["*"], "permissions": ["pull", "push", "delete"]}]}
+//! ```
+//!
+//! The first rule whose repository pattern and user list both match decides: its permissions are
+//! granted and nothing else. Admin users may do everything. When no rule matches, the default
+//! policy decides. Patterns: `*` matches within one path segment (`team-*` too), `**` matches
+//! any number of segments, `${user}` is the caller's name taken literally.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::scope::Action;
+
+/// What happens when no rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Everything is allowed.
+    Allow,
+    /// Nothing is allowed.
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(String),
+    User,
+    Star,
+    DoubleStar,
+}
+
+/// A compiled repository pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    source: String,
+    tokens: Vec<Token>,
+}
+
+impl Pattern {
+    /// Compile a pattern.
+    pub fn new(source: &str) -> Pattern {
+        let mut tokens = Vec::new();
+        let mut lit = String::new();
+        let mut rest = source;
+        while let Some(c) = rest.chars().next() {
+            let (tok, len) = if rest.starts_with("**") {
+                (Some(Token::DoubleStar), 2)
+            } else if rest.starts_with("${user}") {
+                (Some(Token::User), 7)
+            } else if c == '*' {
+                (Some(Token::Star), 1)
+            } else {
+                lit.push(c);
+                (None, c.len_utf8())
+            };
+            if let Some(t) = tok {
+                if !lit.is_empty() {
+                    tokens.push(Token::Literal(std::mem::take(&mut lit)));
+                }
+                tokens.push(t);
+            }
+            rest = &rest[len..];
+        }
+        if !lit.is_empty() {
+            tokens.push(Token::Literal(lit));
+        }
+        Pattern {
+            source: source.to_owned(),
+            tokens,
+        }
+    }
+
+    /// Whether `name` matches for `user` (`None`: anonymous, so `${user}` matches nothing).
+    pub fn matches(&self, name: &str, user: Option<&str>) -> bool {
+        fn go(tokens: &[Token], s: &str, user: Option<&str>) -> bool {
+            match tokens.split_first() {
+                None => s.is_empty(),
+                Some((Token::Literal(l), rest)) => s.strip_prefix(l.as_str()).is_some_and(|s| go(rest, s, user)),
+                Some((Token::User, rest)) => user.and_then(|u| s.strip_prefix(u)).is_some_and(|s| go(rest, s, user)),
+                Some((Token::Star, rest)) => {
+                    let seg_end = s.find('/').unwrap_or(s.len());
+                    (0..=seg_end).any(|i| go(rest, &s[i..], user))
+                }
+                Some((Token::DoubleStar, rest)) => (0..=s.len())
+                    .filter(|i| s.is_char_boundary(*i))
+                    .any(|i| go(rest, &s[i..], user)),
+            }
+        }
+        go(&self.tokens, name, user)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+/// One rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Repository pattern.
+    pub repository: Pattern,
+    /// User names; `*` is every authenticated user.
+    pub users: Vec<String>,
+    /// Granted actions.
+    pub permissions: Vec<Action>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRule {
+    repository: String,
+    #[serde(default)]
+    users: Vec<String>,
+    permissions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRules {
+    default_policy: Option<Policy>,
+    #[serde(default)]
+    admin_users: Vec<String>,
+    #[serde(default)]
+    anonymous: Vec<RawRule>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+/// Why an access-rules file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {reason}")]
+pub struct RulesError {
+    /// The file.
+    pub file: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The access rules.
+#[derive(Debug, Clone)]
+pub struct AccessRules {
+    /// When nothing matches.
+    pub default_policy: Policy,
+    /// Users who may do everything.
+    pub admin_users: Vec<String>,
+    /// Rules for clients without credentials.
+    pub anonymous: Vec<Rule>,
+    /// Rules for authenticated users.
+    pub rules: Vec<Rule>,
+}
+
+fn compile(raw: Vec<RawRule>, what: &str) -> Result<Vec<Rule>, String> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let permissions = r
+                .permissions
+                .iter()
+                .map(|p| match p.as_str() {
+                    "pull" => Ok(Action::Pull),
+                    "push" => Ok(Action::Push),
+                    "delete" => Ok(Action::Delete),
+                    "*" => Ok(Action::All),
+                    other => Err(format!(
+                        "{what}[{i}]: unknown permission {other:?}; use pull, push, delete or *"
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if r.repository.is_empty() {
+                return Err(format!("{what}[{i}]: empty repository pattern"));
+            }
+            Ok(Rule {
+                repository: Pattern::new(&r.repository),
+                users: r.users,
+                permissions,
+            })
+        })
+        .collect()
+}
+
+impl AccessRules {
+    /// Allow everything (what no rules file means).
+    pub fn allow_all() -> AccessRules {
+        AccessRules {
+            default_policy: Policy::Allow,
+            admin_users: Vec::new(),
+            anonymous: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+
+    /// Parse rules JSON; `file` is used in messages.
+    pub fn parse(file: &Path, text: &str) -> Result<AccessRules, RulesError> {
+        let err = |reason: String| RulesError {
+            file: file.display().to_string(),
+            reason,
+        };
+        let raw: RawRules = serde_json::from_str(text).map_err(|e| err(format!("invalid access rules: {e}")))?;
+        Ok(AccessRules {
+            default_policy: raw.default_policy.unwrap_or(Policy::Deny),
+            admin_users: raw.admin_users,
+            anonymous: compile(raw.anonymous, "anonymous").map_err(err)?,
+            rules: compile(raw.rules, "rules").map_err(err)?,
+        })
+    }
+
+    /// Read and parse a file.
+    pub fn load(path: &Path) -> Result<AccessRules, RulesError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RulesError {
+            file: path.display().to_string(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        AccessRules::parse(path, &text)
+    }
+
+    /// The actions `user` (`None` = anonymous) has on repository `name`.
+    pub fn granted(&self, user: Option<&str>, name: &str) -> Vec<Action> {
+        if let Some(u) = user
+            && self.admin_users.iter().any(|a| a == u)
+        {
+            return vec![Action::All];
+        }
+        let rules = if user.is_some() { &self.rules } else { &self.anonymous };
+        let hit = rules.iter().find(|r| {
+            let user_ok = match user {
+                None => true,
+                Some(u) => r.users.iter().any(|x| x == "*" || x == u),
+            };
+            user_ok && r.repository.matches(name, user)
+        });
+        match (hit, self.default_policy) {
+            (Some(r), _) => r.permissions.clone(),
+            (None, Policy::Allow) => vec![Action::All],
+            (None, Policy::Deny) => Vec::new(),
+        }
+    }
+
+    /// Whether `user` may do `action` on repository `name`.
+    pub fn allows(&self, user: Option<&str>, name: &str, action: Action) -> bool {
+        self.granted(user, name).iter().any(|a| a.covers(action))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = Pattern::new("team-a/*");
+        assert!(p.matches("team-a/app", None));
+        assert!(!p.matches("team-a/app/sub", None));
+        assert!(!p.matches("team-a", None));
+        let p = Pattern::new("team-*/app");
+        assert!(p.matches("team-x/app", None));
+        assert!(!p.matches("team-x/y/app", None));
+        let p = Pattern::new("team-a/**");
+        assert!(p.matches("team-a/x/y/z", None));
+        let p = Pattern::new("${user}/**");
+        assert!(p.matches("alice/app", Some("alice")));
+        assert!(!p.matches("bob/app", Some("alice")));
+        assert!(!p.matches("alice/app", None));
+        // a user name is literal, never a glob
+        assert!(!Pattern::new("${user}/x").matches("anything/x", Some("*")));
+        assert!(Pattern::new("**").matches("a/b", None));
+    }
+
+    const RULES: &str = r#"{
+        "defaultPolicy": "deny",
+        "adminUsers": ["root"],
+        "anonymous": [{"repository": "public/**", "permissions": ["pull"]}],
+        "rules": [
+            {"repository": "team-a/*", "users": ["alice", "bob"], "permissions": ["pull", "push"]},
+            {"repository": "team-a/*", "users": ["*"], "permissions": ["pull"]},
+            {"repository": "${user}/**", "users": ["*"], "permissions": ["pull", "push", "delete"]},
+            {"repository": "public/**", "users": ["*"], "permissions": ["pull"]}
+        ]}"#;
+
+    #[test]
+    fn first_match_wins() {
+        let r = AccessRules::parse(Path::new("rules.json"), RULES).unwrap();
+        assert!(r.allows(Some("alice"), "team-a/app", Action::Push));
+        assert!(!r.allows(Some("alice"), "team-a/app", Action::Delete));
+        assert!(r.allows(Some("carol"), "team-a/app", Action::Pull));
+        assert!(!r.allows(Some("carol"), "team-a/app", Action::Push));
+        assert!(r.allows(Some("carol"), "carol/x/y", Action::Delete));
+        assert!(!r.allows(Some("carol"), "alice/x", Action::Pull));
+        assert!(r.allows(Some("root"), "anything/at/all", Action::Delete));
+        assert!(r.allows(None, "public/base", Action::Pull));
+        assert!(!r.allows(None, "public/base", Action::Push));
+        assert!(!r.allows(None, "team-a/app", Action::Pull));
+        assert!(!r.allows(Some("carol"), "other", Action::Pull), "default deny");
+        let open = AccessRules::parse(Path::new("r.json"), r#"{"defaultPolicy":"allow"}"#).unwrap();
+        assert!(open.allows(Some("x"), "y", Action::Delete));
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let e = AccessRules::parse(
+            Path::new("r.json"),
+            r#"{"rules":[{"repository":"a","permissions":["fly"]}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("r.json") && e.to_string().contains("fly"), "{e}");
+        assert!(AccessRules::parse(Path::new("r.json"), r#"{"defaultPolicy":"maybe"}"#).is_err());
+        assert!(AccessRules::parse(Path::new("r.json"), r#"{"rulez":[]}"#).is_err());
+    }
+}

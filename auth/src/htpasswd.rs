@@ -101,9 +101,34 @@ impl Htpasswd {
     }
 }
 
+/// Default bcrypt cost of [`entry`].
+pub const DEFAULT_COST: u32 = 10;
+
+/// An htpasswd line `user:$2y$…` for a password.
+pub fn entry(user: &str, password: &str, cost: u32) -> Result<String, String> {
+    if user.is_empty() || user.contains(':') || user.contains(char::is_whitespace) {
+        return Err("the user name must be non-empty, without ':' or spaces".into());
+    }
+    if !(4..=31).contains(&cost) {
+        return Err("the bcrypt cost must be between 4 and 31".into());
+    }
+    let parts = bcrypt::hash_with_result(password, cost).map_err(|e| e.to_string())?;
+    Ok(format!("{user}:{}", parts.format_for_version(bcrypt::Version::TwoY)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_verify() {
+        let line = entry("ci", "s3cret", 4).unwrap();
+        let h = Htpasswd::parse(Path::new("x"), &line).unwrap();
+        assert!(h.hash("ci").unwrap().starts_with("$2y$04$"));
+        assert!(bcrypt::verify("s3cret", h.hash("ci").unwrap()).unwrap());
+        assert!(entry("a:b", "p", 4).is_err());
+        assert!(entry("a", "p", 3).is_err());
+    }
 
     #[test]
     fn bcrypt_only_with_line_numbers() {

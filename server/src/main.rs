@@ -36,6 +36,15 @@ enum Command {
         #[arg(long, conflicts_with_all = ["file", "config"])]
         no_config_file: bool,
     },
+    /// Print an htpasswd line (bcrypt) for USER; the password is read from the first line of
+    /// standard input. Append the output to the file named by auth.htpasswd.path.
+    Htpasswd {
+        /// User name.
+        user: String,
+        /// bcrypt cost (4–31).
+        #[arg(long, default_value_t = berth_auth::htpasswd::DEFAULT_COST)]
+        cost: u32,
+    },
     /// Validate the configuration and print the settings in effect.
     CheckConfig {
         /// Configuration file.
@@ -156,6 +165,25 @@ fn main() {
                 tracing::error!("{e}");
                 eprintln!("berth: {e}");
                 std::process::exit(1);
+            }
+        }
+        Command::Htpasswd { user, cost } => {
+            let mut password = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut password) {
+                eprintln!("berth: reading the password from standard input failed: {e}");
+                std::process::exit(2);
+            }
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                eprintln!("berth: no password on standard input (example: echo \"$PASSWORD\" | berth htpasswd {user})");
+                std::process::exit(2);
+            }
+            match berth_auth::htpasswd::entry(&user, password, cost) {
+                Ok(line) => println!("{line}"),
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    std::process::exit(2);
+                }
             }
         }
         Command::CheckConfig {

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::scope::Action;
+use crate::scope::{Action, Scope};
 
 /// What happens when no rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -250,6 +250,35 @@ impl AccessRules {
     }
 }
 
+/// What a token server grants for one requested scope: the requested actions that the rules
+/// allow (with no rules: everything for an authenticated user, nothing for anonymous). The
+/// catalog (`registry:catalog:*`) goes to authenticated users; the listing itself is filtered.
+pub fn grant(rules: Option<&AccessRules>, user: Option<&str>, requested: &Scope) -> Scope {
+    let allowed: Vec<Action> = match (requested.resource_type.as_str(), rules) {
+        ("repository", Some(r)) => r.granted(user, &requested.name),
+        ("repository", None) | ("registry", _) if user.is_some() => vec![Action::All],
+        _ => Vec::new(),
+    };
+    let wanted: Vec<Action> = if requested.actions.contains(&Action::All) {
+        if requested.resource_type == "registry" {
+            vec![Action::All]
+        } else {
+            vec![Action::Pull, Action::Push, Action::Delete]
+        }
+    } else {
+        requested.actions.clone()
+    };
+    let actions: Vec<Action> = wanted
+        .into_iter()
+        .filter(|w| allowed.iter().any(|a| a.covers(*w)))
+        .collect();
+    Scope {
+        resource_type: requested.resource_type.clone(),
+        name: requested.name.clone(),
+        actions,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +330,31 @@ mod tests {
         assert!(!r.allows(Some("carol"), "other", Action::Pull), "default deny");
         let open = AccessRules::parse(Path::new("r.json"), r#"{"defaultPolicy":"allow"}"#).unwrap();
         assert!(open.allows(Some("x"), "y", Action::Delete));
+    }
+
+    #[test]
+    fn grants_are_the_allowed_subset() {
+        let r = AccessRules::parse(Path::new("rules.json"), RULES).unwrap();
+        let want: Scope = "repository:team-a/app:pull,push".parse().unwrap();
+        assert_eq!(
+            grant(Some(&r), Some("carol"), &want).to_string(),
+            "repository:team-a/app:pull"
+        );
+        assert_eq!(
+            grant(Some(&r), Some("alice"), &want).to_string(),
+            "repository:team-a/app:pull,push"
+        );
+        assert!(grant(Some(&r), None, &want).actions.is_empty());
+        assert_eq!(grant(None, Some("x"), &want).actions, vec![Action::Pull, Action::Push]);
+        assert!(grant(None, None, &want).actions.is_empty());
+        let all: Scope = "repository:carol/x:*".parse().unwrap();
+        assert_eq!(
+            grant(Some(&r), Some("carol"), &all).actions,
+            vec![Action::Pull, Action::Push, Action::Delete]
+        );
+        let cat: Scope = "registry:catalog:*".parse().unwrap();
+        assert_eq!(grant(Some(&r), Some("carol"), &cat).actions, vec![Action::All]);
+        assert!(grant(Some(&r), None, &cat).actions.is_empty());
     }
 
     #[test]

@@ -8,8 +8,9 @@ pub mod access;
 pub mod basic;
 pub mod htpasswd;
 pub mod scope;
+pub mod token;
 
-pub use access::{AccessRules, Pattern, Policy};
+pub use access::{AccessRules, Pattern, Policy, grant};
 pub use basic::{BasicAuth, BasicCredentials};
 pub use htpasswd::{Htpasswd, HtpasswdError};
 pub use scope::{Action, Scope, ScopeError};

@@ -92,6 +92,11 @@ impl BasicAuth {
         })
     }
 
+    /// Whether the file has this user.
+    pub fn knows(&self, user: &str) -> bool {
+        self.file.read().htpasswd.hash(user).is_some()
+    }
+
     /// Number of users in the file.
     pub fn users(&self) -> usize {
         self.file.read().htpasswd.len()

@@ -1,18 +1,51 @@
 //! Authentication at the HTTP edge: reads credentials from the request, asks `berth-auth`, and
 //! turns a refusal into a 401 with the right challenge.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, header};
 
+use berth_auth::token::{Grant, Issuer, KeySet, KidFormat, SigningKey, Verifier};
 use berth_auth::{BasicAuth, BasicCredentials};
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, TokenConfig};
 use crate::error::{ApiError, Kind};
 
 /// How often the htpasswd file is checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Who is calling.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// Authenticated user name (token mode: the token's `sub`); `None` for anonymous clients.
+    pub user: Option<String>,
+    /// In token mode, what the caller's token grants.
+    pub grant: Option<Arc<Grant>>,
+}
+
+/// The built-in token server.
+pub struct TokenServer {
+    /// Signs tokens.
+    pub issuer: Issuer,
+    /// Users who may log in.
+    pub users: BasicAuth,
+    /// Path of the token endpoint.
+    pub path: String,
+}
+
+/// Token mode.
+pub struct TokenAuth {
+    /// Challenge realm (token endpoint URL).
+    pub realm: String,
+    /// Service name.
+    pub service: String,
+    /// Checks presented tokens.
+    pub verifier: Verifier,
+    /// The built-in token server, when enabled.
+    pub server: Option<TokenServer>,
+}
 
 /// The configured authentication.
 pub enum Authn {
@@ -25,15 +58,76 @@ pub enum Authn {
         /// Verifier.
         verifier: BasicAuth,
     },
+    /// Bearer tokens.
+    Token(Box<TokenAuth>),
 }
 
 fn quote(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+fn read(path: &Path, setting: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))
+}
+
+fn token_auth(cfg: &TokenConfig) -> Result<TokenAuth, String> {
+    let mut keys = KeySet::default();
+    if let Some(p) = &cfg.jwks {
+        let text = String::from_utf8(read(p, "auth.token.jwks")?)
+            .map_err(|_| format!("auth.token.jwks: {} is not UTF-8", p.display()))?;
+        keys.add_jwks(p, &text).map_err(|e| format!("auth.token.jwks: {e}"))?;
+    }
+    if let Some(p) = &cfg.rootcertbundle {
+        keys.add_root_bundle(p, &read(p, "auth.token.rootcertbundle")?)
+            .map_err(|e| format!("auth.token.rootcertbundle: {e}"))?;
+    }
+    if let Some(p) = &cfg.publickey {
+        keys.add_public_key(p, &read(p, "auth.token.publickey")?)
+            .map_err(|e| format!("auth.token.publickey: {e}"))?;
+    }
+    let server = match &cfg.server {
+        None => None,
+        Some(s) => {
+            let kid = if s.kid == "libtrust" {
+                KidFormat::Libtrust
+            } else {
+                KidFormat::Thumbprint
+            };
+            let mut signing = Vec::new();
+            for (i, p) in s.keys.iter().enumerate() {
+                let pem = read(p, "auth.token.server.key")?;
+                // The certificate belongs to the newest (signing) key.
+                let cert = match (&s.certificate, i + 1 == s.keys.len()) {
+                    (Some(c), true) => Some(read(c, "auth.token.server.certificate")?),
+                    _ => None,
+                };
+                let key = SigningKey::from_pem(&p.display().to_string(), &pem, cert.as_deref(), kid)
+                    .map_err(|e| format!("auth.token.server.key: {e}"))?;
+                key.add_to(&mut keys)
+                    .map_err(|e| format!("auth.token.server.key: {e}"))?;
+                signing.push(key);
+            }
+            let issuer = Issuer::new(cfg.issuer.clone(), cfg.service.clone(), s.expiration, signing)
+                .map_err(|e| format!("auth.token.server.key: {e}"))?;
+            let users = BasicAuth::open(&s.htpasswd).map_err(|e| format!("auth.htpasswd.path: {e}"))?;
+            Some(TokenServer {
+                issuer,
+                users,
+                path: s.path.clone(),
+            })
+        }
+    };
+    Ok(TokenAuth {
+        realm: cfg.realm.clone(),
+        service: cfg.service.clone(),
+        verifier: Verifier::new(cfg.issuer.clone(), cfg.service.clone(), keys, cfg.leeway),
+        server,
+    })
+}
+
 impl Authn {
-    /// Build from the validated configuration; a bad htpasswd file is an error naming the file
-    /// and line.
+    /// Build from the validated configuration; unreadable or invalid files are errors that
+    /// name the setting, the file and the problem.
     pub fn from_config(cfg: &AuthConfig) -> Result<Authn, String> {
         Ok(match cfg {
             AuthConfig::None => Authn::None,
@@ -47,6 +141,11 @@ impl Authn {
                     verifier,
                 }
             }
+            AuthConfig::Token(t) => {
+                let auth = token_auth(t)?;
+                tracing::info!(kids = ?auth.verifier.kids(), "token verification keys loaded");
+                Authn::Token(Box::new(auth))
+            }
         })
     }
 
@@ -55,46 +154,96 @@ impl Authn {
         match self {
             Authn::None => "none",
             Authn::Basic { .. } => "basic",
+            Authn::Token(_) => "token",
         }
     }
 
-    /// The `WWW-Authenticate` challenge, when the mode has one.
-    pub fn challenge(&self) -> Option<String> {
+    /// The built-in token server, if enabled.
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        match self {
+            Authn::Token(t) => t.server.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge for a request that needs `scope` (token mode), with
+    /// `error` when a token was presented but is not enough.
+    pub fn challenge(&self, scope: Option<&str>, error: Option<&str>) -> Option<String> {
         match self {
             Authn::None => None,
             Authn::Basic { realm, .. } => Some(format!("Basic realm=\"{}\", charset=\"UTF-8\"", quote(realm))),
+            Authn::Token(t) => {
+                let mut c = format!("Bearer realm=\"{}\",service=\"{}\"", quote(&t.realm), quote(&t.service));
+                if let Some(s) = scope {
+                    c.push_str(&format!(",scope=\"{}\"", quote(s)));
+                }
+                if let Some(e) = error {
+                    c.push_str(&format!(",error=\"{e}\""));
+                }
+                Some(c)
+            }
         }
     }
 
     /// A 401 carrying the challenge.
-    pub fn unauthorized(&self, message: Option<&str>) -> ApiError {
+    pub fn unauthorized(&self, message: Option<&str>, scope: Option<&str>, error: Option<&str>) -> ApiError {
         let mut e = ApiError::new(Kind::Unauthorized);
         if let Some(m) = message {
             e = e.message(m);
         }
-        match self.challenge() {
+        match self.challenge(scope, error) {
             Some(c) => e.header(header::WWW_AUTHENTICATE, &c),
             None => e,
         }
     }
 
-    /// Who is calling: `Ok(None)` without credentials, `Ok(Some(user))` with good ones, a 401
-    /// with wrong ones.
-    pub async fn identify(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-        let Authn::Basic { verifier, .. } = self else {
-            return Ok(None);
-        };
-        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-            return Ok(None);
-        };
-        let Some(creds) = BasicCredentials::from_header(value) else {
-            return Err(self.unauthorized(Some("the Authorization header is not valid Basic credentials")));
-        };
-        if verifier.verify(&creds).await {
-            Ok(Some(creds.user))
-        } else {
-            tracing::info!(user = %creds.user, "authentication failed: unknown user or wrong password");
-            Err(self.unauthorized(Some("invalid username or password")))
+    /// Who is calling: anonymous without credentials, the user with good ones, a 401 with
+    /// wrong ones.
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match (self, value) {
+            (Authn::None, _) | (_, None) => Ok(Caller::default()),
+            (Authn::Basic { verifier, .. }, Some(value)) => {
+                let Some(creds) = BasicCredentials::from_header(value) else {
+                    return Err(self.unauthorized(
+                        Some("the Authorization header is not valid Basic credentials"),
+                        None,
+                        None,
+                    ));
+                };
+                if verifier.verify(&creds).await {
+                    Ok(Caller {
+                        user: Some(creds.user),
+                        grant: None,
+                    })
+                } else {
+                    tracing::info!(user = %creds.user, "authentication failed: unknown user or wrong password");
+                    Err(self.unauthorized(Some("invalid username or password"), None, None))
+                }
+            }
+            (Authn::Token(t), Some(value)) => {
+                let token = value
+                    .split_once(' ')
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, tok)| tok.trim());
+                let Some(token) = token else {
+                    return Err(self.unauthorized(
+                        Some(&format!("this registry uses token authentication: get a token from {} and send it as Authorization: Bearer", t.realm)),
+                        None,
+                        None,
+                    ));
+                };
+                match t.verifier.verify(token) {
+                    Ok(grant) => Ok(Caller {
+                        user: grant.subject.clone().filter(|s| !s.is_empty()),
+                        grant: Some(grant),
+                    }),
+                    Err(e) => {
+                        tracing::warn!(reason = %e, "bearer token rejected");
+                        Err(self.unauthorized(Some(&format!("invalid token: {e}")), None, Some("invalid_token")))
+                    }
+                }
+            }
         }
     }
 
@@ -103,9 +252,9 @@ impl Authn {
         !matches!(self, Authn::None)
     }
 
-    /// Keep credentials current: re-read the htpasswd file when it changes.
+    /// Keep credentials current: re-read htpasswd files when they change.
     pub fn spawn_reloader(self: &Arc<Self>) {
-        if !matches!(**self, Authn::Basic { .. }) {
+        if self.users().is_none() {
             return;
         }
         let me = self.clone();
@@ -114,9 +263,9 @@ impl Authn {
             loop {
                 tick.tick().await;
                 let me = me.clone();
-                let res = tokio::task::spawn_blocking(move || match &*me {
-                    Authn::Basic { verifier, .. } => verifier.reload_if_changed().map(|c| (c, verifier.users())),
-                    Authn::None => Ok((false, 0)),
+                let res = tokio::task::spawn_blocking(move || match me.users() {
+                    Some(users) => users.reload_if_changed().map(|c| (c, users.users())),
+                    None => Ok((false, 0)),
                 })
                 .await;
                 match res {
@@ -129,5 +278,14 @@ impl Authn {
                 }
             }
         });
+    }
+
+    /// The htpasswd users, in basic mode or for the token server.
+    pub fn users(&self) -> Option<&BasicAuth> {
+        match self {
+            Authn::Basic { verifier, .. } => Some(verifier),
+            Authn::Token(t) => t.server.as_ref().map(|s| &s.users),
+            Authn::None => None,
+        }
     }
 }

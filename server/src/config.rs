@@ -139,6 +139,84 @@ pub const SETTINGS: &[Setting] = &[
         doc: "JSON file of access rules (defaultPolicy, adminUsers, anonymous, rules); see docs/auth.md.",
     },
     Setting {
+        path: "auth.token.realm",
+        env: &["REGISTRY_AUTH_TOKEN_REALM"],
+        default: "(required in token mode)",
+        doc: "URL of the token endpoint, sent in the Bearer challenge (with the built-in server: this registry's URL + auth.token.server.path).",
+    },
+    Setting {
+        path: "auth.token.service",
+        env: &["REGISTRY_AUTH_TOKEN_SERVICE"],
+        default: "(required in token mode)",
+        doc: "Service name: sent in the challenge, expected as the tokens' aud.",
+    },
+    Setting {
+        path: "auth.token.issuer",
+        env: &["REGISTRY_AUTH_TOKEN_ISSUER"],
+        default: "(required in token mode)",
+        doc: "Expected iss of tokens (and the iss the built-in server writes).",
+    },
+    Setting {
+        path: "auth.token.rootcertbundle",
+        env: &["REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE"],
+        default: "(none)",
+        doc: "PEM certificates: tokens with an x5c chain ending at one of them, or a kid equal to the RFC 7638 thumbprint or libtrust fingerprint of one of their keys, are trusted.",
+    },
+    Setting {
+        path: "auth.token.jwks",
+        env: &["REGISTRY_AUTH_TOKEN_JWKS"],
+        default: "(none)",
+        doc: "JWKS file; tokens are matched to its keys by kid, and a key's alg (if given) must equal the token's.",
+    },
+    Setting {
+        path: "auth.token.publickey",
+        env: &["REGISTRY_AUTH_TOKEN_PUBLICKEY"],
+        default: "(none)",
+        doc: "One PEM public key (or certificate); tokens without kid are verified with it when it is the only key.",
+    },
+    Setting {
+        path: "auth.token.leeway",
+        env: &["REGISTRY_AUTH_TOKEN_LEEWAY"],
+        default: "60s",
+        doc: "Clock skew allowed when checking exp, nbf and iat.",
+    },
+    Setting {
+        path: "auth.token.server.enabled",
+        env: &["REGISTRY_AUTH_TOKEN_SERVER_ENABLED"],
+        default: "false",
+        doc: "Run the built-in token server in this process (users from auth.htpasswd.path, grants from the access rules).",
+    },
+    Setting {
+        path: "auth.token.server.key",
+        env: &["REGISTRY_AUTH_TOKEN_SERVER_KEY"],
+        default: "(required with the server)",
+        doc: "PEM (PKCS#8) signing key file(s), oldest first, comma-separated in the variable; the last one signs, all verify. `berth keygen` makes one.",
+    },
+    Setting {
+        path: "auth.token.server.certificate",
+        env: &["REGISTRY_AUTH_TOKEN_SERVER_CERTIFICATE"],
+        default: "(none)",
+        doc: "Certificate of the signing key; when set, tokens carry it as x5c so registries with this certificate in their rootcertbundle (distribution 2.x and 3.x) accept them.",
+    },
+    Setting {
+        path: "auth.token.server.path",
+        env: &["REGISTRY_AUTH_TOKEN_SERVER_PATH"],
+        default: "/auth",
+        doc: "Path of the token endpoint (the JWKS is served at /.well-known/jwks.json).",
+    },
+    Setting {
+        path: "auth.token.server.expiration",
+        env: &["REGISTRY_AUTH_TOKEN_SERVER_EXPIRATION", "REGISTRY_TOKEN_EXPIRY"],
+        default: "300s",
+        doc: "Lifetime of issued access tokens.",
+    },
+    Setting {
+        path: "auth.token.server.kid",
+        env: &["REGISTRY_AUTH_TOKEN_SERVER_KID"],
+        default: "thumbprint",
+        doc: "kid of issued tokens: thumbprint (RFC 7638) or libtrust (distribution 2.x fingerprint).",
+    },
+    Setting {
         path: "pagination.defaultlimit",
         env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"],
         default: "100",
@@ -155,6 +233,9 @@ pub const SETTINGS: &[Setting] = &[
 /// Sections of distribution's format that Berth reads but does not act on (yet); they are
 /// accepted with a warning rather than refused.
 const IGNORED_SECTIONS: &[&str] = &[
+    "auth.token.autoredirect",
+    "auth.token.autoredirectpath",
+    "auth.token.signingalgorithms",
     "notifications",
     "redis",
     "health",
@@ -183,10 +264,6 @@ const IGNORED_SECTIONS: &[&str] = &[
 /// without them would expose the registry, so start-up stops with a message instead.
 const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
     (
-        "auth.token",
-        "token authentication is not available in this version of Berth yet; use basic authentication (auth.htpasswd, or REGISTRY_AUTH_TYPE=basic with REGISTRY_AUTH_HTPASSWD) or remove auth.token (and REGISTRY_AUTH_TOKEN_* variables)",
-    ),
-    (
         "auth.silly",
         "silly authentication is for testing distribution only and is not offered by Berth; use auth.htpasswd",
     ),
@@ -208,6 +285,150 @@ pub enum AuthConfig {
         /// The htpasswd file.
         path: PathBuf,
     },
+    /// Bearer tokens (JWT), optionally issued by the built-in token server.
+    Token(Box<TokenConfig>),
+}
+
+/// Token authentication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenConfig {
+    /// Where clients get tokens.
+    pub realm: String,
+    /// The `aud` tokens must carry and the `service` clients send.
+    pub service: String,
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// Root certificates (x5c chains; key ids of their keys).
+    pub rootcertbundle: Option<PathBuf>,
+    /// JWKS file.
+    pub jwks: Option<PathBuf>,
+    /// A single PEM public key.
+    pub publickey: Option<PathBuf>,
+    /// Clock leeway for exp/nbf/iat.
+    pub leeway: Duration,
+    /// The built-in token server.
+    pub server: Option<TokenServerConfig>,
+}
+
+/// The built-in token server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenServerConfig {
+    /// Signing keys, oldest first; the last signs.
+    pub keys: Vec<PathBuf>,
+    /// Certificate of the signing key (sent as `x5c`).
+    pub certificate: Option<PathBuf>,
+    /// Path of the token endpoint.
+    pub path: String,
+    /// Token lifetime.
+    pub expiration: Duration,
+    /// `kid` format: thumbprint or libtrust.
+    pub kid: String,
+    /// htpasswd file with the users.
+    pub htpasswd: PathBuf,
+}
+
+fn need(tree: &Value, path: &str, why: &str) -> Result<String, ConfigError> {
+    match get_str(tree, path)?.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => Ok(v.to_owned()),
+        None => Err(ConfigError(format!(
+            "{path}{} is required in token mode: {why}",
+            env_names(path)
+        ))),
+    }
+}
+
+fn get_list(tree: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
+    match get_path(tree, path) {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad(path, "a list of file names", v))
+            })
+            .collect(),
+        Some(v) => Err(bad(path, "a file name or a list of file names", v)),
+    }
+}
+
+fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
+    let realm = need(
+        tree,
+        "auth.token.realm",
+        "clients fetch tokens from this URL, e.g. https://registry.example.com/auth",
+    )?;
+    let service = need(
+        tree,
+        "auth.token.service",
+        "it is sent in the challenge and must be the tokens' audience (without it clients fail with \"Missing service parameter\")",
+    )?;
+    let issuer = need(tree, "auth.token.issuer", "tokens must carry this iss claim")?;
+    let path = |p: &str| -> Result<Option<PathBuf>, ConfigError> {
+        Ok(get_str(tree, p)?.filter(|v| !v.trim().is_empty()).map(PathBuf::from))
+    };
+    let server_enabled = get_bool(tree, "auth.token.server.enabled", false)?;
+    let server = if server_enabled {
+        let keys: Vec<PathBuf> = get_list(tree, "auth.token.server.key")?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
+        if keys.is_empty() {
+            return Err(ConfigError(format!(
+                "auth.token.server.key{} is required when the token server is enabled: name the PEM private key(s) that sign tokens (create one with `berth keygen`)",
+                env_names("auth.token.server.key")
+            )));
+        }
+        let htpasswd = path("auth.htpasswd.path")?.ok_or_else(|| {
+            ConfigError("auth.htpasswd.path (env REGISTRY_AUTH_HTPASSWD) is required when the token server is enabled: it holds the users who may log in".into())
+        })?;
+        let kid = get_str(tree, "auth.token.server.kid")?
+            .unwrap_or("thumbprint")
+            .to_ascii_lowercase();
+        if kid != "thumbprint" && kid != "libtrust" {
+            return Err(ConfigError(format!(
+                "auth.token.server.kid: {kid:?} is not thumbprint or libtrust"
+            )));
+        }
+        let endpoint = get_str(tree, "auth.token.server.path")?.unwrap_or("/auth").to_owned();
+        if !endpoint.starts_with('/') || endpoint.starts_with("/v2") || endpoint == "/" {
+            return Err(ConfigError(format!(
+                "auth.token.server.path: {endpoint:?} must start with / and not be under /v2"
+            )));
+        }
+        Some(TokenServerConfig {
+            keys,
+            certificate: path("auth.token.server.certificate")?,
+            path: endpoint,
+            expiration: get_duration(tree, "auth.token.server.expiration", Duration::from_secs(300))?,
+            kid,
+            htpasswd,
+        })
+    } else {
+        None
+    };
+    let cfg = TokenConfig {
+        realm,
+        service,
+        issuer,
+        rootcertbundle: path("auth.token.rootcertbundle")?,
+        jwks: path("auth.token.jwks")?,
+        publickey: path("auth.token.publickey")?,
+        leeway: get_duration(tree, "auth.token.leeway", Duration::from_secs(60))?,
+        server,
+    };
+    if cfg.rootcertbundle.is_none() && cfg.jwks.is_none() && cfg.publickey.is_none() && cfg.server.is_none() {
+        return Err(ConfigError(
+            "token mode needs a key to verify tokens with: set auth.token.jwks (env REGISTRY_AUTH_TOKEN_JWKS), auth.token.rootcertbundle (env REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE) or auth.token.publickey (env REGISTRY_AUTH_TOKEN_PUBLICKEY), or enable the built-in token server (auth.token.server.enabled: true with auth.token.server.key)".into(),
+        ));
+    }
+    Ok(cfg)
 }
 
 /// Decide the auth mode: `REGISTRY_AUTH_TYPE` wins over the file; otherwise the section that is
@@ -241,10 +462,7 @@ fn auth_config(tree: &mut Value, auth_type: Option<&str>) -> Result<AuthConfig, 
                 path: PathBuf::from(path),
             })
         }
-        "token" => {
-            set_path(tree, "auth.token.type", Value::String(kind.clone()));
-            Ok(AuthConfig::None) // refused below with the auth.token message
-        }
+        "token" => Ok(AuthConfig::Token(Box::new(token_config(tree)?))),
         other => Err(ConfigError(format!(
             "REGISTRY_AUTH_TYPE: {other:?} is not one of none, basic, token"
         ))),
@@ -545,10 +763,6 @@ pub fn from_tree(
             set_path(&mut tree, s.path, Value::String(value.clone()));
             continue;
         }
-        if name.starts_with("REGISTRY_AUTH_TOKEN_") {
-            set_path(&mut tree, "auth.token.env", Value::String(name.clone()));
-            continue;
-        }
         if name.starts_with("REGISTRY_HTTP_TLS_") {
             set_path(&mut tree, "http.tls.env", Value::String(name.clone()));
             continue;
@@ -807,16 +1021,56 @@ mod tests {
     }
 
     #[test]
-    fn token_and_tls_refuse_to_start_rather_than_run_open() {
-        let e = load_str("auth: {token: {realm: r}}", &[]).unwrap_err().0;
-        assert!(e.starts_with("auth.token"), "{e}");
+    fn token_mode_names_what_is_missing() {
+        let e = load_str("auth: {token: {realm: r, issuer: i, jwks: /j}}", &[])
+            .unwrap_err()
+            .0;
         assert!(
-            load_str("", &[("REGISTRY_AUTH_TYPE", "token")])
-                .unwrap_err()
-                .0
-                .starts_with("auth.token")
+            e.starts_with("auth.token.service (env REGISTRY_AUTH_TOKEN_SERVICE) is required"),
+            "{e}"
         );
-        assert!(load_str("", &[("REGISTRY_AUTH_TOKEN_REALM", "https://x")]).is_err());
+        assert!(e.contains("Missing service parameter"), "{e}");
+        let e = load_str("", &[("REGISTRY_AUTH_TYPE", "token")]).unwrap_err().0;
+        assert!(e.contains("REGISTRY_AUTH_TOKEN_REALM"), "{e}");
+        let base = [
+            ("REGISTRY_AUTH_TOKEN_REALM", "https://r/auth"),
+            ("REGISTRY_AUTH_TOKEN_SERVICE", "s"),
+            ("REGISTRY_AUTH_TOKEN_ISSUER", "i"),
+        ];
+        let e = load_str("", &base).unwrap_err().0;
+        assert!(
+            e.contains("REGISTRY_AUTH_TOKEN_JWKS") && e.contains("auth.token.server.enabled"),
+            "{e}"
+        );
+        let mut with_jwks = base.to_vec();
+        with_jwks.push(("REGISTRY_AUTH_TOKEN_JWKS", "/j.json"));
+        let (c, _) = load_str("", &with_jwks).unwrap();
+        let AuthConfig::Token(t) = c.auth else {
+            panic!("not token mode")
+        };
+        assert_eq!(t.jwks, Some(PathBuf::from("/j.json")));
+        assert!(t.server.is_none());
+        let mut server = base.to_vec();
+        server.push(("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true"));
+        let e = load_str("", &server).unwrap_err().0;
+        assert!(e.contains("REGISTRY_AUTH_TOKEN_SERVER_KEY"), "{e}");
+        server.push(("REGISTRY_AUTH_TOKEN_SERVER_KEY", "/old.pem, /new.pem"));
+        let e = load_str("", &server).unwrap_err().0;
+        assert!(e.contains("REGISTRY_AUTH_HTPASSWD"), "{e}");
+        server.push(("REGISTRY_AUTH_HTPASSWD", "/h"));
+        server.push(("REGISTRY_TOKEN_EXPIRY", "600"));
+        let (c, _) = load_str("", &server).unwrap();
+        let AuthConfig::Token(t) = c.auth else {
+            panic!("not token mode")
+        };
+        let s = t.server.unwrap();
+        assert_eq!(s.keys, vec![PathBuf::from("/old.pem"), PathBuf::from("/new.pem")]);
+        assert_eq!(s.expiration, Duration::from_secs(600));
+        assert_eq!(s.path, "/auth");
+    }
+
+    #[test]
+    fn tls_refuses_to_start_rather_than_run_open() {
         assert!(
             load_str("http: {tls: {certificate: c, key: k}}", &[])
                 .unwrap_err()

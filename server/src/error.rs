@@ -53,6 +53,8 @@ pub enum Kind {
     Unauthorized,
     /// Authenticated but not allowed.
     Denied,
+    /// A malformed token request.
+    InvalidRequest,
     /// Storage is full.
     StorageFull,
     /// Anything else; details are logged, not sent.
@@ -136,6 +138,7 @@ impl Kind {
             ),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such route in the registry API"),
             Unauthorized => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED, "authentication required"),
+            InvalidRequest => ("INVALID_REQUEST", StatusCode::BAD_REQUEST, "invalid token request"),
             Denied => (
                 "DENIED",
                 StatusCode::FORBIDDEN,

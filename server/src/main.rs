@@ -45,6 +45,31 @@ enum Command {
         #[arg(long, default_value_t = berth_auth::htpasswd::DEFAULT_COST)]
         cost: u32,
     },
+    /// Generate a token-signing key (PKCS#8 PEM) and a self-signed certificate for it.
+    Keygen {
+        /// Algorithm: rs256, es256 or es384.
+        #[arg(long, default_value = "rs256")]
+        alg: String,
+        /// Where to write the private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the certificate.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Certificate common name.
+        #[arg(long, default_value = "berth token signer")]
+        name: String,
+        /// Certificate validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Print a JWKS document for PEM certificates, public keys or private keys, with kid = the
+    /// RFC 7638 thumbprint (what distribution v3's auth.token.jwks expects).
+    Jwks {
+        /// PEM files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Validate the configuration and print the settings in effect.
     CheckConfig {
         /// Configuration file.
@@ -132,7 +157,7 @@ async fn run(cfg: config::Config) -> Result<(), String> {
         config = %cfg.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into()),
         delete = cfg.delete_enabled,
         auth = authn.mode(),
-        access_rules = access.enabled(),
+        access_rules = access.rules().is_some(),
         "berth {} listening", env!("CARGO_PKG_VERSION")
     );
     authn.spawn_reloader();
@@ -146,6 +171,20 @@ async fn run(cfg: config::Config) -> Result<(), String> {
     serve::serve(app, listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("berth: {msg}");
+    std::process::exit(2);
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(bytes)
 }
 
 fn main() {
@@ -166,6 +205,40 @@ fn main() {
                 eprintln!("berth: {e}");
                 std::process::exit(1);
             }
+        }
+        Command::Keygen {
+            alg,
+            key,
+            cert,
+            name,
+            days,
+        } => {
+            let alg = match alg.to_ascii_lowercase().as_str() {
+                "rs256" => jsonwebtoken::Algorithm::RS256,
+                "es256" => jsonwebtoken::Algorithm::ES256,
+                "es384" => jsonwebtoken::Algorithm::ES384,
+                other => fail(&format!("--alg {other}: use rs256, es256 or es384")),
+            };
+            let (key_pem, cert_pem) =
+                berth_auth::token::signing::generate(alg, &name, days).unwrap_or_else(|e| fail(&e));
+            write_private(&key, key_pem.as_bytes()).unwrap_or_else(|e| fail(&format!("{}: {e}", key.display())));
+            std::fs::write(&cert, cert_pem).unwrap_or_else(|e| fail(&format!("{}: {e}", cert.display())));
+            println!(
+                "wrote {} (private key, mode 0600) and {} (certificate)",
+                key.display(),
+                cert.display()
+            );
+        }
+        Command::Jwks { files } => {
+            let mut keys = Vec::new();
+            for f in &files {
+                let pem = std::fs::read(f).unwrap_or_else(|e| fail(&format!("{}: {e}", f.display())));
+                keys.push(berth_auth::token::public_jwk(f, &pem).unwrap_or_else(|e| fail(&e)));
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "keys": keys })).unwrap_or_default()
+            );
         }
         Command::Htpasswd { user, cost } => {
             let mut password = String::new();

@@ -343,6 +343,46 @@ impl KeySet {
     }
 }
 
+/// The public JWK (with `kid` = RFC 7638 thumbprint, `alg`, `use: sig`) of a PEM certificate,
+/// public key or PKCS#8 private key, for publishing in a JWKS file.
+pub fn public_jwk(file: &Path, pem: &[u8]) -> Result<Jwk, String> {
+    let f = file.display().to_string();
+    let text = std::str::from_utf8(pem).map_err(|_| format!("{f}: not a PEM file"))?;
+    if text.contains("PRIVATE KEY-----") {
+        let k = super::signing::SigningKey::from_pem(&f, pem, None, super::signing::KidFormat::Thumbprint)?;
+        return Ok(k.jwk);
+    }
+    let block = Pem::iter_from_buffer(pem)
+        .next()
+        .ok_or_else(|| format!("{f}: no PEM block found"))?;
+    let block = block.map_err(|e| format!("{f}: not a PEM file: {e}"))?;
+    let key = match block.label.as_str() {
+        "CERTIFICATE" => key_from_spki(block.parse_x509().map_err(|e| format!("{f}: {e}"))?.public_key(), &f)?,
+        "PUBLIC KEY" => {
+            let (_, spki) = SubjectPublicKeyInfo::from_der(&block.contents).map_err(|e| format!("{f}: {e}"))?;
+            key_from_spki(&spki, &f)?
+        }
+        other => {
+            return Err(format!(
+                "{f}: expected a CERTIFICATE, PUBLIC KEY or PRIVATE KEY block, found {other}"
+            ));
+        }
+    };
+    let alg = match key.kind {
+        KeyKind::Rsa => Algorithm::RS256,
+        KeyKind::P256 => Algorithm::ES256,
+        KeyKind::P384 => Algorithm::ES384,
+        KeyKind::Ed25519 => Algorithm::EdDSA,
+    };
+    let mut jwk = Jwk::from_decoding_key(&key.decoding, Some(alg)).map_err(|e| format!("{f}: {e}"))?;
+    jwk.common.key_id = Some(
+        jwk.thumbprint(ThumbprintHash::SHA256)
+            .map_err(|e| format!("{f}: {e}"))?,
+    );
+    jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+    Ok(jwk)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,6 @@ pub mod signing;
 pub mod verify;
 
 pub use issuer::{Issued, Issuer};
-pub use keys::{KeySet, libtrust_kid, thumbprint};
+pub use keys::{KeySet, libtrust_kid, public_jwk, thumbprint};
 pub use signing::{KidFormat, SigningKey};
 pub use verify::{Grant, Verifier, VerifyError};

@@ -12,7 +12,6 @@ use berth_engine::{Digest, RepoName};
 use super::{App, Body, finish, full, json_response, query, response};
 use crate::access::Caller;
 use crate::error::{ApiError, Kind};
-use berth_auth::Action;
 
 /// `n` and `last` of a paginated listing; `n` is capped at the configured maximum.
 fn page_params(app: &App, q: &HashMap<String, String>) -> Result<(usize, Option<String>), ApiError> {
@@ -54,11 +53,11 @@ pub(super) async fn tags(app: &App, repo: &RepoName, req: &Request<Incoming>) ->
 
 pub(super) async fn catalog(app: &App, caller: &Caller, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (n, last) = page_params(app, &query(req.uri()))?;
-    let (repos, more) = if app.access.enabled() {
+    let (repos, more) = if app.access.filters_catalog() {
         // Only the repositories the caller may pull.
-        let (access, authn, caller) = (app.access.clone(), app.authn.clone(), caller.clone());
+        let (access, caller) = (app.access.clone(), caller.clone());
         app.engine
-            .catalog_filtered(last, n, move |name| access.allows(&authn, &caller, name, Action::Pull))
+            .catalog_filtered(last, n, move |name| access.lists(&caller, name))
             .await?
     } else {
         app.engine.catalog(last, n).await?

@@ -3,6 +3,7 @@
 mod blob;
 mod listing;
 mod manifest;
+mod token;
 mod upload;
 
 use std::collections::HashMap;
@@ -142,6 +143,17 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let bytes_in = header_str(req.headers(), header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
+    if let Some(server) = app.authn.token_server() {
+        let path = req.uri().path();
+        if path == server.path {
+            let resp = token::issue(&app, server, req).await;
+            return finish_response(&app, resp, head, start, &method, "token", None, None, bytes_in);
+        }
+        if path == token::JWKS_PATH {
+            let resp = token::jwks(server);
+            return finish_response(&app, resp, head, start, &method, "jwks", None, None, bytes_in);
+        }
+    }
     let route = route::parse(req.uri().path());
     let (kind, repo) = match &route {
         Ok(r) => (r.kind(), r.repo().map(|r| r.to_string())),
@@ -150,8 +162,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let mut user = None;
     let result = match app.authn.identify(req.headers()).await {
         Err(e) => Err(e),
-        Ok(u) => {
-            let caller = Caller { user: u };
+        Ok(caller) => {
             user = caller.user.clone();
             match route {
                 Ok(r) => match app.access.authorize(&app.authn, &caller, &access::need(&r, &method)) {
@@ -159,11 +170,39 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                     Err(e) => Err(e),
                 },
                 // An unauthenticated client learns nothing about routes or names.
-                Err(_) if caller.user.is_none() && app.authn.required() => Err(app.authn.unauthorized(None)),
+                Err(_) if caller.user.is_none() && caller.grant.is_none() && app.authn.required() => {
+                    Err(app.authn.unauthorized(None, None, None))
+                }
                 Err(e) => Err(e),
             }
         }
     };
+    finish_response(
+        &app,
+        result,
+        head,
+        start,
+        &method,
+        kind,
+        repo.as_deref(),
+        user.as_deref(),
+        bytes_in,
+    )
+}
+
+/// Turn a handler result into the response, add the common headers, write the access log.
+#[allow(clippy::too_many_arguments)]
+fn finish_response(
+    app: &App,
+    result: Result<Response<Body>, ApiError>,
+    head: bool,
+    start: Instant,
+    method: &Method,
+    kind: &str,
+    repo: Option<&str>,
+    user: Option<&str>,
+    bytes_in: u64,
+) -> Response<Body> {
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => error_response(&e, head),
@@ -179,8 +218,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             target: "berth::access",
             %method,
             route = kind,
-            repo = repo.as_deref().unwrap_or("-"),
-            user = user.as_deref().unwrap_or("-"),
+            repo = repo.unwrap_or("-"),
+            user = user.unwrap_or("-"),
             status,
             bytes_in,
             bytes_out,

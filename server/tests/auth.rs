@@ -1,0 +1,391 @@
+//! Authentication and authorization over TCP against a `berth` process: basic mode with access
+//! rules, token mode with the built-in token server, and start-up refusals.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Registry, Reply, sha256};
+use reqwest::Method;
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> String {
+    let mut lines = String::new();
+    for (u, p) in users {
+        let mut child = Command::new(BERTH)
+            .args(["htpasswd", u, "--cost", "4"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{p}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        lines.push_str(&String::from_utf8(out.stdout).unwrap());
+    }
+    let path = dir.join("htpasswd");
+    std::fs::write(&path, lines).unwrap();
+    path.display().to_string()
+}
+
+const RULES: &str = r#"{"defaultPolicy":"deny","adminUsers":["root"],
+  "anonymous":[{"repository":"public/**","permissions":["pull"]}],
+  "rules":[{"repository":"${user}/**","users":["*"],"permissions":["pull","push","delete"]},
+           {"repository":"public/**","users":["*"],"permissions":["pull","push"]}]}"#;
+
+fn rules(dir: &Path) -> String {
+    let p = dir.join("rules.json");
+    std::fs::write(&p, RULES).unwrap();
+    p.display().to_string()
+}
+
+async fn send(reg: &Registry, method: Method, path: &str, auth: Option<&str>, body: Vec<u8>) -> Reply {
+    let mut rb = reg.client.request(method, reg.url(path)).body(body);
+    if let Some(a) = auth {
+        rb = rb.header("Authorization", a);
+    }
+    reg.send(rb).await
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+async fn push_blob(reg: &Registry, repo: &str, auth: &str, data: &[u8]) -> Reply {
+    let path = format!("/v2/{repo}/blobs/uploads/?digest={}", sha256(data));
+    send(reg, Method::POST, &path, Some(auth), data.to_vec()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_with_access_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(
+        dir.path(),
+        &[("alice", "a-pass"), ("bob", "b-pass"), ("root", "r-pass")],
+    );
+    let rules = rules(dir.path());
+    let Some(reg) = Registry::start_local(&[
+        ("REGISTRY_AUTH_TYPE", "basic"),
+        ("REGISTRY_AUTH_HTPASSWD", &pw),
+        ("REGISTRY_AUTH_REALM", "Test Realm"),
+        ("REGISTRY_ACCESS_CONTROL_CONFIG", &rules),
+    ])
+    .await
+    else {
+        return;
+    };
+    let alice = basic("alice", "a-pass");
+    let bob = basic("bob", "b-pass");
+
+    let r = send(&reg, Method::GET, "/v2/", None, vec![]).await;
+    r.expect_error(401, &["UNAUTHORIZED"]);
+    r.expect_header("www-authenticate", "Basic realm=\"Test Realm\", charset=\"UTF-8\"");
+    send(&reg, Method::GET, "/v2/", Some(&basic("alice", "wrong")), vec![])
+        .await
+        .expect_error(401, &["UNAUTHORIZED"]);
+    send(&reg, Method::GET, "/v2/", Some(&basic("mallory", "a-pass")), vec![])
+        .await
+        .expect_error(401, &["UNAUTHORIZED"]);
+    send(&reg, Method::GET, "/v2/", Some(&alice), vec![]).await.expect(200);
+
+    // own namespace: push and pull; someone else's: 403 DENIED
+    push_blob(&reg, "alice/app", &alice, b"alice's layer").await.expect(201);
+    let d = sha256(b"alice's layer");
+    send(
+        &reg,
+        Method::GET,
+        &format!("/v2/alice/app/blobs/{d}"),
+        Some(&alice),
+        vec![],
+    )
+    .await
+    .expect(200);
+    let r = push_blob(&reg, "alice/app", &bob, b"bob's layer").await;
+    let err = r.expect_error(403, &["DENIED"]);
+    assert_eq!(err["detail"]["action"], "push");
+    send(
+        &reg,
+        Method::GET,
+        &format!("/v2/alice/app/blobs/{d}"),
+        Some(&bob),
+        vec![],
+    )
+    .await
+    .expect_error(403, &["DENIED"]);
+    // anonymous: pull under public/** only, and a 401 (not 403) elsewhere so clients can log in
+    push_blob(&reg, "public/base", &bob, b"public layer").await.expect(201);
+    let pd = sha256(b"public layer");
+    send(&reg, Method::GET, &format!("/v2/public/base/blobs/{pd}"), None, vec![])
+        .await
+        .expect(200);
+    send(&reg, Method::POST, "/v2/public/base/blobs/uploads/", None, vec![])
+        .await
+        .expect_error(401, &["UNAUTHORIZED"]);
+    // admin may do anything
+    push_blob(&reg, "anything/at/all", &basic("root", "r-pass"), b"root")
+        .await
+        .expect(201);
+    // catalog: only what the caller may pull
+    let cat = send(&reg, Method::GET, "/v2/_catalog", Some(&bob), vec![]).await;
+    cat.expect(200);
+    assert_eq!(cat.json()["repositories"], serde_json::json!(["public/base"]));
+    let cat = send(&reg, Method::GET, "/v2/_catalog", Some(&alice), vec![]).await;
+    assert_eq!(
+        cat.json()["repositories"],
+        serde_json::json!(["alice/app", "public/base"])
+    );
+    // mounting from a repository the caller may not read gives a plain upload session
+    let r = send(
+        &reg,
+        Method::POST,
+        &format!("/v2/bob/x/blobs/uploads/?mount={d}&from=alice/app"),
+        Some(&bob),
+        vec![],
+    )
+    .await;
+    r.expect(202);
+    let r = send(
+        &reg,
+        Method::POST,
+        &format!("/v2/alice/y/blobs/uploads/?mount={d}&from=alice/app"),
+        Some(&alice),
+        vec![],
+    )
+    .await;
+    r.expect(201);
+    // the password never reaches the log
+    assert!(!reg.log_text().contains("a-pass"));
+}
+
+fn keygen(dir: &Path) -> (String, String) {
+    let (key, cert) = (dir.join("token.pem"), dir.join("token.crt"));
+    let out = Command::new(BERTH)
+        .args(["keygen", "--alg", "es256", "--key"])
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (key.display().to_string(), cert.display().to_string())
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn token(reg: &Registry, auth: Option<&str>, query: &str) -> Reply {
+    send(reg, Method::GET, &format!("/auth?{query}"), auth, vec![]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_mode_with_the_built_in_token_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &[("alice", "a-pass"), ("bob", "b-pass")]);
+    let rules = rules(dir.path());
+    let (key, cert) = keygen(dir.path());
+    let realm = "http://registry.test/auth";
+    let Some(reg) = Registry::start_local(&[
+        ("REGISTRY_AUTH_TYPE", "token"),
+        ("REGISTRY_AUTH_TOKEN_REALM", realm),
+        ("REGISTRY_AUTH_TOKEN_SERVICE", "berth-test"),
+        ("REGISTRY_AUTH_TOKEN_ISSUER", "berth-issuer"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_KEY", &key),
+        ("REGISTRY_AUTH_TOKEN_SERVER_CERTIFICATE", &cert),
+        ("REGISTRY_AUTH_HTPASSWD", &pw),
+        ("REGISTRY_ACCESS_CONTROL_CONFIG", &rules),
+    ])
+    .await
+    else {
+        return;
+    };
+    // challenges name exactly what is needed
+    let r = send(&reg, Method::GET, "/v2/", None, vec![]).await;
+    r.expect(401).expect_header(
+        "www-authenticate",
+        &format!("Bearer realm=\"{realm}\",service=\"berth-test\""),
+    );
+    let r = send(&reg, Method::POST, "/v2/alice/app/blobs/uploads/", None, vec![]).await;
+    r.expect_header(
+        "www-authenticate",
+        &format!("Bearer realm=\"{realm}\",service=\"berth-test\",scope=\"repository:alice/app:pull,push\""),
+    );
+    let r = send(&reg, Method::GET, "/v2/_catalog", None, vec![]).await;
+    assert!(
+        r.must_header("www-authenticate")
+            .contains("scope=\"registry:catalog:*\"")
+    );
+
+    // the token endpoint
+    let alice = basic("alice", "a-pass");
+    token(&reg, Some(&alice), "scope=repository:alice/app:pull")
+        .await
+        .expect_error(400, &["INVALID_REQUEST"]);
+    let r = token(&reg, Some(&alice), "service=other").await;
+    let e = r.expect_error(400, &["INVALID_REQUEST"]);
+    assert!(e["message"].as_str().unwrap().contains("berth-test"));
+    token(&reg, Some(&basic("alice", "nope")), "service=berth-test")
+        .await
+        .expect_error(401, &["UNAUTHORIZED"]);
+    let r = token(
+        &reg,
+        Some(&alice),
+        "service=berth-test&scope=repository:alice/app:pull,push&scope=repository:bob/x:pull,push&offline_token=true",
+    )
+    .await;
+    r.expect(200);
+    let t: Value = r.json();
+    for k in ["token", "access_token", "expires_in", "issued_at", "refresh_token"] {
+        assert!(!t[k].is_null(), "{k} missing in {t}");
+    }
+    assert_eq!(t["expires_in"], 300);
+    let tok = t["token"].as_str().unwrap().to_owned();
+
+    // the token pushes into alice/app and nothing into bob/x (granted subset, not an error)
+    push_blob(&reg, "alice/app", &bearer(&tok), b"layer").await.expect(201);
+    let r = push_blob(&reg, "bob/x", &bearer(&tok), b"layer").await;
+    r.expect(401);
+    let c = r.must_header("www-authenticate");
+    assert!(
+        c.contains("error=\"insufficient_scope\"") && c.contains("scope=\"repository:bob/x:pull,push\""),
+        "{c}"
+    );
+    send(&reg, Method::GET, "/v2/", Some(&bearer(&tok)), vec![])
+        .await
+        .expect(200);
+
+    // OAuth2 POST: password and refresh_token grants
+    let form = "grant_type=password&username=alice&password=a-pass&service=berth-test&client_id=test&scope=repository%3Aalice%2Fapp%3Apull";
+    let r = reg
+        .send(
+            reg.client
+                .post(reg.url("/auth"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(form),
+        )
+        .await;
+    r.expect(200);
+    let refresh = r.json()["refresh_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no refresh token: {}", r.text()))
+        .to_owned();
+    let form = format!(
+        "grant_type=refresh_token&refresh_token={refresh}&service=berth-test&scope=repository%3Aalice%2Fapp%3Apull"
+    );
+    let r = reg
+        .send(
+            reg.client
+                .post(reg.url("/auth"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(form),
+        )
+        .await;
+    r.expect(200);
+    let pulled = r.json()["token"].as_str().unwrap().to_owned();
+    let d = sha256(b"layer");
+    send(
+        &reg,
+        Method::GET,
+        &format!("/v2/alice/app/blobs/{d}"),
+        Some(&bearer(&pulled)),
+        vec![],
+    )
+    .await
+    .expect(200);
+    let form = "grant_type=refresh_token&refresh_token=garbage&service=berth-test";
+    let r = reg
+        .send(
+            reg.client
+                .post(reg.url("/auth"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(form),
+        )
+        .await;
+    r.expect_error(401, &["UNAUTHORIZED"]);
+
+    // published keys, and forged tokens
+    let jwks = send(&reg, Method::GET, "/.well-known/jwks.json", None, vec![]).await;
+    jwks.expect(200);
+    let kid = jwks.json()["keys"][0]["kid"].as_str().unwrap().to_owned();
+    assert!(!kid.is_empty());
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let payload = tok.split('.').nth(1).unwrap();
+    let none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
+    let r = send(&reg, Method::GET, "/v2/", Some(&bearer(&none)), vec![]).await;
+    r.expect(401);
+    assert!(r.must_header("www-authenticate").contains("error=\"invalid_token\""));
+    assert!(
+        reg.log_text().contains("alg \\\"none\\\"") || reg.log_text().contains("alg \"none\""),
+        "the log says why"
+    );
+    // a basic header in token mode is refused with the Bearer challenge
+    let r = send(&reg, Method::GET, "/v2/", Some(&alice), vec![]).await;
+    r.expect(401);
+    assert!(r.must_header("www-authenticate").starts_with("Bearer "));
+    assert!(!reg.log_text().contains("a-pass"));
+}
+
+fn start_fails(env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(BERTH);
+    cmd.args(["serve", "--no-config-file"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REGISTRY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("REGISTRY_HTTP_ADDR", "127.0.0.1:0");
+    cmd.env("REGISTRY_STORAGE_PATH", std::env::temp_dir().join("berth-never-used"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "berth should refuse to start: {out:?}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn misconfigurations_stop_start_up_with_the_fix() {
+    let e = start_fails(&[
+        ("REGISTRY_AUTH_TYPE", "token"),
+        ("REGISTRY_AUTH_TOKEN_REALM", "https://auth.example.com/token"),
+        ("REGISTRY_AUTH_TOKEN_ISSUER", "issuer"),
+        ("REGISTRY_AUTH_TOKEN_JWKS", "/nonexistent/jwks.json"),
+    ]);
+    assert!(
+        e.contains("auth.token.service (env REGISTRY_AUTH_TOKEN_SERVICE) is required"),
+        "{e}"
+    );
+    let e = start_fails(&[("REGISTRY_AUTH_TYPE", "basic")]);
+    assert!(e.contains("REGISTRY_AUTH_HTPASSWD"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("htpasswd");
+    std::fs::write(
+        &bad,
+        "ok:$2y$04$abcdefghijklmnopqrstuuJ0VzmQ8HGY4d6UeI3eN6m0rbx8YwSlm\nbob:$apr1$xyz$abc\n",
+    )
+    .unwrap();
+    let out = Command::new(BERTH)
+        .args(["serve", "--no-config-file"])
+        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+        .env("REGISTRY_STORAGE_PATH", dir.path().join("s"))
+        .env("REGISTRY_AUTH_TYPE", "basic")
+        .env("REGISTRY_AUTH_HTPASSWD", &bad)
+        .output()
+        .unwrap();
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        e.contains(&format!("{}:2:", bad.display())) && e.contains("htpasswd -B"),
+        "{e}"
+    );
+}

@@ -1,8 +1,8 @@
 //! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use berth_engine::manifest::MAX_MANIFEST_SIZE;
@@ -27,17 +27,36 @@ pub(super) async fn get(
     finish(b, body)
 }
 
+/// Bytes of an oversized manifest body read and thrown away so the client can read the 413 on
+/// a healthy connection; beyond this the connection is closed instead.
+const DRAIN_LIMIT: usize = 4 * MAX_MANIFEST_SIZE;
+
 async fn read_manifest_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::new(Kind::ManifestTooLarge).message(format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes"));
     let declared = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), MAX_MANIFEST_SIZE).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::new(Kind::ManifestInvalid).message(format!("reading the manifest failed: {e}"))),
+    let mut body = req.into_body();
+    let mut buf = BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::new(Kind::ManifestInvalid).message(format!("reading the manifest failed: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen <= MAX_MANIFEST_SIZE {
+                buf.extend_from_slice(data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > MAX_MANIFEST_SIZE {
+        Err(too_large())
+    } else {
+        Ok(buf.freeze())
     }
 }
 

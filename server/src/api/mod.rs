@@ -154,6 +154,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             return finish_response(&app, resp, head, start, &method, "jwks", None, None, bytes_in);
         }
     }
+    // A request whose body may be left unread by an early error: such a response closes the
+    // connection, so the client does not reuse it with our unread bytes in between.
+    let has_body = bytes_in > 0 || req.headers().contains_key(header::TRANSFER_ENCODING);
     let route = route::parse(req.uri().path());
     let (kind, repo) = match &route {
         Ok(r) => (r.kind(), r.repo().map(|r| r.to_string())),
@@ -177,7 +180,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         }
     };
-    finish_response(
+    let mut resp = finish_response(
         &app,
         result,
         head,
@@ -187,7 +190,12 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         repo.as_deref(),
         user.as_deref(),
         bytes_in,
-    )
+    );
+    if has_body && resp.status().as_u16() >= 400 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Turn a handler result into the response, add the common headers, write the access log.

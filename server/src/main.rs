@@ -123,15 +123,22 @@ async fn shutdown_signal() {
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
+            Err(_) => {
+                ctrl_c.await.unwrap_or(());
+                tracing::warn!("received SIGINT: shutting down");
+                return;
+            }
         };
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            _ = ctrl_c => tracing::warn!("received SIGINT: shutting down"),
+            _ = term.recv() => tracing::warn!("received SIGTERM: shutting down"),
         }
     }
     #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
+    {
+        ctrl_c.await.unwrap_or(());
+        tracing::warn!("received Ctrl-C: shutting down");
+    }
 }
 
 async fn run(cfg: config::Config) -> Result<(), String> {

@@ -10,8 +10,7 @@ pub struct Htpasswd {
 }
 
 /// Why an htpasswd file cannot be used. The message names the file and the line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {reason}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HtpasswdError {
     /// The file.
     pub file: String,
@@ -20,6 +19,18 @@ pub struct HtpasswdError {
     /// What is wrong and how to fix it.
     pub reason: String,
 }
+
+impl std::fmt::Display for HtpasswdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.reason)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for HtpasswdError {}
 
 fn scheme_name(hash: &str) -> &'static str {
     if hash.starts_with("$apr1$") {

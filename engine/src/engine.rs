@@ -172,7 +172,7 @@ impl Engine {
 
     /// Bytes an upload session has received.
     pub async fn upload_offset(&self, repo: &RepoName, id: UploadId) -> Result<u64> {
-        self.uploads.get(repo, id).await?.offset().await
+        self.uploads.get(repo, id).await?.offset()
     }
 
     /// Append a request body to a session. With `range`, the chunk must start at the current
@@ -191,6 +191,7 @@ impl Engine {
         let session = self.uploads.get(repo, id).await?;
         let mut state = session.lock()?;
         append(&mut state, range, body).await?;
+        session.set_offset(state.offset);
         self.uploads.checkpoint(&session, state.offset, &state.hasher).await?;
         Ok(state.offset)
     }

@@ -40,6 +40,8 @@ pub struct Session {
     pub repo: RepoName,
     started: u64,
     last_active: AtomicU64,
+    /// Bytes received so far, readable without waiting for a writer.
+    received: AtomicU64,
     state: Mutex<SessionState>,
 }
 
@@ -64,13 +66,20 @@ impl Session {
         Ok(guard)
     }
 
-    /// Wait for the session, for read-only status queries.
-    pub async fn offset(&self) -> Result<u64> {
-        let guard = self.state.lock().await;
-        if guard.file.is_none() {
+    /// Bytes received so far, without waiting for a request that is writing (a status query
+    /// during a PATCH sees the offset before that PATCH).
+    pub fn offset(&self) -> Result<u64> {
+        if let Ok(guard) = self.state.try_lock()
+            && guard.file.is_none()
+        {
             return Err(Error::UploadUnknown);
         }
-        Ok(guard.offset)
+        Ok(self.received.load(Ordering::Acquire))
+    }
+
+    /// Record the offset after a request.
+    pub fn set_offset(&self, offset: u64) {
+        self.received.store(offset, Ordering::Release);
     }
 
     fn touch(&self) {
@@ -113,6 +122,7 @@ impl Uploads {
             repo: repo.clone(),
             started: now,
             last_active: AtomicU64::new(now),
+            received: AtomicU64::new(0),
             state: Mutex::new(SessionState {
                 file: Some(file),
                 hasher: Hasher::new(Algorithm::Sha256),
@@ -164,6 +174,7 @@ impl Uploads {
             repo,
             started: cp.started,
             last_active: AtomicU64::new(now_secs()),
+            received: AtomicU64::new(cp.offset),
             state: Mutex::new(SessionState {
                 file: Some(file),
                 hasher,

@@ -217,6 +217,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "kid of issued tokens: thumbprint (RFC 7638) or libtrust (distribution 2.x fingerprint).",
     },
     Setting {
+        path: "storage.maintenance.uploadpurging.dryrun",
+        env: &["REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_DRYRUN"],
+        default: "false",
+        doc: "When true, idle upload sessions are kept (purging is off).",
+    },
+    Setting {
         path: "pagination.defaultlimit",
         env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"],
         default: "100",
@@ -233,13 +239,14 @@ pub const SETTINGS: &[Setting] = &[
 /// Sections of distribution's format that Berth reads but does not act on (yet); they are
 /// accepted with a warning rather than refused.
 const IGNORED_SECTIONS: &[&str] = &[
+    "storage.maintenance.readonly",
+    "http.prefix",
     "auth.token.autoredirect",
     "auth.token.autoredirectpath",
     "auth.token.signingalgorithms",
     "notifications",
     "redis",
     "health",
-    "proxy",
     "validation",
     "compatibility",
     "reporting",
@@ -252,7 +259,6 @@ const IGNORED_SECTIONS: &[&str] = &[
     "http.relativeurls",
     "http.draintimeout",
     "http.net",
-    "http.prefix",
     "http.host",
     "log.fields",
     "log.hooks",
@@ -264,8 +270,8 @@ const IGNORED_SECTIONS: &[&str] = &[
 /// without them would expose the registry, so start-up stops with a message instead.
 const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
     (
-        "auth.silly",
-        "silly authentication is for testing distribution only and is not offered by Berth; use auth.htpasswd",
+        "proxy",
+        "pull-through caching (proxy) is not available in this version of Berth; remove the proxy section to run an ordinary registry",
     ),
     (
         "http.tls",
@@ -435,6 +441,18 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
 /// present. With `none` chosen explicitly, auth sections of the file are dropped.
 fn auth_config(tree: &mut Value, auth_type: Option<&str>) -> Result<AuthConfig, ConfigError> {
     let has = |tree: &Value, p: &str| get_path(tree, p).is_some();
+    if has(tree, "auth.silly") {
+        return Err(ConfigError(
+            "auth.silly: silly authentication is for testing distribution only and is not offered by Berth; use auth.htpasswd or auth.token".into(),
+        ));
+    }
+    if let Some(Value::Object(methods)) = get_path(tree, "auth")
+        && let Some(other) = methods.keys().find(|k| !["htpasswd", "token"].contains(&k.as_str()))
+    {
+        return Err(ConfigError(format!(
+            "auth.{other}: unknown authentication method; Berth offers auth.htpasswd (basic) and auth.token"
+        )));
+    }
     let kind = match auth_type {
         Some(t) => t.to_owned(),
         None if has(tree, "auth.token") => "token".into(),
@@ -721,7 +739,8 @@ fn get_duration(tree: &Value, path: &str, default: Duration) -> Result<Duration,
 
 fn parse_host(host: &str) -> Option<IpAddr> {
     match host.trim_start_matches('[').trim_end_matches(']') {
-        "" => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        // `:5000` means every interface, IPv6 and IPv4 (a dual-stack socket), as in distribution.
+        "" => Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
         "localhost" => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         h => h.parse().ok(),
     }
@@ -773,6 +792,16 @@ pub fn from_tree(
     }
 
     let auth = auth_config(&mut tree, auth_type.as_deref())?;
+    if get_bool(&tree, "storage.maintenance.readonly.enabled", false)? {
+        return Err(ConfigError(
+            "storage.maintenance.readonly.enabled: read-only mode is not available in this version of Berth; set it to false (the registry would otherwise accept writes)".into(),
+        ));
+    }
+    if get_str(&tree, "http.prefix")?.is_some_and(|p| !p.trim().is_empty() && p.trim() != "/") {
+        return Err(ConfigError(
+            "http.prefix: serving under a path prefix is not available in this version of Berth; serve the registry at the root of its host (clients would otherwise get wrong URLs)".into(),
+        ));
+    }
     for (section, why) in UNSUPPORTED_SECTIONS {
         if get_path(&tree, section).is_some() {
             return Err(ConfigError(format!("{section}: {why}")));
@@ -893,7 +922,8 @@ pub fn from_tree(
         access_log: !get_bool(&tree, "log.accesslog.disabled", false)?,
         upload_timeout,
         upload_cleanup_interval,
-        upload_purging: get_bool(&tree, "storage.maintenance.uploadpurging.enabled", true)?,
+        upload_purging: get_bool(&tree, "storage.maintenance.uploadpurging.enabled", true)?
+            && !get_bool(&tree, "storage.maintenance.uploadpurging.dryrun", false)?,
         page_default,
         page_max,
     };
@@ -929,7 +959,7 @@ mod tests {
     fn distribution_file_and_env_overrides() {
         let yaml = "version: 0.1\nlog: {level: debug}\nstorage:\n  filesystem: {rootdirectory: /var/lib/registry}\n  delete: {enabled: true}\n  cache: {blobdescriptor: inmemory}\nhttp: {addr: ':5001', secret: s}\n";
         let (c, w) = load_str(yaml, &[]).unwrap();
-        assert_eq!(c.addr, "0.0.0.0:5001".parse().unwrap());
+        assert_eq!(c.addr, "[::]:5001".parse().unwrap());
         assert_eq!(c.root, PathBuf::from("/var/lib/registry"));
         assert!(c.delete_enabled);
         assert_eq!(c.log_level, "debug");
@@ -1077,6 +1107,37 @@ mod tests {
                 .0
                 .starts_with("http.tls")
         );
+    }
+
+    #[test]
+    fn behaviour_changing_settings_are_not_ignored() {
+        assert!(
+            load_str("auth: {silly: {realm: r, service: s}}", &[])
+                .unwrap_err()
+                .0
+                .starts_with("auth.silly")
+        );
+        assert!(
+            load_str("auth: {ldap: {}}", &[])
+                .unwrap_err()
+                .0
+                .starts_with("auth.ldap")
+        );
+        assert!(
+            load_str("proxy: {remoteurl: https://registry-1.docker.io}", &[])
+                .unwrap_err()
+                .0
+                .starts_with("proxy")
+        );
+        assert!(load_str("storage: {maintenance: {readonly: {enabled: true}}}", &[]).is_err());
+        assert!(load_str("storage: {maintenance: {readonly: {enabled: false}}}", &[]).is_ok());
+        assert!(load_str("http: {prefix: /registry}", &[]).is_err());
+        let (c, _) = load_str(
+            "storage: {maintenance: {uploadpurging: {enabled: true, dryrun: true}}}",
+            &[],
+        )
+        .unwrap();
+        assert!(!c.upload_purging);
     }
 
     #[test]

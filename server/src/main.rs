@@ -154,9 +154,15 @@ async fn run(cfg: config::Config) -> Result<(), String> {
             cfg.root.display()
         )
     })?;
-    let listener = tokio::net::TcpListener::bind(cfg.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {} (http.addr / REGISTRY_HTTP_ADDR): {e}", cfg.addr))?;
+    let listener = match tokio::net::TcpListener::bind(cfg.addr).await {
+        // `:port` asks for a dual-stack socket; without IPv6 fall back to IPv4.
+        Err(e) if cfg.addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) => {
+            tracing::warn!(error = %e, "cannot listen on [::]; listening on IPv4 only");
+            tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, cfg.addr.port())).await
+        }
+        other => other,
+    }
+    .map_err(|e| format!("cannot listen on {} (http.addr / REGISTRY_HTTP_ADDR): {e}", cfg.addr))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         addr = %local,
@@ -272,7 +278,17 @@ fn main() {
             no_config_file,
         } => {
             let cfg = load(file.or(config), no_config_file);
+            // Open what the settings name (htpasswd, keys, rules) as serve would.
+            if let Err(e) = berth_server::authn::Authn::from_config(&cfg.auth) {
+                fail(&e);
+            }
+            if let Some(p) = &cfg.access_rules
+                && let Err(e) = berth_auth::AccessRules::load(p)
+            {
+                fail(&format!("accesscontrol.config: {e}"));
+            }
             println!("{cfg:#?}");
+            println!("configuration OK");
         }
     }
 }

@@ -18,8 +18,10 @@ fn page_params(app: &App, q: &HashMap<String, String>) -> Result<(usize, Option<
     let n = match q.get("n") {
         None => app.config.page_default,
         Some(v) => v.parse::<usize>().map_err(|_| {
-            ApiError::new(Kind::PaginationNumberInvalid)
-                .message(format!("n must be a whole number from 0 to {}", app.config.page_max))
+            ApiError::new(Kind::PaginationNumberInvalid).message(format!(
+                "n must be a whole number (pages hold at most {}; larger values are capped)",
+                app.config.page_max
+            ))
         })?,
     };
     Ok((

@@ -70,6 +70,22 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Mint a token offline with the token server's signing key from the configuration (for CI
+    /// jobs and scripts). The scopes are granted as given: whoever can read the key can sign.
+    Token {
+        /// Subject (user name) of the token.
+        #[arg(long)]
+        user: String,
+        /// Scope to grant, e.g. repository:team/app:pull,push (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Configuration file.
+        #[arg(long = "config", value_name = "CONFIG")]
+        config: Option<PathBuf>,
+        /// Do not look for a configuration file: built-in defaults and REGISTRY_* variables only.
+        #[arg(long, conflicts_with = "config")]
+        no_config_file: bool,
+    },
     /// Validate the configuration and print the settings in effect.
     CheckConfig {
         /// Configuration file.
@@ -252,6 +268,29 @@ fn main() {
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({ "keys": keys })).unwrap_or_default()
             );
+        }
+        Command::Token {
+            user,
+            scopes,
+            config,
+            no_config_file,
+        } => {
+            let cfg = load(config, no_config_file);
+            let authn = berth_server::authn::Authn::from_config(&cfg.auth).unwrap_or_else(|e| fail(&e));
+            let Some(server) = authn.token_server() else {
+                fail(
+                    "berth token needs token mode with the built-in token server (auth.token.server.enabled and auth.token.server.key)",
+                );
+            };
+            let mut granted = Vec::new();
+            for s in &scopes {
+                granted.push(
+                    s.parse::<berth_auth::Scope>()
+                        .unwrap_or_else(|e| fail(&format!("--scope {s}: {e}"))),
+                );
+            }
+            let issued = server.issuer.issue(&user, &granted, false).unwrap_or_else(|e| fail(&e));
+            println!("{}", issued.token);
         }
         Command::Htpasswd { user, cost } => {
             let mut password = String::new();

@@ -193,19 +193,18 @@ async fn token_mode_with_the_built_in_token_server() {
     let rules = rules(dir.path());
     let (key, cert) = keygen(dir.path());
     let realm = "http://registry.test/auth";
-    let Some(reg) = Registry::start_local(&[
+    let env = [
         ("REGISTRY_AUTH_TYPE", "token"),
         ("REGISTRY_AUTH_TOKEN_REALM", realm),
         ("REGISTRY_AUTH_TOKEN_SERVICE", "berth-test"),
         ("REGISTRY_AUTH_TOKEN_ISSUER", "berth-issuer"),
         ("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true"),
-        ("REGISTRY_AUTH_TOKEN_SERVER_KEY", &key),
-        ("REGISTRY_AUTH_TOKEN_SERVER_CERTIFICATE", &cert),
-        ("REGISTRY_AUTH_HTPASSWD", &pw),
-        ("REGISTRY_ACCESS_CONTROL_CONFIG", &rules),
-    ])
-    .await
-    else {
+        ("REGISTRY_AUTH_TOKEN_SERVER_KEY", key.as_str()),
+        ("REGISTRY_AUTH_TOKEN_SERVER_CERTIFICATE", cert.as_str()),
+        ("REGISTRY_AUTH_HTPASSWD", pw.as_str()),
+        ("REGISTRY_ACCESS_CONTROL_CONFIG", rules.as_str()),
+    ];
+    let Some(reg) = Registry::start_local(&env).await else {
         return;
     };
     // challenges name exactly what is needed
@@ -311,6 +310,41 @@ async fn token_mode_with_the_built_in_token_server() {
         )
         .await;
     r.expect_error(401, &["UNAUTHORIZED"]);
+
+    // `berth token` mints a token offline with the same key
+    let mut cmd = Command::new(BERTH);
+    cmd.args([
+        "token",
+        "--no-config-file",
+        "--user",
+        "ci",
+        "--scope",
+        "repository:alice/app:pull",
+    ]);
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let minted = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    send(
+        &reg,
+        Method::GET,
+        &format!("/v2/alice/app/blobs/{d}"),
+        Some(&bearer(&minted)),
+        vec![],
+    )
+    .await
+    .expect(200);
+    send(
+        &reg,
+        Method::POST,
+        "/v2/alice/app/blobs/uploads/",
+        Some(&bearer(&minted)),
+        vec![],
+    )
+    .await
+    .expect(401);
 
     // published keys, and forged tokens
     let jwks = send(&reg, Method::GET, "/.well-known/jwks.json", None, vec![]).await;

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, unit and integration tests (engine tests also with the
+# std I/O engine), the release build, and the end-to-end test with skopeo and the Docker Engine.
+# Each step is announced and timed; the first failure stops the run.
+#
+#   scripts/test.sh                  everything
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test test-std build e2e)
+#
+# The end-to-end step needs skopeo, umoci, docker.io, jq and curl (.ci/run installs them) and root.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+T_START=$EPOCHREALTIME
+RESULTS=()
+PASSED=0
+
+secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
+summary() {
+  local rc=$?
+  if ((${#RESULTS[@]})); then
+    echo
+    echo "==== test.sh summary"
+    printf '  %s\n' "${RESULTS[@]}"
+    echo "  total $(secs_since "$T_START")s"
+  fi
+  if ((rc == 0)); then
+    echo "steps: $PASSED passed, 0 failed"
+  else
+    echo "steps: $PASSED passed, 1 failed"
+  fi
+}
+trap summary EXIT
+
+# step NAME CMD...: run CMD (with env assignments via `env`), announce, time, fail fast.
+step() {
+  local name=$1
+  shift
+  if [[ " ${TEST_SKIP:-} " == *" $name "* ]]; then
+    echo "==== [$name] skipped (TEST_SKIP)"
+    RESULTS+=("$(printf '%-9s SKIP' "$name")")
+    return 0
+  fi
+  echo
+  echo "==== [$name] $*"
+  local t0=$EPOCHREALTIME rc=0
+  "$@" || rc=$?
+  local t
+  t=$(secs_since "$t0")
+  if ((rc != 0)); then
+    RESULTS+=("$(printf '%-9s FAIL %8ss  %s' "$name" "$t" "$*")")
+    echo "==== [$name] FAILED (exit $rc) after ${t}s: $*"
+    exit "$rc"
+  fi
+  RESULTS+=("$(printf '%-9s ok   %8ss  %s' "$name" "$t" "$*")")
+  PASSED=$((PASSED + 1))
+  echo "==== [$name] ok (${t}s)"
+}
+
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+step test cargo test --workspace
+step test-std env BERTH_IO_ENGINE=std cargo test -p berth-engine
+step build cargo build --release -p berth-server
+step e2e env BERTH_BIN="${CARGO_TARGET_DIR:-target}/release/berth" bash scripts/e2e.sh

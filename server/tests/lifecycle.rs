@@ -1,0 +1,67 @@
+//! Process-level behaviour: Kubernetes service-link variables never stop the server, and idle
+//! upload sessions are removed by the background reaper.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Registry;
+use reqwest::Method;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_service_variables_are_ignored_and_pushes_work() {
+    // What Kubernetes injects for Services named `registry` and `registry-auth`.
+    let Some(reg) = Registry::start_local(&[
+        ("REGISTRY_PORT", "tcp://10.0.0.7:5000"),
+        ("REGISTRY_PORT_5000_TCP", "tcp://10.0.0.7:5000"),
+        ("REGISTRY_PORT_5000_TCP_ADDR", "10.0.0.7"),
+        ("REGISTRY_PORT_5000_TCP_PORT", "5000"),
+        ("REGISTRY_PORT_5000_TCP_PROTO", "tcp"),
+        ("REGISTRY_SERVICE_HOST", "10.0.0.7"),
+        ("REGISTRY_SERVICE_PORT", "5000"),
+        ("REGISTRY_AUTH_PORT", "tcp://10.0.0.8:80"),
+        ("REGISTRY_AUTH_PORT_80_TCP", "tcp://10.0.0.8:80"),
+        ("REGISTRY_AUTH_PORT_80_TCP_ADDR", "10.0.0.8"),
+        ("REGISTRY_AUTH_SERVICE_HOST", "10.0.0.8"),
+        ("REGISTRY_AUTH_SERVICE_PORT", "80"),
+    ])
+    .await
+    else {
+        return;
+    };
+    let (manifest, _) = reg.push_image("k8s/app", "v1").await;
+    reg.get_manifest("k8s/app", "v1").await.expect(200);
+    assert_eq!(reg.get_manifest("k8s/app", "v1").await.body, manifest);
+    let log = reg.log_text();
+    assert!(log.contains("ignoring REGISTRY_AUTH_PORT_80_TCP_ADDR"), "{log}");
+    assert!(log.contains("ignoring REGISTRY_PORT:"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_upload_sessions_are_reaped() {
+    let Some(reg) = Registry::start_local(&[
+        ("REGISTRY_UPLOAD_TIMEOUT", "1"),
+        ("REGISTRY_UPLOAD_CLEANUP_INTERVAL", "1"),
+    ])
+    .await
+    else {
+        return;
+    };
+    let idle = reg.start_upload("reap/me").await;
+    reg.request(Method::GET, idle.clone()).await.expect(204);
+    let uploads = reg.storage().join("uploads");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = reg.request(Method::GET, idle.clone()).await.status;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle session is still there after 15 s (status {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(&uploads).unwrap().collect();
+    assert!(left.is_empty(), "session files left behind: {left:?}");
+}

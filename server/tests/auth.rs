@@ -182,6 +182,14 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+async fn post_form(reg: &Registry, form: &str) -> Reply {
+    let rb = reg
+        .client
+        .post(reg.url("/auth"))
+        .header("Content-Type", "application/x-www-form-urlencoded");
+    reg.send(rb.body(form.to_owned())).await
+}
+
 async fn token(reg: &Registry, auth: Option<&str>, query: &str) -> Reply {
     send(reg, Method::GET, &format!("/auth?{query}"), auth, vec![]).await
 }
@@ -264,14 +272,7 @@ async fn token_mode_with_the_built_in_token_server() {
 
     // OAuth2 POST: password and refresh_token grants
     let form = "grant_type=password&username=alice&password=a-pass&service=berth-test&client_id=test&scope=repository%3Aalice%2Fapp%3Apull";
-    let r = reg
-        .send(
-            reg.client
-                .post(reg.url("/auth"))
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(form),
-        )
-        .await;
+    let r = post_form(&reg, form).await;
     r.expect(200);
     let refresh = r.json()["refresh_token"]
         .as_str()
@@ -280,14 +281,7 @@ async fn token_mode_with_the_built_in_token_server() {
     let form = format!(
         "grant_type=refresh_token&refresh_token={refresh}&service=berth-test&scope=repository%3Aalice%2Fapp%3Apull"
     );
-    let r = reg
-        .send(
-            reg.client
-                .post(reg.url("/auth"))
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(form),
-        )
-        .await;
+    let r = post_form(&reg, &form).await;
     r.expect(200);
     let pulled = r.json()["token"].as_str().unwrap().to_owned();
     let d = sha256(b"layer");
@@ -300,15 +294,11 @@ async fn token_mode_with_the_built_in_token_server() {
     )
     .await
     .expect(200);
-    let form = "grant_type=refresh_token&refresh_token=garbage&service=berth-test";
-    let r = reg
-        .send(
-            reg.client
-                .post(reg.url("/auth"))
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(form),
-        )
-        .await;
+    let r = post_form(
+        &reg,
+        "grant_type=refresh_token&refresh_token=garbage&service=berth-test",
+    )
+    .await;
     r.expect_error(401, &["UNAUTHORIZED"]);
 
     // `berth token` mints a token offline with the same key

@@ -70,6 +70,24 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run only the token server (token endpoint and JWKS), for example next to registries
+    /// that verify its tokens with auth.token.rootcertbundle or auth.token.jwks. Uses the same
+    /// configuration as serve: auth.token (with server.enabled and server.key), auth.htpasswd and
+    /// the access rules.
+    TokenServer {
+        /// Configuration file.
+        #[arg(value_name = "CONFIG")]
+        file: Option<PathBuf>,
+        /// Same as the positional CONFIG.
+        #[arg(long = "config", value_name = "CONFIG", conflicts_with = "file")]
+        config: Option<PathBuf>,
+        /// Do not look for a configuration file: built-in defaults and REGISTRY_* variables only.
+        #[arg(long, conflicts_with_all = ["file", "config"])]
+        no_config_file: bool,
+        /// Listen address.
+        #[arg(long, default_value = "0.0.0.0:5001")]
+        addr: std::net::SocketAddr,
+    },
     /// Mint a token offline with the token server's signing key from the configuration (for CI
     /// jobs and scripts). The scopes are granted as given: whoever can read the key can sign.
     Token {
@@ -216,6 +234,37 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(bytes)
 }
 
+async fn run_token_server(cfg: config::Config, addr: std::net::SocketAddr) -> Result<(), String> {
+    let authn = Arc::new(berth_server::authn::Authn::from_config(&cfg.auth)?);
+    let Some(server) = authn.token_server() else {
+        return Err("berth token-server needs token mode with the built-in server: set auth.token.server.enabled: true (env REGISTRY_AUTH_TOKEN_SERVER_ENABLED=true) and auth.token.server.key".into());
+    };
+    let path = server.path.clone();
+    let rules = match &cfg.access_rules {
+        Some(p) => Some(berth_auth::AccessRules::load(p).map_err(|e| format!("accesscontrol.config: {e}"))?),
+        None => None,
+    };
+    let access = Arc::new(berth_server::access::Access::new(rules));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (--addr): {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(addr = %local, path = %path, "berth {} token server listening", env!("CARGO_PKG_VERSION"));
+    authn.spawn_reloader();
+    let app = Arc::new(berth_server::api::TokenApp {
+        authn,
+        access,
+        access_log: cfg.access_log,
+    });
+    serve::serve_with(
+        move |req| berth_server::api::handle_token_only(app.clone(), req),
+        listener,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
 fn main() {
     let cli = Cli::parse();
     match cli.command {
@@ -268,6 +317,23 @@ fn main() {
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({ "keys": keys })).unwrap_or_default()
             );
+        }
+        Command::TokenServer {
+            file,
+            config,
+            no_config_file,
+            addr,
+        } => {
+            let cfg = load(file.or(config), no_config_file);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            if let Err(e) = rt.block_on(run_token_server(cfg, addr)) {
+                tracing::error!("{e}");
+                eprintln!("berth: {e}");
+                std::process::exit(1);
+            }
         }
         Command::Token {
             user,

@@ -18,8 +18,21 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long a client may take to send request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serve `listener` until `shutdown` completes, then drain connections.
+/// Serve the registry (and, when enabled, its token server) on `listener`.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    serve_with(move |req| api::handle(app.clone(), req), listener, shutdown).await
+}
+
+/// Serve requests with `handler` until `shutdown` completes, then drain connections.
+pub async fn serve_with<H, F>(
+    handler: H,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<api::Body>> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -44,11 +57,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
         let builder = builder.clone();
+        let handler = handler.clone();
         let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(api::handle(app, req).await) }
+            let fut = handler(req);
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);

@@ -413,3 +413,74 @@ fn misconfigurations_stop_start_up_with_the_fix() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn separate_token_server_and_registry() {
+    if common::is_external() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &[("carol", "c-pass")]);
+    let (key, cert) = keygen(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let realm = format!("http://127.0.0.1:{port}/token");
+    let common_env = [
+        ("REGISTRY_AUTH_TYPE", "token"),
+        ("REGISTRY_AUTH_TOKEN_REALM", realm.as_str()),
+        ("REGISTRY_AUTH_TOKEN_SERVICE", "split"),
+        ("REGISTRY_AUTH_TOKEN_ISSUER", "split-issuer"),
+    ];
+    let mut ts = Command::new(BERTH);
+    ts.args([
+        "token-server",
+        "--no-config-file",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REGISTRY_") {
+            ts.env_remove(k);
+        }
+    }
+    ts.envs(common_env)
+        .env("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true")
+        .env("REGISTRY_AUTH_TOKEN_SERVER_PATH", "/token")
+        .env("REGISTRY_AUTH_TOKEN_SERVER_KEY", &key)
+        .env("REGISTRY_AUTH_TOKEN_SERVER_CERTIFICATE", &cert)
+        .env("REGISTRY_AUTH_HTPASSWD", &pw)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _ts = Kill(ts.spawn().unwrap());
+    let mut registry_env = common_env.to_vec();
+    registry_env.push(("REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE", cert.as_str()));
+    let reg = Registry::start_local(&registry_env).await.unwrap();
+    let client = common::client();
+    let url = format!("{realm}?service=split&scope=repository:carol/app:pull,push");
+    let mut token = None;
+    for _ in 0..200 {
+        if let Ok(r) = client.get(&url).basic_auth("carol", Some("c-pass")).send().await {
+            assert_eq!(r.status(), 200);
+            token = Some(r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let token = token.expect("the token server did not answer");
+    push_blob(&reg, "carol/app", &bearer(&token), b"split")
+        .await
+        .expect(201);
+    // the token server serves nothing else
+    let r = client.get(format!("http://127.0.0.1:{port}/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -135,6 +135,39 @@ pub(crate) fn check_delete_enabled(app: &App) -> Result<(), ApiError> {
     }
 }
 
+/// A token server without a registry (`berth token-server`).
+pub struct TokenApp {
+    /// Must be token mode with the built-in server.
+    pub authn: Arc<Authn>,
+    /// Rules that decide grants.
+    pub access: Arc<Access>,
+    /// One log line per request.
+    pub access_log: bool,
+}
+
+/// Handle one request of a stand-alone token server: the token endpoint and the JWKS only.
+pub async fn handle_token_only(app: Arc<TokenApp>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
+    let Some(server) = app.authn.token_server() else {
+        return Response::new(empty());
+    };
+    let path = req.uri().path().to_owned();
+    let (kind, resp) = if path == server.path {
+        ("token", token::issue(&app.access, server, req).await)
+    } else if path == token::JWKS_PATH {
+        ("jwks", token::jwks(server))
+    } else {
+        (
+            "invalid",
+            Err(ApiError::new(Kind::NotFound)
+                .message("this is a token server: use the token endpoint or /.well-known/jwks.json")),
+        )
+    };
+    finish_response(app.access_log, resp, head, start, &method, kind, None, None, 0)
+}
+
 /// Handle one request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
@@ -146,12 +179,32 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     if let Some(server) = app.authn.token_server() {
         let path = req.uri().path();
         if path == server.path {
-            let resp = token::issue(&app, server, req).await;
-            return finish_response(&app, resp, head, start, &method, "token", None, None, bytes_in);
+            let resp = token::issue(&app.access, server, req).await;
+            return finish_response(
+                app.config.access_log,
+                resp,
+                head,
+                start,
+                &method,
+                "token",
+                None,
+                None,
+                bytes_in,
+            );
         }
         if path == token::JWKS_PATH {
             let resp = token::jwks(server);
-            return finish_response(&app, resp, head, start, &method, "jwks", None, None, bytes_in);
+            return finish_response(
+                app.config.access_log,
+                resp,
+                head,
+                start,
+                &method,
+                "jwks",
+                None,
+                None,
+                bytes_in,
+            );
         }
     }
     // A request whose body may be left unread by an early error: such a response closes the
@@ -181,7 +234,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let mut resp = finish_response(
-        &app,
+        app.config.access_log,
         result,
         head,
         start,
@@ -201,7 +254,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 /// Turn a handler result into the response, add the common headers, write the access log.
 #[allow(clippy::too_many_arguments)]
 fn finish_response(
-    app: &App,
+    access_log: bool,
     result: Result<Response<Body>, ApiError>,
     head: bool,
     start: Instant,
@@ -217,7 +270,7 @@ fn finish_response(
     };
     resp.headers_mut()
         .insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
-    if app.config.access_log {
+    if access_log {
         let status = resp.status().as_u16();
         let bytes_out = header_str(resp.headers(), header::CONTENT_LENGTH)
             .and_then(|v| v.parse::<u64>().ok())

@@ -8,7 +8,8 @@ use hyper::body::Incoming;
 
 use berth_auth::{BasicCredentials, Scope, grant};
 
-use super::{App, Body, finish, full, header_str, json_response, response};
+use super::{Body, finish, full, header_str, json_response, response};
+use crate::access::Access;
 use crate::authn::TokenServer;
 use crate::error::{ApiError, Kind};
 
@@ -88,7 +89,11 @@ async fn parse_request(req: Request<Incoming>) -> Result<TokenRequest, ApiError>
 }
 
 /// Answer a token request.
-pub(super) async fn issue(app: &App, server: &TokenServer, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn issue(
+    access: &Access,
+    server: &TokenServer,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     if req.method() != Method::GET && req.method() != Method::POST {
         return Err(ApiError::new(Kind::MethodNotAllowed).message("the token endpoint takes GET or POST"));
     }
@@ -131,7 +136,7 @@ pub(super) async fn issue(app: &App, server: &TokenServer, req: Request<Incoming
     let mut granted = Vec::new();
     for raw in r.scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
         let wanted: Scope = raw.parse().map_err(|e| bad_request(format!("scope {raw:?}: {e}")))?;
-        let g = grant(app.access.rules(), user.as_deref(), &wanted);
+        let g = grant(access.rules(), user.as_deref(), &wanted);
         if g.actions.len() < wanted.actions.len() {
             tracing::info!(user = user.as_deref().unwrap_or("-"), requested = %wanted, granted = %g, "token grants less than requested");
         }

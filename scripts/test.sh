@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, unit and integration tests (engine tests also with the
-# std I/O engine), the release build, and the end-to-end test with skopeo and the Docker Engine.
+# The project's test command: formatting, lints, unit and integration tests, the release build, and the
+# end-to-end test with skopeo and the Docker Engine.
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test test-std build e2e)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test build e2e)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (.ci/run installs them) and root.
 set -euo pipefail
@@ -61,6 +61,5 @@ step() {
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo test --workspace
-step test-std env BERTH_IO_ENGINE=std cargo test -p berth-engine
 step build cargo build --release -p berth-server
 step e2e env BERTH_BIN="${CARGO_TARGET_DIR:-target}/release/berth" bash scripts/e2e.sh

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod api;
 pub mod authn;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod range;

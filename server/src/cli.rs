@@ -1,0 +1,263 @@
+//! What the `berth` subcommands do. `main.rs` only parses the command line and calls these.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_engine::Engine;
+
+use crate::access::Access;
+use crate::api::{self, App, TokenApp};
+use crate::authn::Authn;
+use crate::config::{self, Config};
+use crate::serve;
+
+/// Where the configuration comes from, as given on the command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigSource {
+    /// Configuration file (distribution's config.yml format). Without one, $REGISTRY_CONFIG,
+    /// /etc/distribution/config.yml and /etc/docker/registry/config.yml are tried, then the
+    /// built-in defaults (./data, port 5000, no auth).
+    #[arg(value_name = "CONFIG")]
+    pub file: Option<PathBuf>,
+    /// Same as the positional CONFIG.
+    #[arg(long = "config", value_name = "CONFIG", conflicts_with = "file")]
+    pub config: Option<PathBuf>,
+    /// Do not look for a configuration file: built-in defaults and REGISTRY_* variables only.
+    #[arg(long, conflicts_with_all = ["file", "config"])]
+    pub no_config_file: bool,
+}
+
+/// Print `msg` and exit with status 2 (usage or configuration problem).
+pub fn fail(msg: &str) -> ! {
+    eprintln!("berth: {msg}");
+    std::process::exit(2);
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},hyper=warn,h2=warn", cfg.log_level)));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if cfg.log_json { b.json().init() } else { b.init() }
+}
+
+/// Load and validate the configuration, start logging, log the warnings. Exits on errors.
+pub fn load(src: &ConfigSource) -> Config {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let file = src.file.as_ref().or(src.config.as_ref());
+    let source = match (file, src.no_config_file) {
+        (Some(f), _) => config::Source::File(f),
+        (None, true) => config::Source::DefaultsOnly,
+        (None, false) => config::Source::Search,
+    };
+    match config::load(source, &env) {
+        Ok((cfg, warnings)) => {
+            init_logging(&cfg);
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            cfg
+        }
+        Err(e) => fail(&format!("configuration error: {e}")),
+    }
+}
+
+/// Authentication and access rules from the configuration, opening every file they name.
+pub fn security(cfg: &Config) -> Result<(Arc<Authn>, Arc<Access>), String> {
+    let authn = Arc::new(Authn::from_config(&cfg.auth)?);
+    let rules = match &cfg.access_rules {
+        Some(p) => Some(berth_auth::AccessRules::load(p).map_err(|e| format!("accesscontrol.config: {e}"))?),
+        None => None,
+    };
+    Ok((authn, Arc::new(Access::new(rules))))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            ctrl_c.await.unwrap_or(());
+            tracing::warn!("received SIGINT: shutting down");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::warn!("received SIGINT: shutting down"),
+        _ = term.recv() => tracing::warn!("received SIGTERM: shutting down"),
+    }
+}
+
+/// Run `fut` on a multi-thread runtime; an error is logged and exits with status 1.
+pub fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(fut) {
+        tracing::error!("{e}");
+        eprintln!("berth: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn bind(addr: SocketAddr, setting: &str) -> Result<tokio::net::TcpListener, String> {
+    match tokio::net::TcpListener::bind(addr).await {
+        // `:port` asks for a dual-stack socket; without IPv6 fall back to IPv4.
+        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+            tracing::warn!(error = %e, "cannot listen on [::]; listening on IPv4 only");
+            tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, addr.port())).await
+        }
+        other => other,
+    }
+    .map_err(|e| format!("cannot listen on {addr} ({setting}): {e}"))
+}
+
+/// `berth serve`: the registry.
+pub async fn serve(cfg: Config) -> Result<(), String> {
+    let (authn, access) = security(&cfg)?;
+    let engine = Engine::open(&cfg.root).await.map_err(|e| {
+        format!(
+            "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
+            cfg.root.display()
+        )
+    })?;
+    let listener = bind(cfg.addr, "http.addr / REGISTRY_HTTP_ADDR").await?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        addr = %local,
+        storage = %cfg.root.display(),
+        config = %cfg.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into()),
+        delete = cfg.delete_enabled,
+        auth = authn.mode(),
+        access_rules = access.rules().is_some(),
+        "berth {} listening", env!("CARGO_PKG_VERSION")
+    );
+    authn.spawn_reloader();
+    let app = Arc::new(App {
+        engine,
+        config: cfg,
+        authn,
+        access,
+    });
+    serve::spawn_upload_reaper(app.clone());
+    serve::serve(app, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `berth token-server`: only the token endpoint and the JWKS.
+pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
+    let (authn, access) = security(&cfg)?;
+    let Some(server) = authn.token_server() else {
+        return Err("berth token-server needs token mode with the built-in server: set auth.token.server.enabled: true (env REGISTRY_AUTH_TOKEN_SERVER_ENABLED=true) and auth.token.server.key".into());
+    };
+    let path = server.path.clone();
+    let listener = bind(addr, "--addr").await?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(addr = %local, path = %path, "berth {} token server listening", env!("CARGO_PKG_VERSION"));
+    authn.spawn_reloader();
+    let app = Arc::new(TokenApp {
+        authn,
+        access,
+        access_log: cfg.access_log,
+    });
+    serve::serve_with(
+        move |req| api::handle_token_only(app.clone(), req),
+        listener,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// `berth check-config` / `berth config check`.
+pub fn check_config(src: &ConfigSource) {
+    let cfg = load(src);
+    if let Err(e) = security(&cfg) {
+        fail(&e);
+    }
+    println!("{cfg:#?}");
+    println!("configuration OK");
+}
+
+/// `berth token`: mint a token with the configured signing key.
+pub fn token(src: &ConfigSource, user: &str, scopes: &[String]) {
+    let cfg = load(src);
+    let authn = Authn::from_config(&cfg.auth).unwrap_or_else(|e| fail(&e));
+    let Some(server) = authn.token_server() else {
+        fail(
+            "berth token needs token mode with the built-in token server (auth.token.server.enabled and auth.token.server.key)",
+        );
+    };
+    let granted: Vec<berth_auth::Scope> = scopes
+        .iter()
+        .map(|s| s.parse().unwrap_or_else(|e| fail(&format!("--scope {s}: {e}"))))
+        .collect();
+    let issued = server.issuer.issue(user, &granted, false).unwrap_or_else(|e| fail(&e));
+    println!("{}", issued.token);
+}
+
+/// `berth htpasswd`: an htpasswd line for a password read from standard input.
+pub fn htpasswd(user: &str, cost: u32) {
+    let mut password = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut password) {
+        fail(&format!("reading the password from standard input failed: {e}"));
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        fail(&format!(
+            "no password on standard input (example: echo \"$PASSWORD\" | berth htpasswd {user})"
+        ));
+    }
+    println!(
+        "{}",
+        berth_auth::htpasswd::entry(user, password, cost).unwrap_or_else(|e| fail(&e))
+    );
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(bytes)
+}
+
+/// `berth keygen`: a signing key (mode 0600) and a self-signed certificate.
+pub fn keygen(alg: &str, key: &Path, cert: &Path, name: &str, days: u32) {
+    let alg = match alg.to_ascii_lowercase().as_str() {
+        "rs256" => jsonwebtoken::Algorithm::RS256,
+        "es256" => jsonwebtoken::Algorithm::ES256,
+        "es384" => jsonwebtoken::Algorithm::ES384,
+        other => fail(&format!("--alg {other}: use rs256, es256 or es384")),
+    };
+    let (key_pem, cert_pem) = berth_auth::token::signing::generate(alg, name, days).unwrap_or_else(|e| fail(&e));
+    write_private(key, key_pem.as_bytes()).unwrap_or_else(|e| fail(&format!("{}: {e}", key.display())));
+    std::fs::write(cert, cert_pem).unwrap_or_else(|e| fail(&format!("{}: {e}", cert.display())));
+    println!(
+        "wrote {} (private key, mode 0600) and {} (certificate)",
+        key.display(),
+        cert.display()
+    );
+}
+
+/// `berth jwks`: a JWKS document for PEM files.
+pub fn jwks(files: &[PathBuf]) {
+    let keys: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let pem = std::fs::read(f).unwrap_or_else(|e| fail(&format!("{}: {e}", f.display())));
+            berth_auth::token::public_jwk(f, &pem).unwrap_or_else(|e| fail(&e))
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "keys": keys })).unwrap_or_default()
+    );
+}

@@ -43,6 +43,8 @@ pub struct TokenAuth {
     pub service: String,
     /// Checks presented tokens.
     pub verifier: Verifier,
+    /// Where more keys come from, when a JWKS URL is configured.
+    pub remote: Option<crate::jwks_fetch::RemoteJwks>,
     /// The built-in token server, when enabled.
     pub server: Option<TokenServer>,
 }
@@ -117,11 +119,16 @@ fn token_auth(cfg: &TokenConfig) -> Result<TokenAuth, String> {
             })
         }
     };
+    let remote = match &cfg.jwks_url {
+        Some(url) => Some(crate::jwks_fetch::RemoteJwks::new(url.clone(), keys.clone())?),
+        None => None,
+    };
     Ok(TokenAuth {
         realm: cfg.realm.clone(),
         service: cfg.service.clone(),
         verifier: Verifier::new(cfg.issuer.clone(), cfg.service.clone(), keys, cfg.leeway),
         server,
+        remote,
     })
 }
 
@@ -233,7 +240,13 @@ impl Authn {
                         None,
                     ));
                 };
-                match t.verifier.verify(token) {
+                let mut verified = t.verifier.verify(token);
+                if let (Err(berth_auth::token::VerifyError::UnknownKid { .. }), Some(remote)) = (&verified, &t.remote)
+                    && remote.refresh(&t.verifier).await
+                {
+                    verified = t.verifier.verify(token);
+                }
+                match verified {
                     Ok(grant) => Ok(Caller {
                         user: grant.subject.clone().filter(|s| !s.is_empty()),
                         grant: Some(grant),
@@ -252,8 +265,25 @@ impl Authn {
         !matches!(self, Authn::None)
     }
 
-    /// Keep credentials current: re-read htpasswd files when they change.
+    /// Keep credentials current: fetch a configured JWKS URL now and every few minutes, and
+    /// re-read htpasswd files when they change.
     pub fn spawn_reloader(self: &Arc<Self>) {
+        if let Authn::Token(t) = &**self
+            && t.remote.is_some()
+        {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::jwks_fetch::REFRESH_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    if let Authn::Token(t) = &*me
+                        && let Some(remote) = &t.remote
+                    {
+                        remote.refresh(&t.verifier).await;
+                    }
+                }
+            });
+        }
         if self.users().is_none() {
             return;
         }

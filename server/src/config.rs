@@ -169,6 +169,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "JWKS file; tokens are matched to its keys by kid, and a key's alg (if given) must equal the token's.",
     },
     Setting {
+        path: "auth.token.jwksurl",
+        env: &["REGISTRY_AUTH_TOKEN_JWKSURL"],
+        default: "(none)",
+        doc: "URL of a JWKS (http or https), fetched at start, every 5 minutes, and again (at most every 10 s) when a token names an unknown kid.",
+    },
+    Setting {
         path: "auth.token.publickey",
         env: &["REGISTRY_AUTH_TOKEN_PUBLICKEY"],
         default: "(none)",
@@ -308,6 +314,8 @@ pub struct TokenConfig {
     pub rootcertbundle: Option<PathBuf>,
     /// JWKS file.
     pub jwks: Option<PathBuf>,
+    /// JWKS URL, fetched at start, periodically and on an unknown `kid`.
+    pub jwks_url: Option<String>,
     /// A single PEM public key.
     pub publickey: Option<PathBuf>,
     /// Clock leeway for exp/nbf/iat.
@@ -425,13 +433,32 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
         issuer,
         rootcertbundle: path("auth.token.rootcertbundle")?,
         jwks: path("auth.token.jwks")?,
+        jwks_url: match get_str(tree, "auth.token.jwksurl")?
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            None => None,
+            Some(u) if (u.starts_with("http://") || u.starts_with("https://")) && u.parse::<http::Uri>().is_ok() => {
+                Some(u.to_owned())
+            }
+            Some(u) => {
+                return Err(ConfigError(format!(
+                    "auth.token.jwksurl (env REGISTRY_AUTH_TOKEN_JWKSURL): {u:?} is not an http:// or https:// URL"
+                )));
+            }
+        },
         publickey: path("auth.token.publickey")?,
         leeway: get_duration(tree, "auth.token.leeway", Duration::from_secs(60))?,
         server,
     };
-    if cfg.rootcertbundle.is_none() && cfg.jwks.is_none() && cfg.publickey.is_none() && cfg.server.is_none() {
+    if cfg.rootcertbundle.is_none()
+        && cfg.jwks.is_none()
+        && cfg.jwks_url.is_none()
+        && cfg.publickey.is_none()
+        && cfg.server.is_none()
+    {
         return Err(ConfigError(
-            "token mode needs a key to verify tokens with: set auth.token.jwks (env REGISTRY_AUTH_TOKEN_JWKS), auth.token.rootcertbundle (env REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE) or auth.token.publickey (env REGISTRY_AUTH_TOKEN_PUBLICKEY), or enable the built-in token server (auth.token.server.enabled: true with auth.token.server.key)".into(),
+            "token mode needs a key to verify tokens with: set auth.token.jwks (env REGISTRY_AUTH_TOKEN_JWKS), auth.token.jwksurl (env REGISTRY_AUTH_TOKEN_JWKSURL), auth.token.rootcertbundle (env REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE) or auth.token.publickey (env REGISTRY_AUTH_TOKEN_PUBLICKEY), or enable the built-in token server (auth.token.server.enabled: true with auth.token.server.key)".into(),
         ));
     }
     Ok(cfg)

@@ -10,6 +10,7 @@ pub mod authn;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod jwks_fetch;
 pub mod range;
 pub mod route;
 pub mod serve;

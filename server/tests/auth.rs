@@ -461,6 +461,12 @@ async fn separate_token_server_and_registry() {
             let _ = self.0.wait();
         }
     }
+    // A registry that gets the keys from the token server's JWKS URL starts before the token
+    // server: its first fetch fails, and the first token with the then unknown kid fetches again.
+    let jwks_url = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
+    let mut url_env = common_env.to_vec();
+    url_env.push(("REGISTRY_AUTH_TOKEN_JWKSURL", jwks_url.as_str()));
+    let by_url = Registry::start_local(&url_env).await.unwrap();
     let _ts = Kill(ts.spawn().unwrap());
     let mut registry_env = common_env.to_vec();
     registry_env.push(("REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE", cert.as_str()));
@@ -480,6 +486,21 @@ async fn separate_token_server_and_registry() {
     push_blob(&reg, "carol/app", &bearer(&token), b"split")
         .await
         .expect(201);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = push_blob(&by_url, "carol/app", &bearer(&token), b"split").await;
+        if r.status == 201 {
+            break;
+        }
+        r.expect(401);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the JWKS was not fetched again: {}",
+            by_url.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(by_url.log_text().contains("JWKS fetched"), "{}", by_url.log_text());
     // the token server serves nothing else
     let r = client.get(format!("http://127.0.0.1:{port}/v2/")).send().await.unwrap();
     assert_eq!(r.status(), 404);

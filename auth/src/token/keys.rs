@@ -64,7 +64,7 @@ pub struct Key {
 }
 
 /// Every key tokens may be verified with.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct KeySet {
     /// By `kid`.
     pub by_kid: BTreeMap<String, Arc<Key>>,

@@ -124,7 +124,7 @@ struct RawHeader {
 pub struct Verifier {
     issuer: String,
     service: String,
-    keys: KeySet,
+    keys: parking_lot::RwLock<Arc<KeySet>>,
     leeway: Duration,
     cache: Mutex<HashMap<[u8; 32], Arc<Grant>>>,
 }
@@ -139,15 +139,21 @@ impl Verifier {
         Verifier {
             issuer,
             service,
-            keys,
+            keys: parking_lot::RwLock::new(Arc::new(keys)),
             leeway,
             cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// The configured `kid`s (for messages).
-    pub fn kids(&self) -> Vec<&str> {
-        self.keys.kids()
+    pub fn kids(&self) -> Vec<String> {
+        self.keys.read().kids().into_iter().map(str::to_owned).collect()
+    }
+
+    /// Replace the key set (a JWKS fetched again). Tokens verified before stay cached until they
+    /// expire.
+    pub fn replace_keys(&self, keys: KeySet) {
+        *self.keys.write() = Arc::new(keys);
     }
 
     /// Verify a token. A token verified before and not yet expired is answered from memory.
@@ -194,13 +200,14 @@ impl Verifier {
             .ok()
             .filter(|a| ALLOWED.contains(a))
             .ok_or_else(|| VerifyError::AlgNotAccepted(header.alg.clone()))?;
+        let keys = self.keys.read().clone();
         let x5c_key;
         let (key, kid): (&Key, String) = match (&header.x5c, &header.kid) {
-            (Some(chain), _) if !self.keys.roots.is_empty() => {
-                x5c_key = self.keys.key_from_x5c(chain).map_err(VerifyError::X5c)?;
+            (Some(chain), _) if !keys.roots.is_empty() => {
+                x5c_key = keys.key_from_x5c(chain).map_err(VerifyError::X5c)?;
                 (&x5c_key, "x5c".to_string())
             }
-            (_, Some(kid)) => match self.keys.by_kid.get(kid) {
+            (_, Some(kid)) => match keys.by_kid.get(kid) {
                 Some(k) => (k.as_ref(), kid.clone()),
                 None => {
                     return Err(VerifyError::UnknownKid {
@@ -209,7 +216,7 @@ impl Verifier {
                     });
                 }
             },
-            (_, None) => match &self.keys.sole {
+            (_, None) => match &keys.sole {
                 Some(k) => (k.as_ref(), "(only key)".to_string()),
                 None => return Err(VerifyError::NoKid),
             },

@@ -226,3 +226,34 @@ fn rotation_and_refresh() {
         "a refresh token grants nothing"
     );
 }
+
+#[test]
+fn rs384_rs512_and_eddsa_verify() {
+    // RSA key without an alg pin: RS384 and RS512 tokens verify too.
+    let rsa = signer(Algorithm::RS256, KidFormat::Thumbprint, false);
+    let mut jwk = rsa.jwk.clone();
+    jwk.common.key_algorithm = None;
+    let mut set = KeySet::default();
+    set.add_jwks(Path::new("jwks.json"), &json!({"keys": [jwk]}).to_string()).unwrap();
+    let v = Verifier::new(ISS.into(), SVC.into(), set, Duration::from_secs(30));
+    for alg in [Algorithm::RS384, Algorithm::RS512] {
+        let t = sign_raw(&rsa, alg, Some(&rsa.kid), &claims(now() + 60));
+        assert!(v.verify(&t).is_ok(), "{alg:?}");
+    }
+    // Ed25519 key in a JWKS, EdDSA token.
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key_raw());
+    let mut set = KeySet::default();
+    set.add_jwks(Path::new("jwks.json"), &json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "ed"}]}).to_string())
+        .unwrap();
+    let v = Verifier::new(ISS.into(), SVC.into(), set, Duration::from_secs(30));
+    let enc = EncodingKey::from_ed_der(&kp.serialize_der());
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = Some("ed".into());
+    let t = jsonwebtoken::encode(&h, &claims(now() + 60), &enc).unwrap();
+    let g = v.verify(&t).unwrap();
+    assert!(g.allows("repository", "team/app", Action::Pull));
+    // an RS256 token naming the Ed25519 key is refused
+    let t = sign_raw(&rsa, Algorithm::RS256, Some("ed"), &claims(now() + 60));
+    assert!(matches!(v.verify(&t).unwrap_err(), VerifyError::AlgMismatch { .. }));
+}

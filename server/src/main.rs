@@ -60,10 +60,16 @@ enum Command {
     },
     /// Print a JWKS document for PEM certificates, public keys or private keys, with kid = the
     /// RFC 7638 thumbprint (what distribution v3's auth.token.jwks expects).
+    #[command(group(clap::ArgGroup::new("inputs").required(true).multiple(true).args(["files", "cert", "key"])))]
     Jwks {
-        /// PEM files.
-        #[arg(required = true)]
+        /// PEM files (certificates, public keys or private keys).
         files: Vec<PathBuf>,
+        /// A certificate (repeatable).
+        #[arg(long)]
+        cert: Vec<PathBuf>,
+        /// A private or public key (repeatable; only the public half is printed).
+        #[arg(long)]
+        key: Vec<PathBuf>,
     },
     /// Mint a token offline with the token server's signing key from the configuration (for CI
     /// jobs and scripts). The scopes are granted as given: whoever can read the key can sign.
@@ -102,7 +108,7 @@ fn main() {
             name,
             days,
         } => cli::keygen(&alg, &key, &cert, &name, days),
-        Command::Jwks { files } => cli::jwks(&files),
+        Command::Jwks { files, cert, key } => cli::jwks(&[files, cert, key].concat()),
         Command::Token { user, scopes, src } => cli::token(&src, &user, &scopes),
         Command::CheckConfig(src) | Command::Config(ConfigCommand::Check(src)) => cli::check_config(&src),
     }

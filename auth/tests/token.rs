@@ -234,7 +234,8 @@ fn rs384_rs512_and_eddsa_verify() {
     let mut jwk = rsa.jwk.clone();
     jwk.common.key_algorithm = None;
     let mut set = KeySet::default();
-    set.add_jwks(Path::new("jwks.json"), &json!({"keys": [jwk]}).to_string()).unwrap();
+    set.add_jwks(Path::new("jwks.json"), &json!({"keys": [jwk]}).to_string())
+        .unwrap();
     let v = Verifier::new(ISS.into(), SVC.into(), set, Duration::from_secs(30));
     for alg in [Algorithm::RS384, Algorithm::RS512] {
         let t = sign_raw(&rsa, alg, Some(&rsa.kid), &claims(now() + 60));
@@ -244,8 +245,11 @@ fn rs384_rs512_and_eddsa_verify() {
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key_raw());
     let mut set = KeySet::default();
-    set.add_jwks(Path::new("jwks.json"), &json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "ed"}]}).to_string())
-        .unwrap();
+    set.add_jwks(
+        Path::new("jwks.json"),
+        &json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "ed"}]}).to_string(),
+    )
+    .unwrap();
     let v = Verifier::new(ISS.into(), SVC.into(), set, Duration::from_secs(30));
     let enc = EncodingKey::from_ed_der(&kp.serialize_der());
     let mut h = Header::new(Algorithm::EdDSA);

@@ -63,7 +63,12 @@ pub fn load(src: &ConfigSource) -> Config {
             }
             cfg
         }
-        Err(e) => fail(&format!("configuration error: {e}")),
+        Err(e) => {
+            for line in e.0.lines() {
+                eprintln!("berth: configuration error: {line}");
+            }
+            std::process::exit(2);
+        }
     }
 }
 

@@ -377,13 +377,20 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
         tree,
         "auth.token.realm",
         "clients fetch tokens from this URL, e.g. https://registry.example.com/auth",
-    )?;
+    );
     let service = need(
         tree,
         "auth.token.service",
         "it is sent in the challenge and must be the tokens' audience (without it clients fail with \"Missing service parameter\")",
-    )?;
-    let issuer = need(tree, "auth.token.issuer", "tokens must carry this iss claim")?;
+    );
+    let issuer = need(tree, "auth.token.issuer", "tokens must carry this iss claim");
+    let (realm, service, issuer) = match (realm, service, issuer) {
+        (Ok(r), Ok(s), Ok(i)) => (r, s, i),
+        (r, s, i) => {
+            let missing: Vec<String> = [r.err(), s.err(), i.err()].into_iter().flatten().map(|e| e.0).collect();
+            return Err(ConfigError(missing.join("\n")));
+        }
+    };
     let path = |p: &str| -> Result<Option<PathBuf>, ConfigError> {
         Ok(get_str(tree, p)?.filter(|v| !v.trim().is_empty()).map(PathBuf::from))
     };
@@ -575,7 +582,14 @@ pub fn load(source: Source<'_>, env: &BTreeMap<String, String>) -> Result<(Confi
         None => Value::Object(Map::new()),
     };
     match &file {
-        Some(p) => from_tree(tree, file.clone(), env).map_err(|e| ConfigError(format!("{}: {}", p.display(), e.0))),
+        Some(p) => from_tree(tree, file.clone(), env).map_err(|e| {
+            ConfigError(
+                e.0.lines()
+                    .map(|l| format!("{}: {l}", p.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        }),
         None => from_tree(tree, None, env),
     }
 }
@@ -818,24 +832,132 @@ pub fn from_tree(
         ));
     }
 
-    let auth = auth_config(&mut tree, auth_type.as_deref())?;
-    if get_bool(&tree, "storage.maintenance.readonly.enabled", false)? {
-        return Err(ConfigError(
-            "storage.maintenance.readonly.enabled: read-only mode is not available in this version of Berth; set it to false (the registry would otherwise accept writes)".into(),
-        ));
+    // Every independent problem is collected, so one run reports them all.
+    let mut errors: Vec<String> = Vec::new();
+    let mut take = |r: Result<(), ConfigError>| {
+        if let Err(ConfigError(m)) = r {
+            errors.extend(m.lines().map(str::to_owned));
+        }
+    };
+    let mut auth = AuthConfig::None;
+    take(auth_config(&mut tree, auth_type.as_deref()).map(|a| auth = a));
+    take(unsupported(&tree));
+    take(unknown_leaves(&tree, &mut warnings));
+    let mut addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5000);
+    take(listen_addr(&tree, host_override.as_deref(), port_override.as_deref()).map(|a| addr = a));
+    let mut root = PathBuf::from("./data");
+    take(
+        get_str(&tree, "storage.filesystem.rootdirectory").and_then(|r| match r {
+            Some(r) if r.trim().is_empty() => Err(ConfigError(
+                "storage.filesystem.rootdirectory (env REGISTRY_STORAGE_PATH) is empty; name a directory".into(),
+            )),
+            Some(r) => {
+                root = PathBuf::from(r);
+                Ok(())
+            }
+            None => Ok(()),
+        }),
+    );
+    let mut log_level = "info".to_owned();
+    take(get_str(&tree, "log.level").and_then(|l| {
+        let l = l.unwrap_or("info").to_ascii_lowercase();
+        if ["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+            log_level = l;
+            Ok(())
+        } else {
+            Err(ConfigError(format!(
+                "log.level (env REGISTRY_LOG_LEVEL): {l:?} is not one of error, warn, info, debug, trace"
+            )))
+        }
+    }));
+    let mut log_json = false;
+    take(get_str(&tree, "log.formatter").and_then(|f| match f.unwrap_or("text") {
+        "text" => Ok(()),
+        "json" => {
+            log_json = true;
+            Ok(())
+        }
+        other => Err(ConfigError(format!(
+            "log.formatter (env REGISTRY_LOG_FORMATTER): {other:?} is not text or json"
+        ))),
+    }));
+    let (mut page_default, mut page_max) = (100, 1000);
+    take(pagination(&tree).map(|(d, m)| (page_default, page_max) = (d, m)));
+    let mut upload_timeout = Duration::from_secs(3600);
+    take(get_duration(&tree, "storage.maintenance.uploadpurging.age", upload_timeout).map(|d| upload_timeout = d));
+    let mut upload_cleanup_interval = Duration::from_secs(300);
+    take(
+        get_duration(&tree, "storage.maintenance.uploadpurging.interval", upload_cleanup_interval).and_then(|d| {
+            if d.is_zero() {
+                return Err(ConfigError(
+                    "storage.maintenance.uploadpurging.interval (env REGISTRY_UPLOAD_CLEANUP_INTERVAL) must be greater than 0"
+                        .into(),
+                ));
+            }
+            upload_cleanup_interval = d;
+            Ok(())
+        }),
+    );
+    let mut access_rules = None;
+    take(access_control(&tree).map(|r| access_rules = r));
+    let mut flags = (false, true, true, false);
+    take((|| {
+        flags = (
+            get_bool(&tree, "storage.delete.enabled", false)?,
+            !get_bool(&tree, "log.accesslog.disabled", false)?,
+            get_bool(&tree, "storage.maintenance.uploadpurging.enabled", true)?,
+            get_bool(&tree, "storage.maintenance.uploadpurging.dryrun", false)?,
+        );
+        Ok(())
+    })());
+    if !errors.is_empty() {
+        return Err(ConfigError(errors.join("\n")));
     }
-    if get_str(&tree, "http.prefix")?.is_some_and(|p| !p.trim().is_empty() && p.trim() != "/") {
-        return Err(ConfigError(
-            "http.prefix: serving under a path prefix is not available in this version of Berth; serve the registry at the root of its host (clients would otherwise get wrong URLs)".into(),
-        ));
+    let (delete_enabled, access_log, purging, dryrun) = flags;
+    let config = Config {
+        file,
+        auth,
+        access_rules,
+        addr,
+        root,
+        delete_enabled,
+        log_level,
+        log_json,
+        access_log,
+        upload_timeout,
+        upload_cleanup_interval,
+        upload_purging: purging && !dryrun,
+        page_default,
+        page_max,
+    };
+    Ok((config, warnings))
+}
+
+/// Settings that would change behaviour if honoured and cannot be: refused.
+fn unsupported(tree: &Value) -> Result<(), ConfigError> {
+    let mut errors = Vec::new();
+    if get_bool(tree, "storage.maintenance.readonly.enabled", false)? {
+        errors.push("storage.maintenance.readonly.enabled: read-only mode is not available in this version of Berth; set it to false (the registry would otherwise accept writes)".to_owned());
+    }
+    if get_str(tree, "http.prefix")?.is_some_and(|p| !p.trim().is_empty() && p.trim() != "/") {
+        errors.push("http.prefix: serving under a path prefix is not available in this version of Berth; serve the registry at the root of its host (clients would otherwise get wrong URLs)".to_owned());
     }
     for (section, why) in UNSUPPORTED_SECTIONS {
-        if get_path(&tree, section).is_some() {
-            return Err(ConfigError(format!("{section}: {why}")));
+        if get_path(tree, section).is_some() {
+            errors.push(format!("{section}: {why}"));
         }
     }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError(errors.join("\n")))
+    }
+}
+
+/// Warn about settings Berth does not read; refuse storage drivers it does not have.
+fn unknown_leaves(tree: &Value, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
     let mut all = Vec::new();
-    leaves(&tree, "", &mut all);
+    leaves(tree, "", &mut all);
     for leaf in all.iter().filter(|l| !l.is_empty()) {
         let known = SETTINGS.iter().any(|s| s.path == leaf);
         let ignored = IGNORED_SECTIONS
@@ -857,47 +979,36 @@ pub fn from_tree(
             warnings.push(format!("{leaf}: unknown setting, ignored (see docs/configuration.md)"));
         }
     }
+    Ok(())
+}
 
-    let addr_text = get_str(&tree, "http.addr")?.unwrap_or("0.0.0.0:5000");
+fn listen_addr(
+    tree: &Value,
+    host_override: Option<&str>,
+    port_override: Option<&str>,
+) -> Result<SocketAddr, ConfigError> {
+    let addr_text = get_str(tree, "http.addr")?.unwrap_or("0.0.0.0:5000");
     let (host, port) = addr_text.rsplit_once(':').ok_or_else(|| {
         ConfigError(format!(
             "http.addr (env REGISTRY_HTTP_ADDR): {addr_text:?} is not host:port, e.g. 0.0.0.0:5000 or :5000"
         ))
     })?;
-    let host = host_override.as_deref().unwrap_or(host);
+    let host = host_override.unwrap_or(host);
     let ip = parse_host(host).ok_or_else(|| {
         ConfigError(format!("listen host {host:?} (http.addr / REGISTRY_HOST) is not an IP address; use 0.0.0.0, 127.0.0.1, :: or localhost"))
     })?;
-    let port_text = port_override.as_deref().unwrap_or(port);
+    let port_text = port_override.unwrap_or(port);
     let port: u16 = port_text.trim().parse().map_err(|_| {
         ConfigError(format!(
             "listen port {port_text:?} (http.addr / REGISTRY_PORT) is not a port number between 0 and 65535"
         ))
     })?;
+    Ok(SocketAddr::new(ip, port))
+}
 
-    let root = get_str(&tree, "storage.filesystem.rootdirectory")?.unwrap_or("./data");
-    if root.trim().is_empty() {
-        return Err(ConfigError(
-            "storage.filesystem.rootdirectory (env REGISTRY_STORAGE_PATH) is empty; name a directory".into(),
-        ));
-    }
-    let log_level = get_str(&tree, "log.level")?.unwrap_or("info").to_ascii_lowercase();
-    if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-        return Err(ConfigError(format!(
-            "log.level (env REGISTRY_LOG_LEVEL): {log_level:?} is not one of error, warn, info, debug, trace"
-        )));
-    }
-    let log_json = match get_str(&tree, "log.formatter")?.unwrap_or("text") {
-        "text" => false,
-        "json" => true,
-        other => {
-            return Err(ConfigError(format!(
-                "log.formatter (env REGISTRY_LOG_FORMATTER): {other:?} is not text or json"
-            )));
-        }
-    };
-    let page_default = get_usize(&tree, "pagination.defaultlimit", 100)?;
-    let page_max = get_usize(&tree, "pagination.maxlimit", 1000)?;
+fn pagination(tree: &Value) -> Result<(usize, usize), ConfigError> {
+    let page_default = get_usize(tree, "pagination.defaultlimit", 100)?;
+    let page_max = get_usize(tree, "pagination.maxlimit", 1000)?;
     if page_max == 0 || page_default == 0 {
         return Err(ConfigError("pagination.defaultlimit and pagination.maxlimit (env REGISTRY_PAGINATION_DEFAULT_LIMIT, REGISTRY_PAGINATION_MAX_LIMIT) must be at least 1".into()));
     }
@@ -906,55 +1017,20 @@ pub fn from_tree(
             "pagination.defaultlimit ({page_default}) is larger than pagination.maxlimit ({page_max}); raise REGISTRY_PAGINATION_MAX_LIMIT or lower REGISTRY_PAGINATION_DEFAULT_LIMIT"
         )));
     }
-    let upload_timeout = get_duration(
-        &tree,
-        "storage.maintenance.uploadpurging.age",
-        Duration::from_secs(3600),
-    )?;
-    let upload_cleanup_interval = get_duration(
-        &tree,
-        "storage.maintenance.uploadpurging.interval",
-        Duration::from_secs(300),
-    )?;
-    if upload_cleanup_interval.is_zero() {
-        return Err(ConfigError(
-            "storage.maintenance.uploadpurging.interval (env REGISTRY_UPLOAD_CLEANUP_INTERVAL) must be greater than 0"
-                .into(),
-        ));
-    }
-    let rules_path = get_str(&tree, "accesscontrol.config")?
+    Ok((page_default, page_max))
+}
+
+fn access_control(tree: &Value) -> Result<Option<PathBuf>, ConfigError> {
+    let rules_path = get_str(tree, "accesscontrol.config")?
         .filter(|p| !p.trim().is_empty())
         .map(PathBuf::from);
-    let access_rules = match (
-        get_bool(&tree, "accesscontrol.enabled", rules_path.is_some())?,
-        rules_path,
-    ) {
-        (false, _) => None,
-        (true, Some(p)) => Some(p),
-        (true, None) => {
-            return Err(ConfigError(
-                "accesscontrol.config (env REGISTRY_ACCESS_CONTROL_CONFIG): access control is enabled but no rules file is named".into(),
-            ));
-        }
-    };
-    let config = Config {
-        file,
-        auth,
-        access_rules,
-        addr: SocketAddr::new(ip, port),
-        root: PathBuf::from(root),
-        delete_enabled: get_bool(&tree, "storage.delete.enabled", false)?,
-        log_level,
-        log_json,
-        access_log: !get_bool(&tree, "log.accesslog.disabled", false)?,
-        upload_timeout,
-        upload_cleanup_interval,
-        upload_purging: get_bool(&tree, "storage.maintenance.uploadpurging.enabled", true)?
-            && !get_bool(&tree, "storage.maintenance.uploadpurging.dryrun", false)?,
-        page_default,
-        page_max,
-    };
-    Ok((config, warnings))
+    match (get_bool(tree, "accesscontrol.enabled", rules_path.is_some())?, rules_path) {
+        (false, _) => Ok(None),
+        (true, Some(p)) => Ok(Some(p)),
+        (true, None) => Err(ConfigError(
+            "accesscontrol.config (env REGISTRY_ACCESS_CONTROL_CONFIG): access control is enabled but no rules file is named".into(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -1184,6 +1260,26 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("REGISTRY_ACCESS_CONTROL_CONFIG"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = load_str(
+            "log: {level: loud}\nhttp: {addr: nonsense}\npagination: {defaultlimit: 0}\nauth: {token: {issuer: i}}",
+            &[],
+        )
+        .unwrap_err()
+        .0;
+        let lines: Vec<&str> = e.lines().collect();
+        for want in [
+            "log.level",
+            "http.addr",
+            "pagination.defaultlimit",
+            "auth.token.realm",
+            "auth.token.service",
+        ] {
+            assert!(lines.iter().any(|l| l.starts_with(want)), "{want} missing in {e}");
+        }
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! writes. An io_uring engine can replace the functions here without touching callers.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -14,8 +16,10 @@ use tokio::sync::mpsc;
 
 use crate::digest::Hasher;
 
-/// How many request-body frames may wait for the writer thread.
-const PIPELINE_DEPTH: usize = 32;
+/// Bytes of request body gathered into one write (and the most received ahead of the disk).
+pub const WRITE_BATCH: usize = 256 * 1024;
+/// Chunks read ahead of the client on a blob download.
+const READ_AHEAD: usize = 2;
 /// Size of the reads that serve a blob.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -64,8 +68,10 @@ impl UploadFile {
     }
 
     /// Stream `body` to the end of the file at `offset`, feeding every byte to `hasher` in the
-    /// same pass. If the body fails, or `limit` is exceeded, the file is cut back to `offset` and
-    /// the hasher is left as it was, so a failed request changes nothing.
+    /// same pass. Frames are gathered into batches of up to [`WRITE_BATCH`] bytes; while one
+    /// batch is hashed and written on the blocking pool the next one is received, and no thread
+    /// is held while the client is slow. If the body fails, or the disk does, the file is cut back
+    /// to `offset` and the hasher is left as it was, so a failed request changes nothing.
     ///
     /// Returns the number of bytes appended.
     pub async fn append<S, E>(
@@ -78,52 +84,84 @@ impl UploadFile {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+        type Write = tokio::task::JoinHandle<(File, Hasher, io::Result<()>)>;
         let before = hasher.clone();
-        let mut file = self.file;
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut hasher = hasher;
-            let mut written = 0u64;
-            let res = (|| {
-                file.seek(SeekFrom::Start(offset))?;
-                while let Some(frame) = rx.blocking_recv() {
-                    hasher.update(&frame);
-                    file.write_all(&frame)?;
-                    written += frame.len() as u64;
-                }
-                Ok::<_, io::Error>(())
-            })();
-            (file, hasher, written, res)
-        });
-
+        let mut idle = Some((self.file, hasher));
+        let mut in_flight: Option<Write> = None;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0usize;
+        let mut pos = offset;
+        let mut failure = None;
         let mut body = std::pin::pin!(body);
-        let mut body_err = None;
-        while let Some(frame) = body.next().await {
-            match frame {
-                Ok(frame) if frame.is_empty() => {}
-                Ok(frame) => {
-                    if tx.send(frame).await.is_err() {
-                        break; // the writer failed; its error is reported below
+
+        // Wait for the write in flight, if any; on success its file and hasher are idle again.
+        async fn settle(in_flight: &mut Option<Write>, idle: &mut Option<(File, Hasher)>) -> io::Result<()> {
+            if let Some(w) = in_flight.take() {
+                let (file, hasher, res) = w.await.map_err(io::Error::other)?;
+                *idle = Some((file, hasher));
+                res?;
+            }
+            Ok(())
+        }
+
+        loop {
+            let frame = body.next().await;
+            let done = match frame {
+                Some(Ok(f)) => {
+                    if !f.is_empty() {
+                        batch_len += f.len();
+                        batch.push(f);
                     }
+                    false
                 }
-                Err(e) => {
-                    body_err = Some(e.to_string());
+                Some(Err(e)) => {
+                    failure = Some(AppendError::Body(e.to_string()));
                     break;
                 }
+                None => true,
+            };
+            // Start a write when the batch is full, when nothing is being written (so the disk is
+            // never idle while data waits), or at the end.
+            let start = batch_len > 0 && (batch_len >= WRITE_BATCH || in_flight.is_none() || done);
+            if start {
+                if let Err(e) = settle(&mut in_flight, &mut idle).await {
+                    failure = Some(AppendError::Io(e));
+                    break;
+                }
+                let Some((file, mut hasher)) = idle.take() else { break };
+                let frames = std::mem::take(&mut batch);
+                let at = pos;
+                pos += batch_len as u64;
+                batch_len = 0;
+                in_flight = Some(tokio::task::spawn_blocking(move || {
+                    let mut res = Ok(());
+                    let mut at = at;
+                    for f in &frames {
+                        hasher.update(f);
+                        if let Err(e) = file.write_all_at(f, at) {
+                            res = Err(e);
+                            break;
+                        }
+                        at += f.len() as u64;
+                    }
+                    (file, hasher, res)
+                }));
+            }
+            if done {
+                break;
             }
         }
-        drop(tx);
-        let (file, hasher, written, res) = match writer.await {
-            Ok(v) => v,
-            Err(e) => panic!("upload writer thread panicked: {e}"),
-        };
-        let failure = match (res, body_err) {
-            (Err(e), _) => Some(AppendError::Io(e)),
-            (Ok(()), Some(e)) => Some(AppendError::Body(e)),
-            (Ok(()), None) => None,
+        if let Err(e) = settle(&mut in_flight, &mut idle).await
+            && failure.is_none()
+        {
+            failure = Some(AppendError::Io(e));
+        }
+        let Some((file, hasher)) = idle else {
+            // A write task was lost (it panicked): the file handle is gone with it.
+            panic!("upload write task failed without returning the file");
         };
         match failure {
-            None => (UploadFile { file }, hasher, Ok(written)),
+            None => (UploadFile { file }, hasher, Ok(pos - offset)),
             Some(err) => {
                 let (file, cut) = blocking_truncate(file, offset).await;
                 let err = match cut {
@@ -282,33 +320,35 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
     fs::create_dir_all(path)
 }
 
-/// Stream `len` bytes of the file at `path` from `start`, in chunks read on a blocking thread
-/// ahead of the consumer. Memory use is bounded by the channel depth, whatever the blob size.
+/// Stream `len` bytes of the file at `path` from `start`. Each chunk is one positioned read on
+/// the blocking pool, a little ahead of the consumer; no thread is held while the client is slow,
+/// and memory use is bounded by the read-ahead, whatever the blob size.
 pub async fn read_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc::Receiver<io::Result<Bytes>>> {
-    let mut file = blocking(move || {
-        let mut f = File::open(&path)?;
-        f.seek(SeekFrom::Start(start))?;
-        Ok(f)
-    })
-    .await?;
-    let (tx, rx) = mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        let mut left = len;
-        while left > 0 {
-            let want = READ_CHUNK.min(left as usize);
-            let mut buf = BytesMut::zeroed(want);
-            let res = file.read(&mut buf);
-            let msg = match res {
-                Ok(0) => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-                Ok(n) => {
-                    buf.truncate(n);
-                    left -= n as u64;
-                    Ok(buf.freeze())
+    let file = Arc::new(blocking(move || File::open(&path)).await?);
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let mut pos = start;
+        let end = start + len;
+        while pos < end {
+            let want = READ_CHUNK.min((end - pos) as usize);
+            let f = file.clone();
+            let at = pos;
+            let res = tokio::task::spawn_blocking(move || {
+                let mut buf = BytesMut::zeroed(want);
+                let n = f.read_at(&mut buf, at)?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
                 }
-                Err(e) => Err(e),
-            };
-            let failed = msg.is_err();
-            if tx.blocking_send(msg).is_err() || failed {
+                buf.truncate(n);
+                Ok(buf.freeze())
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            if let Ok(b) = &res {
+                pos += b.len() as u64;
+            }
+            let failed = res.is_err();
+            if tx.send(res).await.is_err() || failed {
                 return;
             }
         }

@@ -378,3 +378,44 @@ proptest! {
         })?;
     }
 }
+
+/// Slow clients must not pin threads: with more stalled uploads than the blocking pool has
+/// threads (512), another upload and a read still complete at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_hold_no_threads() {
+    // The whole test is bounded: with threads pinned by slow clients it would hang.
+    tokio::time::timeout(std::time::Duration::from_secs(60), stalled_uploads())
+        .await
+        .expect("uploads or reads were starved by stalled uploads");
+}
+
+async fn stalled_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(Engine::open(dir.path()).await.unwrap());
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let r = repo(&format!("stall/r{i}"));
+        let id = e.upload_start(&r).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
+        tx.send(Ok(Bytes::from_static(b"first frame"))).await.unwrap();
+        senders.push(tx);
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            e.upload_append(&r, id, None, tokio_stream(rx)).await
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let r = repo("stall/free");
+    let d = tokio::time::timeout(std::time::Duration::from_secs(10), push(&e, &r, b"gets through"))
+        .await
+        .expect("an upload was starved by stalled ones");
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), read_all(&e, &d, 0, 12))
+        .await
+        .unwrap();
+    assert_eq!(read, b"gets through");
+    drop(senders);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 11);
+    }
+}

@@ -333,8 +333,10 @@ pub async fn read_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc:
             let want = READ_CHUNK.min((end - pos) as usize);
             let f = file.clone();
             let at = pos;
+            // Allocated here, on the runtime's threads, where it is also freed once sent: the
+            // blocking threads come and go, and memory they allocate lingers with them.
+            let mut buf = BytesMut::zeroed(want);
             let res = tokio::task::spawn_blocking(move || {
-                let mut buf = BytesMut::zeroed(want);
                 let n = f.read_at(&mut buf, at)?;
                 if n == 0 {
                     return Err(io::Error::from(io::ErrorKind::UnexpectedEof));

@@ -110,6 +110,19 @@ impl Engine {
         &self.stripes[b % STRIPES]
     }
 
+    /// Whether the engine can serve: the metadata store answers and the storage directory takes
+    /// a write. The error says which check failed.
+    pub async fn ready(&self) -> std::result::Result<(), String> {
+        self.meta(|m| m.check())
+            .await
+            .map_err(|e| format!("metadata store: {e}"))?;
+        let probe = self.layout.uploads_dir().join(".ready-probe");
+        io::write_atomic(probe.clone(), b"ok".to_vec())
+            .await
+            .map_err(|e| format!("storage not writable ({}): {e}", self.layout.root().display()))?;
+        io::remove_file(probe).await.map_err(|e| format!("storage: {e}"))
+    }
+
     // ---- blobs ----
 
     /// Size of a blob the repository links.

@@ -89,6 +89,13 @@ impl Meta {
         Ok(Meta { db })
     }
 
+    /// Whether the store answers a read.
+    pub fn check(&self) -> Result<()> {
+        let tx = self.db.begin_read()?;
+        tx.open_table(REPOS)?;
+        Ok(())
+    }
+
     /// Size of a blob if `repo` links it.
     pub fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
         let tx = self.db.begin_read()?;

@@ -65,3 +65,42 @@ async fn idle_upload_sessions_are_reaped() {
     let left: Vec<_> = std::fs::read_dir(&uploads).unwrap().collect();
     assert!(left.is_empty(), "session files left behind: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_readiness_answer_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    // one user; the test never sends credentials
+    std::fs::write(
+        &htpasswd,
+        "u:$2y$04$7ZgAWbr3ylBttMXuC7A1ou7Y53IbiHHLzsgKbjoVg4txxXLhbnV1i\n",
+    )
+    .unwrap();
+    let Some(reg) = Registry::start_local(&[
+        ("REGISTRY_AUTH_TYPE", "basic"),
+        ("REGISTRY_AUTH_HTPASSWD", htpasswd.to_str().unwrap()),
+    ])
+    .await
+    else {
+        return;
+    };
+    reg.get("/v2/").await.expect(401);
+    let h = reg.get("/healthz").await;
+    h.expect(200);
+    assert_eq!(h.json()["status"], "ok");
+    reg.get("/readyz").await.expect(200);
+    // storage that cannot take a write: not ready, and the reason says so
+    let uploads = reg.storage().join("uploads");
+    std::fs::remove_dir_all(&uploads).unwrap();
+    std::fs::write(&uploads, b"not a directory").unwrap();
+    let r = reg.get("/readyz").await;
+    r.expect(503);
+    assert!(
+        r.json()["reason"].as_str().unwrap().contains("storage not writable"),
+        "{}",
+        r.text()
+    );
+    std::fs::remove_file(&uploads).unwrap();
+    std::fs::create_dir(&uploads).unwrap();
+    reg.get("/readyz").await.expect(200);
+}

@@ -176,6 +176,47 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let bytes_in = header_str(req.headers(), header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
+    // Liveness and readiness, without authentication (for probes).
+    match req.uri().path() {
+        "/healthz" => {
+            let resp = json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+            return finish_response(
+                app.config.access_log,
+                resp,
+                head,
+                start,
+                &method,
+                "healthz",
+                None,
+                None,
+                0,
+            );
+        }
+        "/readyz" => {
+            let resp = match app.engine.ready().await {
+                Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+                Err(e) => {
+                    tracing::warn!(reason = %e, "not ready");
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"status": "not ready", "reason": e}),
+                    )
+                }
+            };
+            return finish_response(
+                app.config.access_log,
+                resp,
+                head,
+                start,
+                &method,
+                "readyz",
+                None,
+                None,
+                0,
+            );
+        }
+        _ => {}
+    }
     if let Some(server) = app.authn.token_server() {
         let path = req.uri().path();
         if path == server.path {

@@ -229,6 +229,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "When true, idle upload sessions are kept (purging is off).",
     },
     Setting {
+        path: "http.headers.<Name>",
+        env: &["REGISTRY_HTTP_HEADERS_<Name>"],
+        default: "(none)",
+        doc: "Headers added to every response: a list of values per name (the variable takes a YAML list such as ['*'] or a single value). With Access-Control-Allow-Origin set, OPTIONS preflights on /v2/ are answered (204, no credentials needed) and responses expose Docker-Content-Digest, Location, Range, Link, Docker-Upload-UUID and WWW-Authenticate to browsers.",
+    },
+    Setting {
         path: "pagination.defaultlimit",
         env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"],
         default: "100",
@@ -261,7 +267,6 @@ const IGNORED_SECTIONS: &[&str] = &[
     "storage.redirect",
     "storage.tag",
     "http.debug",
-    "http.headers",
     "http.relativeurls",
     "http.draintimeout",
     "http.net",
@@ -552,6 +557,8 @@ pub struct Config {
     pub page_default: usize,
     /// Largest page size.
     pub page_max: usize,
+    /// Headers added to every response (`http.headers`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// A configuration that cannot be used; the message says which setting and what to do.
@@ -823,6 +830,26 @@ pub fn from_tree(
             set_path(&mut tree, s.path, Value::String(value.clone()));
             continue;
         }
+        if let Some(header) = name.strip_prefix("REGISTRY_HTTP_HEADERS_") {
+            // The rest of the name is the header, as written (Access-Control-Allow-Origin).
+            let value = parse_yaml_value(value);
+            if let Some(obj) = tree.as_object_mut() {
+                let http = obj.entry("http").or_insert_with(|| Value::Object(Map::new()));
+                if !http.is_object() {
+                    *http = Value::Object(Map::new());
+                }
+                if let Some(http) = http.as_object_mut() {
+                    let headers = http.entry("headers").or_insert_with(|| Value::Object(Map::new()));
+                    if !headers.is_object() {
+                        *headers = Value::Object(Map::new());
+                    }
+                    if let Some(h) = headers.as_object_mut() {
+                        h.insert(header.to_owned(), value);
+                    }
+                }
+            }
+            continue;
+        }
         if name.starts_with("REGISTRY_HTTP_TLS_") {
             set_path(&mut tree, "http.tls.env", Value::String(name.clone()));
             continue;
@@ -900,6 +927,8 @@ pub fn from_tree(
     );
     let mut access_rules = None;
     take(access_control(&tree).map(|r| access_rules = r));
+    let mut headers = Vec::new();
+    take(response_headers(&tree).map(|h| headers = h));
     let mut flags = (false, true, true, false);
     take((|| {
         flags = (
@@ -929,8 +958,60 @@ pub fn from_tree(
         upload_purging: purging && !dryrun,
         page_default,
         page_max,
+        headers,
     };
     Ok((config, warnings))
+}
+
+/// A variable's value as YAML when it looks like a YAML list (`['GET', 'HEAD']`), else the text.
+fn parse_yaml_value(text: &str) -> Value {
+    let t = text.trim();
+    if t.starts_with('[')
+        && let Ok(v) = serde_saphyr::from_str::<Value>(t)
+    {
+        return v;
+    }
+    Value::String(text.to_owned())
+}
+
+/// `http.headers`: header name → value or list of values, each added to every response.
+fn response_headers(tree: &Value) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+    let Some(map) = get_path(tree, "http.headers") else {
+        return Ok(Vec::new());
+    };
+    let Value::Object(map) = map else {
+        return Err(bad("http.headers", "a map of header name to a list of values", map));
+    };
+    let mut out = Vec::new();
+    for (name, values) in map {
+        let header = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            ConfigError(format!(
+                "http.headers.{name} (env REGISTRY_HTTP_HEADERS_{name}): not a valid header name"
+            ))
+        })?;
+        let list: Vec<&Value> = match values {
+            Value::Array(a) => a.iter().collect(),
+            v => vec![v],
+        };
+        for v in list {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(bad(
+                        &format!("http.headers.{name}"),
+                        "a string or a list of strings",
+                        other,
+                    ));
+                }
+            };
+            let value = http::HeaderValue::from_str(&text)
+                .map_err(|_| ConfigError(format!("http.headers.{name}: {text:?} is not a valid header value")))?;
+            out.push((header.clone(), value));
+        }
+    }
+    Ok(out)
 }
 
 /// Settings that would change behaviour if honoured and cannot be: refused.
@@ -959,7 +1040,7 @@ fn unknown_leaves(tree: &Value, warnings: &mut Vec<String>) -> Result<(), Config
     let mut all = Vec::new();
     leaves(tree, "", &mut all);
     for leaf in all.iter().filter(|l| !l.is_empty()) {
-        let known = SETTINGS.iter().any(|s| s.path == leaf);
+        let known = SETTINGS.iter().any(|s| s.path == leaf) || leaf.starts_with("http.headers.");
         let ignored = IGNORED_SECTIONS
             .iter()
             .any(|s| leaf == s || leaf.starts_with(&format!("{s}.")));
@@ -1280,6 +1361,33 @@ mod tests {
         ] {
             assert!(lines.iter().any(|l| l.starts_with(want)), "{want} missing in {e}");
         }
+    }
+
+    #[test]
+    fn response_headers_from_file_and_env() {
+        let yaml = "http: {headers: {X-Content-Type-Options: [nosniff]}}";
+        let (c, w) = load_str(
+            yaml,
+            &[
+                ("REGISTRY_HTTP_HEADERS_Access-Control-Allow-Origin", "['*']"),
+                (
+                    "REGISTRY_HTTP_HEADERS_Access-Control-Allow-Methods",
+                    "['GET', 'HEAD', 'OPTIONS']",
+                ),
+            ],
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let h: Vec<(String, String)> = c
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        assert!(h.contains(&("x-content-type-options".into(), "nosniff".into())));
+        assert!(h.contains(&("access-control-allow-origin".into(), "*".into())));
+        assert!(h.contains(&("access-control-allow-methods".into(), "OPTIONS".into())));
+        assert_eq!(h.iter().filter(|(k, _)| k == "access-control-allow-methods").count(), 3);
+        assert!(load_str("http: {headers: {\"bad name\": [x]}}", &[]).is_err());
     }
 
     #[test]

@@ -104,3 +104,59 @@ async fn health_and_readiness_answer_without_credentials() {
     std::fs::create_dir(&uploads).unwrap();
     reg.get("/readyz").await.expect(200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_headers_and_cors_preflight() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        "u:$2y$04$7ZgAWbr3ylBttMXuC7A1ou7Y53IbiHHLzsgKbjoVg4txxXLhbnV1i\n",
+    )
+    .unwrap();
+    let Some(reg) = Registry::start_local(&[
+        ("REGISTRY_AUTH_TYPE", "basic"),
+        ("REGISTRY_AUTH_HTPASSWD", htpasswd.to_str().unwrap()),
+        ("REGISTRY_HTTP_HEADERS_Access-Control-Allow-Origin", "['*']"),
+        (
+            "REGISTRY_HTTP_HEADERS_Access-Control-Allow-Methods",
+            "['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS']",
+        ),
+        (
+            "REGISTRY_HTTP_HEADERS_Access-Control-Allow-Headers",
+            "['Authorization', 'Accept', 'Content-Type']",
+        ),
+        ("REGISTRY_HTTP_HEADERS_X-Content-Type-Options", "nosniff"),
+    ])
+    .await
+    else {
+        return;
+    };
+    // preflight: no credentials needed, configured headers present
+    let r = reg.request(Method::OPTIONS, reg.url("/v2/team/app/manifests/v1")).await;
+    r.expect(204);
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("*"));
+    let methods: Vec<String> = r
+        .headers
+        .get_all("access-control-allow-methods")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(methods, ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"]);
+    // every response carries them, and exposes the registry's headers to scripts
+    let r = reg.get("/v2/").await;
+    r.expect(401);
+    assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("*"));
+    let expose = r.must_header("access-control-expose-headers");
+    for h in [
+        "Docker-Content-Digest",
+        "Location",
+        "Range",
+        "Link",
+        "Docker-Upload-UUID",
+        "WWW-Authenticate",
+    ] {
+        assert!(expose.contains(h), "{h} not exposed: {expose}");
+    }
+}

@@ -168,8 +168,40 @@ pub async fn handle_token_only(app: Arc<TokenApp>, req: Request<Incoming>) -> Re
     finish_response(app.access_log, resp, head, start, &method, kind, None, None, 0)
 }
 
-/// Handle one request.
+/// Headers a browser may read from responses when CORS is configured.
+const CORS_EXPOSE: &str = "Docker-Content-Digest, Location, Range, Link, Docker-Upload-UUID, WWW-Authenticate, OCI-Subject, OCI-Filters-Applied";
+
+/// Handle one request: the API, plus the configured response headers (`http.headers`) and, when
+/// `Access-Control-Allow-Origin` is configured, CORS preflights.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let cors = app
+        .config
+        .headers
+        .iter()
+        .any(|(k, _)| k == header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    let mut resp = if cors && req.method() == Method::OPTIONS && req.uri().path().starts_with("/v2") {
+        // A browser's preflight carries no credentials: answer it without authentication.
+        Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(empty())
+            .unwrap_or_else(|_| Response::new(empty()))
+    } else {
+        handle_api(app.clone(), req).await
+    };
+    let h = resp.headers_mut();
+    for (k, v) in &app.config.headers {
+        h.append(k, v.clone());
+    }
+    if cors && !h.contains_key(header::ACCESS_CONTROL_EXPOSE_HEADERS) {
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(CORS_EXPOSE),
+        );
+    }
+    resp
+}
+
+async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let head = method == Method::HEAD;

@@ -201,6 +201,29 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
+/// Endpoints served beside the registry API.
+#[derive(Clone, Copy)]
+enum Outside {
+    Health,
+    Ready,
+    Token,
+    Jwks,
+}
+
+/// `/readyz`: 200 when the engine can serve, 503 naming the failing check.
+async fn readiness(app: &App) -> Result<Response<Body>, ApiError> {
+    match app.engine.ready().await {
+        Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        Err(e) => {
+            tracing::warn!(reason = %e, "not ready");
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not ready", "reason": e}),
+            )
+        }
+    }
+}
+
 async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
@@ -208,77 +231,39 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let bytes_in = header_str(req.headers(), header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    // Liveness and readiness, without authentication (for probes).
-    match req.uri().path() {
-        "/healthz" => {
-            let resp = json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}));
-            return finish_response(
-                app.config.access_log,
-                resp,
-                head,
-                start,
-                &method,
+    // Endpoints outside the registry API, answered without registry authentication: probes,
+    // and the built-in token server.
+    let path = req.uri().path();
+    let token_server = app.authn.token_server();
+    let outside = match path {
+        "/healthz" => Some(Outside::Health),
+        "/readyz" => Some(Outside::Ready),
+        token::JWKS_PATH if token_server.is_some() => Some(Outside::Jwks),
+        p if token_server.is_some_and(|s| s.path == p) => Some(Outside::Token),
+        _ => None,
+    };
+    if let Some(outside) = outside {
+        let (kind, resp) = match (outside, token_server) {
+            (Outside::Health, _) => (
                 "healthz",
-                None,
-                None,
-                0,
-            );
-        }
-        "/readyz" => {
-            let resp = match app.engine.ready().await {
-                Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
-                Err(e) => {
-                    tracing::warn!(reason = %e, "not ready");
-                    json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &serde_json::json!({"status": "not ready", "reason": e}),
-                    )
-                }
-            };
-            return finish_response(
-                app.config.access_log,
-                resp,
-                head,
-                start,
-                &method,
-                "readyz",
-                None,
-                None,
-                0,
-            );
-        }
-        _ => {}
-    }
-    if let Some(server) = app.authn.token_server() {
-        let path = req.uri().path();
-        if path == server.path {
-            let resp = token::issue(&app.access, server, req).await;
-            return finish_response(
-                app.config.access_log,
-                resp,
-                head,
-                start,
-                &method,
-                "token",
-                None,
-                None,
-                bytes_in,
-            );
-        }
-        if path == token::JWKS_PATH {
-            let resp = token::jwks(server);
-            return finish_response(
-                app.config.access_log,
-                resp,
-                head,
-                start,
-                &method,
-                "jwks",
-                None,
-                None,
-                bytes_in,
-            );
-        }
+                json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            ),
+            (Outside::Ready, _) => ("readyz", readiness(&app).await),
+            (Outside::Token, Some(server)) => ("token", token::issue(&app.access, server, req).await),
+            (Outside::Jwks, Some(server)) => ("jwks", token::jwks(server)),
+            (Outside::Token | Outside::Jwks, None) => ("invalid", Err(Kind::NotFound.into())),
+        };
+        return finish_response(
+            app.config.access_log,
+            resp,
+            head,
+            start,
+            &method,
+            kind,
+            None,
+            None,
+            bytes_in,
+        );
     }
     // A request whose body may be left unread by an early error: such a response closes the
     // connection, so the client does not reuse it with our unread bytes in between.

@@ -66,21 +66,24 @@ async fn idle_upload_sessions_are_reaped() {
     assert!(left.is_empty(), "session files left behind: {left:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn health_and_readiness_answer_without_credentials() {
-    let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    // one user; the test never sends credentials
+/// An htpasswd file with one user, for tests that only need authentication to be on (they never
+/// send credentials).
+fn one_user_htpasswd(dir: &std::path::Path) -> String {
+    let path = dir.join("htpasswd");
     std::fs::write(
-        &htpasswd,
+        &path,
         "u:$2y$04$7ZgAWbr3ylBttMXuC7A1ou7Y53IbiHHLzsgKbjoVg4txxXLhbnV1i\n",
     )
     .unwrap();
-    let Some(reg) = Registry::start_local(&[
-        ("REGISTRY_AUTH_TYPE", "basic"),
-        ("REGISTRY_AUTH_HTPASSWD", htpasswd.to_str().unwrap()),
-    ])
-    .await
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_readiness_answer_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = one_user_htpasswd(dir.path());
+    let Some(reg) =
+        Registry::start_local(&[("REGISTRY_AUTH_TYPE", "basic"), ("REGISTRY_AUTH_HTPASSWD", &htpasswd)]).await
     else {
         return;
     };
@@ -108,15 +111,10 @@ async fn health_and_readiness_answer_without_credentials() {
 #[tokio::test(flavor = "multi_thread")]
 async fn configured_headers_and_cors_preflight() {
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        "u:$2y$04$7ZgAWbr3ylBttMXuC7A1ou7Y53IbiHHLzsgKbjoVg4txxXLhbnV1i\n",
-    )
-    .unwrap();
+    let htpasswd = one_user_htpasswd(dir.path());
     let Some(reg) = Registry::start_local(&[
         ("REGISTRY_AUTH_TYPE", "basic"),
-        ("REGISTRY_AUTH_HTPASSWD", htpasswd.to_str().unwrap()),
+        ("REGISTRY_AUTH_HTPASSWD", &htpasswd),
         ("REGISTRY_HTTP_HEADERS_Access-Control-Allow-Origin", "['*']"),
         (
             "REGISTRY_HTTP_HEADERS_Access-Control-Allow-Methods",

@@ -11,9 +11,17 @@
 //! The first rule whose repository pattern and user list both match decides: its permissions are
 //! granted and nothing else. Admin users may do everything. When no rule matches, the default
 //! policy decides. Patterns: `*` matches within one path segment (`team-*` too), `**` matches
-//! any number of segments, `${user}` is the caller's name taken literally.
+//! any number of segments, `${user}` is the caller's name taken literally. A rule may carry
+//! `"ips": ["10.0.0.0/8", "2001:db8::/32"]`: it is then skipped unless the client address is in
+//! one of the networks.
+//!
+//! A namespace credential (see [`crate::secrets`]) may always pull and push in its namespaces,
+//! whatever the rules say; rules can grant it more.
 
+use std::net::IpAddr;
 use std::path::Path;
+
+use ipnet::IpNet;
 
 use serde::Deserialize;
 
@@ -112,6 +120,14 @@ pub struct Rule {
     pub users: Vec<String>,
     /// Granted actions.
     pub permissions: Vec<Action>,
+    /// Client networks the rule is limited to (empty: any client).
+    pub ips: Vec<IpNet>,
+}
+
+impl Rule {
+    fn admits_client(&self, client: Option<IpAddr>) -> bool {
+        self.ips.is_empty() || client.is_some_and(|c| self.ips.iter().any(|n| n.contains(&c.to_canonical())))
+    }
 }
 
 #[derive(Deserialize)]
@@ -121,7 +137,43 @@ struct RawRule {
     #[serde(default)]
     users: Vec<String>,
     permissions: Vec<String>,
+    #[serde(default)]
+    ips: Vec<String>,
 }
+
+/// Who asks, as far as access decisions go.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Principal<'a> {
+    /// The authenticated user; `None` for anonymous clients.
+    pub user: Option<&'a str>,
+    /// For a namespace credential, its namespaces (`None` for other users).
+    pub namespaces: Option<&'a [String]>,
+    /// The client's address, for rules with `ips`.
+    pub client: Option<IpAddr>,
+}
+
+impl<'a> Principal<'a> {
+    /// An htpasswd (or token) user, or anonymous, with no address known.
+    pub fn user(user: Option<&'a str>) -> Principal<'a> {
+        Principal {
+            user,
+            ..Principal::default()
+        }
+    }
+
+    /// Whether `name` is in one of the principal's namespaces (`ns` itself or `ns/...`).
+    pub fn owns(&self, name: &str) -> bool {
+        self.namespaces.is_some_and(|list| {
+            list.iter().any(|ns| {
+                name.strip_prefix(ns.as_str())
+                    .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+            })
+        })
+    }
+}
+
+/// What a namespace credential may do in its own namespaces.
+const NAMESPACE_ACTIONS: [Action; 2] = [Action::Pull, Action::Push];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -178,10 +230,23 @@ fn compile(raw: Vec<RawRule>, what: &str) -> Result<Vec<Rule>, String> {
             if r.repository.is_empty() {
                 return Err(format!("{what}[{i}]: empty repository pattern"));
             }
+            let ips = r
+                .ips
+                .iter()
+                .map(|n| {
+                    n.parse::<IpNet>()
+                        .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+                        .map(|n| n.trunc())
+                        .map_err(|_| {
+                            format!("{what}[{i}].ips: {n:?} is not an address or a network such as 10.0.0.0/8 or 2001:db8::/32")
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Rule {
                 repository: Pattern::new(&r.repository),
                 users: r.users,
                 permissions,
+                ips,
             })
         })
         .collect()
@@ -222,8 +287,10 @@ impl AccessRules {
         AccessRules::parse(path, &text)
     }
 
-    /// The actions `user` (`None` = anonymous) has on repository `name`.
-    pub fn granted(&self, user: Option<&str>, name: &str) -> Vec<Action> {
+    /// The actions the rules give `who` on repository `name` (namespace rights not included:
+    /// see [`permitted`]).
+    pub fn granted(&self, who: &Principal<'_>, name: &str) -> Vec<Action> {
+        let user = who.user;
         if let Some(u) = user
             && self.admin_users.iter().any(|a| a == u)
         {
@@ -235,7 +302,7 @@ impl AccessRules {
                 None => true,
                 Some(u) => r.users.iter().any(|x| x == "*" || x == u),
             };
-            user_ok && r.repository.matches(name, user)
+            user_ok && r.admits_client(who.client) && r.repository.matches(name, user)
         });
         match (hit, self.default_policy) {
             (Some(r), _) => r.permissions.clone(),
@@ -244,19 +311,34 @@ impl AccessRules {
         }
     }
 
-    /// Whether `user` may do `action` on repository `name`.
-    pub fn allows(&self, user: Option<&str>, name: &str, action: Action) -> bool {
-        self.granted(user, name).iter().any(|a| a.covers(action))
+    /// Whether `who` may do `action` on repository `name` (see [`permitted`]).
+    pub fn allows(&self, who: &Principal<'_>, name: &str, action: Action) -> bool {
+        permitted(Some(self), who, name).iter().any(|a| a.covers(action))
     }
 }
 
-/// What a token server grants for one requested scope: the requested actions that the rules
-/// allow (with no rules: everything for an authenticated user, nothing for anonymous). The
-/// catalog (`registry:catalog:*`) goes to authenticated users; the listing itself is filtered.
-pub fn grant(rules: Option<&AccessRules>, user: Option<&str>, requested: &Scope) -> Scope {
-    let allowed: Vec<Action> = match (requested.resource_type.as_str(), rules) {
-        ("repository", Some(r)) => r.granted(user, &requested.name),
-        ("repository", None) | ("registry", _) if user.is_some() => vec![Action::All],
+/// The actions `who` has on repository `name`: what the rules give (without rules, everything
+/// for an authenticated user and nothing for anonymous), plus pull and push in a namespace
+/// credential's own namespaces. A namespace credential has nothing else unless rules give it.
+pub fn permitted(rules: Option<&AccessRules>, who: &Principal<'_>, name: &str) -> Vec<Action> {
+    let mut actions = match rules {
+        Some(r) => r.granted(who, name),
+        None if who.user.is_some() && who.namespaces.is_none() => vec![Action::All],
+        None => Vec::new(),
+    };
+    if who.owns(name) {
+        actions.extend(NAMESPACE_ACTIONS);
+    }
+    actions
+}
+
+/// What a token server grants for one requested scope: the requested actions that are
+/// [`permitted`]. The catalog (`registry:catalog:*`) goes to authenticated users; the listing
+/// itself is filtered.
+pub fn grant(rules: Option<&AccessRules>, who: &Principal<'_>, requested: &Scope) -> Scope {
+    let allowed: Vec<Action> = match requested.resource_type.as_str() {
+        "repository" => permitted(rules, who, &requested.name),
+        "registry" if who.user.is_some() => vec![Action::All],
         _ => Vec::new(),
     };
     let wanted: Vec<Action> = if requested.actions.contains(&Action::All) {
@@ -314,22 +396,32 @@ mod tests {
             {"repository": "public/**", "users": ["*"], "permissions": ["pull"]}
         ]}"#;
 
+    fn u(name: &str) -> Principal<'_> {
+        Principal::user(Some(name))
+    }
+
+    const ANON: Principal<'static> = Principal {
+        user: None,
+        namespaces: None,
+        client: None,
+    };
+
     #[test]
     fn first_match_wins() {
         let r = AccessRules::parse(Path::new("rules.json"), RULES).unwrap();
-        assert!(r.allows(Some("alice"), "team-a/app", Action::Push));
-        assert!(!r.allows(Some("alice"), "team-a/app", Action::Delete));
-        assert!(r.allows(Some("carol"), "team-a/app", Action::Pull));
-        assert!(!r.allows(Some("carol"), "team-a/app", Action::Push));
-        assert!(r.allows(Some("carol"), "carol/x/y", Action::Delete));
-        assert!(!r.allows(Some("carol"), "alice/x", Action::Pull));
-        assert!(r.allows(Some("root"), "anything/at/all", Action::Delete));
-        assert!(r.allows(None, "public/base", Action::Pull));
-        assert!(!r.allows(None, "public/base", Action::Push));
-        assert!(!r.allows(None, "team-a/app", Action::Pull));
-        assert!(!r.allows(Some("carol"), "other", Action::Pull), "default deny");
+        assert!(r.allows(&u("alice"), "team-a/app", Action::Push));
+        assert!(!r.allows(&u("alice"), "team-a/app", Action::Delete));
+        assert!(r.allows(&u("carol"), "team-a/app", Action::Pull));
+        assert!(!r.allows(&u("carol"), "team-a/app", Action::Push));
+        assert!(r.allows(&u("carol"), "carol/x/y", Action::Delete));
+        assert!(!r.allows(&u("carol"), "alice/x", Action::Pull));
+        assert!(r.allows(&u("root"), "anything/at/all", Action::Delete));
+        assert!(r.allows(&ANON, "public/base", Action::Pull));
+        assert!(!r.allows(&ANON, "public/base", Action::Push));
+        assert!(!r.allows(&ANON, "team-a/app", Action::Pull));
+        assert!(!r.allows(&u("carol"), "other", Action::Pull), "default deny");
         let open = AccessRules::parse(Path::new("r.json"), r#"{"defaultPolicy":"allow"}"#).unwrap();
-        assert!(open.allows(Some("x"), "y", Action::Delete));
+        assert!(open.allows(&u("x"), "y", Action::Delete));
     }
 
     #[test]
@@ -337,24 +429,88 @@ mod tests {
         let r = AccessRules::parse(Path::new("rules.json"), RULES).unwrap();
         let want: Scope = "repository:team-a/app:pull,push".parse().unwrap();
         assert_eq!(
-            grant(Some(&r), Some("carol"), &want).to_string(),
+            grant(Some(&r), &u("carol"), &want).to_string(),
             "repository:team-a/app:pull"
         );
         assert_eq!(
-            grant(Some(&r), Some("alice"), &want).to_string(),
+            grant(Some(&r), &u("alice"), &want).to_string(),
             "repository:team-a/app:pull,push"
         );
-        assert!(grant(Some(&r), None, &want).actions.is_empty());
-        assert_eq!(grant(None, Some("x"), &want).actions, vec![Action::Pull, Action::Push]);
-        assert!(grant(None, None, &want).actions.is_empty());
+        assert!(grant(Some(&r), &ANON, &want).actions.is_empty());
+        assert_eq!(grant(None, &u("x"), &want).actions, vec![Action::Pull, Action::Push]);
+        assert!(grant(None, &ANON, &want).actions.is_empty());
         let all: Scope = "repository:carol/x:*".parse().unwrap();
         assert_eq!(
-            grant(Some(&r), Some("carol"), &all).actions,
+            grant(Some(&r), &u("carol"), &all).actions,
             vec![Action::Pull, Action::Push, Action::Delete]
         );
         let cat: Scope = "registry:catalog:*".parse().unwrap();
-        assert_eq!(grant(Some(&r), Some("carol"), &cat).actions, vec![Action::All]);
-        assert!(grant(Some(&r), None, &cat).actions.is_empty());
+        assert_eq!(grant(Some(&r), &u("carol"), &cat).actions, vec![Action::All]);
+        assert!(grant(Some(&r), &ANON, &cat).actions.is_empty());
+    }
+
+    #[test]
+    fn client_networks() {
+        let r = AccessRules::parse(
+            Path::new("r.json"),
+            r#"{"anonymous": [{"repository": "**", "permissions": ["pull"], "ips": ["10.0.0.0/8", "2001:db8::/32"]}],
+                "rules": [{"repository": "ci/**", "users": ["*"], "permissions": ["push", "pull"], "ips": ["192.168.1.7"]},
+                          {"repository": "ci/**", "users": ["*"], "permissions": ["pull"]}]}"#,
+        )
+        .unwrap();
+        let at = |user: Option<&'static str>, ip: &str| Principal {
+            user,
+            namespaces: None,
+            client: Some(ip.parse().unwrap()),
+        };
+        assert!(r.allows(&at(None, "10.1.2.3"), "x", Action::Pull));
+        assert!(
+            r.allows(&at(None, "::ffff:10.1.2.3"), "x", Action::Pull),
+            "v4-mapped peers match v4 nets"
+        );
+        assert!(r.allows(&at(None, "2001:db8::1"), "x", Action::Pull));
+        assert!(!r.allows(&at(None, "11.0.0.1"), "x", Action::Pull));
+        assert!(
+            !r.allows(&ANON, "x", Action::Pull),
+            "an unknown address matches no ips rule"
+        );
+        assert!(r.allows(&at(Some("bot"), "192.168.1.7"), "ci/app", Action::Push));
+        assert!(
+            !r.allows(&at(Some("bot"), "192.168.1.8"), "ci/app", Action::Push),
+            "next rule: pull only"
+        );
+        assert!(r.allows(&at(Some("bot"), "192.168.1.8"), "ci/app", Action::Pull));
+        let e = AccessRules::parse(
+            Path::new("r.json"),
+            r#"{"rules":[{"repository":"a","permissions":["pull"],"ips":["10.0.0.0/33"]}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("rules[0].ips") && e.to_string().contains("10.0.0.0/33"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn namespace_credentials() {
+        let ns = vec!["team-a".to_owned()];
+        let who = Principal {
+            user: Some("ci-a"),
+            namespaces: Some(&ns),
+            client: None,
+        };
+        assert!(who.owns("team-a") && who.owns("team-a/app") && who.owns("team-a/x/y"));
+        assert!(!who.owns("team-ab/app") && !who.owns("team") && !who.owns("other/team-a"));
+        // Without rules: pull and push in the namespace, nothing else, no delete.
+        assert_eq!(permitted(None, &who, "team-a/app"), vec![Action::Pull, Action::Push]);
+        assert!(permitted(None, &who, "team-b/app").is_empty());
+        let want: Scope = "repository:team-a/app:pull,push,delete".parse().unwrap();
+        assert_eq!(grant(None, &who, &want).actions, vec![Action::Pull, Action::Push]);
+        // Rules add to it.
+        let r = AccessRules::parse(Path::new("rules.json"), RULES).unwrap();
+        assert!(r.allows(&who, "team-a/app", Action::Push));
+        assert!(r.allows(&who, "public/base", Action::Pull));
+        assert!(!r.allows(&who, "team-b/app", Action::Pull));
     }
 
     #[test]

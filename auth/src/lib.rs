@@ -8,9 +8,13 @@ pub mod access;
 pub mod basic;
 pub mod htpasswd;
 pub mod scope;
+pub mod secrets;
 pub mod token;
+pub mod users;
 
-pub use access::{AccessRules, Pattern, Policy, grant};
+pub use access::{AccessRules, Pattern, Policy, Principal, grant, permitted};
 pub use basic::{BasicAuth, BasicCredentials};
 pub use htpasswd::{Htpasswd, HtpasswdError};
 pub use scope::{Action, Scope, ScopeError};
+pub use secrets::{SecretsDir, SecretsError};
+pub use users::{Identity, Users, UsersError};

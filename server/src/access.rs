@@ -2,7 +2,7 @@
 
 use http::Method;
 
-use berth_auth::{AccessRules, Action};
+use berth_auth::{AccessRules, Action, permitted};
 use berth_engine::RepoName;
 
 use crate::authn::Authn;
@@ -69,11 +69,6 @@ impl Access {
         self.rules.as_ref()
     }
 
-    /// Whether listings must be filtered per caller.
-    pub fn filters_catalog(&self) -> bool {
-        self.rules.is_some()
-    }
-
     /// Whether the caller may do `action` on `repo`. In token mode the token decides; the
     /// rules were applied when it was issued.
     pub fn allows(&self, authn: &Authn, caller: &Caller, repo: &str, action: Action) -> bool {
@@ -83,19 +78,29 @@ impl Access {
                 .as_ref()
                 .is_some_and(|g| g.allows("repository", repo, action));
         }
-        match &self.rules {
-            Some(r) => r.allows(caller.user.as_deref(), repo, action),
-            // Without rules, authentication (if any) is all that is asked.
-            None => caller.user.is_some() || !authn.required(),
+        if !authn.required() && self.rules.is_none() {
+            return true;
         }
+        // Without rules, an htpasswd user may do everything and a namespace credential works
+        // in its namespaces; rules decide otherwise.
+        permitted(self.rules.as_ref(), &caller.principal(), repo)
+            .iter()
+            .any(|a| a.covers(action))
+    }
+
+    /// Whether the catalog must be filtered per caller.
+    pub fn filters_catalog_for(&self, caller: &Caller) -> bool {
+        self.rules.is_some() || caller.namespaces.is_some()
     }
 
     /// Whether a catalog entry is shown to the caller.
     pub fn lists(&self, caller: &Caller, repo: &str) -> bool {
-        match &self.rules {
-            Some(r) => r.allows(caller.user.as_deref(), repo, Action::Pull),
-            None => true,
+        if !self.filters_catalog_for(caller) {
+            return true;
         }
+        permitted(self.rules.as_ref(), &caller.principal(), repo)
+            .iter()
+            .any(|a| a.covers(Action::Pull))
     }
 
     /// Admit or refuse a request: 401 with the challenge when the caller must (re)authenticate

@@ -1,6 +1,7 @@
 //! Authentication at the HTTP edge: reads credentials from the request, asks `berth-auth`, and
 //! turns a refusal into a 401 with the right challenge.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +9,12 @@ use std::time::Duration;
 use http::{HeaderMap, header};
 
 use berth_auth::token::{Grant, Issuer, KeySet, KidFormat, SigningKey, Verifier};
-use berth_auth::{BasicAuth, BasicCredentials};
+use berth_auth::{BasicCredentials, Principal, Users};
 
-use crate::config::{AuthConfig, TokenConfig};
+use crate::config::{AuthConfig, TokenConfig, UserSources};
 use crate::error::{ApiError, Kind};
 
-/// How often the htpasswd file is checked for changes.
+/// How often the htpasswd file and the secrets directory are checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Who is calling.
@@ -23,6 +24,21 @@ pub struct Caller {
     pub user: Option<String>,
     /// In token mode, what the caller's token grants.
     pub grant: Option<Arc<Grant>>,
+    /// For a namespace credential, its namespaces.
+    pub namespaces: Option<Arc<[String]>>,
+    /// The client's address (after trusted proxies), for rules with `ips`.
+    pub client: Option<IpAddr>,
+}
+
+impl Caller {
+    /// The caller as the access rules see it.
+    pub fn principal(&self) -> Principal<'_> {
+        Principal {
+            user: self.user.as_deref(),
+            namespaces: self.namespaces.as_deref(),
+            client: self.client,
+        }
+    }
 }
 
 /// The built-in token server.
@@ -30,7 +46,7 @@ pub struct TokenServer {
     /// Signs tokens.
     pub issuer: Issuer,
     /// Users who may log in.
-    pub users: BasicAuth,
+    pub users: Users,
     /// Path of the token endpoint.
     pub path: String,
 }
@@ -58,7 +74,7 @@ pub enum Authn {
         /// Challenge realm.
         realm: String,
         /// Verifier.
-        verifier: BasicAuth,
+        verifier: Box<Users>,
     },
     /// Bearer tokens.
     Token(Box<TokenAuth>),
@@ -111,7 +127,7 @@ fn token_auth(cfg: &TokenConfig) -> Result<TokenAuth, String> {
             }
             let issuer = Issuer::new(cfg.issuer.clone(), cfg.service.clone(), s.expiration, signing)
                 .map_err(|e| format!("auth.token.server.key: {e}"))?;
-            let users = BasicAuth::open(&s.htpasswd).map_err(|e| format!("auth.htpasswd.path: {e}"))?;
+            let users = open_users(&s.users)?;
             Some(TokenServer {
                 issuer,
                 users,
@@ -132,17 +148,30 @@ fn token_auth(cfg: &TokenConfig) -> Result<TokenAuth, String> {
     })
 }
 
+fn open_users(sources: &UserSources) -> Result<Users, String> {
+    let users = Users::open(sources.htpasswd.as_deref(), sources.secrets.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(s) = users.secrets() {
+        for reason in s.skipped() {
+            tracing::warn!(dir = %s.dir().display(), "secrets directory: skipping {reason}");
+        }
+        tracing::info!(dir = %s.dir().display(), namespaces = ?s.namespaces(), "namespace credentials loaded");
+    }
+    if users.is_empty() {
+        tracing::warn!(
+            "no users are configured (empty htpasswd file and no namespace credentials): every login will be refused"
+        );
+    }
+    Ok(users)
+}
+
 impl Authn {
     /// Build from the validated configuration; unreadable or invalid files are errors that
     /// name the setting, the file and the problem.
     pub fn from_config(cfg: &AuthConfig) -> Result<Authn, String> {
         Ok(match cfg {
             AuthConfig::None => Authn::None,
-            AuthConfig::Basic { realm, path } => {
-                let verifier = BasicAuth::open(path).map_err(|e| format!("auth.htpasswd.path: {e}"))?;
-                if verifier.users() == 0 {
-                    tracing::warn!(file = %path.display(), "the htpasswd file has no users: every request will be refused");
-                }
+            AuthConfig::Basic { realm, users } => {
+                let verifier = Box::new(open_users(users)?);
                 Authn::Basic {
                     realm: realm.clone(),
                     verifier,
@@ -218,10 +247,11 @@ impl Authn {
                         None,
                     ));
                 };
-                if verifier.verify(&creds).await {
+                if let Some(id) = verifier.verify(&creds).await {
                     Ok(Caller {
-                        user: Some(creds.user),
-                        grant: None,
+                        user: Some(id.user),
+                        namespaces: id.namespaces,
+                        ..Caller::default()
                     })
                 } else {
                     tracing::info!(user = %creds.user, "authentication failed: unknown user or wrong password");
@@ -250,6 +280,7 @@ impl Authn {
                     Ok(grant) => Ok(Caller {
                         user: grant.subject.clone().filter(|s| !s.is_empty()),
                         grant: Some(grant),
+                        ..Caller::default()
                     }),
                     Err(e) => {
                         tracing::warn!(reason = %e, "bearer token rejected");
@@ -266,7 +297,7 @@ impl Authn {
     }
 
     /// Keep credentials current: fetch a configured JWKS URL now and every few minutes, and
-    /// re-read htpasswd files when they change.
+    /// re-read htpasswd files and secrets directories when they change.
     pub fn spawn_reloader(self: &Arc<Self>) {
         if let Authn::Token(t) = &**self
             && t.remote.is_some()
@@ -293,25 +324,34 @@ impl Authn {
             loop {
                 tick.tick().await;
                 let me = me.clone();
-                let res = tokio::task::spawn_blocking(move || match me.users() {
-                    Some(users) => users.reload_if_changed().map(|c| (c, users.users())),
-                    None => Ok((false, 0)),
+                let res = tokio::task::spawn_blocking(move || {
+                    me.users().map(|u| (u.reload(), u.secrets().map(|s| s.skipped())))
                 })
                 .await;
                 match res {
-                    Ok(Ok((true, users))) => tracing::info!(users, "htpasswd file reloaded"),
-                    Ok(Ok((false, _))) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!("htpasswd file changed but cannot be used, keeping the previous users: {e}")
+                    Ok(Some((r, skipped))) => {
+                        if let Some(users) = r.htpasswd {
+                            tracing::info!(users, "htpasswd file reloaded");
+                        }
+                        if let Some(e) = r.htpasswd_error {
+                            tracing::warn!("htpasswd file changed but cannot be used, keeping the previous users: {e}");
+                        }
+                        if let Some(namespaces) = r.namespaces {
+                            for reason in skipped.unwrap_or_default() {
+                                tracing::warn!("secrets directory: skipping {reason}");
+                            }
+                            tracing::info!(?namespaces, "namespace credentials reloaded");
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "htpasswd reload task failed"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "credentials reload task failed"),
                 }
             }
         });
     }
 
-    /// The htpasswd users, in basic mode or for the token server.
-    pub fn users(&self) -> Option<&BasicAuth> {
+    /// The users, in basic mode or for the token server.
+    pub fn users(&self) -> Option<&Users> {
         match self {
             Authn::Basic { verifier, .. } => Some(verifier),
             Authn::Token(t) => t.server.as_ref().map(|s| &s.users),

@@ -171,6 +171,7 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
         authn,
         access,
         access_log: cfg.access_log,
+        trusted_proxies: cfg.trusted_proxies.clone(),
     });
     serve::serve_with(
         move |req| api::handle_token_only(app.clone(), req),

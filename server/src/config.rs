@@ -111,8 +111,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         path: "-",
         env: &["REGISTRY_AUTH_TYPE"],
-        default: "none (basic when auth.htpasswd is set)",
-        doc: "none or basic (token comes with a later version and refuses to start for now).",
+        default: "token when auth.token is set, else basic when auth.htpasswd or auth.secrets is set, else none",
+        doc: "none, basic or token: the authentication mode, whatever sections the file has.",
     },
     Setting {
         path: "auth.htpasswd.path",
@@ -125,6 +125,18 @@ pub const SETTINGS: &[Setting] = &[
         env: &["REGISTRY_AUTH_HTPASSWD_REALM", "REGISTRY_AUTH_REALM"],
         default: "Berth Registry",
         doc: "Realm sent in the Basic challenge.",
+    },
+    Setting {
+        path: "auth.secrets.directory",
+        env: &["REGISTRY_AUTH_SECRETS_DIRECTORY"],
+        default: "(none)",
+        doc: "Directory of per-namespace credentials: each subfolder <namespace>/ holds files username and password (a mounted Kubernetes Secret). Such a user may pull and push under <namespace> and <namespace>/** (access rules can grant more). Used in basic mode and by the built-in token server, alongside auth.htpasswd.path; re-read every 2 seconds.",
+    },
+    Setting {
+        path: "http.trustedproxies",
+        env: &["REGISTRY_HTTP_TRUSTEDPROXIES"],
+        default: "(none)",
+        doc: "Addresses or networks of reverse proxies (list, or comma-separated in the variable). When the peer is one of them, the client address for access rules with ips is the nearest untrusted address of X-Forwarded-For.",
     },
     Setting {
         path: "accesscontrol.enabled",
@@ -190,7 +202,7 @@ pub const SETTINGS: &[Setting] = &[
         path: "auth.token.server.enabled",
         env: &["REGISTRY_AUTH_TOKEN_SERVER_ENABLED"],
         default: "false",
-        doc: "Run the built-in token server in this process (users from auth.htpasswd.path, grants from the access rules).",
+        doc: "Run the built-in token server in this process (users from auth.htpasswd.path and auth.secrets.directory, grants from the access rules).",
     },
     Setting {
         path: "auth.token.server.key",
@@ -295,15 +307,40 @@ const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
 pub enum AuthConfig {
     /// Everyone may do everything.
     None,
-    /// HTTP Basic against an htpasswd file (bcrypt only).
+    /// HTTP Basic against an htpasswd file (bcrypt only) and/or per-namespace secrets.
     Basic {
         /// Realm in the challenge.
         realm: String,
-        /// The htpasswd file.
-        path: PathBuf,
+        /// Where the users are.
+        users: UserSources,
     },
     /// Bearer tokens (JWT), optionally issued by the built-in token server.
     Token(Box<TokenConfig>),
+}
+
+/// Where users and their passwords come from (at least one is set).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserSources {
+    /// htpasswd file (`auth.htpasswd.path`).
+    pub htpasswd: Option<PathBuf>,
+    /// Per-namespace secrets directory (`auth.secrets.directory`).
+    pub secrets: Option<PathBuf>,
+}
+
+fn user_sources(tree: &Value, why: &str) -> Result<UserSources, ConfigError> {
+    let path = |p: &str| -> Result<Option<PathBuf>, ConfigError> {
+        Ok(get_str(tree, p)?.filter(|v| !v.trim().is_empty()).map(PathBuf::from))
+    };
+    let users = UserSources {
+        htpasswd: path("auth.htpasswd.path")?,
+        secrets: path("auth.secrets.directory")?,
+    };
+    if users.htpasswd.is_none() && users.secrets.is_none() {
+        return Err(ConfigError(format!(
+            "auth.htpasswd.path (env REGISTRY_AUTH_HTPASSWD) or auth.secrets.directory (env REGISTRY_AUTH_SECRETS_DIRECTORY) is required {why}: create an htpasswd file with `htpasswd -Bc FILE USER` (or a directory of <namespace>/username and <namespace>/password files) and name it here"
+        )));
+    }
+    Ok(users)
 }
 
 /// Token authentication settings.
@@ -342,8 +379,8 @@ pub struct TokenServerConfig {
     pub expiration: Duration,
     /// `kid` format: thumbprint or libtrust.
     pub kid: String,
-    /// htpasswd file with the users.
-    pub htpasswd: PathBuf,
+    /// The users who may log in.
+    pub users: UserSources,
 }
 
 fn need(tree: &Value, path: &str, why: &str) -> Result<String, ConfigError> {
@@ -411,9 +448,7 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
                 env_names("auth.token.server.key")
             )));
         }
-        let htpasswd = path("auth.htpasswd.path")?.ok_or_else(|| {
-            ConfigError("auth.htpasswd.path (env REGISTRY_AUTH_HTPASSWD) is required when the token server is enabled: it holds the users who may log in".into())
-        })?;
+        let users = user_sources(tree, "when the token server is enabled, for the users who may log in")?;
         let kid = get_str(tree, "auth.token.server.kid")?
             .unwrap_or("thumbprint")
             .to_ascii_lowercase();
@@ -434,7 +469,7 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
             path: endpoint,
             expiration: get_duration(tree, "auth.token.server.expiration", Duration::from_secs(300))?,
             kid,
-            htpasswd,
+            users,
         })
     } else {
         None
@@ -486,16 +521,18 @@ fn auth_config(tree: &mut Value, auth_type: Option<&str>) -> Result<AuthConfig, 
         ));
     }
     if let Some(Value::Object(methods)) = get_path(tree, "auth")
-        && let Some(other) = methods.keys().find(|k| !["htpasswd", "token"].contains(&k.as_str()))
+        && let Some(other) = methods
+            .keys()
+            .find(|k| !["htpasswd", "token", "secrets"].contains(&k.as_str()))
     {
         return Err(ConfigError(format!(
-            "auth.{other}: unknown authentication method; Berth offers auth.htpasswd (basic) and auth.token"
+            "auth.{other}: unknown authentication method; Berth offers auth.htpasswd and auth.secrets (basic) and auth.token"
         )));
     }
     let kind = match auth_type {
         Some(t) => t.to_owned(),
         None if has(tree, "auth.token") => "token".into(),
-        None if has(tree, "auth.htpasswd") => "basic".into(),
+        None if has(tree, "auth.htpasswd") || has(tree, "auth.secrets") => "basic".into(),
         None => "none".into(),
     };
     match kind.as_str() {
@@ -506,18 +543,11 @@ fn auth_config(tree: &mut Value, auth_type: Option<&str>) -> Result<AuthConfig, 
             Ok(AuthConfig::None)
         }
         "basic" | "htpasswd" => {
-            let path = get_str(tree, "auth.htpasswd.path")?.filter(|p| !p.trim().is_empty()).ok_or_else(|| {
-                ConfigError(
-                    "auth.htpasswd.path (env REGISTRY_AUTH_HTPASSWD): basic authentication needs an htpasswd file; create one with `htpasswd -Bc FILE USER` and name it here".into(),
-                )
-            })?;
+            let users = user_sources(tree, "for basic authentication")?;
             let realm = get_str(tree, "auth.htpasswd.realm")?
                 .unwrap_or("Berth Registry")
                 .to_owned();
-            Ok(AuthConfig::Basic {
-                realm,
-                path: PathBuf::from(path),
-            })
+            Ok(AuthConfig::Basic { realm, users })
         }
         "token" => Ok(AuthConfig::Token(Box::new(token_config(tree)?))),
         other => Err(ConfigError(format!(
@@ -559,6 +589,8 @@ pub struct Config {
     pub page_max: usize,
     /// Headers added to every response (`http.headers`).
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`http.trustedproxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A configuration that cannot be used; the message says which setting and what to do.
@@ -929,6 +961,8 @@ pub fn from_tree(
     take(access_control(&tree).map(|r| access_rules = r));
     let mut headers = Vec::new();
     take(response_headers(&tree).map(|h| headers = h));
+    let mut trusted_proxies = Vec::new();
+    take(trusted_proxy_list(&tree).map(|t| trusted_proxies = t));
     let mut flags = (false, true, true, false);
     take((|| {
         flags = (
@@ -959,8 +993,51 @@ pub fn from_tree(
         page_default,
         page_max,
         headers,
+        trusted_proxies,
     };
     Ok((config, warnings))
+}
+
+/// `http.trustedproxies`: addresses or networks.
+fn trusted_proxy_list(tree: &Value) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let setting = "http.trustedproxies";
+    let list = match get_path(tree, setting) {
+        None => return Ok(Vec::new()),
+        Some(Value::String(s)) => parse_yaml_value(s),
+        Some(v) => v.clone(),
+    };
+    let items: Vec<String> = match list {
+        Value::Array(a) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad(setting, "a list of addresses", v))
+            })
+            .collect::<Result<_, _>>()?,
+        Value::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        v => return Err(bad(setting, "a list of addresses or networks", &v)),
+    };
+    items
+        .iter()
+        .map(|i| {
+            let i = i.trim();
+            i.parse::<ipnet::IpNet>()
+                .or_else(|_| i.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    ConfigError(format!(
+                        "{setting}{}: {i:?} is not an address or a network such as 10.0.0.0/8",
+                        env_names(setting)
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// A variable's value as YAML when it looks like a YAML list (`['GET', 'HEAD']`), else the text.
@@ -1211,12 +1288,16 @@ mod tests {
 
     #[test]
     fn auth_modes() {
+        let htpasswd = |p: &str| UserSources {
+            htpasswd: Some(p.into()),
+            secrets: None,
+        };
         let (c, _) = load_str("auth: {htpasswd: {realm: r, path: /p}}", &[]).unwrap();
         assert_eq!(
             c.auth,
             AuthConfig::Basic {
                 realm: "r".into(),
-                path: "/p".into()
+                users: htpasswd("/p")
             }
         );
         let (c, _) = load_str("", &[("REGISTRY_AUTH_TYPE", "basic"), ("REGISTRY_AUTH_HTPASSWD", "/h")]).unwrap();
@@ -1224,14 +1305,58 @@ mod tests {
             c.auth,
             AuthConfig::Basic {
                 realm: "Berth Registry".into(),
-                path: "/h".into()
+                users: htpasswd("/h")
             }
         );
         let e = load_str("", &[("REGISTRY_AUTH_TYPE", "basic")]).unwrap_err().0;
-        assert!(e.contains("REGISTRY_AUTH_HTPASSWD"), "{e}");
+        assert!(
+            e.contains("REGISTRY_AUTH_HTPASSWD") && e.contains("REGISTRY_AUTH_SECRETS_DIRECTORY"),
+            "{e}"
+        );
         let (c, _) = load_str("auth: {htpasswd: {path: /p}}", &[("REGISTRY_AUTH_TYPE", "none")]).unwrap();
         assert_eq!(c.auth, AuthConfig::None);
         assert!(load_str("", &[("REGISTRY_AUTH_TYPE", "magic")]).is_err());
+        // Namespace secrets alone make basic mode; with htpasswd both are used.
+        let (c, _) = load_str("", &[("REGISTRY_AUTH_SECRETS_DIRECTORY", "/run/secrets/registry")]).unwrap();
+        assert_eq!(
+            c.auth,
+            AuthConfig::Basic {
+                realm: "Berth Registry".into(),
+                users: UserSources {
+                    htpasswd: None,
+                    secrets: Some("/run/secrets/registry".into())
+                }
+            }
+        );
+        let (c, _) = load_str("auth: {htpasswd: {path: /h}, secrets: {directory: /s}}", &[]).unwrap();
+        assert!(matches!(
+            c.auth,
+            AuthConfig::Basic {
+                users: UserSources {
+                    htpasswd: Some(_),
+                    secrets: Some(_)
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        let (c, _) = load_str("http: {trustedproxies: [10.0.0.0/8, '::1']}", &[]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[1].contains(&"::1".parse::<IpAddr>().unwrap()));
+        let (c, _) = load_str("", &[("REGISTRY_HTTP_TRUSTEDPROXIES", "172.16.0.0/12, 127.0.0.1")]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let (c, _) = load_str("", &[("REGISTRY_HTTP_TRUSTEDPROXIES", "['192.168.0.0/16']")]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 1);
+        let e = load_str("", &[("REGISTRY_HTTP_TRUSTEDPROXIES", "10.0.0.0/99")])
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("REGISTRY_HTTP_TRUSTEDPROXIES") && e.contains("10.0.0.0/99"),
+            "{e}"
+        );
     }
 
     #[test]

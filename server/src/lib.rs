@@ -8,6 +8,7 @@ pub mod access;
 pub mod api;
 pub mod authn;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod jwks_fetch;

@@ -59,7 +59,8 @@ where
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         let handler = handler.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(crate::client::Peer(peer));
             let fut = handler(req);
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });

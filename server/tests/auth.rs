@@ -505,3 +505,263 @@ async fn separate_token_server_and_registry() {
     let r = client.get(format!("http://127.0.0.1:{port}/v2/")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// Lay out `<dir>` as the kubelet does for a projected Secret volume: the files live in a
+/// timestamped folder, `..data` points at it, and each namespace folder is a link through it.
+fn kube_secrets(dir: &Path, generation: &str, creds: &[(&str, &str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let stamp = format!("..{generation}");
+    for (ns, user, password) in creds {
+        let d = dir.join(&stamp).join(ns);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("username"), user).unwrap();
+        std::fs::write(d.join("password"), format!("{password}\n")).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    symlink(&stamp, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !name.starts_with('.') && !creds.iter().any(|(ns, _, _)| *ns == name) {
+            std::fs::remove_file(dir.join(&name)).unwrap();
+        }
+    }
+    for (ns, _, _) in creds {
+        if std::fs::symlink_metadata(dir.join(ns)).is_err() {
+            symlink(format!("..data/{ns}"), dir.join(ns)).unwrap();
+        }
+    }
+}
+
+/// Poll until `check` holds (the secrets directory is re-read every 2 s).
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_credentials_from_mounted_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &[("alice", "a-pass")]);
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    kube_secrets(
+        &secrets,
+        "2026_11_23_01",
+        &[("team-a", "ci-a", "first-secret"), ("team-b", "ci-b", "b-secret")],
+    );
+    let Some(reg) = Registry::start_local(&[
+        ("REGISTRY_AUTH_HTPASSWD", &pw),
+        ("REGISTRY_AUTH_SECRETS_DIRECTORY", secrets.to_str().unwrap()),
+    ])
+    .await
+    else {
+        return;
+    };
+    let ci_a = basic("ci-a", "first-secret");
+    send(&reg, Method::GET, "/v2/", Some(&ci_a), vec![]).await.expect(200);
+    send(&reg, Method::GET, "/v2/", Some(&basic("ci-a", "b-secret")), vec![])
+        .await
+        .expect_error(401, &["UNAUTHORIZED"]);
+    // Pull and push under the namespace (and the namespace itself); nowhere else.
+    push_blob(&reg, "team-a/app", &ci_a, b"a layer").await.expect(201);
+    push_blob(&reg, "team-a", &ci_a, b"a layer").await.expect(201);
+    let d = sha256(b"a layer");
+    send(
+        &reg,
+        Method::GET,
+        &format!("/v2/team-a/app/blobs/{d}"),
+        Some(&ci_a),
+        vec![],
+    )
+    .await
+    .expect(200);
+    push_blob(&reg, "team-b/app", &ci_a, b"a layer")
+        .await
+        .expect_error(403, &["DENIED"]);
+    push_blob(&reg, "team-ab/app", &ci_a, b"a layer")
+        .await
+        .expect_error(403, &["DENIED"]);
+    let ci_b = basic("ci-b", "b-secret");
+    push_blob(&reg, "team-b/app", &ci_b, b"b layer").await.expect(201);
+    send(
+        &reg,
+        Method::GET,
+        &format!("/v2/team-a/app/blobs/{d}"),
+        Some(&ci_b),
+        vec![],
+    )
+    .await
+    .expect_error(403, &["DENIED"]);
+    // The htpasswd user is not confined; the catalog shows a namespace user only its own.
+    push_blob(&reg, "elsewhere/app", &basic("alice", "a-pass"), b"x")
+        .await
+        .expect(201);
+    let cat = send(&reg, Method::GET, "/v2/_catalog", Some(&ci_a), vec![]).await;
+    assert_eq!(cat.json()["repositories"], serde_json::json!(["team-a", "team-a/app"]));
+    let cat = send(
+        &reg,
+        Method::GET,
+        "/v2/_catalog",
+        Some(&basic("alice", "a-pass")),
+        vec![],
+    )
+    .await;
+    assert_eq!(cat.json()["repositories"].as_array().unwrap().len(), 4);
+
+    // Kubernetes updates the Secret: team-a's password rotates, team-b is removed.
+    kube_secrets(&secrets, "2026_11_23_02", &[("team-a", "ci-a", "second-secret")]);
+    eventually("the rotated password works", async || {
+        send(&reg, Method::GET, "/v2/", Some(&basic("ci-a", "second-secret")), vec![])
+            .await
+            .status
+            == 200
+    })
+    .await;
+    send(&reg, Method::GET, "/v2/", Some(&ci_a), vec![])
+        .await
+        .expect_error(401, &["UNAUTHORIZED"]);
+    send(&reg, Method::GET, "/v2/", Some(&ci_b), vec![])
+        .await
+        .expect_error(401, &["UNAUTHORIZED"]);
+    let log = reg.log_text();
+    assert!(log.contains("namespace credentials reloaded"), "{log}");
+    for secret in ["first-secret", "second-secret", "b-secret", "a-pass"] {
+        assert!(!log.contains(secret), "{secret} reached the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_credentials_with_the_token_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    for (ns, user, password) in [("team-a", "ci-a", "a-secret"), ("team-b", "ci-b", "b-secret")] {
+        std::fs::create_dir_all(secrets.join(ns)).unwrap();
+        std::fs::write(secrets.join(ns).join("username"), user).unwrap();
+        std::fs::write(secrets.join(ns).join("password"), password).unwrap();
+    }
+    let (key, _) = keygen(dir.path());
+    let Some(reg) = Registry::start_local(&[
+        ("REGISTRY_AUTH_TOKEN_REALM", "http://registry.test/auth"),
+        ("REGISTRY_AUTH_TOKEN_SERVICE", "berth-test"),
+        ("REGISTRY_AUTH_TOKEN_ISSUER", "berth-issuer"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_KEY", key.as_str()),
+        ("REGISTRY_AUTH_SECRETS_DIRECTORY", secrets.to_str().unwrap()),
+    ])
+    .await
+    else {
+        return;
+    };
+    let ci_a = basic("ci-a", "a-secret");
+    let scope = "scope=repository:team-a/app:pull,push&scope=repository:team-b/app:pull,push";
+    let r = token(&reg, Some(&ci_a), &format!("service=berth-test&{scope}")).await;
+    r.expect(200);
+    let tok = r.json()["token"].as_str().unwrap().to_owned();
+    let claims: Value = {
+        use base64::Engine as _;
+        let payload = tok.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        claims["access"],
+        serde_json::json!([{"type": "repository", "name": "team-a/app", "actions": ["pull", "push"]}]),
+        "nothing is granted outside the namespace"
+    );
+    push_blob(&reg, "team-a/app", &bearer(&tok), b"via token")
+        .await
+        .expect(201);
+    push_blob(&reg, "team-b/app", &bearer(&tok), b"via token")
+        .await
+        .expect(401);
+    token(&reg, Some(&basic("ci-a", "b-secret")), "service=berth-test")
+        .await
+        .expect_error(401, &["UNAUTHORIZED"]);
+    // The OAuth2 form (docker login with a refresh token) works for namespace users too.
+    let r = post_form(&reg, "grant_type=password&service=berth-test&client_id=t&username=ci-b&password=b-secret&scope=repository:team-b/app:push,pull").await;
+    r.expect(200);
+    let refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    let r = post_form(
+        &reg,
+        &format!("grant_type=refresh_token&service=berth-test&client_id=t&refresh_token={refresh}&scope=repository:team-a/app:pull"),
+    )
+    .await;
+    r.expect(200);
+    let tok = r.json()["access_token"].as_str().unwrap().to_owned();
+    send(
+        &reg,
+        Method::HEAD,
+        &format!("/v2/team-a/app/blobs/{}", sha256(b"via token")),
+        Some(&bearer(&tok)),
+        vec![],
+    )
+    .await
+    .expect(401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_address_rules_and_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &[("alice", "a-pass")]);
+    let rules = dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"defaultPolicy": "deny",
+            "anonymous": [{"repository": "**", "permissions": ["pull"], "ips": ["127.0.0.1", "::1"]}],
+            "rules": [{"repository": "**", "users": ["*"], "permissions": ["pull", "push"], "ips": ["203.0.113.0/24"]},
+                      {"repository": "**", "users": ["*"], "permissions": ["pull"]}]}"#,
+    )
+    .unwrap();
+    let base = [
+        ("REGISTRY_AUTH_HTPASSWD", pw.as_str()),
+        ("REGISTRY_ACCESS_CONTROL_CONFIG", rules.to_str().unwrap()),
+    ];
+    let alice = basic("alice", "a-pass");
+    let push_from = async |reg: &Registry, xff: Option<&str>, data: &[u8]| {
+        let path = format!("/v2/ci/app/blobs/uploads/?digest={}", sha256(data));
+        let mut rb = reg
+            .client
+            .post(reg.url(&path))
+            .header("Authorization", &alice)
+            .body(data.to_vec());
+        if let Some(x) = xff {
+            rb = rb.header("X-Forwarded-For", x);
+        }
+        reg.send(rb).await
+    };
+    // Without trusted proxies, X-Forwarded-For is ignored: the peer (loopback) decides.
+    let Some(reg) = Registry::start_local(&base).await else {
+        return;
+    };
+    push_from(&reg, Some("203.0.113.5"), b"one")
+        .await
+        .expect_error(403, &["DENIED"]);
+    let mut env = base.to_vec();
+    env.push(("REGISTRY_HTTP_TRUSTEDPROXIES", "127.0.0.0/8, ::1"));
+    let reg = Registry::start_local(&env).await.unwrap();
+    push_from(&reg, Some("203.0.113.5"), b"two").await.expect(201);
+    push_from(&reg, Some("203.0.113.5, 127.0.0.1"), b"three")
+        .await
+        .expect(201);
+    push_from(&reg, Some("198.51.100.1"), b"four")
+        .await
+        .expect_error(403, &["DENIED"]);
+    push_from(&reg, Some("203.0.113.5, 198.51.100.1"), b"five")
+        .await
+        .expect_error(403, &["DENIED"]);
+    // Anonymous pulls only from loopback itself.
+    let blob = format!("/v2/ci/app/blobs/{}", sha256(b"two"));
+    send(&reg, Method::GET, &blob, None, vec![]).await.expect(200);
+    let r = reg
+        .send(reg.client.get(reg.url(&blob)).header("X-Forwarded-For", "198.51.100.1"))
+        .await;
+    r.expect_error(401, &["UNAUTHORIZED"]);
+}

@@ -55,7 +55,7 @@ pub(super) async fn tags(app: &App, repo: &RepoName, req: &Request<Incoming>) ->
 
 pub(super) async fn catalog(app: &App, caller: &Caller, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (n, last) = page_params(app, &query(req.uri()))?;
-    let (repos, more) = if app.access.filters_catalog() {
+    let (repos, more) = if app.access.filters_catalog_for(caller) {
         // Only the repositories the caller may pull.
         let (access, caller) = (app.access.clone(), caller.clone());
         app.engine

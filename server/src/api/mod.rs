@@ -143,6 +143,14 @@ pub struct TokenApp {
     pub access: Arc<Access>,
     /// One log line per request.
     pub access_log: bool,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// The client address of a request (see [`crate::client::client_ip`]).
+fn client_of(req: &Request<Incoming>, proxies: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    let peer = req.extensions().get::<crate::client::Peer>().map(|p| p.0.ip());
+    crate::client::client_ip(req.headers(), peer, proxies)
 }
 
 /// Handle one request of a stand-alone token server: the token endpoint and the JWKS only.
@@ -155,7 +163,8 @@ pub async fn handle_token_only(app: Arc<TokenApp>, req: Request<Incoming>) -> Re
     };
     let path = req.uri().path().to_owned();
     let (kind, resp) = if path == server.path {
-        ("token", token::issue(&app.access, server, req).await)
+        let client = client_of(&req, &app.trusted_proxies);
+        ("token", token::issue(&app.access, server, client, req).await)
     } else if path == token::JWKS_PATH {
         ("jwks", token::jwks(server))
     } else {
@@ -233,6 +242,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or(0);
     // Endpoints outside the registry API, answered without registry authentication: probes,
     // and the built-in token server.
+    let client = client_of(&req, &app.config.trusted_proxies);
     let path = req.uri().path();
     let token_server = app.authn.token_server();
     let outside = match path {
@@ -249,7 +259,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             ),
             (Outside::Ready, _) => ("readyz", readiness(&app).await),
-            (Outside::Token, Some(server)) => ("token", token::issue(&app.access, server, req).await),
+            (Outside::Token, Some(server)) => ("token", token::issue(&app.access, server, client, req).await),
             (Outside::Jwks, Some(server)) => ("jwks", token::jwks(server)),
             (Outside::Token | Outside::Jwks, None) => ("invalid", Err(Kind::NotFound.into())),
         };
@@ -276,7 +286,8 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let mut user = None;
     let result = match app.authn.identify(req.headers()).await {
         Err(e) => Err(e),
-        Ok(caller) => {
+        Ok(mut caller) => {
+            caller.client = client;
             user = caller.user.clone();
             match route {
                 Ok(r) => match app.access.authorize(&app.authn, &caller, &access::need(&r, &method)) {

@@ -6,7 +6,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use berth_auth::{BasicCredentials, Scope, grant};
+use berth_auth::{BasicCredentials, Identity, Principal, Scope, grant};
 
 use super::{Body, finish, full, header_str, json_response, response};
 use crate::access::Access;
@@ -92,6 +92,7 @@ async fn parse_request(req: Request<Incoming>) -> Result<TokenRequest, ApiError>
 pub(super) async fn issue(
     access: &Access,
     server: &TokenServer,
+    client: Option<std::net::IpAddr>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     if req.method() != Method::GET && req.method() != Method::POST {
@@ -111,32 +112,38 @@ pub(super) async fn issue(
         )));
     }
     let challenge = format!("Basic realm=\"{}\"", server.issuer.service().replace('"', ""));
-    let user = match (&r.credentials, &r.refresh_token) {
+    let identity: Option<Identity> = match (&r.credentials, &r.refresh_token) {
         (Some(c), _) => {
-            if !server.users.verify(c).await {
+            let Some(id) = server.users.verify(c).await else {
                 tracing::info!(user = %c.user, "token request refused: unknown user or wrong password");
                 return Err(ApiError::new(Kind::Unauthorized)
                     .message("invalid username or password")
                     .header(header::WWW_AUTHENTICATE, &challenge));
-            }
-            Some(c.user.clone())
+            };
+            Some(id)
         }
         (None, Some(t)) => {
             let user = server.issuer.refresh_subject(t).map_err(|e| {
                 tracing::info!(reason = %e, "refresh token refused");
                 ApiError::new(Kind::Unauthorized).message(format!("invalid refresh token: {e}"))
             })?;
-            if !server.users.knows(&user) {
+            let Some(id) = server.users.lookup(&user) else {
                 return Err(ApiError::new(Kind::Unauthorized).message("the refresh token's user no longer exists"));
-            }
-            Some(user)
+            };
+            Some(id)
         }
         (None, None) => None,
+    };
+    let user = identity.as_ref().map(|i| i.user.clone());
+    let who = Principal {
+        user: user.as_deref(),
+        namespaces: identity.as_ref().and_then(|i| i.namespaces.as_deref()),
+        client,
     };
     let mut granted = Vec::new();
     for raw in r.scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
         let wanted: Scope = raw.parse().map_err(|e| bad_request(format!("scope {raw:?}: {e}")))?;
-        let g = grant(access.rules(), user.as_deref(), &wanted);
+        let g = grant(access.rules(), &who, &wanted);
         if g.actions.len() < wanted.actions.len() {
             tracing::info!(user = user.as_deref().unwrap_or("-"), requested = %wanted, granted = %g, "token grants less than requested");
         }

@@ -87,7 +87,7 @@ pub(super) async fn start(
         // reading (the caller could not name a repository it may read otherwise).
         let readable = match &from {
             Some(f) => app.access.allows(&app.authn, caller, f.as_str(), Action::Pull),
-            None => !app.access.filters_catalog() && !matches!(*app.authn, crate::authn::Authn::Token(_)),
+            None => !app.access.filters_catalog_for(caller) && !matches!(*app.authn, crate::authn::Authn::Token(_)),
         };
         if readable && app.engine.blob_mount(repo, &digest, from.as_ref()).await? {
             return blob_created(repo, &digest);

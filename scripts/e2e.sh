@@ -35,7 +35,6 @@ PASSED=()
 SKIPPED=()
 REG_PID=""
 EXTRA_PIDS=() # auth-mode registries of step f
-DOCKERD_PID=""
 DOCKER_MODE="" # "" = not set up, existing, private, unavailable
 WORK=""
 REG_LOG=""
@@ -194,60 +193,13 @@ docker_logs_tail() {
   fi
 }
 
-stop_dockerd() {
-  [[ -n $DOCKERD_PID ]] || return 0
-  local pid=$DOCKERD_PID i cpid=""
-  DOCKERD_PID=""
-  [[ -f $DDIR/exec/containerd/containerd.pid ]] && cpid=$(cat "$DDIR/exec/containerd/containerd.pid" 2>/dev/null || true)
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 200); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "  dockerd pid $pid still running 20s after SIGTERM; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-  # The containerd that dockerd started for itself normally exits with it.
-  if [[ -n $cpid ]] && kill -0 "$cpid" 2>/dev/null; then
-    kill -TERM "$cpid" 2>/dev/null || true
-    sleep 1
-    kill -KILL "$cpid" 2>/dev/null || true
-  fi
-  # Anything dockerd left mounted under its private root.
-  local m
-  for m in $(awk -v d="$DDIR/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r); do
-    umount -l "$m" 2>/dev/null || true
-  done
-  log "  dockerd pid $pid stopped"
-}
+# The private daemon's start and stop live in scripts/lib/dockerd.sh (shared with scripts/deploy-test.sh).
+# shellcheck source=scripts/lib/dockerd.sh
+source "$ROOT/scripts/lib/dockerd.sh"
 
-# try_dockerd ARGS...: start a private dockerd with these extra arguments; 0 when `docker info` answers.
-try_dockerd() {
-  mkdir -p "$DDIR/data" "$DDIR/exec"
-  printf '\n===== e2e: dockerd %s =====\n' "$*" >>"$DDIR/dockerd.log"
-  local first_line
-  first_line=$(wc -l <"$DDIR/dockerd.log")
-  log "  starting dockerd $*"
-  dockerd --data-root "$DDIR/data" --exec-root "$DDIR/exec" --pidfile "$DDIR/dockerd.pid" \
-    -H "unix://$DDIR/docker.sock" "$@" >>"$DDIR/dockerd.log" 2>&1 &
-  DOCKERD_PID=$!
-  export DOCKER_HOST="unix://$DDIR/docker.sock"
-  local deadline=$((SECONDS + 60))
-  while ((SECONDS < deadline)); do
-    if timeout 10 docker info >/dev/null 2>&1; then
-      ok "dockerd pid $DOCKERD_PID answers (storage driver: $(docker info -f '{{.Driver}}' 2>/dev/null))"
-      return 0
-    fi
-    kill -0 "$DOCKERD_PID" 2>/dev/null || break
-    sleep 0.5
-  done
-  warn "dockerd $* did not come up; last lines of its log:"
-  tail -n +"$first_line" "$DDIR/dockerd.log" | tail -n 15 | sed 's/^/  | /'
-  stop_dockerd
-  unset DOCKER_HOST
-  return 1
+stop_dockerd() {
+  [[ $DOCKER_MODE == private ]] || return 0
+  dockerd_stop "$DDIR"
 }
 
 setup_docker() {
@@ -262,15 +214,10 @@ setup_docker() {
     log "  using the Docker daemon that is already running (${DOCKER_HOST:-default socket})"
     return 0
   fi
-  # A private daemon. No containers are run, so it needs no networking: --bridge=none --iptables=false
-  # --ip-forward=false keep it from adding docker0, iptables rules and a FORWARD DROP policy to the host
-  # (a default dockerd leaves those behind after it exits). If overlay2 cannot be used, vfs always can.
-  local net=(--bridge=none --iptables=false --ip-forward=false --ip-masq=false)
+  # A private daemon. No containers are run, so it needs no networking ("none").
   local extra=()
   [[ -n ${E2E_DOCKERD_ARGS:-} ]] && read -r -a extra <<<"$E2E_DOCKERD_ARGS"
-  if { ((${#extra[@]})) && try_dockerd "${net[@]}" "${extra[@]}"; } ||
-    try_dockerd "${net[@]}" ||
-    try_dockerd "${net[@]}" --storage-driver=vfs; then
+  if dockerd_start "$DDIR" none "${extra[@]}"; then
     DOCKER_MODE=private
     return 0
   fi

@@ -143,6 +143,11 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         access_rules = access.rules().is_some(),
         "berth {} listening", env!("CARGO_PKG_VERSION")
     );
+    if cfg.read_only {
+        tracing::warn!(
+            "read-only maintenance mode (storage.maintenance.readonly.enabled): pushes and deletes are refused"
+        );
+    }
     authn.spawn_reloader();
     let app = Arc::new(App {
         engine,
@@ -235,8 +240,26 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(bytes)
 }
 
-/// `berth keygen`: a signing key (mode 0600) and a self-signed certificate.
-pub fn keygen(alg: &str, key: &Path, cert: &Path, name: &str, days: u32) {
+/// `berth keygen`: a signing key (mode 0600) and a self-signed certificate. With `if_missing`,
+/// an existing pair is kept (for init containers); one file without the other is an error.
+pub fn keygen(alg: &str, key: &Path, cert: &Path, name: &str, days: u32, if_missing: bool) {
+    if if_missing {
+        match (key.exists(), cert.exists()) {
+            (true, true) => {
+                println!("{} and {} exist; keeping them", key.display(), cert.display());
+                return;
+            }
+            (false, false) => {}
+            (k, _) => {
+                let (have, missing) = if k { (key, cert) } else { (cert, key) };
+                fail(&format!(
+                    "{} exists but {} does not: remove the other file or restore the pair",
+                    have.display(),
+                    missing.display()
+                ))
+            }
+        }
+    }
     let alg = match alg.to_ascii_lowercase().as_str() {
         "rs256" => jsonwebtoken::Algorithm::RS256,
         "es256" => jsonwebtoken::Algorithm::ES256,
@@ -266,4 +289,37 @@ pub fn jwks(files: &[PathBuf]) {
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({ "keys": keys })).unwrap_or_default()
     );
+}
+
+/// `berth healthcheck`: one HTTP/1.0 GET, exit 0 when the status is 200.
+pub fn healthcheck(addr: SocketAddr, path: &str, timeout: std::time::Duration) {
+    use std::io::{Read as _, Write as _};
+    let probe = || -> Result<String, String> {
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(format!("{path:?} is not a request path"));
+        }
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: berth-healthcheck\r\n\r\n"
+        )
+        .map_err(|e| format!("send: {e}"))?;
+        let mut head = Vec::new();
+        s.take(256).read_to_end(&mut head).map_err(|e| format!("read: {e}"))?;
+        let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_owned();
+        Ok(line)
+    };
+    match probe() {
+        Ok(line) if line.split(' ').nth(1) == Some("200") => println!("{addr}{path}: {line}"),
+        Ok(line) => {
+            eprintln!("berth healthcheck: {addr}{path} answered {line:?}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("berth healthcheck: {e}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -235,6 +235,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "kid of issued tokens: thumbprint (RFC 7638) or libtrust (distribution 2.x fingerprint).",
     },
     Setting {
+        path: "storage.maintenance.readonly.enabled",
+        env: &["REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED"],
+        default: "false",
+        doc: "Read-only maintenance mode: pulls work; pushes, mounts and deletes answer 405 UNSUPPORTED saying so; idle upload sessions are kept.",
+    },
+    Setting {
         path: "storage.maintenance.uploadpurging.dryrun",
         env: &["REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_DRYRUN"],
         default: "false",
@@ -263,7 +269,6 @@ pub const SETTINGS: &[Setting] = &[
 /// Sections of distribution's format that Berth reads but does not act on (yet); they are
 /// accepted with a warning rather than refused.
 const IGNORED_SECTIONS: &[&str] = &[
-    "storage.maintenance.readonly",
     "http.prefix",
     "auth.token.autoredirect",
     "auth.token.autoredirectpath",
@@ -589,6 +594,8 @@ pub struct Config {
     pub page_max: usize,
     /// Headers added to every response (`http.headers`).
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Read-only maintenance mode: writes are refused.
+    pub read_only: bool,
     /// Reverse proxies whose `X-Forwarded-For` is believed (`http.trustedproxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -963,20 +970,21 @@ pub fn from_tree(
     take(response_headers(&tree).map(|h| headers = h));
     let mut trusted_proxies = Vec::new();
     take(trusted_proxy_list(&tree).map(|t| trusted_proxies = t));
-    let mut flags = (false, true, true, false);
+    let mut flags = (false, true, true, false, false);
     take((|| {
         flags = (
             get_bool(&tree, "storage.delete.enabled", false)?,
             !get_bool(&tree, "log.accesslog.disabled", false)?,
             get_bool(&tree, "storage.maintenance.uploadpurging.enabled", true)?,
             get_bool(&tree, "storage.maintenance.uploadpurging.dryrun", false)?,
+            get_bool(&tree, "storage.maintenance.readonly.enabled", false)?,
         );
         Ok(())
     })());
     if !errors.is_empty() {
         return Err(ConfigError(errors.join("\n")));
     }
-    let (delete_enabled, access_log, purging, dryrun) = flags;
+    let (delete_enabled, access_log, purging, dryrun, read_only) = flags;
     let config = Config {
         file,
         auth,
@@ -989,7 +997,8 @@ pub fn from_tree(
         access_log,
         upload_timeout,
         upload_cleanup_interval,
-        upload_purging: purging && !dryrun,
+        upload_purging: purging && !dryrun && !read_only,
+        read_only,
         page_default,
         page_max,
         headers,
@@ -1094,9 +1103,6 @@ fn response_headers(tree: &Value) -> Result<Vec<(http::HeaderName, http::HeaderV
 /// Settings that would change behaviour if honoured and cannot be: refused.
 fn unsupported(tree: &Value) -> Result<(), ConfigError> {
     let mut errors = Vec::new();
-    if get_bool(tree, "storage.maintenance.readonly.enabled", false)? {
-        errors.push("storage.maintenance.readonly.enabled: read-only mode is not available in this version of Berth; set it to false (the registry would otherwise accept writes)".to_owned());
-    }
     if get_str(tree, "http.prefix")?.is_some_and(|p| !p.trim().is_empty() && p.trim() != "/") {
         errors.push("http.prefix: serving under a path prefix is not available in this version of Berth; serve the registry at the root of its host (clients would otherwise get wrong URLs)".to_owned());
     }
@@ -1438,8 +1444,12 @@ mod tests {
                 .0
                 .starts_with("proxy")
         );
-        assert!(load_str("storage: {maintenance: {readonly: {enabled: true}}}", &[]).is_err());
-        assert!(load_str("storage: {maintenance: {readonly: {enabled: false}}}", &[]).is_ok());
+        let (c, w) = load_str("storage: {maintenance: {readonly: {enabled: true}}}", &[]).unwrap();
+        assert!(c.read_only && !c.upload_purging, "read-only mode removes nothing");
+        assert!(w.is_empty(), "{w:?}");
+        let (c, _) = load_str("", &[("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED", "true")]).unwrap();
+        assert!(c.read_only);
+        assert!(!load_str("", &[]).unwrap().0.read_only);
         assert!(load_str("http: {prefix: /registry}", &[]).is_err());
         let (c, _) = load_str(
             "storage: {maintenance: {uploadpurging: {enabled: true, dryrun: true}}}",

@@ -34,12 +34,16 @@ pub struct RemoteJwks {
 impl RemoteJwks {
     /// A fetcher for `url`; `base` are the keys from files.
     pub fn new(url: String, base: KeySet) -> Result<RemoteJwks, String> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| format!("auth.token.jwksurl: cannot load the system's root certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        // The system's roots when it has any; an image FROM scratch has none, and then the
+        // Mozilla roots compiled into the binary are used.
+        let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::info!(reason = %e, "no system root certificates; using the built-in Mozilla roots for auth.token.jwksurl");
+                hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
+            }
+        };
+        let https = builder.https_or_http().enable_http1().build();
         let client = Client::builder(TokioExecutor::new()).build(https);
         Ok(RemoteJwks {
             url,

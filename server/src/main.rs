@@ -57,6 +57,9 @@ enum Command {
         /// Certificate validity in days.
         #[arg(long, default_value_t = 3650)]
         days: u32,
+        /// Keep an existing key and certificate instead of failing (for init containers).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Print a JWKS document for PEM certificates, public keys or private keys, with kid = the
     /// RFC 7638 thumbprint (what distribution v3's auth.token.jwks expects).
@@ -85,6 +88,19 @@ enum Command {
     },
     /// Validate the configuration, open the files it names, and print the settings in effect.
     CheckConfig(ConfigSource),
+    /// Probe a running registry: GET the path over HTTP and exit 0 on 200, 1 otherwise. For
+    /// container health checks in images without a shell or curl.
+    Healthcheck {
+        /// Address of the registry.
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        addr: SocketAddr,
+        /// Path to get (/healthz: the process answers; /readyz: storage and metadata work).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -107,9 +123,13 @@ fn main() {
             cert,
             name,
             days,
-        } => cli::keygen(&alg, &key, &cert, &name, days),
+            if_missing,
+        } => cli::keygen(&alg, &key, &cert, &name, days, if_missing),
         Command::Jwks { files, cert, key } => cli::jwks(&[files, cert, key].concat()),
         Command::Token { user, scopes, src } => cli::token(&src, &user, &scopes),
         Command::CheckConfig(src) | Command::Config(ConfigCommand::Check(src)) => cli::check_config(&src),
+        Command::Healthcheck { addr, path, timeout } => {
+            cli::healthcheck(addr, &path, std::time::Duration::from_secs(timeout))
+        }
     }
 }

@@ -765,3 +765,30 @@ async fn client_address_rules_and_trusted_proxies() {
         .await;
     r.expect_error(401, &["UNAUTHORIZED"]);
 }
+
+#[test]
+fn keygen_if_missing_keeps_an_existing_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = keygen(dir.path());
+    let before = std::fs::read(&key).unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(BERTH)
+            .args(["keygen", "--key", &key, "--cert", &cert])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--if-missing"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(&key).unwrap(), before, "the key was kept");
+    assert!(
+        !run(&[]).status.success(),
+        "without --if-missing an existing key is not overwritten"
+    );
+    std::fs::remove_file(&cert).unwrap();
+    let out = run(&["--if-missing"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not"),
+        "{out:?}"
+    );
+}

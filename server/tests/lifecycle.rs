@@ -92,6 +92,25 @@ async fn health_and_readiness_answer_without_credentials() {
     h.expect(200);
     assert_eq!(h.json()["status"], "ok");
     reg.get("/readyz").await.expect(200);
+    // `berth healthcheck` (the probe of shell-less images) agrees.
+    let addr = reg.base.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let probe = |addr: &str, path: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["healthcheck", "--addr", addr, "--path", path, "--timeout", "5"])
+            .output()
+            .unwrap()
+    };
+    let out = probe(&addr, "/readyz");
+    assert!(out.status.success(), "{out:?}");
+    let out = probe(&addr, "/v2/");
+    assert_eq!(out.status.code(), Some(1), "a 401 is not healthy: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = probe(&closed.to_string(), "/healthz");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     // storage that cannot take a write: not ready, and the reason says so
     let uploads = reg.storage().join("uploads");
     std::fs::remove_dir_all(&uploads).unwrap();
@@ -157,4 +176,48 @@ async fn configured_headers_and_cors_preflight() {
     ] {
         assert!(expose.contains(h), "{h} not exposed: {expose}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_maintenance_mode() {
+    let Some(mut reg) = Registry::start_local(&[("REGISTRY_STORAGE_DELETE_ENABLED", "true")]).await else {
+        return;
+    };
+    let (manifest, digest) = reg.push_image("ro/app", "v1").await;
+    let layer = reg.push_blob("ro/app", b"a layer pushed before maintenance").await;
+    reg.set_env("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED", "true");
+    reg.restart().await;
+    assert!(reg.log_text().contains("read-only maintenance mode"));
+    // Pulls work.
+    assert_eq!(reg.get_manifest("ro/app", "v1").await.expect(200).body, manifest);
+    reg.head(&format!("/v2/ro/app/blobs/{layer}")).await.expect(200);
+    reg.get("/v2/ro/app/tags/list").await.expect(200);
+    reg.get("/v2/_catalog").await.expect(200);
+    // Writes are refused with a message that says why.
+    for (method, path) in [
+        (Method::POST, "/v2/ro/app/blobs/uploads/".to_owned()),
+        (
+            Method::POST,
+            format!("/v2/ro/other/blobs/uploads/?mount={layer}&from=ro/app"),
+        ),
+        (Method::DELETE, format!("/v2/ro/app/manifests/{digest}")),
+        (Method::DELETE, format!("/v2/ro/app/blobs/{layer}")),
+    ] {
+        let r = reg.request(method.clone(), reg.url(&path)).await;
+        let e = r.expect_error(405, &["UNSUPPORTED"]);
+        assert!(
+            e["message"].as_str().unwrap().contains("read-only"),
+            "{method} {path}: {e}"
+        );
+    }
+    let r = reg
+        .put_manifest("ro/app", "v2", "application/vnd.oci.image.manifest.v1+json", &manifest)
+        .await;
+    r.expect_error(405, &["UNSUPPORTED"]);
+    // Nothing changed, and after maintenance writes work again.
+    reg.set_env("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED", "false");
+    reg.restart().await;
+    assert_eq!(reg.get_manifest("ro/app", "v1").await.expect(200).body, manifest);
+    reg.get_manifest("ro/app", "v2").await.expect(404);
+    reg.push_blob("ro/app", b"after maintenance").await;
 }

@@ -291,6 +291,11 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             user = caller.user.clone();
             match route {
                 Ok(r) => match app.access.authorize(&app.authn, &caller, &access::need(&r, &method)) {
+                    Ok(()) if app.config.read_only && !matches!(method, Method::GET | Method::HEAD) => Err(
+                        ApiError::new(Kind::Unsupported).message(
+                            "the registry is in read-only maintenance mode (storage.maintenance.readonly.enabled): pulls work, pushes and deletes are refused until the operator turns it off",
+                        ),
+                    ),
                     Ok(()) => dispatch(&app, &r, &caller, req).await,
                     Err(e) => Err(e),
                 },

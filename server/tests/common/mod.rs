@@ -495,6 +495,12 @@ impl Registry {
         }
     }
 
+    /// Set (or replace) a `REGISTRY_*` setting for the next [`Registry::restart`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Stop the process and start it again on the same storage (on a new port: `base` changes).
     pub async fn restart(&mut self) {
         assert!(self.dir.is_some(), "restart needs a local registry");

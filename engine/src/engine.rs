@@ -276,6 +276,12 @@ impl Engine {
         self.uploads.reap(timeout).await
     }
 
+    /// Number of stored blobs and their total size in bytes (reads every blob record: for
+    /// metrics, not for hot paths).
+    pub async fn storage_stats(&self) -> Result<(u64, u64)> {
+        self.meta(|m| m.blob_stats()).await
+    }
+
     /// Number of upload sessions this process holds.
     pub fn uploads_in_progress(&self) -> usize {
         self.uploads.len()

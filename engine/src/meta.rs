@@ -111,6 +111,19 @@ impl Meta {
         Ok(t.get(digest.to_string().as_str())?.map(|v| v.value().0))
     }
 
+    /// Number of stored blobs and their total size in bytes.
+    pub fn blob_stats(&self) -> Result<(u64, u64)> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(BLOBS)?;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for row in t.iter()? {
+            let (_, v) = row?;
+            n += 1;
+            bytes += v.value().0;
+        }
+        Ok((n, bytes))
+    }
+
     /// Link a blob into a repository (idempotent).
     pub fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
         let tx = self.db.begin_write()?;

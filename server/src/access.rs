@@ -119,7 +119,9 @@ impl Access {
             } else {
                 let error = caller.grant.as_ref().map(|_| "insufficient_scope");
                 let message = error.map(|_| "the token does not grant this access");
-                Err(authn.unauthorized(message, need.scope().as_deref(), error))
+                Err(authn
+                    .unauthorized(message, need.scope().as_deref(), error)
+                    .auth_failure(error.unwrap_or("no_credentials")))
             };
         }
         let anonymous_needs_login = caller.user.is_none() && authn.required();
@@ -129,8 +131,8 @@ impl Access {
         };
         match (allowed, anonymous_needs_login) {
             (true, _) => Ok(()),
-            (false, true) => Err(authn.unauthorized(None, None, None)),
-            (false, false) => Err(ApiError::new(Kind::Denied).detail(match need {
+            (false, true) => Err(authn.unauthorized(None, None, None).auth_failure("no_credentials")),
+            (false, false) => Err(ApiError::new(Kind::Denied).auth_failure("denied").detail(match need {
                 Need::Repo(repo, action) => serde_json::json!({"name": repo.as_str(), "action": action.as_str()}),
                 Need::Login | Need::Catalog => serde_json::Value::Null,
             })),

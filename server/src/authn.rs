@@ -241,11 +241,13 @@ impl Authn {
             (Authn::None, _) | (_, None) => Ok(Caller::default()),
             (Authn::Basic { verifier, .. }, Some(value)) => {
                 let Some(creds) = BasicCredentials::from_header(value) else {
-                    return Err(self.unauthorized(
-                        Some("the Authorization header is not valid Basic credentials"),
-                        None,
-                        None,
-                    ));
+                    return Err(self
+                        .unauthorized(
+                            Some("the Authorization header is not valid Basic credentials"),
+                            None,
+                            None,
+                        )
+                        .auth_failure("basic_malformed"));
                 };
                 if let Some(id) = verifier.verify(&creds).await {
                     Ok(Caller {
@@ -255,7 +257,9 @@ impl Authn {
                     })
                 } else {
                     tracing::info!(user = %creds.user, "authentication failed: unknown user or wrong password");
-                    Err(self.unauthorized(Some("invalid username or password"), None, None))
+                    Err(self
+                        .unauthorized(Some("invalid username or password"), None, None)
+                        .auth_failure("basic_invalid"))
                 }
             }
             (Authn::Token(t), Some(value)) => {
@@ -264,11 +268,13 @@ impl Authn {
                     .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                     .map(|(_, tok)| tok.trim());
                 let Some(token) = token else {
-                    return Err(self.unauthorized(
-                        Some(&format!("this registry uses token authentication: get a token from {} and send it as Authorization: Bearer", t.realm)),
-                        None,
-                        None,
-                    ));
+                    return Err(self
+                        .unauthorized(
+                            Some(&format!("this registry uses token authentication: get a token from {} and send it as Authorization: Bearer", t.realm)),
+                            None,
+                            None,
+                        )
+                        .auth_failure("bearer_missing"));
                 };
                 let mut verified = t.verifier.verify(token);
                 if let (Err(berth_auth::token::VerifyError::UnknownKid { .. }), Some(remote)) = (&verified, &t.remote)
@@ -284,7 +290,9 @@ impl Authn {
                     }),
                     Err(e) => {
                         tracing::warn!(reason = %e, "bearer token rejected");
-                        Err(self.unauthorized(Some(&format!("invalid token: {e}")), None, Some("invalid_token")))
+                        Err(self
+                            .unauthorized(Some(&format!("invalid token: {e}")), None, Some("invalid_token"))
+                            .auth_failure(e.reason()))
                     }
                 }
             }

@@ -149,13 +149,29 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         );
     }
     authn.spawn_reloader();
+    let debug = match cfg.debug_addr.filter(|_| cfg.metrics_path.is_some()) {
+        Some(addr) => Some(bind(addr, "http.debug.addr / REGISTRY_HTTP_DEBUG_ADDR").await?),
+        None => None,
+    };
     let app = Arc::new(App {
         engine,
         config: cfg,
         authn,
         access,
+        metrics: Arc::default(),
     });
     serve::spawn_upload_reaper(app.clone());
+    if let Some(listener) = debug {
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(addr = %local, path = app.config.metrics_path.as_deref().unwrap_or(""), "metrics listener");
+        let app = app.clone();
+        tokio::spawn(async move {
+            let handler = move |req| api::handle_debug(app.clone(), req);
+            if let Err(e) = serve::serve_with(handler, listener, std::future::pending()).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     serve::serve(app, listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())

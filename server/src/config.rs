@@ -133,6 +133,24 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Directory of per-namespace credentials: each subfolder <namespace>/ holds files username and password (a mounted Kubernetes Secret). Such a user may pull and push under <namespace> and <namespace>/** (access rules can grant more). Used in basic mode and by the built-in token server, alongside auth.htpasswd.path; re-read every 2 seconds.",
     },
     Setting {
+        path: "http.debug.prometheus.enabled",
+        env: &["REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED"],
+        default: "true",
+        doc: "Serve Prometheus metrics (requests, latency histograms, bytes, auth failures, uploads in progress, storage size), without credentials.",
+    },
+    Setting {
+        path: "http.debug.prometheus.path",
+        env: &["REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH"],
+        default: "/metrics",
+        doc: "Path of the metrics; must start with / and not be under /v2.",
+    },
+    Setting {
+        path: "http.debug.addr",
+        env: &["REGISTRY_HTTP_DEBUG_ADDR"],
+        default: "(none)",
+        doc: "A second listener (host:port) that serves only the metrics; when set, the main listener does not serve them.",
+    },
+    Setting {
         path: "http.trustedproxies",
         env: &["REGISTRY_HTTP_TRUSTEDPROXIES"],
         default: "(none)",
@@ -283,7 +301,6 @@ const IGNORED_SECTIONS: &[&str] = &[
     "storage.cache",
     "storage.redirect",
     "storage.tag",
-    "http.debug",
     "http.relativeurls",
     "http.draintimeout",
     "http.net",
@@ -596,6 +613,10 @@ pub struct Config {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Read-only maintenance mode: writes are refused.
     pub read_only: bool,
+    /// Path of the Prometheus metrics; `None` when turned off.
+    pub metrics_path: Option<String>,
+    /// Separate listener for the metrics (`http.debug.addr`).
+    pub debug_addr: Option<SocketAddr>,
     /// Reverse proxies whose `X-Forwarded-For` is believed (`http.trustedproxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -970,6 +991,8 @@ pub fn from_tree(
     take(response_headers(&tree).map(|h| headers = h));
     let mut trusted_proxies = Vec::new();
     take(trusted_proxy_list(&tree).map(|t| trusted_proxies = t));
+    let (mut metrics_path, mut debug_addr) = (Some("/metrics".to_owned()), None);
+    take(metrics_settings(&tree).map(|(p, a)| (metrics_path, debug_addr) = (p, a)));
     let mut flags = (false, true, true, false, false);
     take((|| {
         flags = (
@@ -999,12 +1022,52 @@ pub fn from_tree(
         upload_cleanup_interval,
         upload_purging: purging && !dryrun && !read_only,
         read_only,
+        metrics_path,
+        debug_addr,
         page_default,
         page_max,
         headers,
         trusted_proxies,
     };
     Ok((config, warnings))
+}
+
+/// `http.debug.prometheus.*` and `http.debug.addr`.
+fn metrics_settings(tree: &Value) -> Result<(Option<String>, Option<SocketAddr>), ConfigError> {
+    if !get_bool(tree, "http.debug.prometheus.enabled", true)? {
+        return Ok((None, None));
+    }
+    let path = get_str(tree, "http.debug.prometheus.path")?
+        .unwrap_or("/metrics")
+        .trim();
+    if !path.starts_with('/') || path.starts_with("/v2") || path == "/" {
+        return Err(ConfigError(format!(
+            "http.debug.prometheus.path (env REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH): {path:?} must start with / and not be under /v2, e.g. /metrics"
+        )));
+    }
+    let addr = match get_str(tree, "http.debug.addr")?
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        None => None,
+        Some(a) => {
+            let (host, port) = a.rsplit_once(':').unwrap_or(("", ""));
+            let ip = if host.is_empty() {
+                Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+            } else {
+                parse_host(host)
+            };
+            match (ip, port.parse::<u16>()) {
+                (Some(ip), Ok(port)) => Some(SocketAddr::new(ip, port)),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "http.debug.addr (env REGISTRY_HTTP_DEBUG_ADDR): {a:?} is not host:port, e.g. 127.0.0.1:5001"
+                    )));
+                }
+            }
+        }
+    };
+    Ok((Some(path.to_owned()), addr))
 }
 
 /// `http.trustedproxies`: addresses or networks.
@@ -1345,6 +1408,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn metrics_settings() {
+        let (c, w) = load_str("", &[]).unwrap();
+        assert_eq!((c.metrics_path.as_deref(), c.debug_addr), (Some("/metrics"), None));
+        assert!(w.is_empty());
+        let (c, w) = load_str(
+            "http: {debug: {addr: 'localhost:5001', prometheus: {enabled: true, path: /m}}}",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.metrics_path.as_deref(), Some("/m"));
+        assert_eq!(c.debug_addr, Some("127.0.0.1:5001".parse().unwrap()));
+        assert!(w.is_empty(), "{w:?}");
+        let (c, _) = load_str("", &[("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "false")]).unwrap();
+        assert_eq!(c.metrics_path, None);
+        assert!(load_str("", &[("REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH", "/v2/metrics")]).is_err());
+        assert!(load_str("", &[("REGISTRY_HTTP_DEBUG_ADDR", "nowhere")]).is_err());
     }
 
     #[test]

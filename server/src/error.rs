@@ -166,6 +166,8 @@ pub struct ApiError {
     pub detail: Value,
     /// Extra response headers (e.g. `Range` on a 416).
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// For a refused authentication or authorization, why (a `berth_auth_failures_total` label).
+    pub auth_failure: Option<&'static str>,
 }
 
 impl ApiError {
@@ -176,7 +178,14 @@ impl ApiError {
             message: None,
             detail: Value::Null,
             headers: Vec::new(),
+            auth_failure: None,
         }
+    }
+
+    /// Mark as an authentication or authorization failure with this reason.
+    pub fn auth_failure(mut self, reason: &'static str) -> ApiError {
+        self.auth_failure = Some(reason);
+        self
     }
 
     /// Replace the message.

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod jwks_fetch;
+pub mod metrics;
 pub mod range;
 pub mod route;
 pub mod serve;

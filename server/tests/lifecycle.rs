@@ -221,3 +221,118 @@ async fn read_only_maintenance_mode() {
     reg.get_manifest("ro/app", "v2").await.expect(404);
     reg.push_blob("ro/app", b"after maintenance").await;
 }
+
+/// The value of one sample line of a Prometheus exposition (0 when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_metrics() {
+    let Some(reg) = Registry::start_local(&[]).await else {
+        return;
+    };
+    let data = common::random_bytes(300_000, 7);
+    let digest = reg.push_blob("metrics/app", &data).await;
+    reg.get(&format!("/v2/metrics/app/blobs/{digest}")).await.expect(200);
+    reg.head(&format!("/v2/metrics/app/blobs/{digest}")).await.expect(200);
+    reg.get("/v2/metrics/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000")
+        .await
+        .expect(404);
+    let _open = reg.start_upload("metrics/app").await;
+    let m = reg.get("/metrics").await;
+    m.expect(200);
+    assert!(m.must_header("content-type").starts_with("text/plain; version=0.0.4"));
+    let t = m.text();
+    assert_eq!(
+        sample(
+            &t,
+            r#"berth_http_requests_total{route="blob",method="GET",status="200"}"#
+        ),
+        1.0,
+        "{t}"
+    );
+    assert_eq!(
+        sample(
+            &t,
+            r#"berth_http_requests_total{route="blob",method="GET",status="404"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &t,
+            r#"berth_http_requests_total{route="blob",method="HEAD",status="200"}"#
+        ),
+        1.0
+    );
+    assert!(
+        sample(&t, r#"berth_http_request_bytes_total{route="upload_start"}"#)
+            + sample(&t, r#"berth_http_request_bytes_total{route="upload"}"#)
+            >= 300_000.0,
+        "{t}"
+    );
+    assert!(sample(&t, r#"berth_http_response_bytes_total{route="blob"}"#) >= 300_000.0);
+    assert!(sample(&t, r#"berth_http_request_duration_seconds_count{route="blob"}"#) >= 3.0);
+    assert_eq!(sample(&t, "berth_uploads_in_progress"), 1.0);
+    assert!(sample(&t, "berth_storage_bytes") >= 300_000.0);
+    assert!(sample(&t, "berth_storage_blobs") >= 1.0);
+
+    // Authentication failures by reason.
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = one_user_htpasswd(dir.path());
+    let reg = Registry::start_local(&[("REGISTRY_AUTH_HTPASSWD", &htpasswd)])
+        .await
+        .unwrap();
+    reg.get("/v2/").await.expect(401);
+    let wrong = format!("Basic {}", base64_of("u:wrong"));
+    for _ in 0..2 {
+        reg.send(reg.client.get(reg.url("/v2/")).header("Authorization", &wrong))
+            .await
+            .expect(401);
+    }
+    let t = reg.get("/metrics").await.expect(200).text();
+    assert_eq!(
+        sample(&t, r#"berth_auth_failures_total{reason="basic_invalid"}"#),
+        2.0,
+        "{t}"
+    );
+    // (the harness's readiness probe is anonymous too)
+    assert!(sample(&t, r#"berth_auth_failures_total{reason="no_credentials"}"#) >= 1.0);
+    assert_eq!(sample(&t, r#"berth_auth_failures_total{reason="denied"}"#), 0.0);
+
+    // A separate metrics listener: the main one no longer serves them.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let reg = Registry::start_local(&[
+        ("REGISTRY_HTTP_DEBUG_ADDR", &addr),
+        ("REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH", "/m"),
+    ])
+    .await
+    .unwrap();
+    reg.get("/m").await.expect(404);
+    reg.get("/v2/").await.expect(200);
+    let r = reg.client.get(format!("http://{addr}/m")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t = r.text().await.unwrap();
+    assert_eq!(
+        sample(
+            &t,
+            r#"berth_http_requests_total{route="base",method="GET",status="200"}"#
+        ),
+        2.0,
+        "{t}"
+    );
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}

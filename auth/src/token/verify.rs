@@ -77,6 +77,28 @@ pub enum VerifyError {
     MissingClaim(String),
 }
 
+impl VerifyError {
+    /// A short, stable name of the reason, for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::Malformed(_) => "malformed",
+            VerifyError::AlgNone => "alg_none",
+            VerifyError::AlgNotAccepted(_) => "alg_not_accepted",
+            VerifyError::UnknownKid { .. } => "unknown_kid",
+            VerifyError::NoKid => "no_kid",
+            VerifyError::X5c(_) => "x5c",
+            VerifyError::AlgMismatch { .. } => "alg_mismatch",
+            VerifyError::BadSignature => "bad_signature",
+            VerifyError::Expired => "expired",
+            VerifyError::NotYetValid => "not_yet_valid",
+            VerifyError::IssuedInFuture => "issued_in_future",
+            VerifyError::Issuer => "issuer",
+            VerifyError::Audience => "audience",
+            VerifyError::MissingClaim(_) => "missing_claim",
+        }
+    }
+}
+
 /// What a verified token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {

@@ -21,6 +21,7 @@ use crate::access::{self, Access, Caller};
 use crate::authn::Authn;
 use crate::config::Config;
 use crate::error::{ApiError, Kind};
+use crate::metrics::{Gauges, Metrics};
 use crate::route::{self, Route};
 
 /// Response body type.
@@ -36,6 +37,8 @@ pub struct App {
     pub authn: Arc<Authn>,
     /// Access rules.
     pub access: Arc<Access>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// `Docker-Distribution-API-Version` value sent on every response.
@@ -174,7 +177,7 @@ pub async fn handle_token_only(app: Arc<TokenApp>, req: Request<Incoming>) -> Re
                 .message("this is a token server: use the token endpoint or /.well-known/jwks.json")),
         )
     };
-    finish_response(app.access_log, resp, head, start, &method, kind, None, None, 0)
+    finish_response(app.access_log, None, resp, head, start, &method, kind, None, None, 0)
 }
 
 /// Headers a browser may read from responses when CORS is configured.
@@ -215,8 +218,58 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 enum Outside {
     Health,
     Ready,
+    Metrics,
     Token,
     Jwks,
+}
+
+/// The Prometheus exposition of `app`'s metrics.
+pub async fn metrics_response(app: &App) -> Result<Response<Body>, ApiError> {
+    let storage = match app.metrics.cached_storage() {
+        Some(s) => Some(s),
+        None => match app.engine.storage_stats().await {
+            Ok((n, bytes)) => {
+                app.metrics.set_storage(n, bytes);
+                Some((n, bytes))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the storage size for /metrics failed");
+                None
+            }
+        },
+    };
+    let text = app.metrics.render(&Gauges {
+        uploads_in_progress: app.engine.uploads_in_progress() as u64,
+        storage,
+    });
+    finish(
+        response(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .header(header::CONTENT_LENGTH, text.len()),
+        full(text),
+    )
+}
+
+/// Handle one request on the separate metrics listener (`http.debug.addr`).
+pub async fn handle_debug(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let resp = match app.config.metrics_path.as_deref() {
+        Some(p) if p == req.uri().path() => metrics_response(&app).await,
+        _ => Err(ApiError::new(Kind::NotFound).message("this listener serves only the metrics")),
+    };
+    finish_response(
+        false,
+        Some(&app.metrics),
+        resp,
+        method == Method::HEAD,
+        start,
+        &method,
+        "metrics",
+        None,
+        None,
+        0,
+    )
 }
 
 /// `/readyz`: 200 when the engine can serve, 503 naming the failing check.
@@ -248,6 +301,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let outside = match path {
         "/healthz" => Some(Outside::Health),
         "/readyz" => Some(Outside::Ready),
+        p if app.config.debug_addr.is_none() && app.config.metrics_path.as_deref() == Some(p) => Some(Outside::Metrics),
         token::JWKS_PATH if token_server.is_some() => Some(Outside::Jwks),
         p if token_server.is_some_and(|s| s.path == p) => Some(Outside::Token),
         _ => None,
@@ -259,12 +313,14 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             ),
             (Outside::Ready, _) => ("readyz", readiness(&app).await),
+            (Outside::Metrics, _) => ("metrics", metrics_response(&app).await),
             (Outside::Token, Some(server)) => ("token", token::issue(&app.access, server, client, req).await),
             (Outside::Jwks, Some(server)) => ("jwks", token::jwks(server)),
             (Outside::Token | Outside::Jwks, None) => ("invalid", Err(Kind::NotFound.into())),
         };
         return finish_response(
             app.config.access_log,
+            Some(&app.metrics),
             resp,
             head,
             start,
@@ -301,7 +357,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 },
                 // An unauthenticated client learns nothing about routes or names.
                 Err(_) if caller.user.is_none() && caller.grant.is_none() && app.authn.required() => {
-                    Err(app.authn.unauthorized(None, None, None))
+                    Err(app.authn.unauthorized(None, None, None).auth_failure("no_credentials"))
                 }
                 Err(e) => Err(e),
             }
@@ -309,6 +365,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     };
     let mut resp = finish_response(
         app.config.access_log,
+        Some(&app.metrics),
         result,
         head,
         start,
@@ -329,6 +386,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 #[allow(clippy::too_many_arguments)]
 fn finish_response(
     access_log: bool,
+    metrics: Option<&Metrics>,
     result: Result<Response<Body>, ApiError>,
     head: bool,
     start: Instant,
@@ -340,15 +398,31 @@ fn finish_response(
 ) -> Response<Body> {
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => error_response(&e, head),
+        Err(e) => {
+            if let (Some(m), Some(reason)) = (metrics, e.auth_failure) {
+                m.auth_failure(reason);
+            }
+            error_response(&e, head)
+        }
     };
     resp.headers_mut()
         .insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
-    if access_log {
-        let status = resp.status().as_u16();
-        let bytes_out = header_str(resp.headers(), header::CONTENT_LENGTH)
+    let status = resp.status().as_u16();
+    let bytes_out = if head {
+        0
+    } else {
+        header_str(resp.headers(), header::CONTENT_LENGTH)
             .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+            .unwrap_or(0)
+    };
+    if let Some(m) = metrics {
+        m.request(kind, method, status, start.elapsed(), bytes_out);
+        if !kind.starts_with("upload") {
+            // Upload bodies are counted as they stream; others by their declared length.
+            m.received(kind, bytes_in);
+        }
+    }
+    if access_log {
         tracing::info!(
             target: "berth::access",
             %method,

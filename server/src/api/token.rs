@@ -117,6 +117,7 @@ pub(super) async fn issue(
             let Some(id) = server.users.verify(c).await else {
                 tracing::info!(user = %c.user, "token request refused: unknown user or wrong password");
                 return Err(ApiError::new(Kind::Unauthorized)
+                    .auth_failure("token_request_invalid_credentials")
                     .message("invalid username or password")
                     .header(header::WWW_AUTHENTICATE, &challenge));
             };
@@ -125,10 +126,14 @@ pub(super) async fn issue(
         (None, Some(t)) => {
             let user = server.issuer.refresh_subject(t).map_err(|e| {
                 tracing::info!(reason = %e, "refresh token refused");
-                ApiError::new(Kind::Unauthorized).message(format!("invalid refresh token: {e}"))
+                ApiError::new(Kind::Unauthorized)
+                    .auth_failure("token_request_invalid_refresh")
+                    .message(format!("invalid refresh token: {e}"))
             })?;
             let Some(id) = server.users.lookup(&user) else {
-                return Err(ApiError::new(Kind::Unauthorized).message("the refresh token's user no longer exists"));
+                return Err(ApiError::new(Kind::Unauthorized)
+                    .auth_failure("token_request_invalid_refresh")
+                    .message("the refresh token's user no longer exists"));
             };
             Some(id)
         }

@@ -13,6 +13,21 @@ use crate::error::{ApiError, Kind, upload_range};
 use crate::range::parse_content_range;
 use berth_auth::Action;
 
+/// The request body as a stream of frames, counted into the metrics as it arrives.
+fn counted_body(
+    app: &App,
+    kind: &'static str,
+    req: Request<Incoming>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, hyper::Error>> + Send + 'static {
+    use futures_util::StreamExt as _;
+    let metrics = app.metrics.clone();
+    req.into_body().into_data_stream().inspect(move |frame| {
+        if let Ok(b) = frame {
+            metrics.received(kind, b.len() as u64);
+        }
+    })
+}
+
 /// Chunk size advertised in `OCI-Chunk-Min-Length`: chunks of at least this size keep request
 /// overhead small. Smaller chunks are still accepted.
 pub const CHUNK_MIN_LENGTH: u64 = 1024 * 1024;
@@ -94,7 +109,7 @@ pub(super) async fn start(
         }
     } else if let Some(digest) = digest_param(&q, "digest")? {
         let id = app.engine.upload_start(repo).await?;
-        let body = req.into_body().into_data_stream();
+        let body = counted_body(app, "upload_start", req);
         return match app.engine.upload_finish(repo, id, &digest, None, body).await {
             Ok(_) => blob_created(repo, &digest),
             Err(e) => {
@@ -119,7 +134,7 @@ pub(super) async fn patch(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let range = content_range(app, repo, id, &req).await?;
-    let body = req.into_body().into_data_stream();
+    let body = counted_body(app, "upload", req);
     let offset = app.engine.upload_append(repo, id, range, body).await?;
     session_response(StatusCode::ACCEPTED, repo, id, offset)
 }
@@ -135,7 +150,7 @@ pub(super) async fn put(
         ApiError::new(Kind::DigestInvalid).message("the digest query parameter is required to complete an upload")
     })?;
     let range = content_range(app, repo, id, &req).await?;
-    let body = req.into_body().into_data_stream();
+    let body = counted_body(app, "upload", req);
     app.engine.upload_finish(repo, id, &digest, range, body).await?;
     blob_created(repo, &digest)
 }

@@ -164,16 +164,18 @@ stop_registry() {
 }
 
 # start_extra NAME PORT CMD...: start another registry (auth modes) with its log in $LOGS/NAME.log and wait
-# until GET /v2/ answers (200 or 401).
+# until GET /v2/ answers (200 or 401). EXTRA_BASE (default http://127.0.0.1:PORT) and EXTRA_CURL (extra curl
+# arguments, e.g. --cacert FILE) change how it is probed.
 start_extra() {
   local name=$1 port=$2
   shift 2
   "$@" >>"$LOGS/$name.log" 2>&1 &
   local pid=$!
   EXTRA_PIDS+=("$pid")
-  local deadline=$((SECONDS + E2E_START_TIMEOUT)) code
+  local deadline=$((SECONDS + E2E_START_TIMEOUT)) code base=${EXTRA_BASE:-http://127.0.0.1:$port} probe=()
+  [[ -n ${EXTRA_CURL:-} ]] && read -r -a probe <<<"$EXTRA_CURL"
   while :; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$port/v2/" || true)
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "${probe[@]}" "$base/v2/" || true)
     [[ $code == 200 || $code == 401 ]] && break
     if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
       tail -n 30 "$LOGS/$name.log" | sed 's/^/  | /'
@@ -731,4 +733,91 @@ EOF
     STEP=""
   fi
   unset DOCKER_CONFIG
+fi
+
+# ---------------------------------------------------------------------------------------------------- g
+# TLS: a test CA, curl --cacert over HTTP/2 and HTTP/1.1, skopeo trusting the CA through --cert-dir,
+# certificate reload without a restart, and client certificates (mutual TLS).
+if [[ $E2E_TARGET == berth ]]; then
+  step "g1. TLS: curl --cacert (HTTP/2 and HTTP/1.1), skopeo trusting a test CA, certificate reload"
+  PKI="$WORK/pki"
+  mkdir -p "$PKI/skopeo-certs" "$PKI/mtls-certs"
+  # ca_and_leaf NAME SUBJECT [SAN]: NAME.key and NAME.crt signed by the test CA ($PKI/ca.*).
+  leaf() {
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$PKI/$1.key" \
+      -out "$PKI/$1.csr" -subj "/CN=$2" 2>/dev/null
+    printf '%s\n' "${3:-}" >"$PKI/$1.ext"
+    openssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 2 \
+      -sha256 ${3:+-extfile "$PKI/$1.ext"} -out "$PKI/$1.crt" 2>/dev/null
+  }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$PKI/ca.key" \
+    -out "$PKI/ca.crt" -days 2 -subj "/CN=Berth e2e test CA" 2>/dev/null
+  leaf server localhost "subjectAltName=DNS:localhost,IP:127.0.0.1"
+  cp "$PKI/server.crt" "$PKI/live.crt"
+  cp "$PKI/server.key" "$PKI/live.key"
+  cp "$PKI/ca.crt" "$PKI/skopeo-certs/ca.crt"
+  SPORT=$(free_port) || die "no free port"
+  S="localhost:$SPORT"
+  EXTRA_BASE="https://$S" EXTRA_CURL="--cacert $PKI/ca.crt" \
+    start_extra berth-tls "$SPORT" env REGISTRY_HTTP_ADDR="127.0.0.1:$SPORT" REGISTRY_STORAGE_PATH="$WORK/storage-tls" \
+    REGISTRY_HTTP_TLS_CERTIFICATE="$PKI/live.crt" REGISTRY_HTTP_TLS_KEY="$PKI/live.key" \
+    "$BERTH_BIN" serve --no-config-file
+  v=$(curl -s -o /dev/null -w '%{http_code} %{http_version}' --http2 --cacert "$PKI/ca.crt" "https://$S/v2/")
+  [[ $v == "200 2" ]] || die "curl --http2 https://$S/v2/: '$v', expected '200 2'"
+  v=$(curl -s -o /dev/null -w '%{http_code} %{http_version}' --http1.1 --cacert "$PKI/ca.crt" "https://$S/v2/")
+  [[ $v == "200 1.1" ]] || die "curl --http1.1 https://$S/v2/: '$v', expected '200 1.1'"
+  ok "curl --cacert: HTTP/2 by ALPN and HTTP/1.1 both answer 200"
+  if curl -s -o /dev/null "https://$S/v2/"; then die "curl trusted the test CA without --cacert"; fi
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://$S/v2/" || true)
+  [[ $code != 200 ]] || die "plain HTTP to the TLS port answered 200"
+  ok "without the CA curl refuses the certificate; plain HTTP to the TLS port gets no registry answer"
+  forget_skopeo_cache
+  run skopeo-tls skopeo copy --dest-cert-dir "$PKI/skopeo-certs" "oci:$SRC_LAYOUT:v1" "docker://$S/e2e/tls:v1"
+  run skopeo-tls-inspect skopeo inspect --raw --cert-dir "$PKI/skopeo-certs" "docker://$S/e2e/tls:v1"
+  [[ "sha256:$(sha256_of "$LOGS/skopeo-tls-inspect.log")" == "$SRC_DIGEST" ]] || die "manifest read back over TLS differs"
+  ok "skopeo copy/inspect over TLS with --cert-dir (CA only): manifest $SRC_DIGEST"
+  # Reload: a new certificate (new serial) is served without a restart.
+  serial() { openssl s_client -connect "127.0.0.1:$SPORT" -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -serial; }
+  old=$(serial)
+  leaf server2 localhost "subjectAltName=DNS:localhost,IP:127.0.0.1"
+  cp "$PKI/server2.key" "$PKI/live.key.new" && mv "$PKI/live.key.new" "$PKI/live.key"
+  cp "$PKI/server2.crt" "$PKI/live.crt.new" && mv "$PKI/live.crt.new" "$PKI/live.crt"
+  new=$(openssl x509 -noout -serial -in "$PKI/server2.crt")
+  deadline=$((SECONDS + 20))
+  until [[ $(serial) == "$new" ]]; do
+    ((SECONDS < deadline)) || die "the new certificate ($new) was not served within 20 s (still $(serial))"
+    sleep 0.5
+  done
+  v=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$PKI/ca.crt" "https://$S/v2/e2e/tls/manifests/v1" -H "Accept: application/vnd.oci.image.manifest.v1+json")
+  [[ $v == 200 ]] || die "after the reload GET manifest answered $v"
+  ok "certificate replaced on disk: served within seconds without a restart ($old -> $new)"
+  step_passed
+
+  step "g2. mutual TLS (http.tls.clientcas): no client certificate, no registry; skopeo with one pushes"
+  leaf client e2e-client "extendedKeyUsage=clientAuth"
+  cp "$PKI/ca.crt" "$PKI/mtls-certs/ca.crt"
+  cp "$PKI/client.crt" "$PKI/mtls-certs/client.cert"
+  cp "$PKI/client.key" "$PKI/mtls-certs/client.key"
+  MPORT=$(free_port) || die "no free port"
+  M="localhost:$MPORT"
+  EXTRA_BASE="https://$M" EXTRA_CURL="--cacert $PKI/ca.crt --cert $PKI/client.crt --key $PKI/client.key" \
+    start_extra berth-mtls "$MPORT" env REGISTRY_HTTP_ADDR="127.0.0.1:$MPORT" REGISTRY_STORAGE_PATH="$WORK/storage-mtls" \
+    REGISTRY_HTTP_TLS_CERTIFICATE="$PKI/server.crt" REGISTRY_HTTP_TLS_KEY="$PKI/server.key" \
+    REGISTRY_HTTP_TLS_CLIENTCAS="$PKI/ca.crt" "$BERTH_BIN" serve --no-config-file
+  if curl -s -o /dev/null --cacert "$PKI/ca.crt" "https://$M/v2/"; then
+    die "a client without a certificate got an answer from the mTLS registry"
+  fi
+  forget_skopeo_cache
+  run skopeo-mtls skopeo copy --dest-cert-dir "$PKI/mtls-certs" "oci:$SRC_LAYOUT:v1" "docker://$M/e2e/mtls:v1"
+  run skopeo-mtls-inspect skopeo inspect --raw --cert-dir "$PKI/mtls-certs" "docker://$M/e2e/mtls:v1"
+  [[ "sha256:$(sha256_of "$LOGS/skopeo-mtls-inspect.log")" == "$SRC_DIGEST" ]] || die "manifest read back over mTLS differs"
+  ok "skopeo with a client certificate (--cert-dir with client.cert/client.key) pushes and reads back $SRC_DIGEST"
+  # The same image, without the client certificate: the handshake fails, so nothing is read.
+  if skopeo inspect --raw --cert-dir "$PKI/skopeo-certs" "docker://$M/e2e/mtls:v1" >"$LOGS/skopeo-mtls-nocert.log" 2>&1; then
+    die "skopeo without a client certificate read e2e/mtls:v1 from the mTLS registry"
+  fi
+  grep -qiE 'certificate|tls|handshake' "$LOGS/skopeo-mtls-nocert.log" ||
+    die "skopeo without a client certificate failed for another reason: $(tail -n 2 "$LOGS/skopeo-mtls-nocert.log")"
+  ok "without a client certificate the handshake is refused (curl; skopeo: $(grep -oiE '[^:]*(certificate|handshake)[^"]*' "$LOGS/skopeo-mtls-nocert.log" | head -n 1))"
+  step_passed
 fi

@@ -123,9 +123,23 @@ async fn bind(addr: SocketAddr, setting: &str) -> Result<tokio::net::TcpListener
     .map_err(|e| format!("cannot listen on {addr} ({setting}): {e}"))
 }
 
+/// Load the TLS files, if configured, and keep them current.
+fn tls(cfg: &Config) -> Result<Option<Arc<crate::tls::Tls>>, String> {
+    let Some(t) = &cfg.tls else { return Ok(None) };
+    let tls = Arc::new(crate::tls::Tls::load(t.clone())?);
+    tracing::info!(
+        certificate = %t.certificate.display(),
+        client_certificates = if tls.requires_client_certificates() { "required" } else { "not asked for" },
+        minimum = if t.tls13_only { "TLS 1.3" } else { "TLS 1.2" },
+        "TLS on (HTTP/2 and HTTP/1.1 by ALPN)"
+    );
+    Ok(Some(tls))
+}
+
 /// `berth serve`: the registry.
 pub async fn serve(cfg: Config) -> Result<(), String> {
     let (authn, access) = security(&cfg)?;
+    let tls = tls(&cfg)?;
     let engine = Engine::open(&cfg.root).await.map_err(|e| {
         format!(
             "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
@@ -167,12 +181,15 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         let app = app.clone();
         tokio::spawn(async move {
             let handler = move |req| api::handle_debug(app.clone(), req);
-            if let Err(e) = serve::serve_with(handler, listener, std::future::pending()).await {
+            if let Err(e) = serve::serve_with(handler, listener, None, std::future::pending()).await {
                 tracing::error!(error = %e, "metrics listener failed");
             }
         });
     }
-    serve::serve(app, listener, shutdown_signal())
+    if let Some(t) = &tls {
+        t.spawn_reloader();
+    }
+    serve::serve(app, listener, tls, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }
@@ -180,6 +197,10 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
 /// `berth token-server`: only the token endpoint and the JWKS.
 pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
     let (authn, access) = security(&cfg)?;
+    let tls = tls(&cfg)?;
+    if let Some(t) = &tls {
+        t.spawn_reloader();
+    }
     let Some(server) = authn.token_server() else {
         return Err("berth token-server needs token mode with the built-in server: set auth.token.server.enabled: true (env REGISTRY_AUTH_TOKEN_SERVER_ENABLED=true) and auth.token.server.key".into());
     };
@@ -197,6 +218,7 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
     serve::serve_with(
         move |req| api::handle_token_only(app.clone(), req),
         listener,
+        tls,
         shutdown_signal(),
     )
     .await
@@ -207,6 +229,11 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
 pub fn check_config(src: &ConfigSource) {
     let cfg = load(src);
     if let Err(e) = security(&cfg) {
+        fail(&e);
+    }
+    if let Some(t) = &cfg.tls
+        && let Err(e) = crate::tls::server_config(t)
+    {
         fail(&e);
     }
     println!("{cfg:#?}");

@@ -133,6 +133,30 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Directory of per-namespace credentials: each subfolder <namespace>/ holds files username and password (a mounted Kubernetes Secret). Such a user may pull and push under <namespace> and <namespace>/** (access rules can grant more). Used in basic mode and by the built-in token server, alongside auth.htpasswd.path; re-read every 2 seconds.",
     },
     Setting {
+        path: "http.tls.certificate",
+        env: &["REGISTRY_HTTP_TLS_CERTIFICATE"],
+        default: "(none: plain HTTP)",
+        doc: "PEM certificate chain (leaf first); with http.tls.key, the listener speaks TLS (HTTP/2 and HTTP/1.1 by ALPN). Re-read within seconds when it changes.",
+    },
+    Setting {
+        path: "http.tls.key",
+        env: &["REGISTRY_HTTP_TLS_KEY"],
+        default: "(none)",
+        doc: "PEM private key of the certificate (PKCS#8, RSA or EC).",
+    },
+    Setting {
+        path: "http.tls.clientcas",
+        env: &["REGISTRY_HTTP_TLS_CLIENTCAS"],
+        default: "(none)",
+        doc: "PEM CA certificates (list; comma-separated in the variable): clients must present a certificate signed by one of them (mutual TLS).",
+    },
+    Setting {
+        path: "http.tls.minimumtls",
+        env: &["REGISTRY_HTTP_TLS_MINIMUMTLS"],
+        default: "tls1.2",
+        doc: "Oldest TLS version accepted: tls1.2 or tls1.3.",
+    },
+    Setting {
         path: "http.debug.prometheus.enabled",
         env: &["REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED"],
         default: "true",
@@ -302,6 +326,7 @@ const IGNORED_SECTIONS: &[&str] = &[
     "storage.redirect",
     "storage.tag",
     "http.relativeurls",
+    "http.tls.ciphersuites",
     "http.draintimeout",
     "http.net",
     "http.host",
@@ -319,8 +344,8 @@ const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
         "pull-through caching (proxy) is not available in this version of Berth; remove the proxy section to run an ordinary registry",
     ),
     (
-        "http.tls",
-        "TLS is not available in this version of Berth; terminate TLS in a proxy and remove http.tls",
+        "http.tls.letsencrypt",
+        "automatic certificates (Let's Encrypt) are not available in this version of Berth; obtain the certificate with an ACME client (certbot, lego) and name it in http.tls.certificate and http.tls.key (Berth reloads it when it is renewed)",
     ),
 ];
 
@@ -613,6 +638,8 @@ pub struct Config {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Read-only maintenance mode: writes are refused.
     pub read_only: bool,
+    /// TLS for the listener.
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Path of the Prometheus metrics; `None` when turned off.
     pub metrics_path: Option<String>,
     /// Separate listener for the metrics (`http.debug.addr`).
@@ -910,8 +937,8 @@ pub fn from_tree(
             }
             continue;
         }
-        if name.starts_with("REGISTRY_HTTP_TLS_") {
-            set_path(&mut tree, "http.tls.env", Value::String(name.clone()));
+        if name.starts_with("REGISTRY_HTTP_TLS_LETSENCRYPT_") {
+            set_path(&mut tree, "http.tls.letsencrypt.env", Value::String(name.clone()));
             continue;
         }
         warnings.push(format!(
@@ -991,6 +1018,8 @@ pub fn from_tree(
     take(response_headers(&tree).map(|h| headers = h));
     let mut trusted_proxies = Vec::new();
     take(trusted_proxy_list(&tree).map(|t| trusted_proxies = t));
+    let mut tls = None;
+    take(tls_settings(&tree).map(|t| tls = t));
     let (mut metrics_path, mut debug_addr) = (Some("/metrics".to_owned()), None);
     take(metrics_settings(&tree).map(|(p, a)| (metrics_path, debug_addr) = (p, a)));
     let mut flags = (false, true, true, false, false);
@@ -1022,6 +1051,7 @@ pub fn from_tree(
         upload_cleanup_interval,
         upload_purging: purging && !dryrun && !read_only,
         read_only,
+        tls,
         metrics_path,
         debug_addr,
         page_default,
@@ -1030,6 +1060,66 @@ pub fn from_tree(
         trusted_proxies,
     };
     Ok((config, warnings))
+}
+
+/// `http.tls.*`: none of it, or a certificate with its key.
+fn tls_settings(tree: &Value) -> Result<Option<crate::tls::TlsConfig>, ConfigError> {
+    let path = |p: &str| -> Result<Option<PathBuf>, ConfigError> {
+        Ok(get_str(tree, p)?.filter(|v| !v.trim().is_empty()).map(PathBuf::from))
+    };
+    let certificate = path("http.tls.certificate")?;
+    let key = path("http.tls.key")?;
+    let clientcas: Vec<PathBuf> = match get_path(tree, "http.tls.clientcas") {
+        Some(Value::String(s)) if s.trim_start().starts_with('[') => match parse_yaml_value(s) {
+            Value::Array(a) => a.iter().filter_map(|v| v.as_str()).map(PathBuf::from).collect(),
+            _ => Vec::new(),
+        },
+        _ => get_list(tree, "http.tls.clientcas")?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+    };
+    let minimum = get_str(tree, "http.tls.minimumtls")?
+        .unwrap_or("tls1.2")
+        .trim()
+        .to_ascii_lowercase();
+    let tls13_only = match minimum.as_str() {
+        "tls1.2" | "" => false,
+        "tls1.3" => true,
+        "tls1.0" | "tls1.1" => {
+            return Err(ConfigError(format!(
+                "http.tls.minimumtls (env REGISTRY_HTTP_TLS_MINIMUMTLS): {minimum} is not offered (TLS 1.0 and 1.1 are insecure); use tls1.2 or tls1.3"
+            )));
+        }
+        other => {
+            return Err(ConfigError(format!(
+                "http.tls.minimumtls (env REGISTRY_HTTP_TLS_MINIMUMTLS): {other:?} is not tls1.2 or tls1.3"
+            )));
+        }
+    };
+    match (certificate, key) {
+        (None, None) if clientcas.is_empty() => Ok(None),
+        (Some(certificate), Some(key)) => Ok(Some(crate::tls::TlsConfig {
+            certificate,
+            key,
+            clientcas,
+            tls13_only,
+        })),
+        (c, k) => {
+            let missing: Vec<&str> = [
+                c.is_none()
+                    .then_some("http.tls.certificate (env REGISTRY_HTTP_TLS_CERTIFICATE)"),
+                k.is_none().then_some("http.tls.key (env REGISTRY_HTTP_TLS_KEY)"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            Err(ConfigError(format!(
+                "{} is required for TLS: name the PEM certificate chain and its private key (the registry would otherwise serve plain HTTP)",
+                missing.join(" and ")
+            )))
+        }
+    }
 }
 
 /// `http.debug.prometheus.*` and `http.debug.addr`.
@@ -1497,13 +1587,43 @@ mod tests {
     }
 
     #[test]
-    fn tls_refuses_to_start_rather_than_run_open() {
+    fn tls_settings() {
+        let (c, w) = load_str(
+            "http: {tls: {certificate: /c.pem, key: /k.pem, clientcas: [/ca1.pem, /ca2.pem], minimumtls: tls1.3}}",
+            &[],
+        )
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.certificate, PathBuf::from("/c.pem"));
+        assert_eq!(t.clientcas.len(), 2);
+        assert!(t.tls13_only);
+        assert!(w.is_empty(), "{w:?}");
+        let (c, _) = load_str(
+            "",
+            &[
+                ("REGISTRY_HTTP_TLS_CERTIFICATE", "/c.pem"),
+                ("REGISTRY_HTTP_TLS_KEY", "/k.pem"),
+                ("REGISTRY_HTTP_TLS_CLIENTCAS", "/a.pem,/b.pem"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.tls.unwrap().clientcas.len(), 2);
+        assert!(load_str("", &[]).unwrap().0.tls.is_none());
+        // Half a TLS configuration never falls back to plain HTTP.
+        let e = load_str("http: {tls: {certificate: /c.pem}}", &[]).unwrap_err().0;
         assert!(
-            load_str("http: {tls: {certificate: c, key: k}}", &[])
-                .unwrap_err()
-                .0
-                .starts_with("http.tls")
+            e.contains("http.tls.key (env REGISTRY_HTTP_TLS_KEY) is required"),
+            "{e}"
         );
+        let e = load_str("", &[("REGISTRY_HTTP_TLS_CLIENTCAS", "/ca.pem")])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("http.tls.certificate") && e.contains("http.tls.key"), "{e}");
+        assert!(load_str("http: {tls: {certificate: c, key: k, minimumtls: tls1.0}}", &[]).is_err());
+        let e = load_str("", &[("REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL", "a@b")])
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with("http.tls.letsencrypt"), "{e}");
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod range;
 pub mod route;
 pub mod serve;
+pub mod tls;

@@ -250,13 +250,23 @@ pub async fn metrics_response(app: &App) -> Result<Response<Body>, ApiError> {
     )
 }
 
-/// Handle one request on the separate metrics listener (`http.debug.addr`).
+/// Handle one request on the separate plain-HTTP listener (`http.debug.addr`): the metrics,
+/// and the health endpoints (for probes that do not speak TLS).
 pub async fn handle_debug(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
-    let resp = match app.config.metrics_path.as_deref() {
-        Some(p) if p == req.uri().path() => metrics_response(&app).await,
-        _ => Err(ApiError::new(Kind::NotFound).message("this listener serves only the metrics")),
+    let path = req.uri().path();
+    let (kind, resp) = match path {
+        "/healthz" => (
+            "healthz",
+            json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        ),
+        "/readyz" => ("readyz", readiness(&app).await),
+        p if app.config.metrics_path.as_deref() == Some(p) => ("metrics", metrics_response(&app).await),
+        _ => (
+            "invalid",
+            Err(ApiError::new(Kind::NotFound).message("this listener serves only the metrics, /healthz and /readyz")),
+        ),
     };
     finish_response(
         false,
@@ -265,7 +275,7 @@ pub async fn handle_debug(app: Arc<App>, req: Request<Incoming>) -> Response<Bod
         method == Method::HEAD,
         start,
         &method,
-        "metrics",
+        kind,
         None,
         None,
         0,

@@ -62,6 +62,40 @@ pub struct PushedManifest {
     pub subject: Option<Digest>,
 }
 
+/// What a garbage collection should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Blob links and manifests younger than this stay, referenced or not (an upload whose
+    /// manifest is still to come).
+    pub grace: Duration,
+    /// Also remove manifests that no tag reaches.
+    pub untagged: bool,
+    /// Only report.
+    pub dry_run: bool,
+}
+
+/// What a garbage collection removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Repositories looked at.
+    pub repositories: usize,
+    /// Untagged manifests removed.
+    pub manifests: usize,
+    /// Blob links removed from repositories.
+    pub links: usize,
+    /// Blob files removed (no repository linked them any more).
+    pub blobs: usize,
+    /// Bytes of those files.
+    pub bytes: u64,
+    /// Files in the blob store that no record names (left by a crash between the rename of an
+    /// upload and its link), removed.
+    pub stray_files: usize,
+    /// Bytes of those files.
+    pub stray_bytes: u64,
+    /// Repositories left alone, with the reason.
+    pub skipped: Vec<String>,
+}
+
 /// The storage engine.
 pub struct Engine {
     layout: Layout,
@@ -280,6 +314,62 @@ impl Engine {
     /// metrics, not for hot paths).
     pub async fn storage_stats(&self) -> Result<(u64, u64)> {
         self.meta(|m| m.blob_stats()).await
+    }
+
+    /// Delete what no manifest references: blob links nobody's manifest needs (and blob files
+    /// no repository links), optionally untagged manifests; everything younger than the grace
+    /// period stays. Safe while pushes run: each repository is swept in one metadata
+    /// transaction (a manifest push waits for it, or it sees the push), and a file is removed
+    /// under the blob's commit lock only when no record names it at that moment.
+    pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let repos = self.meta(|m| m.repos()).await?;
+        let grace = opts.grace.as_secs();
+        for repo in repos {
+            let r = repo.clone();
+            let res = self
+                .meta(move |m| m.gc_repo(&r, grace, opts.untagged, opts.dry_run))
+                .await?;
+            report.repositories += 1;
+            if let Some(why) = res.skipped {
+                report.skipped.push(format!("{repo}: {why}"));
+                continue;
+            }
+            report.manifests += res.manifests.len();
+            report.links += res.links.len();
+            for (digest, size) in res.orphans {
+                if opts.dry_run || self.remove_unrecorded(&digest).await? {
+                    report.blobs += 1;
+                    report.bytes += size;
+                }
+            }
+        }
+        for f in io::list_blob_files(self.layout.blobs_dir()).await? {
+            let Ok(digest) = f.name.parse::<Digest>() else { continue };
+            if f.age_secs < grace {
+                continue;
+            }
+            let d = digest.clone();
+            if self.meta(move |m| m.blob(&d)).await?.is_some() {
+                continue;
+            }
+            if opts.dry_run || self.remove_unrecorded(&digest).await? {
+                report.stray_files += 1;
+                report.stray_bytes += f.size;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Remove a blob's file if, under its commit lock, no repository links it.
+    async fn remove_unrecorded(&self, digest: &Digest) -> Result<bool> {
+        let _g = self.stripe(digest).lock().await;
+        let d = digest.clone();
+        if self.meta(move |m| m.blob(&d)).await?.is_some() {
+            return Ok(false);
+        }
+        io::remove_file(self.layout.blob(digest)).await?;
+        Ok(true)
     }
 
     /// Number of upload sessions this process holds.

@@ -372,3 +372,54 @@ pub async fn modified_secs(path: PathBuf) -> io::Result<Option<u64>> {
     })
     .await
 }
+
+/// A file in the blob store: `<alg>:<hex>` from its path, size and age.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    /// `<alg>:<hex>`, as the path spells it (not validated here).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Seconds since its last modification.
+    pub age_secs: u64,
+}
+
+/// Every file under `blobs/<alg>/<xx>/`.
+pub async fn list_blob_files(blobs_dir: PathBuf) -> io::Result<Vec<StoredFile>> {
+    blocking(move || {
+        let mut out = Vec::new();
+        let now = std::time::SystemTime::now();
+        let dirs = |p: &Path| -> io::Result<Vec<(String, PathBuf)>> {
+            match fs::read_dir(p) {
+                Ok(rd) => rd
+                    .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())))
+                    .collect(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        };
+        for (alg, alg_path) in dirs(&blobs_dir)? {
+            for (_, shard) in dirs(&alg_path)? {
+                for (hex, path) in dirs(&shard)? {
+                    let Ok(m) = fs::metadata(&path) else { continue };
+                    if !m.is_file() {
+                        continue;
+                    }
+                    let age_secs = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| now.duration_since(t).ok())
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    out.push(StoredFile {
+                        name: format!("{alg}:{hex}"),
+                        size: m.len(),
+                        age_secs,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+}

@@ -22,7 +22,7 @@ pub mod name;
 pub mod upload;
 
 pub use digest::{Algorithm, Digest, Hasher};
-pub use engine::{BlobStream, ByteRange, ChunkRange, Engine, PushedManifest};
+pub use engine::{BlobStream, ByteRange, ChunkRange, Engine, GcOptions, GcReport, PushedManifest};
 pub use error::{Error, ParseError, Result};
 pub use meta::StoredManifest;
 pub use name::{Reference, RepoName, Tag, UploadId};

@@ -27,6 +27,30 @@ const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
 const REFERRERS: TableDefinition<&str, &[u8]> = TableDefinition::new("referrers");
 /// repo → ()
 const REPOS: TableDefinition<&str, ()> = TableDefinition::new("repos");
+/// "b" NUL repo NUL digest (blob link) or "m" NUL repo NUL digest (manifest) → when it was last
+/// linked or pushed, seconds since the epoch; garbage collection spares what is younger than
+/// its grace period. Records older than this table count as old.
+const LINK_TIMES: TableDefinition<&str, u64> = TableDefinition::new("link_times");
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What garbage collection did (or, in a dry run, would do) in one repository.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RepoGc {
+    /// Untagged manifests removed.
+    pub manifests: Vec<Digest>,
+    /// Blob links removed (digest, size).
+    pub links: Vec<(Digest, u64)>,
+    /// Blobs no repository links any more: their files may go (digest, size).
+    pub orphans: Vec<(Digest, u64)>,
+    /// Set when a stored manifest could not be read: nothing of the repository was removed.
+    pub skipped: Option<String>,
+}
 
 fn key(parts: &[&str]) -> String {
     parts.join("\0")
@@ -85,6 +109,7 @@ impl Meta {
         tx.open_table(TAGS)?;
         tx.open_table(REFERRERS)?;
         tx.open_table(REPOS)?;
+        tx.open_table(LINK_TIMES)?;
         tx.commit()?;
         Ok(Meta { db })
     }
@@ -129,6 +154,8 @@ impl Meta {
         let tx = self.db.begin_write()?;
         {
             let d = digest.to_string();
+            tx.open_table(LINK_TIMES)?
+                .insert(key(&["b", repo.as_str(), &d]).as_str(), now_secs())?;
             let mut links = tx.open_table(REPO_BLOBS)?;
             if links.insert(key(&[repo.as_str(), &d]).as_str(), size)?.is_none() {
                 let mut blobs = tx.open_table(BLOBS)?;
@@ -147,23 +174,11 @@ impl Meta {
         let tx = self.db.begin_write()?;
         let out = {
             let d = digest.to_string();
-            let mut links = tx.open_table(REPO_BLOBS)?;
-            if links.remove(key(&[repo.as_str(), &d]).as_str())?.is_none() {
-                None
-            } else {
-                drop(links);
-                let mut blobs = tx.open_table(BLOBS)?;
-                let (size, refs) = blobs.get(d.as_str())?.map(|v| v.value()).unwrap_or((0, 1));
-                let last = refs <= 1;
-                if last {
-                    blobs.remove(d.as_str())?;
-                } else {
-                    blobs.insert(d.as_str(), (size, refs - 1))?;
-                }
-                drop(blobs);
-                forget_repo_if_empty(&tx, repo)?;
-                Some(last)
+            let removed = unlink_blob_in(&tx, repo.as_str(), &d)?;
+            if removed.is_some() {
+                forget_repo_if_empty(&tx, repo.as_str())?;
             }
+            removed.map(|(_, last)| last)
         };
         tx.commit()?;
         Ok(out)
@@ -189,6 +204,8 @@ impl Meta {
                 }
             }
             let newly_linked = repo_manifests.insert(key(&[repo, &d]).as_str(), ())?.is_none();
+            tx.open_table(LINK_TIMES)?
+                .insert(key(&["m", repo, &d]).as_str(), now_secs())?;
             let mut manifests = tx.open_table(MANIFESTS)?;
             let refs = manifests.get(d.as_str())?.map(|v| v.value().0).unwrap_or(0);
             let refs = if newly_linked { refs + 1 } else { refs.max(1) };
@@ -240,46 +257,11 @@ impl Meta {
     /// Remove a manifest from a repository with every tag pointing at it and its referrer
     /// record (`subject`). Returns false when the repository did not have it.
     pub fn delete_manifest(&self, repo: &RepoName, digest: &Digest, subject: Option<&Digest>) -> Result<bool> {
-        let r = repo.as_str();
-        let d = digest.to_string();
         let tx = self.db.begin_write()?;
-        {
-            let mut repo_manifests = tx.open_table(REPO_MANIFESTS)?;
-            if repo_manifests.remove(key(&[r, &d]).as_str())?.is_none() {
-                return Ok(false);
-            }
-            drop(repo_manifests);
-            let mut manifests = tx.open_table(MANIFESTS)?;
-            let found = manifests.get(d.as_str())?.map(|v| {
-                let (refs, mt, bytes) = v.value();
-                (refs, mt.to_owned(), bytes.to_vec())
-            });
-            if let Some((refs, mt, bytes)) = found {
-                if refs <= 1 {
-                    manifests.remove(d.as_str())?;
-                } else {
-                    manifests.insert(d.as_str(), (refs - 1, mt.as_str(), bytes.as_slice()))?;
-                }
-            }
-            drop(manifests);
-            let mut tags = tx.open_table(TAGS)?;
-            let (lo, hi) = prefix_range(r);
-            let doomed: Vec<String> = tags
-                .range::<&str>((Bound::Included(lo.as_str()), Bound::Excluded(hi.as_str())))?
-                .filter_map(|e| e.ok())
-                .filter(|(_, v)| v.value() == d)
-                .map(|(k, _)| k.value().to_owned())
-                .collect();
-            for k in doomed {
-                tags.remove(k.as_str())?;
-            }
-            drop(tags);
-            if let Some(subject) = subject {
-                tx.open_table(REFERRERS)?
-                    .remove(key(&[r, &subject.to_string(), &d]).as_str())?;
-            }
-            forget_repo_if_empty(&tx, repo)?;
+        if !remove_manifest_in(&tx, repo.as_str(), &digest.to_string(), subject)? {
+            return Ok(false);
         }
+        forget_repo_if_empty(&tx, repo.as_str())?;
         tx.commit()?;
         Ok(true)
     }
@@ -333,6 +315,143 @@ impl Meta {
         page(iter, n, str::to_owned)
     }
 
+    /// Every repository name.
+    pub fn repos(&self) -> Result<Vec<String>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(REPOS)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
+            out.push(e?.0.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Collect garbage in one repository, in one write transaction, so that no manifest push
+    /// or blob link interleaves. With `untagged`, manifests that no tag reaches — directly,
+    /// through an index, or as a referrer of a reached manifest — go first. Then blob links that
+    /// no remaining manifest references go. Anything linked or pushed less than `grace_secs` ago
+    /// stays (and keeps what it references). `dry_run` rolls everything back.
+    pub fn gc_repo(&self, repo: &str, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {
+        use std::collections::{HashMap, HashSet};
+        let now = now_secs();
+        let young = |t: Option<u64>| t.is_some_and(|t| now.saturating_sub(t) < grace_secs);
+        let tx = self.db.begin_write()?;
+        let mut out = RepoGc::default();
+        let (lo, hi) = prefix_range(repo);
+        let skip = lo.len();
+        // Every manifest of the repository: what it references.
+        struct Refs {
+            blobs: Vec<Digest>,
+            children: Vec<String>,
+            subject: Option<String>,
+            young: bool,
+        }
+        let mut manifests: HashMap<String, Refs> = HashMap::new();
+        {
+            let repo_manifests = tx.open_table(REPO_MANIFESTS)?;
+            let all = tx.open_table(MANIFESTS)?;
+            let times = tx.open_table(LINK_TIMES)?;
+            for e in repo_manifests.range::<&str>(lo.as_str()..hi.as_str())? {
+                let d = e?.0.value()[skip..].to_owned();
+                let Some(row) = all.get(d.as_str())? else { continue };
+                let (_, mt, bytes) = row.value();
+                let info = match crate::manifest::parse(Some(mt), bytes) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        out.skipped = Some(format!("manifest {d} cannot be read ({e}); nothing removed"));
+                        break;
+                    }
+                };
+                let t = times.get(key(&["m", repo, &d]).as_str())?.map(|v| v.value());
+                manifests.insert(
+                    d,
+                    Refs {
+                        blobs: info.blobs,
+                        children: info.children.iter().map(|c| c.to_string()).collect(),
+                        subject: info.subject.map(|s| s.to_string()),
+                        young: young(t),
+                    },
+                );
+            }
+        }
+        if out.skipped.is_some() {
+            tx.abort()?;
+            return Ok(out);
+        }
+        if untagged {
+            let mut reached: HashSet<String> = HashSet::new();
+            let mut todo: Vec<String> = Vec::new();
+            for e in tx.open_table(TAGS)?.range::<&str>(lo.as_str()..hi.as_str())? {
+                todo.push(e?.1.value().to_owned());
+            }
+            todo.extend(manifests.iter().filter(|(_, r)| r.young).map(|(d, _)| d.clone()));
+            loop {
+                while let Some(d) = todo.pop() {
+                    if let Some(r) = manifests.get(&d)
+                        && reached.insert(d.clone())
+                    {
+                        todo.extend(r.children.iter().cloned());
+                    }
+                }
+                // Referrers (signatures, SBOMs) of what is reached are reached too.
+                todo = manifests
+                    .iter()
+                    .filter(|(d, r)| !reached.contains(*d) && r.subject.as_ref().is_some_and(|s| reached.contains(s)))
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                if todo.is_empty() {
+                    break;
+                }
+            }
+            let doomed: Vec<String> = manifests.keys().filter(|d| !reached.contains(*d)).cloned().collect();
+            for d in doomed {
+                let r = manifests.remove(&d).expect("listed above");
+                let subject = r.subject.as_deref().and_then(|s| s.parse::<Digest>().ok());
+                if remove_manifest_in(&tx, repo, &d, subject.as_ref())?
+                    && let Ok(digest) = d.parse()
+                {
+                    out.manifests.push(digest);
+                }
+            }
+        }
+        let referenced: HashSet<String> = manifests
+            .values()
+            .flat_map(|r| r.blobs.iter().map(|b| b.to_string()))
+            .collect();
+        let mut candidates = Vec::new();
+        {
+            let links = tx.open_table(REPO_BLOBS)?;
+            let times = tx.open_table(LINK_TIMES)?;
+            for e in links.range::<&str>(lo.as_str()..hi.as_str())? {
+                let d = e?.0.value()[skip..].to_owned();
+                if referenced.contains(&d) {
+                    continue;
+                }
+                let t = times.get(key(&["b", repo, &d]).as_str())?.map(|v| v.value());
+                if !young(t) {
+                    candidates.push(d);
+                }
+            }
+        }
+        for d in candidates {
+            if let Some((size, last)) = unlink_blob_in(&tx, repo, &d)?
+                && let Ok(digest) = d.parse::<Digest>()
+            {
+                if last {
+                    out.orphans.push((digest.clone(), size));
+                }
+                out.links.push((digest, size));
+            }
+        }
+        forget_repo_if_empty(&tx, repo)?;
+        if dry_run {
+            tx.abort()?;
+        } else {
+            tx.commit()?;
+        }
+        Ok(out)
+    }
+
     /// Descriptor JSON of every manifest in `repo` whose subject is `subject`.
     pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Vec<u8>>> {
         let tx = self.db.begin_read()?;
@@ -364,9 +483,66 @@ where
     Ok((out, false))
 }
 
+/// Remove the link of `repo` to blob `d` and its time; returns (size, whether it was the last
+/// link), or `None` when there was no link.
+fn unlink_blob_in(tx: &redb::WriteTransaction, repo: &str, d: &str) -> Result<Option<(u64, bool)>> {
+    if tx.open_table(REPO_BLOBS)?.remove(key(&[repo, d]).as_str())?.is_none() {
+        return Ok(None);
+    }
+    tx.open_table(LINK_TIMES)?.remove(key(&["b", repo, d]).as_str())?;
+    let mut blobs = tx.open_table(BLOBS)?;
+    let (size, refs) = blobs.get(d)?.map(|v| v.value()).unwrap_or((0, 1));
+    let last = refs <= 1;
+    if last {
+        blobs.remove(d)?;
+    } else {
+        blobs.insert(d, (size, refs - 1))?;
+    }
+    Ok(Some((size, last)))
+}
+
+/// Remove manifest `d` from `repo`, with the tags pointing at it, its time and its referrer
+/// record (`subject`). False when the repository did not have it.
+fn remove_manifest_in(tx: &redb::WriteTransaction, r: &str, d: &str, subject: Option<&Digest>) -> Result<bool> {
+    if tx.open_table(REPO_MANIFESTS)?.remove(key(&[r, d]).as_str())?.is_none() {
+        return Ok(false);
+    }
+    tx.open_table(LINK_TIMES)?.remove(key(&["m", r, d]).as_str())?;
+    let mut manifests = tx.open_table(MANIFESTS)?;
+    let found = manifests.get(d)?.map(|v| {
+        let (refs, mt, bytes) = v.value();
+        (refs, mt.to_owned(), bytes.to_vec())
+    });
+    if let Some((refs, mt, bytes)) = found {
+        if refs <= 1 {
+            manifests.remove(d)?;
+        } else {
+            manifests.insert(d, (refs - 1, mt.as_str(), bytes.as_slice()))?;
+        }
+    }
+    drop(manifests);
+    let mut tags = tx.open_table(TAGS)?;
+    let (lo, hi) = prefix_range(r);
+    let doomed: Vec<String> = tags
+        .range::<&str>((Bound::Included(lo.as_str()), Bound::Excluded(hi.as_str())))?
+        .filter_map(|e| e.ok())
+        .filter(|(_, v)| v.value() == d)
+        .map(|(k, _)| k.value().to_owned())
+        .collect();
+    for k in doomed {
+        tags.remove(k.as_str())?;
+    }
+    drop(tags);
+    if let Some(subject) = subject {
+        tx.open_table(REFERRERS)?
+            .remove(key(&[r, &subject.to_string(), d]).as_str())?;
+    }
+    Ok(true)
+}
+
 /// Drop the repository from the catalog when it links nothing any more.
-fn forget_repo_if_empty(tx: &redb::WriteTransaction, repo: &RepoName) -> Result<()> {
-    let (lo, hi) = prefix_range(repo.as_str());
+fn forget_repo_if_empty(tx: &redb::WriteTransaction, repo: &str) -> Result<()> {
+    let (lo, hi) = prefix_range(repo);
     let range = lo.as_str()..hi.as_str();
     let has_blobs = tx
         .open_table(REPO_BLOBS)?
@@ -375,7 +551,7 @@ fn forget_repo_if_empty(tx: &redb::WriteTransaction, repo: &RepoName) -> Result<
         .is_some();
     let has_manifests = tx.open_table(REPO_MANIFESTS)?.range::<&str>(range)?.next().is_some();
     if !has_blobs && !has_manifests {
-        tx.open_table(REPOS)?.remove(repo.as_str())?;
+        tx.open_table(REPOS)?.remove(repo)?;
     }
     Ok(())
 }

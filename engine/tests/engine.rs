@@ -419,3 +419,212 @@ async fn stalled_uploads() {
         assert_eq!(t.await.unwrap().unwrap(), 11);
     }
 }
+
+fn index_of(children: &[&Digest]) -> Bytes {
+    let list: Vec<String> = children
+        .iter()
+        .map(|d| format!(r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":10}}"#))
+        .collect();
+    Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+        list.join(",")
+    ))
+}
+
+const OCI: Option<&str> = Some("application/vnd.oci.image.manifest.v1+json");
+const INDEX: Option<&str> = Some("application/vnd.oci.image.index.v1+json");
+
+#[tokio::test]
+async fn garbage_collection() {
+    use berth_engine::GcOptions;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let r = repo("gc/app");
+    let tag = |t: &str| Reference::Tag(t.parse().unwrap());
+    let config = push(&e, &r, b"{}").await;
+    let layer = push(&e, &r, b"layer").await;
+    let loose = push(&e, &r, b"uploaded, never referenced").await;
+    let shared = push(&e, &r, b"shared with another repository").await;
+    // gc/other links the shared blob and references it from a manifest of its own.
+    let other = repo("gc/other");
+    push(&e, &other, b"shared with another repository").await;
+    let other_config = push(&e, &other, b"{}").await;
+    e.manifest_put(&other, &tag("v1"), OCI, image_manifest(&other_config, &shared, ""))
+        .await
+        .unwrap();
+    let tagged = e
+        .manifest_put(&r, &tag("v1"), OCI, image_manifest(&config, &layer, ""))
+        .await
+        .unwrap()
+        .digest;
+    // An untagged image (pushed by digest) with its own layer, and an index reaching it.
+    let only_untagged = push(&e, &r, b"only in the untagged image").await;
+    let untagged_m = image_manifest(&config, &only_untagged, "");
+    let untagged = Digest::of(Algorithm::Sha256, &untagged_m);
+    e.manifest_put(&r, &Reference::Digest(untagged.clone()), OCI, untagged_m)
+        .await
+        .unwrap();
+    // A signature (referrer) of the tagged image: reached through its subject.
+    let sig_m = image_manifest(
+        &config,
+        &layer,
+        &format!(
+            r#","subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{tagged}","size":1}}"#
+        ),
+    );
+    let sig = Digest::of(Algorithm::Sha256, &sig_m);
+    e.manifest_put(&r, &Reference::Digest(sig.clone()), OCI, sig_m)
+        .await
+        .unwrap();
+
+    let opts = |grace_secs: u64, untagged: bool, dry_run: bool| GcOptions {
+        grace: Duration::from_secs(grace_secs),
+        untagged,
+        dry_run,
+    };
+    // Within the grace period nothing goes.
+    let rep = e.gc(opts(3600, true, false)).await.unwrap();
+    assert_eq!((rep.manifests, rep.links, rep.blobs), (0, 0, 0), "{rep:?}");
+    // A dry run reports and removes nothing.
+    let dry = e.gc(opts(0, false, true)).await.unwrap();
+    assert_eq!((dry.links, dry.blobs), (2, 1), "{dry:?}");
+    assert_eq!(e.blob_size(&r, &loose).await.unwrap(), 26);
+    // Unreferenced links go; a blob still linked elsewhere keeps its file.
+    let rep = e.gc(opts(0, false, false)).await.unwrap();
+    assert_eq!(
+        (rep.manifests, rep.links, rep.blobs, rep.bytes),
+        (0, 2, 1, 26),
+        "{rep:?}"
+    );
+    assert!(matches!(e.blob_size(&r, &loose).await, Err(Error::BlobUnknown(_))));
+    assert!(
+        !dir.path()
+            .join(format!("blobs/sha256/{}/{}", &loose.hex()[..2], loose.hex()))
+            .exists()
+    );
+    assert!(matches!(e.blob_size(&r, &shared).await, Err(Error::BlobUnknown(_))));
+    assert_eq!(e.blob_size(&repo("gc/other"), &shared).await.unwrap(), 30);
+    assert_eq!(read_all(&e, &shared, 0, 30).await, b"shared with another repository");
+    // The untagged image's layer is referenced by it, so it stays until untagged removal.
+    assert_eq!(e.blob_size(&r, &only_untagged).await.unwrap(), 26);
+    let rep = e.gc(opts(0, true, false)).await.unwrap();
+    assert_eq!((rep.manifests, rep.links, rep.blobs), (1, 1, 1), "{rep:?}");
+    assert!(e.manifest_get(&r, &Reference::Digest(untagged)).await.is_err());
+    assert!(
+        e.manifest_get(&r, &Reference::Digest(sig)).await.is_ok(),
+        "a referrer of a tagged image stays"
+    );
+    assert!(e.manifest_get(&r, &tag("v1")).await.is_ok());
+    for d in [&config, &layer] {
+        assert!(e.blob_size(&r, d).await.is_ok(), "referenced blob {d} removed");
+    }
+    // An index keeps the manifests it lists.
+    let child_m = image_manifest(&config, &layer, r#","annotations":{"x":"child"}"#);
+    let child = Digest::of(Algorithm::Sha256, &child_m);
+    e.manifest_put(&r, &Reference::Digest(child.clone()), OCI, child_m)
+        .await
+        .unwrap();
+    e.manifest_put(&r, &tag("multi"), INDEX, index_of(&[&child]))
+        .await
+        .unwrap();
+    assert_eq!(e.gc(opts(0, true, false)).await.unwrap().manifests, 0);
+    assert!(e.manifest_get(&r, &Reference::Digest(child.clone())).await.is_ok());
+    // A stray file (a crash between rename and link) goes; a recorded one stays.
+    let stray = Digest::of(Algorithm::Sha256, b"stray");
+    let p = dir.path().join(format!("blobs/sha256/{}", &stray.hex()[..2]));
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join(stray.hex()), b"stray").unwrap();
+    let rep = e.gc(opts(0, false, false)).await.unwrap();
+    assert_eq!((rep.stray_files, rep.stray_bytes), (1, 5), "{rep:?}");
+    assert!(!p.join(stray.hex()).exists());
+    assert_eq!(read_all(&e, &layer, 0, 5).await, b"layer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_collection_during_pushes_never_breaks_a_pushed_manifest() {
+    use berth_engine::GcOptions;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let e = Arc::new(Engine::open(dir.path()).await.unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // GC with no grace at all, in a loop: the harshest schedule.
+    let gc = {
+        let (e, stop) = (e.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let opts = GcOptions {
+                    grace: Duration::ZERO,
+                    untagged: true,
+                    dry_run: false,
+                };
+                e.gc(opts).await.unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut pushers = Vec::new();
+    for p in 0..8 {
+        let e = e.clone();
+        pushers.push(tokio::spawn(async move {
+            let mut pushed = Vec::new();
+            for i in 0..25 {
+                let r = repo(&format!("race/p{p}"));
+                let config = format!(r#"{{"p":{p},"i":{i}}}"#).into_bytes();
+                let layer = format!("layer {p} {i} shared-part").into_bytes();
+                let (Ok(c), Ok(l)) = (try_push(&e, &r, &config).await, try_push(&e, &r, &layer).await) else {
+                    continue;
+                };
+                let m = image_manifest(&c, &l, "");
+                let tag = Reference::Tag(format!("t{i}").parse().unwrap());
+                // With no grace, GC may take the blobs before the manifest comes: then the push
+                // is refused (MANIFEST_BLOB_UNKNOWN), never accepted with a blob missing.
+                match e.manifest_put(&r, &tag, OCI, m).await {
+                    Ok(_) => pushed.push((r, tag, c, l)),
+                    Err(Error::ManifestBlobUnknown(_)) => {}
+                    Err(other) => panic!("unexpected manifest error: {other}"),
+                }
+            }
+            pushed
+        }));
+    }
+    let mut all = Vec::new();
+    for p in pushers {
+        all.extend(p.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = gc.await.unwrap();
+    assert!(runs > 0 && !all.is_empty(), "runs {runs}, pushed {}", all.len());
+    // One more collection after the pushes: every pushed image keeps all its blobs.
+    e.gc(GcOptions {
+        grace: Duration::ZERO,
+        untagged: true,
+        dry_run: false,
+    })
+    .await
+    .unwrap();
+    for (r, tag, c, l) in &all {
+        e.manifest_get(r, tag).await.unwrap();
+        for d in [c, l] {
+            let size = e
+                .blob_size(r, d)
+                .await
+                .unwrap_or_else(|err| panic!("{r}: blob {d} of {tag:?} lost: {err}"));
+            assert_eq!(read_all(&e, d, 0, size).await.len() as u64, size);
+        }
+    }
+    eprintln!(
+        "{} images pushed during {runs} garbage collections, all intact",
+        all.len()
+    );
+}
+
+async fn try_push(e: &Engine, r: &RepoName, data: &[u8]) -> Result<Digest, Error> {
+    let d = Digest::of(Algorithm::Sha256, data);
+    let id = e.upload_start(r).await?;
+    e.upload_finish(r, id, &d, None, body(&[data])).await?;
+    Ok(d)
+}

@@ -175,6 +175,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         metrics: Arc::default(),
     });
     serve::spawn_upload_reaper(app.clone());
+    serve::spawn_gc(app.clone());
     if let Some(listener) = debug {
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(addr = %local, path = app.config.metrics_path.as_deref().unwrap_or(""), "metrics listener");
@@ -223,6 +224,54 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())
+}
+
+/// `berth gc`: collect garbage in the storage of a stopped registry (a running one collects
+/// online with storage.maintenance.gc.enabled).
+pub async fn gc(cfg: Config, grace: Option<std::time::Duration>, untagged: bool, dry_run: bool) -> Result<(), String> {
+    let engine = Engine::open(&cfg.root).await.map_err(|e| {
+        let hint = if e.to_string().to_ascii_lowercase().contains("already open") {
+            " — a running berth holds it: stop it first, or let it collect online (storage.maintenance.gc.enabled: true)"
+        } else {
+            ""
+        };
+        format!("cannot open storage at {} (storage.filesystem.rootdirectory): {e}{hint}", cfg.root.display())
+    })?;
+    let defaults = cfg.gc.map(|(_, o)| o);
+    let opts = berth_engine::GcOptions {
+        grace: grace
+            .or(defaults.map(|o| o.grace))
+            .unwrap_or(std::time::Duration::from_secs(3600)),
+        untagged: untagged || defaults.is_some_and(|o| o.untagged),
+        dry_run,
+    };
+    let started = std::time::Instant::now();
+    let r = engine
+        .gc(opts)
+        .await
+        .map_err(|e| format!("garbage collection failed: {e}"))?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb}: {} untagged manifests, {} blob links, {} blobs ({} bytes), {} stray files ({} bytes) in {} repositories; grace {:?}{} ({:.1}s)",
+        r.manifests,
+        r.links,
+        r.blobs,
+        r.bytes,
+        r.stray_files,
+        r.stray_bytes,
+        r.repositories,
+        opts.grace,
+        if opts.untagged {
+            ", untagged manifests included"
+        } else {
+            ""
+        },
+        started.elapsed().as_secs_f64()
+    );
+    for s in r.skipped {
+        println!("skipped {s}");
+    }
+    Ok(())
 }
 
 /// `berth check-config` / `berth config check`.

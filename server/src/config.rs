@@ -277,6 +277,30 @@ pub const SETTINGS: &[Setting] = &[
         doc: "kid of issued tokens: thumbprint (RFC 7638) or libtrust (distribution 2.x fingerprint).",
     },
     Setting {
+        path: "storage.maintenance.gc.enabled",
+        env: &["REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED"],
+        default: "false",
+        doc: "Online garbage collection: every interval, remove blob links no manifest of the repository references (and blob files no repository links any more), sparing anything younger than the grace period. Safe while pushes run.",
+    },
+    Setting {
+        path: "storage.maintenance.gc.interval",
+        env: &["REGISTRY_STORAGE_MAINTENANCE_GC_INTERVAL"],
+        default: "24h",
+        doc: "Time between two online collections (the first runs one interval after start).",
+    },
+    Setting {
+        path: "storage.maintenance.gc.grace",
+        env: &["REGISTRY_STORAGE_MAINTENANCE_GC_GRACE"],
+        default: "1h",
+        doc: "Blobs and manifests linked or pushed less than this long ago are never collected (an upload whose manifest is still to come).",
+    },
+    Setting {
+        path: "storage.maintenance.gc.untagged",
+        env: &["REGISTRY_STORAGE_MAINTENANCE_GC_UNTAGGED"],
+        default: "false",
+        doc: "Also remove manifests no tag reaches (directly, through an index, or as a referrer of a reached manifest), then their blobs.",
+    },
+    Setting {
         path: "storage.maintenance.readonly.enabled",
         env: &["REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED"],
         default: "false",
@@ -638,6 +662,8 @@ pub struct Config {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Read-only maintenance mode: writes are refused.
     pub read_only: bool,
+    /// Online garbage collection: interval and options (`None`: off).
+    pub gc: Option<(Duration, berth_engine::GcOptions)>,
     /// TLS for the listener.
     pub tls: Option<crate::tls::TlsConfig>,
     /// Path of the Prometheus metrics; `None` when turned off.
@@ -1020,6 +1046,8 @@ pub fn from_tree(
     take(trusted_proxy_list(&tree).map(|t| trusted_proxies = t));
     let mut tls = None;
     take(tls_settings(&tree).map(|t| tls = t));
+    let mut gc = None;
+    take(gc_settings(&tree).map(|g| gc = g));
     let (mut metrics_path, mut debug_addr) = (Some("/metrics".to_owned()), None);
     take(metrics_settings(&tree).map(|(p, a)| (metrics_path, debug_addr) = (p, a)));
     let mut flags = (false, true, true, false, false);
@@ -1050,6 +1078,7 @@ pub fn from_tree(
         upload_timeout,
         upload_cleanup_interval,
         upload_purging: purging && !dryrun && !read_only,
+        gc: gc.filter(|_| !read_only),
         read_only,
         tls,
         metrics_path,
@@ -1060,6 +1089,30 @@ pub fn from_tree(
         trusted_proxies,
     };
     Ok((config, warnings))
+}
+
+/// `storage.maintenance.gc.*`.
+fn gc_settings(tree: &Value) -> Result<Option<(Duration, berth_engine::GcOptions)>, ConfigError> {
+    let interval = get_duration(tree, "storage.maintenance.gc.interval", Duration::from_secs(24 * 3600))?;
+    let grace = get_duration(tree, "storage.maintenance.gc.grace", Duration::from_secs(3600))?;
+    let untagged = get_bool(tree, "storage.maintenance.gc.untagged", false)?;
+    if !get_bool(tree, "storage.maintenance.gc.enabled", false)? {
+        return Ok(None);
+    }
+    if interval.is_zero() {
+        return Err(ConfigError(
+            "storage.maintenance.gc.interval (env REGISTRY_STORAGE_MAINTENANCE_GC_INTERVAL) must be greater than 0"
+                .into(),
+        ));
+    }
+    Ok(Some((
+        interval,
+        berth_engine::GcOptions {
+            grace,
+            untagged,
+            dry_run: false,
+        },
+    )))
 }
 
 /// `http.tls.*`: none of it, or a certificate with its key.
@@ -1498,6 +1551,44 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn gc_settings() {
+        assert!(load_str("", &[]).unwrap().0.gc.is_none());
+        let (c, w) = load_str(
+            "storage: {maintenance: {gc: {enabled: true, interval: 10m, grace: 2h, untagged: true}}}",
+            &[],
+        )
+        .unwrap();
+        let (interval, o) = c.gc.unwrap();
+        assert_eq!((interval.as_secs(), o.grace.as_secs(), o.untagged), (600, 7200, true));
+        assert!(w.is_empty(), "{w:?}");
+        let (c, _) = load_str("", &[("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "true")]).unwrap();
+        let (interval, o) = c.gc.unwrap();
+        assert_eq!(
+            (interval.as_secs(), o.grace.as_secs(), o.untagged),
+            (86400, 3600, false)
+        );
+        let e = load_str(
+            "",
+            &[
+                ("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "true"),
+                ("REGISTRY_STORAGE_MAINTENANCE_GC_INTERVAL", "0s"),
+            ],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("REGISTRY_STORAGE_MAINTENANCE_GC_INTERVAL"), "{e}");
+        let (c, _) = load_str(
+            "",
+            &[
+                ("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "true"),
+                ("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED", "true"),
+            ],
+        )
+        .unwrap();
+        assert!(c.gc.is_none(), "read-only mode collects nothing");
     }
 
     #[test]

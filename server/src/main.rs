@@ -88,6 +88,23 @@ enum Command {
     },
     /// Validate the configuration, open the files it names, and print the settings in effect.
     CheckConfig(ConfigSource),
+    /// Garbage collection on the storage of a stopped registry: remove blob links no manifest
+    /// of their repository references, blob files no repository links, and (with --untagged)
+    /// manifests no tag reaches. Prints what was (or, with --dry-run, would be) freed.
+    Gc {
+        #[command(flatten)]
+        src: ConfigSource,
+        /// Only report.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove manifests no tag reaches.
+        #[arg(long)]
+        untagged: bool,
+        /// Spare what was linked or pushed less than this long ago (e.g. 0s, 30m, 2h); default
+        /// storage.maintenance.gc.grace, else 1h.
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
     /// Probe a running registry: GET the path over HTTP and exit 0 on 200, 1 otherwise. For
     /// container health checks in images without a shell or curl.
     Healthcheck {
@@ -112,6 +129,10 @@ enum ConfigCommand {
     Check(ConfigSource),
 }
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    berth_server::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration such as 0s, 30m or 2h"))
+}
+
 fn main() {
     match Cli::parse().command {
         Command::Serve(src) => cli::run_async(cli::serve(cli::load(&src))),
@@ -128,6 +149,12 @@ fn main() {
         Command::Jwks { files, cert, key } => cli::jwks(&[files, cert, key].concat()),
         Command::Token { user, scopes, src } => cli::token(&src, &user, &scopes),
         Command::CheckConfig(src) | Command::Config(ConfigCommand::Check(src)) => cli::check_config(&src),
+        Command::Gc {
+            src,
+            dry_run,
+            untagged,
+            grace,
+        } => cli::run_async(cli::gc(cli::load(&src), grace, untagged, dry_run)),
         Command::Healthcheck { addr, path, timeout } => {
             cli::healthcheck(addr, &path, std::time::Duration::from_secs(timeout))
         }

@@ -110,6 +110,43 @@ where
     Ok(())
 }
 
+/// Collect garbage every configured interval (online GC).
+pub fn spawn_gc(app: Arc<App>) {
+    let Some((interval, opts)) = app.config.gc else { return };
+    tracing::info!(
+        interval = ?interval,
+        grace = ?opts.grace,
+        untagged = opts.untagged,
+        "online garbage collection on"
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let started = std::time::Instant::now();
+            match app.engine.gc(opts).await {
+                Ok(r) => {
+                    tracing::info!(
+                        repositories = r.repositories,
+                        manifests_removed = r.manifests,
+                        links_removed = r.links,
+                        blobs_removed = r.blobs + r.stray_files,
+                        bytes_freed = r.bytes + r.stray_bytes,
+                        ms = started.elapsed().as_millis() as u64,
+                        "garbage collection done"
+                    );
+                    for s in r.skipped {
+                        tracing::warn!("garbage collection skipped {s}");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+        }
+    });
+}
+
 /// Remove idle upload sessions every `interval`.
 pub fn spawn_upload_reaper(app: Arc<App>) {
     if !app.config.upload_purging {

@@ -336,3 +336,70 @@ fn base64_of(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_collection_online_and_offline() {
+    let Some(mut reg) = Registry::start_local(&[
+        ("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "true"),
+        ("REGISTRY_STORAGE_MAINTENANCE_GC_INTERVAL", "1s"),
+        ("REGISTRY_STORAGE_MAINTENANCE_GC_GRACE", "3s"),
+    ])
+    .await
+    else {
+        return;
+    };
+    let (manifest, _) = reg.push_image("gc/app", "v1").await;
+    let doc: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = doc["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let loose = reg.push_blob("gc/app", b"uploaded and never referenced").await;
+    // Within the grace period the loose blob stays; after it, online GC takes it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reg.head(&format!("/v2/gc/app/blobs/{loose}")).await.expect(200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reg.head(&format!("/v2/gc/app/blobs/{loose}")).await.status != 404 {
+        assert!(Instant::now() < deadline, "online GC did not remove the loose blob");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(reg.log_text().contains("garbage collection done"));
+    reg.head(&format!("/v2/gc/app/blobs/{layer}")).await.expect(200);
+    assert_eq!(reg.get_manifest("gc/app", "v1").await.expect(200).body, manifest);
+
+    // Offline: `berth gc` refuses a storage a running berth holds, then works once it stops.
+    let loose2 = reg.push_blob("gc/app", b"another loose blob").await;
+    let storage = reg.storage();
+    let gc = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("gc")
+            .args(args)
+            .args(["--no-config-file", "--grace", "0s"])
+            .env("REGISTRY_STORAGE_PATH", &storage)
+            .env_remove("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED")
+            .output()
+            .unwrap()
+    };
+    let out = gc(&[]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stop it first"),
+        "{out:?}"
+    );
+    reg.set_env("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "false");
+    reg.stop();
+    let out = gc(&["--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.starts_with("would remove: 0 untagged manifests, 1 blob links, 1 blobs (18 bytes)"),
+        "{text}"
+    );
+    let out = gc(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("removed: 0 untagged manifests, 1 blob links, 1 blobs (18 bytes)"),
+        "{text}"
+    );
+    reg.restart().await;
+    reg.head(&format!("/v2/gc/app/blobs/{loose2}")).await.expect(404);
+    reg.head(&format!("/v2/gc/app/blobs/{layer}")).await.expect(200);
+    assert_eq!(reg.get_manifest("gc/app", "v1").await.expect(200).body, manifest);
+}

@@ -495,6 +495,11 @@ impl Registry {
         }
     }
 
+    /// Stop the process (SIGKILL); [`Registry::restart`] starts it again.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
     /// Set (or replace) a `REGISTRY_*` setting for the next [`Registry::restart`].
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);

@@ -136,8 +136,22 @@ fn tls(cfg: &Config) -> Result<Option<Arc<crate::tls::Tls>>, String> {
     Ok(Some(tls))
 }
 
+/// Raise the soft limit of open files to the hard limit (as Go programs such as distribution
+/// do): every connection and every blob being read or written holds a descriptor.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < 4096 => tracing::warn!(
+            open_files = n,
+            "the open-files limit is low: connections beyond it are refused; raise it (ulimit -n, LimitNOFILE=)"
+        ),
+        Ok(n) => tracing::debug!(open_files = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
+}
+
 /// `berth serve`: the registry.
 pub async fn serve(cfg: Config) -> Result<(), String> {
+    raise_open_files_limit();
     let (authn, access) = security(&cfg)?;
     let tls = tls(&cfg)?;
     let engine = Engine::open(&cfg.root).await.map_err(|e| {
@@ -173,6 +187,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         authn,
         access,
         metrics: Arc::default(),
+        inflight: Default::default(),
     });
     serve::spawn_upload_reaper(app.clone());
     serve::spawn_gc(app.clone());
@@ -180,9 +195,14 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(addr = %local, path = app.config.metrics_path.as_deref().unwrap_or(""), "metrics listener");
         let app = app.clone();
+        let app_header_timeout = app.config.header_timeout;
         tokio::spawn(async move {
             let handler = move |req| api::handle_debug(app.clone(), req);
-            if let Err(e) = serve::serve_with(handler, listener, None, std::future::pending()).await {
+            let opts = serve::ServeOptions {
+                tls: None,
+                header_timeout: app_header_timeout,
+            };
+            if let Err(e) = serve::serve_with(handler, listener, opts, std::future::pending()).await {
                 tracing::error!(error = %e, "metrics listener failed");
             }
         });
@@ -190,7 +210,11 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     if let Some(t) = &tls {
         t.spawn_reloader();
     }
-    serve::serve(app, listener, tls, shutdown_signal())
+    let opts = serve::ServeOptions {
+        tls,
+        header_timeout: app.config.header_timeout,
+    };
+    serve::serve(app, listener, opts, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }
@@ -219,7 +243,10 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
     serve::serve_with(
         move |req| api::handle_token_only(app.clone(), req),
         listener,
-        tls,
+        serve::ServeOptions {
+            tls,
+            header_timeout: cfg.header_timeout,
+        },
         shutdown_signal(),
     )
     .await

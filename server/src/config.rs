@@ -175,6 +175,24 @@ pub const SETTINGS: &[Setting] = &[
         doc: "A second listener (host:port) that serves only the metrics; when set, the main listener does not serve them.",
     },
     Setting {
+        path: "http.timeouts.header",
+        env: &["REGISTRY_HTTP_TIMEOUTS_HEADER"],
+        default: "30s",
+        doc: "Time a client may take to send a request's headers; slower clients are disconnected.",
+    },
+    Setting {
+        path: "http.timeouts.body",
+        env: &["REGISTRY_HTTP_TIMEOUTS_BODY"],
+        default: "60s",
+        doc: "Longest pause in a request body (upload or manifest); a stalled body ends the request with 400 and the upload session keeps what it had before that request.",
+    },
+    Setting {
+        path: "http.limits.concurrentrequests",
+        env: &["REGISTRY_HTTP_LIMITS_CONCURRENTREQUESTS"],
+        default: "8192",
+        doc: "Most registry requests handled at once; more are answered 429 TOOMANYREQUESTS with Retry-After: 1 (health, readiness and metrics are not counted). 0: no limit.",
+    },
+    Setting {
         path: "http.trustedproxies",
         env: &["REGISTRY_HTTP_TRUSTEDPROXIES"],
         default: "(none)",
@@ -662,6 +680,12 @@ pub struct Config {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Read-only maintenance mode: writes are refused.
     pub read_only: bool,
+    /// Time to send request headers.
+    pub header_timeout: Duration,
+    /// Longest pause in a request body.
+    pub body_timeout: Duration,
+    /// Most requests at once (0: unlimited).
+    pub max_requests: usize,
     /// Online garbage collection: interval and options (`None`: off).
     pub gc: Option<(Duration, berth_engine::GcOptions)>,
     /// TLS for the listener.
@@ -1048,6 +1072,19 @@ pub fn from_tree(
     take(tls_settings(&tree).map(|t| tls = t));
     let mut gc = None;
     take(gc_settings(&tree).map(|g| gc = g));
+    let (mut header_timeout, mut body_timeout, mut max_requests) =
+        (Duration::from_secs(30), Duration::from_secs(60), 8192);
+    take((|| {
+        header_timeout = get_duration(&tree, "http.timeouts.header", header_timeout)?;
+        body_timeout = get_duration(&tree, "http.timeouts.body", body_timeout)?;
+        max_requests = get_usize(&tree, "http.limits.concurrentrequests", max_requests)?;
+        if header_timeout.is_zero() || body_timeout.is_zero() {
+            return Err(ConfigError(
+                "http.timeouts.header and http.timeouts.body (env REGISTRY_HTTP_TIMEOUTS_HEADER, REGISTRY_HTTP_TIMEOUTS_BODY) must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    })());
     let (mut metrics_path, mut debug_addr) = (Some("/metrics".to_owned()), None);
     take(metrics_settings(&tree).map(|(p, a)| (metrics_path, debug_addr) = (p, a)));
     let mut flags = (false, true, true, false, false);
@@ -1080,6 +1117,9 @@ pub fn from_tree(
         upload_purging: purging && !dryrun && !read_only,
         gc: gc.filter(|_| !read_only),
         read_only,
+        header_timeout,
+        body_timeout,
+        max_requests,
         tls,
         metrics_path,
         debug_addr,

@@ -25,11 +25,12 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
     let Some((a, b)) = spec.trim().split_once('-') else {
         return RangeRequest::Full;
     };
+    // Digits beyond u64 are a position past any blob (saturated), not a malformed header.
     let num = |s: &str| -> Option<u64> {
         if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
             None
         } else {
-            s.parse().ok()
+            Some(s.parse().unwrap_or(u64::MAX))
         }
     };
     match (a.is_empty(), b.is_empty()) {
@@ -117,15 +118,15 @@ mod tests {
             RangeRequest::Unsatisfiable,
             "reversed"
         );
-        // malformed, negative, overflowing, multi: ignored
-        for h in [
-            "bytes=--1",
-            "bytes=a-b",
-            "items=0-1",
-            "bytes=0-1,3-4",
-            "bytes=99999999999999999999999-",
-            "bytes=-",
-        ] {
+        // positions beyond u64 are past any blob: unsatisfiable as a start, clamped as an end
+        assert_eq!(
+            parse_range(Some("bytes=99999999999999999999999-"), 10),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(parse_range(Some("bytes=2-99999999999999999999999"), 10), p(2, 8));
+        assert_eq!(parse_range(Some("bytes=-99999999999999999999999"), 10), p(0, 10));
+        // malformed, negative, multi: ignored
+        for h in ["bytes=--1", "bytes=a-b", "items=0-1", "bytes=0-1,3-4", "bytes=-"] {
             assert_eq!(parse_range(Some(h), 10), RangeRequest::Full, "{h}");
         }
     }

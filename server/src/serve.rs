@@ -16,27 +16,42 @@ use crate::tls::Tls;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// How long a client may take to send request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serve the registry (and, when enabled, its token server) on `listener`, over TLS when
-/// `tls` is given.
+/// How a listener serves.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// TLS, when configured.
+    pub tls: Option<Arc<Tls>>,
+    /// Time a client may take to send request headers.
+    pub header_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            tls: None,
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serve the registry (and, when enabled, its token server) on `listener`.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
-    tls: Option<Arc<Tls>>,
+    opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_with(move |req| api::handle(app.clone(), req), listener, tls, shutdown).await
+    serve_with(move |req| api::handle(app.clone(), req), listener, opts, shutdown).await
 }
 
 /// Serve requests with `handler` until `shutdown` completes, then drain connections.
 pub async fn serve_with<H, F>(
     handler: H,
     listener: TcpListener,
-    tls: Option<Arc<Tls>>,
+    opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
@@ -47,7 +62,7 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(opts.header_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
@@ -75,7 +90,7 @@ where
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let tls = opts.tls.clone();
         tokio::spawn(async move {
             let result = match tls {
                 None => {

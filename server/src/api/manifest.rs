@@ -31,7 +31,7 @@ pub(super) async fn get(
 /// a healthy connection; beyond this the connection is closed instead.
 const DRAIN_LIMIT: usize = 4 * MAX_MANIFEST_SIZE;
 
-async fn read_manifest_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+async fn read_manifest_body(req: Request<Incoming>, idle: std::time::Duration) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::new(Kind::ManifestTooLarge).message(format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes"));
     let declared = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
@@ -41,7 +41,14 @@ async fn read_manifest_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let mut body = req.into_body();
     let mut buf = BytesMut::new();
     let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(ApiError::new(Kind::ManifestInvalid).message(format!(
+                "the manifest body paused for more than {}s (http.timeouts.body)",
+                idle.as_secs()
+            )));
+        };
+        let Some(frame) = frame else { break };
         let frame = frame
             .map_err(|e| ApiError::new(Kind::ManifestInvalid).message(format!("reading the manifest failed: {e}")))?;
         if let Some(data) = frame.data_ref() {
@@ -67,7 +74,7 @@ pub(super) async fn put(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
-    let bytes = read_manifest_body(req).await?;
+    let bytes = read_manifest_body(req, app.config.body_timeout).await?;
     let pushed = app
         .engine
         .manifest_put(repo, reference, content_type.as_deref(), bytes)

@@ -39,6 +39,17 @@ pub struct App {
     pub access: Arc<Access>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Registry requests being handled now (for `http.limits.concurrentrequests`).
+    pub inflight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request in [`App::inflight`] while alive.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// `Docker-Distribution-API-Version` value sent on every response.
@@ -340,6 +351,31 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             None,
             bytes_in,
         );
+    }
+    let _inflight = InFlight(&app.inflight);
+    let n = app.inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if app.config.max_requests > 0 && n > app.config.max_requests {
+        let e = ApiError::new(Kind::TooManyRequests)
+            .message(format!(
+                "the registry is handling its maximum of {} requests (http.limits.concurrentrequests); retry shortly",
+                app.config.max_requests
+            ))
+            .header(header::RETRY_AFTER, "1");
+        let mut resp = finish_response(
+            app.config.access_log,
+            Some(&app.metrics),
+            Err(e),
+            head,
+            start,
+            &method,
+            "invalid",
+            None,
+            None,
+            bytes_in,
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
     }
     // A request whose body may be left unread by an early error: such a response closes the
     // connection, so the client does not reuse it with our unread bytes in between.

@@ -13,17 +13,52 @@ use crate::error::{ApiError, Kind, upload_range};
 use crate::range::parse_content_range;
 use berth_auth::Action;
 
-/// The request body as a stream of frames, counted into the metrics as it arrives.
+/// Why a request body ended early.
+#[derive(Debug)]
+pub(super) enum BodyError {
+    /// The connection failed.
+    Read(hyper::Error),
+    /// Nothing arrived for this long.
+    Idle(std::time::Duration),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Read(e) => write!(f, "{e}"),
+            BodyError::Idle(d) => write!(
+                f,
+                "no data for {}s (http.timeouts.body); send the rest in a new request from the session's offset",
+                d.as_secs()
+            ),
+        }
+    }
+}
+
+/// The request body as a stream of frames, counted into the metrics as it arrives, ending
+/// with an error when it pauses longer than the body timeout.
 fn counted_body(
     app: &App,
     kind: &'static str,
     req: Request<Incoming>,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, hyper::Error>> + Send + 'static {
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, BodyError>> + Send + 'static {
     use futures_util::StreamExt as _;
     let metrics = app.metrics.clone();
-    req.into_body().into_data_stream().inspect(move |frame| {
-        if let Ok(b) = frame {
-            metrics.received(kind, b.len() as u64);
+    let idle = app.config.body_timeout;
+    let frames = req.into_body().into_data_stream();
+    futures_util::stream::unfold(Some(frames), move |state| {
+        let metrics = metrics.clone();
+        async move {
+            let mut frames = state?;
+            match tokio::time::timeout(idle, frames.next()).await {
+                Ok(Some(Ok(b))) => {
+                    metrics.received(kind, b.len() as u64);
+                    Some((Ok(b), Some(frames)))
+                }
+                Ok(Some(Err(e))) => Some((Err(BodyError::Read(e)), None)),
+                Ok(None) => None,
+                Err(_) => Some((Err(BodyError::Idle(idle)), None)),
+            }
         }
     })
 }

@@ -18,6 +18,11 @@ use crate::digest::Hasher;
 
 /// Bytes of request body gathered into one write (and the most received ahead of the disk).
 pub const WRITE_BATCH: usize = 256 * 1024;
+/// Upload data is pushed to the disk as it arrives (`sync_file_range`), and the writer waits
+/// for the window before the last one to be on disk: at most about two windows are dirty when
+/// the commit's `fsync` comes, so the commit of a large upload does not stall on gigabytes of
+/// page cache, and memory stays flat however large the blob.
+pub const WRITEBACK_WINDOW: u64 = 32 * 1024 * 1024;
 /// Chunks read ahead of the client on a blob download.
 const READ_AHEAD: usize = 2;
 /// Size of the reads that serve a blob.
@@ -135,6 +140,7 @@ impl UploadFile {
                 batch_len = 0;
                 in_flight = Some(tokio::task::spawn_blocking(move || {
                     let mut res = Ok(());
+                    let start = at;
                     let mut at = at;
                     for f in &frames {
                         hasher.update(f);
@@ -143,6 +149,9 @@ impl UploadFile {
                             break;
                         }
                         at += f.len() as u64;
+                    }
+                    if res.is_ok() {
+                        early_writeback(&file, start, at);
                     }
                     (file, hasher, res)
                 }));
@@ -371,6 +380,41 @@ pub async fn modified_secs(path: PathBuf) -> io::Result<Option<u64>> {
         Err(e) => Err(e),
     })
     .await
+}
+
+/// After bytes `start..end` of an upload were written: start their writeback, and when a
+/// [`WRITEBACK_WINDOW`] boundary was crossed, wait for the window before the previous one.
+/// Advisory: errors are ignored, durability comes from the `fsync` at commit.
+fn early_writeback(file: &File, start: u64, end: u64) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // BERTH_IO_WRITEBACK=off turns it off (to measure what it changes).
+    if !*ON.get_or_init(|| std::env::var("BERTH_IO_WRITEBACK").map_or(true, |v| v != "off")) {
+        return;
+    }
+    sync_file_range(file, start, end - start, false);
+    let w = WRITEBACK_WINDOW;
+    if start / w != end / w && end / w >= 2 {
+        let upto = (end / w - 1) * w;
+        sync_file_range(file, upto - w, w, true);
+    }
+}
+
+#[allow(unsafe_code)]
+fn sync_file_range(file: &File, offset: u64, len: u64, wait: bool) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
+    // SAFETY: the descriptor belongs to `file`, which is borrowed for the whole call and so stays
+    // open; sync_file_range touches no memory of this process (it schedules, or waits for, the
+    // writeback of the file's pages in the given range), and offset and length are checked to
+    // fit its off64_t arguments.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
 }
 
 /// A file in the blob store: `<alg>:<hex>` from its path, size and age.

@@ -628,3 +628,36 @@ async fn try_push(e: &Engine, r: &RepoName, data: &[u8]) -> Result<Digest, Error
     e.upload_finish(r, id, &d, None, body(&[data])).await?;
     Ok(d)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_across_writeback_windows_are_whole() {
+    // 100 MiB in 1 MiB frames crosses three early-writeback windows (32 MiB): the waits and
+    // writeback hints leave the bytes and the digest exactly as sent.
+    use berth_engine::io::WRITEBACK_WINDOW;
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let r = repo("big/app");
+    let frame: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let frames = (100 * 1024 * 1024 / frame.len() as u64) as usize;
+    assert!(frames as u64 * frame.len() as u64 > 3 * WRITEBACK_WINDOW);
+    let mut h = berth_engine::Hasher::new(Algorithm::Sha256);
+    for i in 0..frames {
+        let mut f = frame.clone();
+        f[0] = i as u8;
+        h.update(&f);
+    }
+    let digest = h.finish();
+    let id = e.upload_start(&r).await.unwrap();
+    let chunks: Chunks = (0..frames)
+        .map(|i| {
+            let mut f = frame.clone();
+            f[0] = i as u8;
+            Ok(Bytes::from(f))
+        })
+        .collect();
+    let size = e.upload_finish(&r, id, &digest, None, stream::iter(chunks)).await.unwrap();
+    assert_eq!(size, frames as u64 * frame.len() as u64);
+    let mut back = berth_engine::Hasher::new(Algorithm::Sha256);
+    back.update(&read_all(&e, &digest, 0, size).await);
+    assert_eq!(back.finish(), digest);
+}

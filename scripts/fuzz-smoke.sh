@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A short run of every cargo-fuzz target (fuzz/fuzz_targets) from its seed corpus (fuzz/corpus), for CI:
+# FUZZ_SECONDS each (default 10). The seeds are copied to a scratch directory, so new inputs libFuzzer finds
+# do not land in the repository. A crash fails the run and leaves the input in the scratch directory's
+# artifacts; reproduce it with `cargo +nightly fuzz run <target> <file>`.
+#
+# Needs the nightly toolchain (rustup) and cargo-fuzz (installed from crates.io when missing).
+# Long runs, as recorded in docs/testing.md: FUZZ_SECONDS=300 scripts/fuzz-smoke.sh
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+SECONDS_EACH=${FUZZ_SECONDS:-10}
+# --dev: an unoptimized build compiles in about half the time, which matters more than speed for a smoke run.
+BUILD_ARGS=(${FUZZ_BUILD_ARGS:---dev})
+
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "fuzz-smoke: the nightly toolchain is missing (rustup toolchain list); cargo-fuzz needs it" >&2
+  exit 1
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz-smoke: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi
+
+WORK=$(mktemp -d /tmp/berth-fuzz.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+targets=$(cargo +nightly fuzz list)
+echo "fuzz-smoke: building $(echo "$targets" | wc -w) targets (${BUILD_ARGS[*]})"
+cargo +nightly fuzz build "${BUILD_ARGS[@]}"
+failed=0
+for t in $targets; do
+  mkdir -p "$WORK/corpus/$t" "$WORK/artifacts/$t"
+  cp -r "fuzz/corpus/$t/." "$WORK/corpus/$t/" 2>/dev/null || true
+  if cargo +nightly fuzz run "${BUILD_ARGS[@]}" "$t" "$WORK/corpus/$t" -- \
+    -max_total_time="$SECONDS_EACH" -artifact_prefix="$WORK/artifacts/$t/" -print_final_stats=1 \
+    >"$WORK/$t.log" 2>&1; then
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$WORK/$t.log" | grep -o '[0-9]*$' || echo '?')
+    echo "fuzz-smoke: $t ok ($runs inputs in ${SECONDS_EACH}s)"
+  else
+    echo "fuzz-smoke: $t FAILED"
+    tail -n 40 "$WORK/$t.log" | sed 's/^/  | /'
+    ls "$WORK/artifacts/$t" | sed 's/^/  artifact: /'
+    failed=1
+  fi
+done
+if ((failed)); then
+  trap - EXIT
+  echo "fuzz-smoke: failures; inputs kept in $WORK/artifacts"
+  exit 1
+fi

@@ -637,7 +637,9 @@ async fn uploads_across_writeback_windows_are_whole() {
     let dir = tempfile::tempdir().unwrap();
     let e = Engine::open(dir.path()).await.unwrap();
     let r = repo("big/app");
-    let frame: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let frame: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let frames = (100 * 1024 * 1024 / frame.len() as u64) as usize;
     assert!(frames as u64 * frame.len() as u64 > 3 * WRITEBACK_WINDOW);
     let mut h = berth_engine::Hasher::new(Algorithm::Sha256);
@@ -655,7 +657,10 @@ async fn uploads_across_writeback_windows_are_whole() {
             Ok(Bytes::from(f))
         })
         .collect();
-    let size = e.upload_finish(&r, id, &digest, None, stream::iter(chunks)).await.unwrap();
+    let size = e
+        .upload_finish(&r, id, &digest, None, stream::iter(chunks))
+        .await
+        .unwrap();
     assert_eq!(size, frames as u64 * frame.len() as u64);
     let mut back = berth_engine::Hasher::new(Algorithm::Sha256);
     back.update(&read_all(&e, &digest, 0, size).await);

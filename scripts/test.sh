@@ -4,7 +4,7 @@
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test build e2e deploy k8s fuzz)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test build e2e deploy k8s perf fuzz)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (.ci/run installs them) and root.
 set -euo pipefail
@@ -65,8 +65,10 @@ step test cargo test --workspace
 # and the container image use it.
 STATIC_BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/dist/berth"
 step build env RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --profile dist --target x86_64-unknown-linux-gnu -p berth-server --bin berth
+  cargo build --profile dist --target x86_64-unknown-linux-gnu -p berth-server -p berth-loadtest \
+  --bin berth --bin berth-loadtest
 step e2e env BERTH_BIN="$STATIC_BIN" bash scripts/e2e.sh
 step deploy env BERTH_STATIC="$STATIC_BIN" bash scripts/deploy-test.sh
 step k8s env BERTH_BIN="$STATIC_BIN" bash scripts/validate-k8s.sh
+step perf bash scripts/perf-gate.sh
 step fuzz bash scripts/fuzz-smoke.sh

@@ -29,6 +29,8 @@ die() {
   exit 1
 }
 
+# shellcheck source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 # shellcheck source=scripts/lib/dockerd.sh
 source "$ROOT/scripts/lib/dockerd.sh"
 
@@ -71,17 +73,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  local p i
-  for i in $(seq 1 200); do
-    p=$((20000 + RANDOM % 12000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
 
 # wait_for WHAT SECONDS CMD...: poll CMD until it succeeds.
 wait_for() {

@@ -97,17 +97,9 @@ sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 # uploading; forget that before every copy so each push really uploads.
 forget_skopeo_cache() { rm -f "$SKOPEO_CACHE" "${XDG_DATA_HOME:-${HOME:-/nonexistent}/.local/share}/containers/cache/blob-info-cache-v1.boltdb"; }
 
-free_port() {
-  local p i
-  for i in $(seq 1 200); do
-    p=$((20000 + RANDOM % 12000)) # below the kernel's ephemeral range
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
+# free_port and stop_pid
+# shellcheck source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 
 # ---------------------------------------------------------------------------------------------------- registry
 
@@ -148,18 +140,9 @@ start_registry() {
 
 stop_registry() {
   [[ -n $REG_PID ]] || return 0
-  local pid=$REG_PID rc=0 i
+  local pid=$REG_PID rc=0
   REG_PID=""
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "  registry pid $pid still running 10s after SIGTERM; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || rc=$?
+  stop_pid "$pid" registry 10 || rc=$?
   log "  registry pid $pid stopped (exit status $rc)"
 }
 
@@ -771,10 +754,15 @@ if [[ $E2E_TARGET == berth ]]; then
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://$S/v2/" || true)
   [[ $code != 200 ]] || die "plain HTTP to the TLS port answered 200"
   ok "without the CA curl refuses the certificate; plain HTTP to the TLS port gets no registry answer"
-  forget_skopeo_cache
-  run skopeo-tls skopeo copy --dest-cert-dir "$PKI/skopeo-certs" "oci:$SRC_LAYOUT:v1" "docker://$S/e2e/tls:v1"
-  run skopeo-tls-inspect skopeo inspect --raw --cert-dir "$PKI/skopeo-certs" "docker://$S/e2e/tls:v1"
-  [[ "sha256:$(sha256_of "$LOGS/skopeo-tls-inspect.log")" == "$SRC_DIGEST" ]] || die "manifest read back over TLS differs"
+  # skopeo_tls_round_trip NAME CERT_DIR REF: push the source layout to REF trusting CERT_DIR, read the
+  # manifest back the same way, and compare.
+  skopeo_tls_round_trip() {
+    forget_skopeo_cache
+    run "skopeo-$1" skopeo copy --dest-cert-dir "$2" "oci:$SRC_LAYOUT:v1" "docker://$3"
+    run "skopeo-$1-inspect" skopeo inspect --raw --cert-dir "$2" "docker://$3"
+    [[ "sha256:$(sha256_of "$LOGS/skopeo-$1-inspect.log")" == "$SRC_DIGEST" ]] || die "manifest read back from $3 differs"
+  }
+  skopeo_tls_round_trip tls "$PKI/skopeo-certs" "$S/e2e/tls:v1"
   ok "skopeo copy/inspect over TLS with --cert-dir (CA only): manifest $SRC_DIGEST"
   # Reload: a new certificate (new serial) is served without a restart.
   serial() { openssl s_client -connect "127.0.0.1:$SPORT" -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -serial; }
@@ -807,10 +795,7 @@ if [[ $E2E_TARGET == berth ]]; then
   if curl -s -o /dev/null --cacert "$PKI/ca.crt" "https://$M/v2/"; then
     die "a client without a certificate got an answer from the mTLS registry"
   fi
-  forget_skopeo_cache
-  run skopeo-mtls skopeo copy --dest-cert-dir "$PKI/mtls-certs" "oci:$SRC_LAYOUT:v1" "docker://$M/e2e/mtls:v1"
-  run skopeo-mtls-inspect skopeo inspect --raw --cert-dir "$PKI/mtls-certs" "docker://$M/e2e/mtls:v1"
-  [[ "sha256:$(sha256_of "$LOGS/skopeo-mtls-inspect.log")" == "$SRC_DIGEST" ]] || die "manifest read back over mTLS differs"
+  skopeo_tls_round_trip mtls "$PKI/mtls-certs" "$M/e2e/mtls:v1"
   ok "skopeo with a client certificate (--cert-dir with client.cert/client.key) pushes and reads back $SRC_DIGEST"
   # The same image, without the client certificate: the handshake fails, so nothing is read.
   if skopeo inspect --raw --cert-dir "$PKI/skopeo-certs" "docker://$M/e2e/mtls:v1" >"$LOGS/skopeo-mtls-nocert.log" 2>&1; then

@@ -41,6 +41,14 @@ impl std::fmt::Debug for BasicCredentials {
 }
 
 impl BasicCredentials {
+    /// Credentials from a user name and a password.
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> BasicCredentials {
+        BasicCredentials {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
     /// Parse an `Authorization` header value; `None` unless it is well-formed Basic.
     pub fn from_header(value: &str) -> Option<BasicCredentials> {
         let (scheme, rest) = value.trim().split_once(' ')?;
@@ -162,10 +170,7 @@ mod tests {
     use super::*;
 
     fn creds(u: &str, p: &str) -> BasicCredentials {
-        BasicCredentials {
-            user: u.into(),
-            password: p.into(),
-        }
+        BasicCredentials::new(u, p)
     }
 
     #[test]

@@ -129,13 +129,6 @@ impl Users {
 mod tests {
     use super::*;
 
-    fn creds(u: &str, p: &str) -> BasicCredentials {
-        BasicCredentials {
-            user: u.into(),
-            password: p.into(),
-        }
-    }
-
     #[tokio::test]
     async fn both_sources() {
         let t = tempfile::tempdir().unwrap();
@@ -146,11 +139,11 @@ mod tests {
         std::fs::write(sec.join("team-a/username"), "alice").unwrap();
         std::fs::write(sec.join("team-a/password"), "ns-pw").unwrap();
         let u = Users::open(Some(&ht), Some(&sec)).unwrap();
-        let a = u.verify(&creds("alice", "pw")).await.unwrap();
+        let a = u.verify(&BasicCredentials::new("alice", "pw")).await.unwrap();
         assert_eq!(a.namespaces, None, "the htpasswd alice is not confined");
-        let b = u.verify(&creds("alice", "ns-pw")).await.unwrap();
+        let b = u.verify(&BasicCredentials::new("alice", "ns-pw")).await.unwrap();
         assert_eq!(b.namespaces.as_deref(), Some(&["team-a".to_owned()][..]));
-        assert!(u.verify(&creds("alice", "nope")).await.is_none());
+        assert!(u.verify(&BasicCredentials::new("alice", "nope")).await.is_none());
         assert_eq!(u.lookup("alice").unwrap().namespaces, None);
         let only = Users::open(None, Some(&sec)).unwrap();
         assert_eq!(only.lookup("alice").unwrap().namespaces.unwrap().len(), 1);

@@ -11,6 +11,9 @@
 # containers reach each other over the bridge. If overlay2 cannot be used, vfs always can.
 # Messages go through the caller's `log` function when it has one.
 
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 _dk_say() { if declare -F log >/dev/null; then log "$*"; else printf '%s\n' "$*" >&2; fi; }
 
 # _dk_try DIR ARGS...: one attempt.
@@ -57,21 +60,12 @@ dockerd_start() {
 }
 
 dockerd_stop() {
-  local dir=$1 pid cpid="" i
+  local dir=$1 pid cpid=""
   pid=$(cat "$dir/dockerd.ownpid" 2>/dev/null || true)
   rm -f "$dir/dockerd.ownpid"
   [[ -n $pid ]] || return 0
   [[ -f $dir/exec/containerd/containerd.pid ]] && cpid=$(cat "$dir/exec/containerd/containerd.pid" 2>/dev/null || true)
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 200); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    _dk_say "  dockerd pid $pid still running 20s after SIGTERM; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
+  stop_pid "$pid" dockerd 20 || true
   # The containerd that dockerd started for itself normally exits with it.
   if [[ -n $cpid ]] && kill -0 "$cpid" 2>/dev/null; then
     kill -TERM "$cpid" 2>/dev/null || true

@@ -1594,6 +1594,20 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_is_documented() {
+        let doc = include_str!("../../docs/configuration.md");
+        for s in SETTINGS {
+            let names = std::iter::once(s.path).chain(s.env.iter().copied());
+            for name in names.filter(|n| *n != "-") {
+                assert!(
+                    doc.contains(&format!("`{name}`")),
+                    "docs/configuration.md does not document {name}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn gc_settings() {
         assert!(load_str("", &[]).unwrap().0.gc.is_none());
         let (c, w) = load_str(

@@ -323,7 +323,7 @@ impl Engine {
     /// under the blob's commit lock only when no record names it at that moment.
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
         let mut report = GcReport::default();
-        let repos = self.meta(|m| m.repos()).await?;
+        let (repos, _) = self.meta(|m| m.catalog(None, usize::MAX, &|_| true)).await?;
         let grace = opts.grace.as_secs();
         for repo in repos {
             let r = repo.clone();
@@ -338,7 +338,8 @@ impl Engine {
             report.manifests += res.manifests.len();
             report.links += res.links.len();
             for (digest, size) in res.orphans {
-                if opts.dry_run || self.remove_unrecorded(&digest).await? {
+                // In a dry run the records were rolled back: these would have gone.
+                if opts.dry_run || self.remove_unrecorded(&digest, false).await? {
                     report.blobs += 1;
                     report.bytes += size;
                 }
@@ -346,14 +347,7 @@ impl Engine {
         }
         for f in io::list_blob_files(self.layout.blobs_dir()).await? {
             let Ok(digest) = f.name.parse::<Digest>() else { continue };
-            if f.age_secs < grace {
-                continue;
-            }
-            let d = digest.clone();
-            if self.meta(move |m| m.blob(&d)).await?.is_some() {
-                continue;
-            }
-            if opts.dry_run || self.remove_unrecorded(&digest).await? {
+            if f.age_secs >= grace && self.remove_unrecorded(&digest, opts.dry_run).await? {
                 report.stray_files += 1;
                 report.stray_bytes += f.size;
             }
@@ -361,14 +355,17 @@ impl Engine {
         Ok(report)
     }
 
-    /// Remove a blob's file if, under its commit lock, no repository links it.
-    async fn remove_unrecorded(&self, digest: &Digest) -> Result<bool> {
+    /// Whether, under its commit lock, no repository links the blob; its file is then removed
+    /// unless `dry_run`.
+    async fn remove_unrecorded(&self, digest: &Digest, dry_run: bool) -> Result<bool> {
         let _g = self.stripe(digest).lock().await;
         let d = digest.clone();
         if self.meta(move |m| m.blob(&d)).await?.is_some() {
             return Ok(false);
         }
-        io::remove_file(self.layout.blob(digest)).await?;
+        if !dry_run {
+            io::remove_file(self.layout.blob(digest)).await?;
+        }
         Ok(true)
     }
 

@@ -307,21 +307,23 @@ pub async fn read_small(path: PathBuf) -> io::Result<Option<Vec<u8>>> {
 
 /// Names of the entries of a directory (empty when it does not exist).
 pub async fn list_dir(path: PathBuf) -> io::Result<Vec<String>> {
-    blocking(move || {
-        let rd = match fs::read_dir(&path) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for entry in rd {
-            if let Ok(name) = entry?.file_name().into_string() {
-                out.push(name);
-            }
+    blocking(move || entry_names(&path)).await
+}
+
+/// Names (UTF-8 only) in a directory; one that does not exist is empty.
+fn entry_names(path: &Path) -> io::Result<Vec<String>> {
+    let rd = match fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        if let Ok(name) = entry?.file_name().into_string() {
+            out.push(name);
         }
-        Ok(out)
-    })
-    .await
+    }
+    Ok(out)
 }
 
 /// Create a directory and its parents.
@@ -433,18 +435,12 @@ pub async fn list_blob_files(blobs_dir: PathBuf) -> io::Result<Vec<StoredFile>> 
     blocking(move || {
         let mut out = Vec::new();
         let now = std::time::SystemTime::now();
-        let dirs = |p: &Path| -> io::Result<Vec<(String, PathBuf)>> {
-            match fs::read_dir(p) {
-                Ok(rd) => rd
-                    .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())))
-                    .collect(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(e) => Err(e),
-            }
-        };
-        for (alg, alg_path) in dirs(&blobs_dir)? {
-            for (_, shard) in dirs(&alg_path)? {
-                for (hex, path) in dirs(&shard)? {
+        for alg in entry_names(&blobs_dir)? {
+            let alg_dir = blobs_dir.join(&alg);
+            for shard in entry_names(&alg_dir)? {
+                let shard_dir = alg_dir.join(shard);
+                for hex in entry_names(&shard_dir)? {
+                    let path = shard_dir.join(&hex);
                     let Ok(m) = fs::metadata(&path) else { continue };
                     if !m.is_file() {
                         continue;

@@ -315,17 +315,6 @@ impl Meta {
         page(iter, n, str::to_owned)
     }
 
-    /// Every repository name.
-    pub fn repos(&self) -> Result<Vec<String>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(REPOS)?;
-        let mut out = Vec::new();
-        for e in t.iter()? {
-            out.push(e?.0.value().to_owned());
-        }
-        Ok(out)
-    }
-
     /// Collect garbage in one repository, in one write transaction, so that no manifest push
     /// or blob link interleaves. With `untagged`, manifests that no tag reaches — directly,
     /// through an index, or as a referrer of a reached manifest — go first. Then blob links that

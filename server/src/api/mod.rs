@@ -46,6 +46,14 @@ pub struct App {
 /// Counts a request in [`App::inflight`] while alive.
 struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
 
+impl<'a> InFlight<'a> {
+    /// Count one more request; also returns how many are in flight with it.
+    fn enter(counter: &'a std::sync::atomic::AtomicUsize) -> (InFlight<'a>, usize) {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        (InFlight(counter), n)
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -266,14 +274,8 @@ pub async fn metrics_response(app: &App) -> Result<Response<Body>, ApiError> {
 pub async fn handle_debug(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path();
-    let (kind, resp) = match path {
-        "/healthz" => (
-            "healthz",
-            json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        ),
-        "/readyz" => ("readyz", readiness(&app).await),
-        p if app.config.metrics_path.as_deref() == Some(p) => ("metrics", metrics_response(&app).await),
+    let (kind, resp) = match outside_endpoint(&app, req.uri().path(), true) {
+        Some(o @ (Outside::Health | Outside::Ready | Outside::Metrics)) => answer_outside(&app, o, None, req).await,
         _ => (
             "invalid",
             Err(ApiError::new(Kind::NotFound).message("this listener serves only the metrics, /healthz and /readyz")),
@@ -291,6 +293,41 @@ pub async fn handle_debug(app: Arc<App>, req: Request<Incoming>) -> Response<Bod
         None,
         0,
     )
+}
+
+/// Which endpoint beside the registry API `path` is, if any. The metrics are on the listener
+/// `metrics_here` says (the main one unless `http.debug.addr` is set).
+fn outside_endpoint(app: &App, path: &str, metrics_here: bool) -> Option<Outside> {
+    let token_server = app.authn.token_server();
+    match path {
+        "/healthz" => Some(Outside::Health),
+        "/readyz" => Some(Outside::Ready),
+        p if metrics_here && app.config.metrics_path.as_deref() == Some(p) => Some(Outside::Metrics),
+        token::JWKS_PATH if token_server.is_some() => Some(Outside::Jwks),
+        p if token_server.is_some_and(|s| s.path == p) => Some(Outside::Token),
+        _ => None,
+    }
+}
+
+/// Answer an endpoint beside the registry API, without registry authentication: the route
+/// kind for logs and metrics, and the response.
+async fn answer_outside(
+    app: &App,
+    outside: Outside,
+    client: Option<std::net::IpAddr>,
+    req: Request<Incoming>,
+) -> (&'static str, Result<Response<Body>, ApiError>) {
+    match (outside, app.authn.token_server()) {
+        (Outside::Health, _) => (
+            "healthz",
+            json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        ),
+        (Outside::Ready, _) => ("readyz", readiness(app).await),
+        (Outside::Metrics, _) => ("metrics", metrics_response(app).await),
+        (Outside::Token, Some(server)) => ("token", token::issue(&app.access, server, client, req).await),
+        (Outside::Jwks, Some(server)) => ("jwks", token::jwks(server)),
+        (Outside::Token | Outside::Jwks, None) => ("invalid", Err(Kind::NotFound.into())),
+    }
 }
 
 /// `/readyz`: 200 when the engine can serve, 503 naming the failing check.
@@ -315,30 +352,10 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     // Endpoints outside the registry API, answered without registry authentication: probes,
-    // and the built-in token server.
+    // metrics and the built-in token server.
     let client = client_of(&req, &app.config.trusted_proxies);
-    let path = req.uri().path();
-    let token_server = app.authn.token_server();
-    let outside = match path {
-        "/healthz" => Some(Outside::Health),
-        "/readyz" => Some(Outside::Ready),
-        p if app.config.debug_addr.is_none() && app.config.metrics_path.as_deref() == Some(p) => Some(Outside::Metrics),
-        token::JWKS_PATH if token_server.is_some() => Some(Outside::Jwks),
-        p if token_server.is_some_and(|s| s.path == p) => Some(Outside::Token),
-        _ => None,
-    };
-    if let Some(outside) = outside {
-        let (kind, resp) = match (outside, token_server) {
-            (Outside::Health, _) => (
-                "healthz",
-                json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-            ),
-            (Outside::Ready, _) => ("readyz", readiness(&app).await),
-            (Outside::Metrics, _) => ("metrics", metrics_response(&app).await),
-            (Outside::Token, Some(server)) => ("token", token::issue(&app.access, server, client, req).await),
-            (Outside::Jwks, Some(server)) => ("jwks", token::jwks(server)),
-            (Outside::Token | Outside::Jwks, None) => ("invalid", Err(Kind::NotFound.into())),
-        };
+    if let Some(outside) = outside_endpoint(&app, req.uri().path(), app.config.debug_addr.is_none()) {
+        let (kind, resp) = answer_outside(&app, outside, client, req).await;
         return finish_response(
             app.config.access_log,
             Some(&app.metrics),
@@ -352,8 +369,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             bytes_in,
         );
     }
-    let _inflight = InFlight(&app.inflight);
-    let n = app.inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let (_inflight, n) = InFlight::enter(&app.inflight);
     if app.config.max_requests > 0 && n > app.config.max_requests {
         let e = ApiError::new(Kind::TooManyRequests)
             .message(format!(

@@ -172,6 +172,14 @@ impl<'a> Principal<'a> {
     }
 }
 
+/// An address or a network (`10.0.0.0/8`, `192.168.1.7`, `2001:db8::/32`), host bits cleared.
+pub fn parse_network(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+        .map(|n| n.trunc())
+}
+
 /// What a namespace credential may do in its own namespaces.
 const NAMESPACE_ACTIONS: [Action; 2] = [Action::Pull, Action::Push];
 
@@ -234,12 +242,11 @@ fn compile(raw: Vec<RawRule>, what: &str) -> Result<Vec<Rule>, String> {
                 .ips
                 .iter()
                 .map(|n| {
-                    n.parse::<IpNet>()
-                        .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
-                        .map(|n| n.trunc())
-                        .map_err(|_| {
-                            format!("{what}[{i}].ips: {n:?} is not an address or a network such as 10.0.0.0/8 or 2001:db8::/32")
-                        })
+                    parse_network(n).ok_or_else(|| {
+                        format!(
+                            "{what}[{i}].ips: {n:?} is not an address or a network such as 10.0.0.0/8 or 2001:db8::/32"
+                        )
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Rule {

@@ -417,12 +417,9 @@ pub struct UserSources {
 }
 
 fn user_sources(tree: &Value, why: &str) -> Result<UserSources, ConfigError> {
-    let path = |p: &str| -> Result<Option<PathBuf>, ConfigError> {
-        Ok(get_str(tree, p)?.filter(|v| !v.trim().is_empty()).map(PathBuf::from))
-    };
     let users = UserSources {
-        htpasswd: path("auth.htpasswd.path")?,
-        secrets: path("auth.secrets.directory")?,
+        htpasswd: get_file(tree, "auth.htpasswd.path")?,
+        secrets: get_file(tree, "auth.secrets.directory")?,
     };
     if users.htpasswd.is_none() && users.secrets.is_none() {
         return Err(ConfigError(format!(
@@ -482,24 +479,30 @@ fn need(tree: &Value, path: &str, why: &str) -> Result<String, ConfigError> {
     }
 }
 
-fn get_list(tree: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
-    match get_path(tree, path) {
-        None => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(s
+/// A list setting: a YAML list, a comma-separated string, or (from a variable) a YAML list in a
+/// string such as `"['a', 'b']"`. `one` and `many` name the items in messages.
+fn get_list(tree: &Value, path: &str, one: &str, many: &str) -> Result<Vec<String>, ConfigError> {
+    let value = match get_path(tree, path) {
+        None => return Ok(Vec::new()),
+        Some(Value::String(s)) if s.trim_start().starts_with('[') => parse_yaml_value(s),
+        Some(v) => v.clone(),
+    };
+    match value {
+        Value::String(s) => Ok(s
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect()),
-        Some(Value::Array(a)) => a
+        Value::Array(a) => a
             .iter()
             .map(|v| {
                 v.as_str()
                     .map(str::to_owned)
-                    .ok_or_else(|| bad(path, "a list of file names", v))
+                    .ok_or_else(|| bad(path, &format!("a list of {many}"), v))
             })
             .collect(),
-        Some(v) => Err(bad(path, "a file name or a list of file names", v)),
+        v => Err(bad(path, &format!("{one} or a list of {many}"), &v)),
     }
 }
 
@@ -522,12 +525,9 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
             return Err(ConfigError(missing.join("\n")));
         }
     };
-    let path = |p: &str| -> Result<Option<PathBuf>, ConfigError> {
-        Ok(get_str(tree, p)?.filter(|v| !v.trim().is_empty()).map(PathBuf::from))
-    };
     let server_enabled = get_bool(tree, "auth.token.server.enabled", false)?;
     let server = if server_enabled {
-        let keys: Vec<PathBuf> = get_list(tree, "auth.token.server.key")?
+        let keys: Vec<PathBuf> = get_list(tree, "auth.token.server.key", "a file name", "file names")?
             .into_iter()
             .map(PathBuf::from)
             .collect();
@@ -554,7 +554,7 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
         }
         Some(TokenServerConfig {
             keys,
-            certificate: path("auth.token.server.certificate")?,
+            certificate: get_file(tree, "auth.token.server.certificate")?,
             path: endpoint,
             expiration: get_duration(tree, "auth.token.server.expiration", Duration::from_secs(300))?,
             kid,
@@ -567,8 +567,8 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
         realm,
         service,
         issuer,
-        rootcertbundle: path("auth.token.rootcertbundle")?,
-        jwks: path("auth.token.jwks")?,
+        rootcertbundle: get_file(tree, "auth.token.rootcertbundle")?,
+        jwks: get_file(tree, "auth.token.jwks")?,
         jwks_url: match get_str(tree, "auth.token.jwksurl")?
             .map(str::trim)
             .filter(|u| !u.is_empty())
@@ -583,7 +583,7 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
                 )));
             }
         },
-        publickey: path("auth.token.publickey")?,
+        publickey: get_file(tree, "auth.token.publickey")?,
         leeway: get_duration(tree, "auth.token.leeway", Duration::from_secs(60))?,
         server,
     };
@@ -859,6 +859,11 @@ fn get_str<'a>(tree: &'a Value, path: &str) -> Result<Option<&'a str>, ConfigErr
         Some(Value::String(s)) => Ok(Some(s.as_str())),
         Some(v) => Err(bad(path, "a string", v)),
     }
+}
+
+/// A file named by a setting; empty counts as unset.
+fn get_file(tree: &Value, path: &str) -> Result<Option<PathBuf>, ConfigError> {
+    Ok(get_str(tree, path)?.filter(|v| !v.trim().is_empty()).map(PathBuf::from))
 }
 
 fn get_usize(tree: &Value, path: &str, default: usize) -> Result<usize, ConfigError> {
@@ -1157,21 +1162,12 @@ fn gc_settings(tree: &Value) -> Result<Option<(Duration, berth_engine::GcOptions
 
 /// `http.tls.*`: none of it, or a certificate with its key.
 fn tls_settings(tree: &Value) -> Result<Option<crate::tls::TlsConfig>, ConfigError> {
-    let path = |p: &str| -> Result<Option<PathBuf>, ConfigError> {
-        Ok(get_str(tree, p)?.filter(|v| !v.trim().is_empty()).map(PathBuf::from))
-    };
-    let certificate = path("http.tls.certificate")?;
-    let key = path("http.tls.key")?;
-    let clientcas: Vec<PathBuf> = match get_path(tree, "http.tls.clientcas") {
-        Some(Value::String(s)) if s.trim_start().starts_with('[') => match parse_yaml_value(s) {
-            Value::Array(a) => a.iter().filter_map(|v| v.as_str()).map(PathBuf::from).collect(),
-            _ => Vec::new(),
-        },
-        _ => get_list(tree, "http.tls.clientcas")?
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
-    };
+    let certificate = get_file(tree, "http.tls.certificate")?;
+    let key = get_file(tree, "http.tls.key")?;
+    let clientcas: Vec<PathBuf> = get_list(tree, "http.tls.clientcas", "a file name", "file names")?
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
     let minimum = get_str(tree, "http.tls.minimumtls")?
         .unwrap_or("tls1.2")
         .trim()
@@ -1256,41 +1252,15 @@ fn metrics_settings(tree: &Value) -> Result<(Option<String>, Option<SocketAddr>)
 /// `http.trustedproxies`: addresses or networks.
 fn trusted_proxy_list(tree: &Value) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     let setting = "http.trustedproxies";
-    let list = match get_path(tree, setting) {
-        None => return Ok(Vec::new()),
-        Some(Value::String(s)) => parse_yaml_value(s),
-        Some(v) => v.clone(),
-    };
-    let items: Vec<String> = match list {
-        Value::Array(a) => a
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| bad(setting, "a list of addresses", v))
-            })
-            .collect::<Result<_, _>>()?,
-        Value::String(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        v => return Err(bad(setting, "a list of addresses or networks", &v)),
-    };
-    items
+    get_list(tree, setting, "an address or a network", "addresses or networks")?
         .iter()
         .map(|i| {
-            let i = i.trim();
-            i.parse::<ipnet::IpNet>()
-                .or_else(|_| i.parse::<IpAddr>().map(ipnet::IpNet::from))
-                .map(|n| n.trunc())
-                .map_err(|_| {
-                    ConfigError(format!(
-                        "{setting}{}: {i:?} is not an address or a network such as 10.0.0.0/8",
-                        env_names(setting)
-                    ))
-                })
+            berth_auth::access::parse_network(i.trim()).ok_or_else(|| {
+                ConfigError(format!(
+                    "{setting}{}: {i:?} is not an address or a network such as 10.0.0.0/8",
+                    env_names(setting)
+                ))
+            })
         })
         .collect()
 }

@@ -320,7 +320,7 @@ impl AccessRules {
 
     /// Whether `who` may do `action` on repository `name` (see [`permitted`]).
     pub fn allows(&self, who: &Principal<'_>, name: &str, action: Action) -> bool {
-        permitted(Some(self), who, name).iter().any(|a| a.covers(action))
+        permits(Some(self), who, name, action)
     }
 }
 
@@ -337,6 +337,11 @@ pub fn permitted(rules: Option<&AccessRules>, who: &Principal<'_>, name: &str) -
         actions.extend(NAMESPACE_ACTIONS);
     }
     actions
+}
+
+/// Whether the [`permitted`] actions of `who` on `name` cover `action`.
+pub fn permits(rules: Option<&AccessRules>, who: &Principal<'_>, name: &str, action: Action) -> bool {
+    permitted(rules, who, name).iter().any(|a| a.covers(action))
 }
 
 /// What a token server grants for one requested scope: the requested actions that are

@@ -12,7 +12,7 @@ pub mod secrets;
 pub mod token;
 pub mod users;
 
-pub use access::{AccessRules, Pattern, Policy, Principal, grant, permitted};
+pub use access::{AccessRules, Pattern, Policy, Principal, grant, permits, permitted};
 pub use basic::{BasicAuth, BasicCredentials};
 pub use htpasswd::{Htpasswd, HtpasswdError};
 pub use scope::{Action, Scope, ScopeError};

@@ -2,7 +2,7 @@
 
 use http::Method;
 
-use berth_auth::{AccessRules, Action, permitted};
+use berth_auth::{AccessRules, Action, permits};
 use berth_engine::RepoName;
 
 use crate::authn::Authn;
@@ -83,9 +83,7 @@ impl Access {
         }
         // Without rules, an htpasswd user may do everything and a namespace credential works
         // in its namespaces; rules decide otherwise.
-        permitted(self.rules.as_ref(), &caller.principal(), repo)
-            .iter()
-            .any(|a| a.covers(action))
+        permits(self.rules.as_ref(), &caller.principal(), repo, action)
     }
 
     /// Whether the catalog must be filtered per caller.
@@ -98,9 +96,7 @@ impl Access {
         if !self.filters_catalog_for(caller) {
             return true;
         }
-        permitted(self.rules.as_ref(), &caller.principal(), repo)
-            .iter()
-            .any(|a| a.covers(Action::Pull))
+        permits(self.rules.as_ref(), &caller.principal(), repo, Action::Pull)
     }
 
     /// Admit or refuse a request: 401 with the challenge when the caller must (re)authenticate

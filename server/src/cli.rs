@@ -190,7 +190,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         );
     }
     authn.spawn_reloader();
-    let debug = match cfg.debug_addr.filter(|_| cfg.metrics_path.is_some()) {
+    let debug = match cfg.debug_addr {
         Some(addr) => Some(bind(addr, "http.debug.addr / REGISTRY_HTTP_DEBUG_ADDR").await?),
         None => None,
     };
@@ -204,22 +204,6 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     });
     serve::spawn_upload_reaper(app.clone());
     serve::spawn_gc(app.clone());
-    if let Some(listener) = debug {
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(addr = %local, path = app.config.metrics_path.as_deref().unwrap_or(""), "metrics listener");
-        let app = app.clone();
-        let app_header_timeout = app.config.header_timeout;
-        tokio::spawn(async move {
-            let handler = move |req| api::handle_debug(app.clone(), req);
-            let opts = serve::ServeOptions {
-                tls: None,
-                header_timeout: app_header_timeout,
-            };
-            if let Err(e) = serve::serve_with(handler, listener, opts, std::future::pending()).await {
-                tracing::error!(error = %e, "metrics listener failed");
-            }
-        });
-    }
     if let Some(t) = &tls {
         t.spawn_reloader();
     }
@@ -227,6 +211,23 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         tls,
         header_timeout: app.config.header_timeout,
     };
+    if let Some(listener) = debug {
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(addr = %local, metrics = app.config.metrics_path.as_deref().unwrap_or("off"), "debug listener (plain HTTP: /healthz, /readyz, metrics)");
+        let (app, plain) = (
+            app.clone(),
+            serve::ServeOptions {
+                tls: None,
+                ..opts.clone()
+            },
+        );
+        tokio::spawn(async move {
+            let handler = move |req| api::handle_debug(app.clone(), req);
+            if let Err(e) = serve::serve_with(handler, listener, plain, std::future::pending()).await {
+                tracing::error!(error = %e, "debug listener failed");
+            }
+        });
+    }
     serve::serve(app, listener, opts, shutdown_signal())
         .await
         .map_err(|e| e.to_string())

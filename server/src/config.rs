@@ -1213,8 +1213,26 @@ fn tls_settings(tree: &Value) -> Result<Option<crate::tls::TlsConfig>, ConfigErr
 
 /// `http.debug.prometheus.*` and `http.debug.addr`.
 fn metrics_settings(tree: &Value) -> Result<(Option<String>, Option<SocketAddr>), ConfigError> {
+    // The debug listener serves /healthz and /readyz too, so its address counts with or without
+    // the metrics; `:5001` means every interface, as in http.addr.
+    let addr = match get_str(tree, "http.debug.addr")?
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        None => None,
+        Some(a) => {
+            let parsed = a
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some(SocketAddr::new(parse_host(host)?, port.parse().ok()?)));
+            Some(parsed.ok_or_else(|| {
+                ConfigError(format!(
+                    "http.debug.addr (env REGISTRY_HTTP_DEBUG_ADDR): {a:?} is not host:port, e.g. 127.0.0.1:5001"
+                ))
+            })?)
+        }
+    };
     if !get_bool(tree, "http.debug.prometheus.enabled", true)? {
-        return Ok((None, None));
+        return Ok((None, addr));
     }
     let path = get_str(tree, "http.debug.prometheus.path")?
         .unwrap_or("/metrics")
@@ -1224,28 +1242,6 @@ fn metrics_settings(tree: &Value) -> Result<(Option<String>, Option<SocketAddr>)
             "http.debug.prometheus.path (env REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH): {path:?} must start with / and not be under /v2, e.g. /metrics"
         )));
     }
-    let addr = match get_str(tree, "http.debug.addr")?
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-    {
-        None => None,
-        Some(a) => {
-            let (host, port) = a.rsplit_once(':').unwrap_or(("", ""));
-            let ip = if host.is_empty() {
-                Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-            } else {
-                parse_host(host)
-            };
-            match (ip, port.parse::<u16>()) {
-                (Some(ip), Ok(port)) => Some(SocketAddr::new(ip, port)),
-                _ => {
-                    return Err(ConfigError(format!(
-                        "http.debug.addr (env REGISTRY_HTTP_DEBUG_ADDR): {a:?} is not host:port, e.g. 127.0.0.1:5001"
-                    )));
-                }
-            }
-        }
-    };
     Ok((Some(path.to_owned()), addr))
 }
 
@@ -1630,6 +1626,16 @@ mod tests {
         assert!(w.is_empty(), "{w:?}");
         let (c, _) = load_str("", &[("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "false")]).unwrap();
         assert_eq!(c.metrics_path, None);
+        // Without metrics the debug listener still serves the probes.
+        let (c, _) = load_str(
+            "",
+            &[
+                ("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "false"),
+                ("REGISTRY_HTTP_DEBUG_ADDR", ":5001"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((c.metrics_path, c.debug_addr.map(|a| a.port())), (None, Some(5001)));
         assert!(load_str("", &[("REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH", "/v2/metrics")]).is_err());
         assert!(load_str("", &[("REGISTRY_HTTP_DEBUG_ADDR", "nowhere")]).is_err());
     }

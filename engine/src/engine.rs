@@ -63,7 +63,7 @@ pub struct PushedManifest {
 }
 
 /// What a garbage collection should do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GcOptions {
     /// Blob links and manifests younger than this stay, referenced or not (an upload whose
     /// manifest is still to come).

@@ -278,12 +278,9 @@ pub async fn gc(cfg: Config, grace: Option<std::time::Duration>, untagged: bool,
         };
         format!("cannot open storage at {} (storage.filesystem.rootdirectory): {e}{hint}", cfg.root.display())
     })?;
-    let defaults = cfg.gc.map(|(_, o)| o);
     let opts = berth_engine::GcOptions {
-        grace: grace
-            .or(defaults.map(|o| o.grace))
-            .unwrap_or(std::time::Duration::from_secs(3600)),
-        untagged: untagged || defaults.is_some_and(|o| o.untagged),
+        grace: grace.unwrap_or(cfg.gc.grace),
+        untagged: untagged || cfg.gc.untagged,
         dry_run,
     };
     let started = std::time::Instant::now();

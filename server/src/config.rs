@@ -686,8 +686,10 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Most requests at once (0: unlimited).
     pub max_requests: usize,
-    /// Online garbage collection: interval and options (`None`: off).
-    pub gc: Option<(Duration, berth_engine::GcOptions)>,
+    /// Interval of online garbage collection (`None`: off).
+    pub gc_interval: Option<Duration>,
+    /// Garbage collection options (grace period, untagged), online and for `berth gc`.
+    pub gc: berth_engine::GcOptions,
     /// TLS for the listener.
     pub tls: Option<crate::tls::TlsConfig>,
     /// Path of the Prometheus metrics; `None` when turned off.
@@ -1075,8 +1077,8 @@ pub fn from_tree(
     take(trusted_proxy_list(&tree).map(|t| trusted_proxies = t));
     let mut tls = None;
     take(tls_settings(&tree).map(|t| tls = t));
-    let mut gc = None;
-    take(gc_settings(&tree).map(|g| gc = g));
+    let (mut gc_interval, mut gc) = (None, berth_engine::GcOptions::default());
+    take(gc_settings(&tree).map(|g| (gc_interval, gc) = g));
     let (mut header_timeout, mut body_timeout, mut max_requests) =
         (Duration::from_secs(30), Duration::from_secs(60), 8192);
     take((|| {
@@ -1120,7 +1122,8 @@ pub fn from_tree(
         upload_timeout,
         upload_cleanup_interval,
         upload_purging: purging && !dryrun && !read_only,
-        gc: gc.filter(|_| !read_only),
+        gc_interval: gc_interval.filter(|_| !read_only),
+        gc,
         read_only,
         header_timeout,
         body_timeout,
@@ -1137,12 +1140,15 @@ pub fn from_tree(
 }
 
 /// `storage.maintenance.gc.*`.
-fn gc_settings(tree: &Value) -> Result<Option<(Duration, berth_engine::GcOptions)>, ConfigError> {
+fn gc_settings(tree: &Value) -> Result<(Option<Duration>, berth_engine::GcOptions), ConfigError> {
     let interval = get_duration(tree, "storage.maintenance.gc.interval", Duration::from_secs(24 * 3600))?;
-    let grace = get_duration(tree, "storage.maintenance.gc.grace", Duration::from_secs(3600))?;
-    let untagged = get_bool(tree, "storage.maintenance.gc.untagged", false)?;
+    let opts = berth_engine::GcOptions {
+        grace: get_duration(tree, "storage.maintenance.gc.grace", Duration::from_secs(3600))?,
+        untagged: get_bool(tree, "storage.maintenance.gc.untagged", false)?,
+        dry_run: false,
+    };
     if !get_bool(tree, "storage.maintenance.gc.enabled", false)? {
-        return Ok(None);
+        return Ok((None, opts));
     }
     if interval.is_zero() {
         return Err(ConfigError(
@@ -1150,14 +1156,7 @@ fn gc_settings(tree: &Value) -> Result<Option<(Duration, berth_engine::GcOptions
                 .into(),
         ));
     }
-    Ok(Some((
-        interval,
-        berth_engine::GcOptions {
-            grace,
-            untagged,
-            dry_run: false,
-        },
-    )))
+    Ok((Some(interval), opts))
 }
 
 /// `http.tls.*`: none of it, or a certificate with its key.
@@ -1575,17 +1574,22 @@ mod tests {
 
     #[test]
     fn gc_settings() {
-        assert!(load_str("", &[]).unwrap().0.gc.is_none());
+        let (c, _) = load_str("", &[]).unwrap();
+        assert!(c.gc_interval.is_none());
+        assert_eq!((c.gc.grace.as_secs(), c.gc.untagged), (3600, false));
+        // The grace period set for `berth gc` counts with online collection off.
+        let (c, _) = load_str("storage: {maintenance: {gc: {grace: 5m}}}", &[]).unwrap();
+        assert_eq!((c.gc_interval, c.gc.grace.as_secs()), (None, 300));
         let (c, w) = load_str(
             "storage: {maintenance: {gc: {enabled: true, interval: 10m, grace: 2h, untagged: true}}}",
             &[],
         )
         .unwrap();
-        let (interval, o) = c.gc.unwrap();
+        let (interval, o) = (c.gc_interval.unwrap(), c.gc);
         assert_eq!((interval.as_secs(), o.grace.as_secs(), o.untagged), (600, 7200, true));
         assert!(w.is_empty(), "{w:?}");
         let (c, _) = load_str("", &[("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "true")]).unwrap();
-        let (interval, o) = c.gc.unwrap();
+        let (interval, o) = (c.gc_interval.unwrap(), c.gc);
         assert_eq!(
             (interval.as_secs(), o.grace.as_secs(), o.untagged),
             (86400, 3600, false)
@@ -1608,7 +1612,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert!(c.gc.is_none(), "read-only mode collects nothing");
+        assert!(c.gc_interval.is_none(), "read-only mode collects nothing");
     }
 
     #[test]

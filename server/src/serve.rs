@@ -127,7 +127,9 @@ where
 
 /// Collect garbage every configured interval (online GC).
 pub fn spawn_gc(app: Arc<App>) {
-    let Some((interval, opts)) = app.config.gc else { return };
+    let (Some(interval), opts) = (app.config.gc_interval, app.config.gc) else {
+        return;
+    };
     tracing::info!(
         interval = ?interval,
         grace = ?opts.grace,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use serde_json::{Map, Value, json};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
@@ -18,9 +18,6 @@ use crate::manifest::{self, ManifestError};
 use crate::meta::{Meta, NewManifest, StoredManifest};
 use crate::name::{Reference, RepoName, UploadId};
 use crate::upload::{SessionState, Uploads};
-
-/// Number of lock stripes that order blob commits against blob deletes.
-const STRIPES: usize = 64;
 
 /// A byte range of a blob: first byte and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,25 +98,43 @@ pub struct Engine {
     layout: Layout,
     meta: Arc<Meta>,
     uploads: Uploads,
-    stripes: Vec<Mutex<()>>,
+    /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
+    _lock: std::fs::File,
 }
 
 impl Engine {
-    /// Open the storage rooted at `root`, creating it when missing.
+    /// Open the storage rooted at `root`, creating it when missing. Several processes may open
+    /// one storage this way at once (each holds a shared lock on it).
     pub async fn open(root: impl Into<std::path::PathBuf>) -> Result<Engine> {
+        Engine::open_with(root.into(), false).await
+    }
+
+    /// Open the storage for offline maintenance: fails with [`Error::StorageInUse`] while any
+    /// other process has it open.
+    pub async fn open_exclusive(root: impl Into<std::path::PathBuf>) -> Result<Engine> {
+        Engine::open_with(root.into(), true).await
+    }
+
+    async fn open_with(root: std::path::PathBuf, exclusive: bool) -> Result<Engine> {
         let layout = Layout::new(root);
         let l = layout.clone();
-        let meta = io::blocking(move || {
+        let (lock, meta) = io::blocking(move || {
             io::create_dir_all(&l.blobs_dir())?;
             io::create_dir_all(&l.uploads_dir())?;
-            Meta::open(&l.meta()).map_err(std::io::Error::other)
+            let lock = io::lock_storage(&l.lock(), exclusive)?;
+            let meta = Meta::open(&l.meta()).map_err(std::io::Error::other)?;
+            Ok((lock, meta))
         })
-        .await?;
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::StorageInUse { exclusive },
+            _ => Error::Io(e),
+        })?;
         Ok(Engine {
             uploads: Uploads::new(layout.clone()),
             layout,
             meta: Arc::new(meta),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            _lock: lock,
         })
     }
 
@@ -137,11 +152,6 @@ impl Engine {
         tokio::task::spawn_blocking(move || f(&meta))
             .await
             .map_err(|e| Error::Meta(e.to_string()))?
-    }
-
-    fn stripe(&self, digest: &Digest) -> &Mutex<()> {
-        let b = u8::from_str_radix(&digest.hex()[..2], 16).unwrap_or(0) as usize;
-        &self.stripes[b % STRIPES]
     }
 
     /// Whether the engine can serve: the metadata store answers and the storage directory takes
@@ -181,31 +191,41 @@ impl Engine {
         Ok(BlobStream { rx })
     }
 
-    /// Unlink a blob from a repository; its file goes when no repository links it any more.
+    /// Unlink a blob from a repository; its file goes when no repository links it any more
+    /// (in the same metadata transaction, so no process's upload of it interleaves).
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let _g = self.stripe(digest).lock().await;
-        let (r, d) = (repo.clone(), digest.clone());
-        match self.meta(move |m| m.unlink_blob(&r, &d)).await? {
-            None => Err(Error::BlobUnknown(digest.clone())),
-            Some(true) => Ok(io::remove_file(self.layout.blob(digest)).await?),
-            Some(false) => Ok(()),
+        let (r, d, path) = (repo.clone(), digest.clone(), self.layout.blob(digest));
+        let found = self
+            .meta(move |m| {
+                m.write(|tx| match tx.unlink_blob(&r, &d)? {
+                    None => Ok(false),
+                    Some(true) => io::remove_file_now(&path).map(|()| true).map_err(Error::Io),
+                    Some(false) => Ok(true),
+                })
+            })
+            .await?;
+        if found {
+            Ok(())
+        } else {
+            Err(Error::BlobUnknown(digest.clone()))
         }
     }
 
     /// Link an existing blob into `repo` from `from`, or from any repository when `from` is
     /// `None`. Returns false when the blob is not available there.
     pub async fn blob_mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
-        let _g = self.stripe(digest).lock().await;
         let (r, d, f) = (repo.clone(), digest.clone(), from.cloned());
         self.meta(move |m| {
-            let size = match &f {
-                Some(f) => m.repo_blob(f, &d)?,
-                None => m.blob(&d)?,
-            };
-            match size {
-                Some(size) => m.link_blob(&r, &d, size).map(|()| true),
-                None => Ok(false),
-            }
+            m.write(|tx| {
+                let size = match &f {
+                    Some(f) => tx.repo_blob(f, &d)?,
+                    None => tx.blob(&d)?,
+                };
+                match size {
+                    Some(size) => tx.link_blob(&r, &d, size).map(|()| true),
+                    None => Ok(false),
+                }
+            })
         })
         .await
     }
@@ -217,9 +237,9 @@ impl Engine {
         Ok(self.uploads.start(repo).await?.id)
     }
 
-    /// Bytes an upload session has received.
+    /// Bytes an upload session has received (by the requests that finished).
     pub async fn upload_offset(&self, repo: &RepoName, id: UploadId) -> Result<u64> {
-        self.uploads.get(repo, id).await?.offset()
+        self.uploads.status(repo, id).await
     }
 
     /// Append a request body to a session. With `range`, the chunk must start at the current
@@ -236,9 +256,8 @@ impl Engine {
         E: std::fmt::Display,
     {
         let session = self.uploads.get(repo, id).await?;
-        let mut state = session.lock()?;
+        let mut state = self.uploads.lock(&session).await?;
         append(&mut state, range, body).await?;
-        session.set_offset(state.offset);
         self.uploads.checkpoint(&session, state.offset, &state.hasher).await?;
         Ok(state.offset)
     }
@@ -259,7 +278,7 @@ impl Engine {
         E: std::fmt::Display,
     {
         let session = self.uploads.get(repo, id).await?;
-        let mut state = session.lock()?;
+        let mut state = self.uploads.lock(&session).await?;
         let (before_offset, before_hasher) = (state.offset, state.hasher.clone());
         append(&mut state, range, body).await?;
         let actual = if digest.algorithm() == state.hasher.algorithm() {
@@ -283,23 +302,61 @@ impl Engine {
             });
         }
         let size = state.offset;
-        let file = state.file.take().ok_or(Error::UploadUnknown)?;
-        {
-            let _g = self.stripe(digest).lock().await;
-            file.commit(self.layout.upload_data(id), self.layout.blob(digest))
-                .await?;
-            let (r, d) = (repo.clone(), digest.clone());
-            self.meta(move |m| m.link_blob(&r, &d, size)).await?;
+        if before_offset != size {
+            // What this request appended is part of the blob even if the commit fails below.
+            self.uploads.checkpoint(&session, size, &state.hasher).await?;
         }
+        // From here no process may continue the session: its data becomes the blob.
+        self.uploads.retire_checkpoint(id).await?;
+        let committed = self.commit_blob(&mut state, repo, id, digest, size).await;
+        if let Err(e) = committed {
+            // Leave the session as it was, so that the client can try the PUT again.
+            let data_left = io::file_len(self.layout.upload_data(id)).await?.is_some();
+            if data_left {
+                self.uploads.checkpoint(&session, size, &state.hasher).await?;
+            } else {
+                state.file = None;
+                drop(state);
+                self.uploads.remove(id).await?;
+            }
+            return Err(e);
+        }
+        state.file = None;
         drop(state);
         self.uploads.remove(id).await?;
         Ok(size)
     }
 
+    /// Move a verified upload into the blob store and link it into `repo`: the data is synced
+    /// first; the rename and the link happen in one metadata transaction, so no process's
+    /// garbage collection removes the file between them.
+    async fn commit_blob(
+        &self,
+        state: &mut SessionState,
+        repo: &RepoName,
+        id: UploadId,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        let dest = self.layout.blob(digest);
+        let file = state.file.take().ok_or(Error::UploadUnknown)?;
+        let (file, synced) = file.prepare_commit(dest.clone()).await;
+        state.file = Some(file);
+        let synced = synced?;
+        let (r, d, src) = (repo.clone(), digest.clone(), self.layout.upload_data(id));
+        self.meta(move |m| {
+            m.write(|tx| {
+                io::place_blob(&src, &dest, synced)?;
+                tx.link_blob(&r, &d, size)
+            })
+        })
+        .await
+    }
+
     /// Cancel a session and delete what it received.
     pub async fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<()> {
         let session = self.uploads.get(repo, id).await?;
-        let mut state = session.lock()?;
+        let mut state = self.uploads.lock(&session).await?;
         state.file = None;
         drop(state);
         self.uploads.remove(id).await
@@ -355,18 +412,23 @@ impl Engine {
         Ok(report)
     }
 
-    /// Whether, under its commit lock, no repository links the blob; its file is then removed
-    /// unless `dry_run`.
+    /// Whether no repository links the blob; its file is then removed unless `dry_run`, in the
+    /// same metadata transaction, so that no process's upload of it interleaves.
     async fn remove_unrecorded(&self, digest: &Digest, dry_run: bool) -> Result<bool> {
-        let _g = self.stripe(digest).lock().await;
-        let d = digest.clone();
-        if self.meta(move |m| m.blob(&d)).await?.is_some() {
-            return Ok(false);
+        let (d, path) = (digest.clone(), self.layout.blob(digest));
+        if dry_run {
+            return Ok(self.meta(move |m| m.blob(&d)).await?.is_none());
         }
-        if !dry_run {
-            io::remove_file(self.layout.blob(digest)).await?;
-        }
-        Ok(true)
+        self.meta(move |m| {
+            m.write(|tx| {
+                if tx.blob(&d)?.is_some() {
+                    return Ok(false);
+                }
+                io::remove_file_now(&path)?;
+                Ok(true)
+            })
+        })
+        .await
     }
 
     /// Number of upload sessions this process holds.
@@ -459,15 +521,15 @@ impl Engine {
         let found = self
             .meta(move |m| match &re {
                 Reference::Tag(t) => m.delete_tag(&r, t),
-                Reference::Digest(d) => {
-                    let Some(stored) = m.manifest(&r, d)? else {
+                Reference::Digest(d) => m.write(|tx| {
+                    let Some(stored) = tx.manifest(&r, d)? else {
                         return Ok(false);
                     };
                     let subject = manifest::parse(Some(&stored.media_type), &stored.bytes)
                         .ok()
                         .and_then(|i| i.subject);
-                    m.delete_manifest(&r, d, subject.as_ref())
-                }
+                    tx.delete_manifest(&r, d, subject.as_ref())
+                }),
             })
             .await?;
         if found {

@@ -74,33 +74,27 @@ pub enum Error {
     /// Storage failure.
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
+    /// The storage is locked by another process: by a serving berth (`exclusive`: this process
+    /// wanted it alone), or by offline maintenance such as `berth gc`.
+    #[error("{}", if *exclusive { "the storage is in use by a running berth process" } else { "the storage is locked by offline maintenance (berth gc)" })]
+    StorageInUse {
+        /// Whether this process asked for the storage alone.
+        exclusive: bool,
+    },
     /// Metadata store failure.
     #[error("metadata store error: {0}")]
     Meta(String),
 }
 
-impl From<redb::Error> for Error {
-    fn from(e: redb::Error) -> Self {
-        Error::Meta(e.to_string())
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            // The disk is full: the same answer as a full disk under a blob.
+            Some(rusqlite::ErrorCode::DiskFull) => Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            _ => Error::Meta(e.to_string()),
+        }
     }
 }
-
-macro_rules! meta_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Meta(e.to_string())
-            }
-        }
-    )*};
-}
-meta_from!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// Engine result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -56,20 +56,37 @@ impl UploadFile {
         .await
     }
 
-    /// Reopen an existing session file, keeping only its first `len` bytes.
-    pub async fn reopen(path: PathBuf, len: u64) -> io::Result<UploadFile> {
+    /// Open an existing session file. Its length is not touched here: another process may be
+    /// writing it; [`UploadFile::claim`] fits it to the checkpoint under the file lock.
+    pub async fn reopen(path: PathBuf) -> io::Result<UploadFile> {
         blocking(move || {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            if file.metadata()?.len() < len {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "upload data is shorter than its checkpoint",
-                ));
-            }
-            file.set_len(len)?;
             Ok(UploadFile { file })
         })
         .await
+    }
+
+    /// Take the session's file lock (`flock`, exclusive, without waiting: a session another
+    /// request of any process writes is busy), then read its checkpoint at `state` (`None` when
+    /// the session was committed or cancelled meanwhile) and the data's length. Every Berth
+    /// process sharing the storage takes this lock before it writes a session, and keeps it until
+    /// the request's checkpoint is written ([`UploadFile::unlock`]).
+    pub async fn claim(self, state: PathBuf) -> (UploadFile, io::Result<Option<(Vec<u8>, u64)>>) {
+        let file = self.file;
+        let res = tokio::task::spawn_blocking(move || {
+            let r = claim(&file, &state);
+            (file, r)
+        })
+        .await;
+        match res {
+            Ok((file, r)) => (UploadFile { file }, r),
+            Err(e) => panic!("claim thread panicked: {e}"),
+        }
+    }
+
+    /// Release the lock [`UploadFile::claim`] took.
+    pub fn unlock(&self) {
+        let _ = self.file.unlock();
     }
 
     /// Stream `body` to the end of the file at `offset`, feeding every byte to `hasher` in the
@@ -188,25 +205,24 @@ impl UploadFile {
         (UploadFile { file }, res)
     }
 
-    /// Make the data durable and move it to `dest` (creating its directory). If `dest` already
-    /// exists the content is identical (same digest), so the new copy is dropped instead.
-    pub async fn commit(self, src: PathBuf, dest: PathBuf) -> io::Result<()> {
+    /// Make the data durable before it becomes a blob, unless `dest` already exists (same
+    /// digest, so identical content that is dropped instead). Says whether it synced; pass that
+    /// to [`place_blob`], inside the metadata transaction that records the link.
+    pub async fn prepare_commit(self, dest: PathBuf) -> (UploadFile, io::Result<bool>) {
         let file = self.file;
-        blocking(move || {
-            let dir = dest
-                .parent()
-                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
-            if dest.exists() {
-                drop(file);
-                return fs::remove_file(&src);
-            }
-            file.sync_data()?;
-            drop(file);
-            fs::create_dir_all(dir)?;
-            fs::rename(&src, &dest)?;
-            sync_dir(dir)
+        let res = tokio::task::spawn_blocking(move || {
+            let r = if dest.exists() {
+                Ok(false)
+            } else {
+                file.sync_data().map(|()| true)
+            };
+            (file, r)
         })
-        .await
+        .await;
+        match res {
+            Ok((file, r)) => (UploadFile { file }, r),
+            Err(e) => panic!("sync thread panicked: {e}"),
+        }
     }
 
     /// Hash the first `len` bytes of the file again (only when the client commits with a digest
@@ -229,6 +245,89 @@ impl UploadFile {
         })
         .await
     }
+}
+
+fn claim(file: &File, state: &Path) -> io::Result<Option<(Vec<u8>, u64)>> {
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Err(io::ErrorKind::WouldBlock.into()),
+        Err(fs::TryLockError::Error(e)) => return Err(e),
+    }
+    let checkpoint = match fs::read(state) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = file.unlock();
+            return if e.kind() == io::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+    };
+    match file.metadata() {
+        Ok(m) => Ok(Some((checkpoint, m.len()))),
+        Err(e) => {
+            let _ = file.unlock();
+            Err(e)
+        }
+    }
+}
+
+/// Move upload data at `src` into the blob store at `dest` durably (the rename, in a directory
+/// made if missing, is synced), or drop it when `dest` is already there. `synced` says whether
+/// [`UploadFile::prepare_commit`] synced the data; if not and `dest` has gone since, it is synced
+/// here. Blocking: runs inside the metadata transaction, so that no garbage collection of any
+/// process removes `dest` between this and the link.
+pub fn place_blob(src: &Path, dest: &Path, synced: bool) -> io::Result<()> {
+    if dest.exists() {
+        return remove_file_now(src);
+    }
+    if !synced {
+        File::open(src)?.sync_data()?;
+    }
+    let dir = dest
+        .parent()
+        .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+    if !dir.exists() {
+        fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    fs::rename(src, dest)?;
+    sync_dir(dir)
+}
+
+/// Remove a file now (blocking); a file that is already gone is not an error.
+pub fn remove_file_now(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Remove the directory of an upload session whose data file no request of any process holds
+/// locked. Returns false when the session is busy.
+pub async fn remove_session_if_idle(dir: PathBuf, data: PathBuf) -> io::Result<bool> {
+    blocking(move || {
+        let file = match File::open(&data) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(f) = &file {
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(false),
+                Err(fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(true),
+        }
+    })
+    .await
 }
 
 async fn blocking_truncate(file: File, len: u64) -> (File, io::Result<()>) {
@@ -269,11 +368,7 @@ pub async fn file_len(path: PathBuf) -> io::Result<Option<u64>> {
 
 /// Remove a file; a file that is already gone is not an error.
 pub async fn remove_file(path: PathBuf) -> io::Result<()> {
-    blocking(move || match fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    })
-    .await
+    blocking(move || remove_file_now(&path)).await
 }
 
 /// Remove a directory tree; one that is already gone is not an error.
@@ -324,6 +419,28 @@ fn entry_names(path: &Path) -> io::Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// Lock the storage at `path` (a lock file made if missing) for the caller's lifetime of the
+/// returned handle: shared for a serving process (several may share one storage), exclusive for
+/// offline maintenance. Fails with `WouldBlock` at once when the other kind holds it.
+pub fn lock_storage(path: &Path, exclusive: bool) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let res = if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    };
+    match res {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// Create a directory and its parents.

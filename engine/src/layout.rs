@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <root>/
-//!   meta.redb                          metadata: links, tags, manifests, referrers
+//!   berth.lock                         flock: shared while serving, exclusive for `berth gc`
+//!   meta.db (+ -wal, -shm)             metadata (SQLite): links, tags, manifests, referrers
 //!   blobs/<alg>/<hex[0..2]>/<hex>      blob bytes, one file per digest for all repositories
 //!   uploads/<uuid>/data                bytes received so far for an upload session
 //!   uploads/<uuid>/state               checkpoint: repository, offset, hash state
@@ -35,7 +36,12 @@ impl Layout {
 
     /// The metadata database file.
     pub fn meta(&self) -> PathBuf {
-        self.root.join("meta.redb")
+        self.root.join("meta.db")
+    }
+
+    /// The lock file: shared by serving processes, exclusive for offline maintenance.
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("berth.lock")
     }
 
     /// Directory of all blobs.

@@ -1,6 +1,12 @@
 //! Upload sessions: a lock-free table of sessions, each with its open data file, running hash
-//! and offset, checkpointed to disk after every request so a session survives a restart.
+//! and offset, checkpointed to disk after every request so a session survives a restart and can
+//! be continued by any Berth process that shares the storage directory.
+//!
+//! Across processes, the data file's `flock` orders requests: a request takes it, adopts the
+//! checkpoint on disk (another process may have moved the session on, or died half-way through
+//! a write, in which case the unacknowledged tail is cut off), writes, checkpoints, and lets go.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,8 +46,6 @@ pub struct Session {
     pub repo: RepoName,
     started: u64,
     last_active: AtomicU64,
-    /// Bytes received so far, readable without waiting for a writer.
-    received: AtomicU64,
     state: Mutex<SessionState>,
 }
 
@@ -54,36 +58,28 @@ impl std::fmt::Debug for Session {
     }
 }
 
-impl Session {
-    /// Take the session for writing; a session another request is writing is refused at once
-    /// rather than waited for.
-    pub fn lock(&self) -> Result<MutexGuard<'_, SessionState>> {
-        let guard = self.state.try_lock().map_err(|_| Error::UploadBusy)?;
-        if guard.file.is_none() {
-            return Err(Error::UploadUnknown);
+/// A session taken for writing by one request: in this process (its mutex) and in every process
+/// sharing the storage (the data file's lock, released when the guard goes).
+pub struct SessionGuard<'a>(MutexGuard<'a, SessionState>);
+
+impl Deref for SessionGuard<'_> {
+    type Target = SessionState;
+    fn deref(&self) -> &SessionState {
+        &self.0
+    }
+}
+
+impl DerefMut for SessionGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SessionState {
+        &mut self.0
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0.file {
+            f.unlock();
         }
-        self.touch();
-        Ok(guard)
-    }
-
-    /// Bytes received so far, without waiting for a request that is writing (a status query
-    /// during a PATCH sees the offset before that PATCH).
-    pub fn offset(&self) -> Result<u64> {
-        if let Ok(guard) = self.state.try_lock()
-            && guard.file.is_none()
-        {
-            return Err(Error::UploadUnknown);
-        }
-        Ok(self.received.load(Ordering::Acquire))
-    }
-
-    /// Record the offset after a request.
-    pub fn set_offset(&self, offset: u64) {
-        self.received.store(offset, Ordering::Release);
-    }
-
-    fn touch(&self) {
-        self.last_active.store(now_secs(), Ordering::Relaxed);
     }
 }
 
@@ -97,7 +93,18 @@ struct Checkpoint {
     started: u64,
 }
 
-/// All sessions of this process.
+impl Checkpoint {
+    fn parse(raw: &[u8]) -> Result<(Checkpoint, Hasher)> {
+        let cp: Checkpoint = serde_json::from_slice(raw).map_err(|_| Error::UploadUnknown)?;
+        let hasher = hex::decode(&cp.hash_state)
+            .ok()
+            .and_then(|b| Hasher::restore(&b))
+            .ok_or(Error::UploadUnknown)?;
+        Ok((cp, hasher))
+    }
+}
+
+/// The sessions this process has open.
 pub struct Uploads {
     layout: Layout,
     table: papaya::HashMap<UploadId, Arc<Session>>,
@@ -117,30 +124,25 @@ impl Uploads {
         let id = UploadId::random();
         let file = UploadFile::create(self.layout.upload_data(id)).await?;
         let now = now_secs();
+        let hasher = Hasher::new(Algorithm::Sha256);
         let session = Arc::new(Session {
             id,
             repo: repo.clone(),
             started: now,
             last_active: AtomicU64::new(now),
-            received: AtomicU64::new(0),
             state: Mutex::new(SessionState {
                 file: Some(file),
-                hasher: Hasher::new(Algorithm::Sha256),
+                hasher: hasher.clone(),
                 offset: 0,
             }),
         });
-        self.checkpoint(
-            &session,
-            0,
-            &session.state.try_lock().map_err(|_| Error::UploadBusy)?.hasher,
-        )
-        .await?;
+        self.checkpoint(&session, 0, &hasher).await?;
         self.table.pin().insert(id, session.clone());
         Ok(session)
     }
 
-    /// Find a session of `repo`, loading its checkpoint from disk when this process does not
-    /// know it (after a restart, or when another process started it).
+    /// Find a session of `repo`, opening it from disk when this process does not have it (after
+    /// a restart, or when another process started it).
     pub async fn get(&self, repo: &RepoName, id: UploadId) -> Result<Arc<Session>> {
         let found = self.table.pin().get(&id).cloned();
         let session = match found {
@@ -160,13 +162,9 @@ impl Uploads {
         let raw = io::read_small(self.layout.upload_state(id))
             .await?
             .ok_or(Error::UploadUnknown)?;
-        let cp: Checkpoint = serde_json::from_slice(&raw).map_err(|_| Error::UploadUnknown)?;
+        let (cp, hasher) = Checkpoint::parse(&raw)?;
         let repo: RepoName = cp.repo.parse().map_err(|_| Error::UploadUnknown)?;
-        let hasher = hex::decode(&cp.hash_state)
-            .ok()
-            .and_then(|b| Hasher::restore(&b))
-            .ok_or(Error::UploadUnknown)?;
-        let file = UploadFile::reopen(self.layout.upload_data(id), cp.offset)
+        let file = UploadFile::reopen(self.layout.upload_data(id))
             .await
             .map_err(|_| Error::UploadUnknown)?;
         Ok(Session {
@@ -174,7 +172,6 @@ impl Uploads {
             repo,
             started: cp.started,
             last_active: AtomicU64::new(now_secs()),
-            received: AtomicU64::new(cp.offset),
             state: Mutex::new(SessionState {
                 file: Some(file),
                 hasher,
@@ -183,7 +180,68 @@ impl Uploads {
         })
     }
 
-    /// Persist offset and hash state after a request.
+    /// Take a session for writing. A session another request (of any process) is writing is
+    /// refused at once rather than waited for. The state is the checkpoint's, and the data file
+    /// is cut to it.
+    pub async fn lock<'a>(&self, session: &'a Session) -> Result<SessionGuard<'a>> {
+        let guard = session.state.try_lock().map_err(|_| Error::UploadBusy)?;
+        let mut guard = SessionGuard(guard);
+        session.last_active.store(now_secs(), Ordering::Relaxed);
+        let file = guard.file.take().ok_or(Error::UploadUnknown)?;
+        let (file, claimed) = file.claim(self.layout.upload_state(session.id)).await;
+        let claimed = match claimed {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                guard.file = Some(file);
+                drop(guard);
+                return Err(Error::UploadBusy);
+            }
+            Err(e) => {
+                guard.file = Some(file);
+                return Err(e.into());
+            }
+        };
+        // From here the file lock is held: the guard releases it.
+        guard.file = Some(file);
+        let Some((raw, len)) = claimed else {
+            // Committed or cancelled (perhaps by another process): forget it here too.
+            guard.file = None;
+            self.table.pin().remove(&session.id);
+            return Err(Error::UploadUnknown);
+        };
+        let (cp, hasher) = Checkpoint::parse(&raw)?;
+        if len < cp.offset {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "upload data ({len} bytes) is shorter than its checkpoint ({} bytes)",
+                cp.offset
+            ))));
+        }
+        if len > cp.offset {
+            // A request that was never acknowledged (its process died mid-write) left a tail.
+            let file = guard.file.take().ok_or(Error::UploadUnknown)?;
+            let (file, res) = file.truncate(cp.offset).await;
+            guard.file = Some(file);
+            res?;
+        }
+        guard.offset = cp.offset;
+        guard.hasher = hasher;
+        Ok(guard)
+    }
+
+    /// Bytes of a session that the last finished request left, from its checkpoint (so every
+    /// process sharing the storage answers the same).
+    pub async fn status(&self, repo: &RepoName, id: UploadId) -> Result<u64> {
+        let raw = io::read_small(self.layout.upload_state(id))
+            .await?
+            .ok_or(Error::UploadUnknown)?;
+        let (cp, _) = Checkpoint::parse(&raw)?;
+        if cp.repo != repo.as_str() {
+            return Err(Error::UploadUnknown);
+        }
+        Ok(cp.offset)
+    }
+
+    /// Persist offset and hash state after a request (with the session still taken).
     pub async fn checkpoint(&self, session: &Session, offset: u64, hasher: &Hasher) -> Result<()> {
         let cp = Checkpoint {
             version: 1,
@@ -197,6 +255,12 @@ impl Uploads {
         Ok(())
     }
 
+    /// Remove the checkpoint of a session that is being committed (with the session taken), so
+    /// that no process continues it once its data has become a blob.
+    pub async fn retire_checkpoint(&self, id: UploadId) -> Result<()> {
+        Ok(io::remove_file(self.layout.upload_state(id)).await?)
+    }
+
     /// Forget a session and delete its files (after commit or cancel).
     pub async fn remove(&self, id: UploadId) -> Result<()> {
         self.table.pin().remove(&id);
@@ -204,18 +268,19 @@ impl Uploads {
         Ok(())
     }
 
-    /// Number of sessions this process holds.
+    /// Number of sessions this process has open.
     pub fn len(&self) -> usize {
         self.table.len()
     }
 
-    /// Whether no session is held.
+    /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
 
-    /// Remove sessions idle for longer than `timeout`, including ones on disk that no process
-    /// has loaded. Returns how many were removed.
+    /// Close sessions this process has not used for `timeout`, and delete sessions on disk that
+    /// no process has written for `timeout` (judged by their directory, which every checkpoint
+    /// touches) and that no request holds. Returns how many were deleted.
     pub async fn reap(&self, timeout: Duration) -> Result<usize> {
         let cutoff = now_secs().saturating_sub(timeout.as_secs());
         let idle: Vec<Arc<Session>> = self
@@ -225,23 +290,30 @@ impl Uploads {
             .filter(|s| s.last_active.load(Ordering::Relaxed) < cutoff)
             .cloned()
             .collect();
-        let mut removed = 0;
         for s in idle {
-            // A session being written right now is not idle.
+            // A session being written right now is not idle; another process may still use it,
+            // so only this process's handle goes.
             let Ok(mut guard) = s.state.try_lock() else { continue };
             guard.file = None;
-            drop(guard);
-            self.remove(s.id).await?;
-            removed += 1;
+            self.table.pin().remove(&s.id);
         }
+        let mut removed = 0;
         for name in io::list_dir(self.layout.uploads_dir()).await? {
             let Ok(id) = name.parse::<UploadId>() else { continue };
-            if self.table.pin().contains_key(&id) {
+            if self
+                .table
+                .pin()
+                .get(&id)
+                .is_some_and(|s| s.last_active.load(Ordering::Relaxed) >= cutoff)
+            {
                 continue;
             }
-            let modified = io::modified_secs(self.layout.upload_dir(id)).await?;
-            if modified.is_some_and(|m| m < cutoff) {
-                io::remove_dir_all(self.layout.upload_dir(id)).await?;
+            let dir = self.layout.upload_dir(id);
+            let modified = io::modified_secs(dir.clone()).await?;
+            if modified.is_some_and(|m| m < cutoff)
+                && io::remove_session_if_idle(dir, self.layout.upload_data(id)).await?
+            {
+                self.table.pin().remove(&id);
                 removed += 1;
             }
         }

@@ -270,13 +270,16 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
 /// `berth gc`: collect garbage in the storage of a stopped registry (a running one collects
 /// online with storage.maintenance.gc.enabled).
 pub async fn gc(cfg: Config, grace: Option<std::time::Duration>, untagged: bool, dry_run: bool) -> Result<(), String> {
-    let engine = Engine::open(&cfg.root).await.map_err(|e| {
-        let hint = if e.to_string().to_ascii_lowercase().contains("already open") {
-            " — a running berth holds it: stop it first, or let it collect online (storage.maintenance.gc.enabled: true)"
+    let engine = Engine::open_exclusive(&cfg.root).await.map_err(|e| {
+        let hint = if matches!(e, berth_engine::Error::StorageInUse { .. }) {
+            ": stop every berth on it first, or let them collect online (storage.maintenance.gc.enabled: true)"
         } else {
             ""
         };
-        format!("cannot open storage at {} (storage.filesystem.rootdirectory): {e}{hint}", cfg.root.display())
+        format!(
+            "cannot open storage at {} (storage.filesystem.rootdirectory): {e}{hint}",
+            cfg.root.display()
+        )
     })?;
     let opts = berth_engine::GcOptions {
         grace: grace.unwrap_or(cfg.gc.grace),

@@ -269,7 +269,7 @@ impl From<EngineError> for ApiError {
                 tracing::error!(error = %e, "storage full");
                 Kind::StorageFull.into()
             }
-            e @ (EngineError::Io(_) | EngineError::Meta(_)) => {
+            e @ (EngineError::Io(_) | EngineError::Meta(_) | EngineError::StorageInUse { .. }) => {
                 tracing::error!(error = %e, "internal error");
                 Kind::Internal.into()
             }

@@ -380,7 +380,8 @@ async fn garbage_collection_online_and_offline() {
     let out = gc(&[]);
     assert!(!out.status.success(), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("stop it first"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("in use by a running berth process: stop every berth on it first"),
         "{out:?}"
     );
     reg.set_env("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "false");

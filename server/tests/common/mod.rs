@@ -317,6 +317,8 @@ pub struct Registry {
     dir: Option<tempfile::TempDir>,
     env: Vec<(String, String)>,
     log: Option<PathBuf>,
+    /// The storage of another registry this one shares ([`Registry::share`]).
+    shared: Option<PathBuf>,
 }
 
 impl Registry {
@@ -377,6 +379,11 @@ impl Registry {
         Some(Registry::spawn(env).await)
     }
 
+    /// A handle on a registry another handle runs, by its base URL (for tasks).
+    pub fn attach(base: &str) -> Registry {
+        Registry::external(base.trim_end_matches('/').to_owned())
+    }
+
     fn external(base: String) -> Registry {
         Registry {
             base,
@@ -385,10 +392,15 @@ impl Registry {
             dir: None,
             env: Vec::new(),
             log: None,
+            shared: None,
         }
     }
 
     async fn spawn(env: Vec<(String, String)>) -> Registry {
+        Registry::spawn_on(env, None).await
+    }
+
+    async fn spawn_on(env: Vec<(String, String)>, shared: Option<PathBuf>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("berth-api-test")
             .tempdir()
@@ -400,14 +412,24 @@ impl Registry {
             log: Some(dir.path().join("berth.log")),
             dir: Some(dir),
             env,
+            shared,
         };
         reg.launch().await;
         reg
     }
 
+    /// A second berth process, with the same settings, on this registry's storage directory
+    /// (which this registry keeps: drop it last).
+    pub async fn share(&self) -> Registry {
+        Registry::spawn_on(self.env.clone(), Some(self.storage())).await
+    }
+
     /// The storage directory (local registries only).
     pub fn storage(&self) -> PathBuf {
-        self.dir.as_ref().expect("local registry").path().join("storage")
+        match &self.shared {
+            Some(s) => s.clone(),
+            None => self.dir.as_ref().expect("local registry").path().join("storage"),
+        }
     }
 
     async fn launch(&mut self) {

@@ -179,7 +179,7 @@ impl Engine {
 
     /// Read `range` of a blob (the caller has checked it against the size).
     pub async fn blob_read(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
-        let rx = io::read_range(self.layout.blob(digest), range.start, range.len)
+        let rx = io::blob_range(self.layout.blob(digest), range.start, range.len)
             .await
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {

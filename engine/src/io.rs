@@ -27,6 +27,10 @@ pub const WRITEBACK_WINDOW: u64 = 32 * 1024 * 1024;
 const READ_AHEAD: usize = 2;
 /// Size of the reads that serve a blob.
 const READ_CHUNK: usize = 256 * 1024;
+/// Ranges of at least this many bytes are served from a memory map.
+const MAP_MIN: u64 = 1024 * 1024;
+/// Size of the slices of a memory-mapped blob handed to the network.
+const MAP_CHUNK: usize = 2 * 1024 * 1024;
 
 /// Run a blocking closure on the blocking pool.
 pub async fn blocking<T, F>(f: F) -> io::Result<T>
@@ -448,6 +452,19 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
     fs::create_dir_all(path)
 }
 
+/// Stream `len` bytes of the file at `path` from `start`. Large ranges are served from a
+/// memory map ([`map_range`]); small ones with positioned reads ([`read_range`]).
+pub async fn blob_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc::Receiver<io::Result<Bytes>>> {
+    static MAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // BERTH_IO_MMAP=off serves every range with reads (to measure what the map changes).
+    let map = *MAP.get_or_init(|| std::env::var("BERTH_IO_MMAP").map_or(true, |v| v != "off"));
+    if map && len >= MAP_MIN {
+        map_range(path, start, len).await
+    } else {
+        read_range(path, start, len).await
+    }
+}
+
 /// Stream `len` bytes of the file at `path` from `start`. Each chunk is one positioned read on
 /// the blocking pool, a little ahead of the consumer; no thread is held while the client is slow,
 /// and memory use is bounded by the read-ahead, whatever the blob size.
@@ -484,6 +501,64 @@ pub async fn read_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc:
         }
     });
     Ok(rx)
+}
+
+/// Stream `len` bytes of the file at `path` from `start` as read-only memory maps of
+/// [`MAP_CHUNK`] bytes each: the bytes go from the page cache to the socket without a copy
+/// through a buffer of ours (and without allocating or zeroing one). Each chunk is mapped, and
+/// its pages faulted in (`MADV_POPULATE_READ`), on the blocking pool, a little ahead of the
+/// consumer, so the thread that writes to the socket never waits on the disk and a read error
+/// shows up as an error on the stream; a chunk is unmapped when the network is done with it, so
+/// what is mapped at once stays bounded whatever the blob size.
+pub async fn map_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc::Receiver<io::Result<Bytes>>> {
+    let file = Arc::new(
+        blocking(move || {
+            let file = File::open(&path)?;
+            if file.metadata()?.len() < start + len {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            Ok(file)
+        })
+        .await?,
+    );
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let end = start + len;
+        let mut pos = start;
+        while pos < end {
+            let n = (MAP_CHUNK as u64).min(end - pos);
+            let (f, at) = (file.clone(), pos);
+            let res = tokio::task::spawn_blocking(move || {
+                let map = map_file(&f, at, n)?;
+                match map.advise(memmap2::Advice::PopulateRead) {
+                    // Older kernels lack MADV_POPULATE_READ: the pages fault in as they are sent.
+                    Err(e) if e.raw_os_error() != Some(libc::EINVAL) => return Err(e),
+                    _ => {}
+                }
+                Ok(Bytes::from_owner(map))
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            pos += n;
+            let failed = res.is_err();
+            if tx.send(res).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[allow(unsafe_code)]
+fn map_file(file: &File, start: u64, len: u64) -> io::Result<memmap2::Mmap> {
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: the map is read-only and private to this process, and it covers only bytes the
+    // file was checked to have. What would make reading it undefined is the file shrinking or
+    // changing underneath; blob files never do: a blob is written under uploads/, synced and
+    // renamed into blobs/ whole, is never opened for writing there, and goes only by unlink (a
+    // mapping keeps an unlinked file's pages). A rename over it (the same content, by digest)
+    // replaces the directory entry, not this inode.
+    unsafe { memmap2::MmapOptions::new().offset(start).len(len).map(file) }
 }
 
 /// Last modification time of a path, in seconds since the epoch; `None` when it is gone.

@@ -4,7 +4,7 @@
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test build e2e deploy k8s perf fuzz)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test engine-uring engine-std build e2e deploy k8s perf fuzz)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (.ci/run installs them) and root.
 set -euo pipefail
@@ -39,7 +39,7 @@ step() {
   shift
   if [[ " ${TEST_SKIP:-} " == *" $name "* ]]; then
     echo "==== [$name] skipped (TEST_SKIP)"
-    RESULTS+=("$(printf '%-9s SKIP' "$name")")
+    RESULTS+=("$(printf '%-12s SKIP' "$name")")
     return 0
   fi
   echo
@@ -49,11 +49,11 @@ step() {
   local t
   t=$(secs_since "$t0")
   if ((rc != 0)); then
-    RESULTS+=("$(printf '%-9s FAIL %8ss  %s' "$name" "$t" "$*")")
+    RESULTS+=("$(printf '%-12s FAIL %8ss  %s' "$name" "$t" "$*")")
     echo "==== [$name] FAILED (exit $rc) after ${t}s: $*"
     exit "$rc"
   fi
-  RESULTS+=("$(printf '%-9s ok   %8ss  %s' "$name" "$t" "$*")")
+  RESULTS+=("$(printf '%-12s ok   %8ss  %s' "$name" "$t" "$*")")
   PASSED=$((PASSED + 1))
   echo "==== [$name] ok (${t}s)"
 }
@@ -61,6 +61,9 @@ step() {
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo test --workspace
+# The engine's tests under each I/O engine, asserting that the one asked for serves.
+step engine-uring env BERTH_IO_ENGINE=uring cargo test -p berth-engine
+step engine-std env BERTH_IO_ENGINE=std BERTH_IO_MMAP=off cargo test -p berth-engine
 # The shipped binary: static (glibc), release without debug info (Cargo profile `dist`). The end-to-end tests
 # and the container image use it.
 STATIC_BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/dist/berth"

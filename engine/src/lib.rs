@@ -24,5 +24,6 @@ pub mod upload;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{BlobStream, ByteRange, ChunkRange, Engine, GcOptions, GcReport, PushedManifest};
 pub use error::{Error, ParseError, Result};
+pub use io::engine_name as io_engine;
 pub use meta::StoredManifest;
 pub use name::{Reference, RepoName, Tag, UploadId};

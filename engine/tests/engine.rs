@@ -713,3 +713,32 @@ async fn large_blob_ranges_read_back_exactly() {
     }
     assert!(got == data, "a read that began before the delete completes intact");
 }
+
+/// CI runs these tests under both engines (BERTH_IO_ENGINE=uring and std): make sure the one
+/// asked for is the one that runs (a machine without io_uring fails here, loudly, instead of
+/// testing std twice).
+#[test]
+fn the_io_engine_asked_for_is_the_one_that_serves() {
+    match std::env::var("BERTH_IO_ENGINE").as_deref() {
+        Ok("std") => assert_eq!(berth_engine::io_engine(), "std"),
+        Ok("uring") => assert_eq!(berth_engine::io_engine(), "io_uring"),
+        _ => assert!(["std", "io_uring"].contains(&berth_engine::io_engine())),
+    }
+}
+
+/// A body of thousands of tiny frames: more buffers in one batch than one vectored write takes
+/// (IOV_MAX), so the io_uring engine writes it in several rounds; every byte lands in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_tiny_frames_are_written_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let r = repo("tiny/frames");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let frames: Vec<&[u8]> = data.chunks(97).collect();
+    let d = Digest::of(Algorithm::Sha256, &data);
+    let id = e.upload_start(&r).await.unwrap();
+    let off = e.upload_append(&r, id, None, body(&frames)).await.unwrap();
+    assert_eq!(off, data.len() as u64);
+    e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap();
+    assert!(read_all(&e, &d, 0, data.len() as u64).await == data);
+}

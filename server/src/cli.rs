@@ -48,6 +48,9 @@ fn init_logging(cfg: &Config) {
 
 /// Load and validate the configuration, start logging, log the warnings. Exits on errors.
 pub fn load(src: &ConfigSource) -> Config {
+    if let Err(e) = check_io_settings() {
+        fail(&format!("configuration error: {e}"));
+    }
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let file = src.file.as_ref().or(src.config.as_ref());
     let source = match (file, src.no_config_file) {
@@ -159,6 +162,25 @@ fn raise_open_files_limit() {
     }
 }
 
+/// The engine's I/O variables take only these values; anything else stops the start-up.
+fn check_io_settings() -> Result<(), String> {
+    for (var, allowed) in [
+        ("BERTH_IO_ENGINE", &["uring", "std"][..]),
+        ("BERTH_IO_WRITEBACK", &["on", "off"][..]),
+        ("BERTH_IO_MMAP", &["on", "off"][..]),
+    ] {
+        if let Ok(v) = std::env::var(var)
+            && !allowed.contains(&v.as_str())
+        {
+            return Err(format!(
+                "{var}={v:?} is not one of {}: unset it or set one of those",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Threads of the blocking pool (file I/O, syncs, metadata); `BERTH_BLOCKING_THREADS` overrides.
 pub const BLOCKING_THREADS: usize = 32;
 
@@ -182,6 +204,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         delete = cfg.delete_enabled,
         auth = authn.mode(),
         access_rules = access.rules().is_some(),
+        io = berth_engine::io_engine(),
         "berth {} listening", env!("CARGO_PKG_VERSION")
     );
     if cfg.read_only {

@@ -391,6 +391,11 @@ fn misconfigurations_stop_start_up_with_the_fix() {
     );
     let e = start_fails(&[("REGISTRY_AUTH_TYPE", "basic")]);
     assert!(e.contains("REGISTRY_AUTH_HTPASSWD"), "{e}");
+    let e = start_fails(&[("BERTH_IO_ENGINE", "uring2")]);
+    assert!(
+        e.contains("BERTH_IO_ENGINE=\"uring2\" is not one of uring, std: unset it or set one of those"),
+        "{e}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("htpasswd");
     std::fs::write(

@@ -1,8 +1,14 @@
 //! All disk I/O of the engine goes through this module.
 //!
-//! This is the std-fs engine: blocking file calls on tokio's blocking pool, with the body of an
-//! upload pipelined so that the network side keeps receiving while a blocking thread hashes and
-//! writes. An io_uring engine can replace the functions here without touching callers.
+//! Two engines serve upload data: io_uring ([`uring`], the default where the kernel allows it),
+//! where one thread owns a ring and the upload path hashes a batch while the ring writes it; and
+//! std, blocking file calls on tokio's blocking pool (a thread hashes and writes each batch).
+//! `BERTH_IO_ENGINE=uring|std` chooses; when io_uring cannot be set up, std serves and that is
+//! logged once. Either way the body of an upload is pipelined, so the network side keeps
+//! receiving while the previous batch is hashed and written. Metadata-like calls (open, rename,
+//! directory sync) use the blocking pool in both; blob reads are memory maps.
+
+mod uring;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -32,6 +38,40 @@ const MAP_MIN: u64 = 1024 * 1024;
 /// Size of the slices of a memory-mapped blob handed to the network.
 const MAP_CHUNK: usize = 2 * 1024 * 1024;
 
+/// The io_uring ring, when that engine serves (decided once, at first use).
+fn ring() -> Option<&'static uring::Ring> {
+    static RING: std::sync::OnceLock<Option<uring::Ring>> = std::sync::OnceLock::new();
+    RING.get_or_init(|| {
+        if std::env::var("BERTH_IO_ENGINE").is_ok_and(|v| v == "std") {
+            tracing::info!("io engine: std (BERTH_IO_ENGINE=std)");
+            return None;
+        }
+        match uring::Ring::start() {
+            Ok(r) => {
+                tracing::info!("io engine: io_uring");
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring is not usable here; the std engine (file calls on a thread pool) serves instead");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// Which engine serves upload data: `"io_uring"` or `"std"` (starts the ring on first call).
+pub fn engine_name() -> &'static str {
+    if ring().is_some() { "io_uring" } else { "std" }
+}
+
+/// Whether early writeback is on (`BERTH_IO_WRITEBACK=off` turns it off, to measure what it
+/// changes).
+fn writeback_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BERTH_IO_WRITEBACK").map_or(true, |v| v != "off"))
+}
+
 /// Run a blocking closure on the blocking pool.
 pub async fn blocking<T, F>(f: F) -> io::Result<T>
 where
@@ -44,7 +84,7 @@ where
 /// The open data file of an upload session.
 #[derive(Debug)]
 pub struct UploadFile {
-    file: File,
+    file: Arc<File>,
 }
 
 impl UploadFile {
@@ -55,7 +95,7 @@ impl UploadFile {
                 fs::create_dir_all(dir)?;
             }
             let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-            Ok(UploadFile { file })
+            Ok(UploadFile { file: Arc::new(file) })
         })
         .await
     }
@@ -65,7 +105,7 @@ impl UploadFile {
     pub async fn reopen(path: PathBuf) -> io::Result<UploadFile> {
         blocking(move || {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            Ok(UploadFile { file })
+            Ok(UploadFile { file: Arc::new(file) })
         })
         .await
     }
@@ -110,7 +150,7 @@ impl UploadFile {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        type Write = tokio::task::JoinHandle<(File, Hasher, io::Result<()>)>;
+        type Write = tokio::task::JoinHandle<(Arc<File>, Hasher, io::Result<()>)>;
         let before = hasher.clone();
         let mut idle = Some((self.file, hasher));
         let mut in_flight: Option<Write> = None;
@@ -121,7 +161,7 @@ impl UploadFile {
         let mut body = std::pin::pin!(body);
 
         // Wait for the write in flight, if any; on success its file and hasher are idle again.
-        async fn settle(in_flight: &mut Option<Write>, idle: &mut Option<(File, Hasher)>) -> io::Result<()> {
+        async fn settle(in_flight: &mut Option<Write>, idle: &mut Option<(Arc<File>, Hasher)>) -> io::Result<()> {
             if let Some(w) = in_flight.take() {
                 let (file, hasher, res) = w.await.map_err(io::Error::other)?;
                 *idle = Some((file, hasher));
@@ -154,28 +194,12 @@ impl UploadFile {
                     failure = Some(AppendError::Io(e));
                     break;
                 }
-                let Some((file, mut hasher)) = idle.take() else { break };
+                let Some((file, hasher)) = idle.take() else { break };
                 let frames = std::mem::take(&mut batch);
                 let at = pos;
                 pos += batch_len as u64;
                 batch_len = 0;
-                in_flight = Some(tokio::task::spawn_blocking(move || {
-                    let mut res = Ok(());
-                    let start = at;
-                    let mut at = at;
-                    for f in &frames {
-                        hasher.update(f);
-                        if let Err(e) = file.write_all_at(f, at) {
-                            res = Err(e);
-                            break;
-                        }
-                        at += f.len() as u64;
-                    }
-                    if res.is_ok() {
-                        early_writeback(&file, start, at);
-                    }
-                    (file, hasher, res)
-                }));
+                in_flight = Some(write_batch(file, hasher, frames, at));
             }
             if done {
                 break;
@@ -213,6 +237,14 @@ impl UploadFile {
     /// digest, so identical content that is dropped instead). Says whether it synced; pass that
     /// to [`place_blob`], inside the metadata transaction that records the link.
     pub async fn prepare_commit(self, dest: PathBuf) -> (UploadFile, io::Result<bool>) {
+        if let Some(ring) = ring() {
+            let exists = file_len(dest).await.map(|l| l.is_some());
+            let res = match exists {
+                Ok(false) => ring.data_sync(self.file.clone()).await.map(|()| true),
+                other => other.map(|_| false),
+            };
+            return (self, res);
+        }
         let file = self.file;
         let res = tokio::task::spawn_blocking(move || {
             let r = if dest.exists() {
@@ -232,13 +264,14 @@ impl UploadFile {
     /// Hash the first `len` bytes of the file again (only when the client commits with a digest
     /// algorithm other than the one the session hashed with).
     pub async fn rehash(self, len: u64, mut hasher: Hasher) -> io::Result<(UploadFile, Hasher)> {
-        let mut file = self.file;
+        let file = self.file;
         blocking(move || {
-            file.seek(SeekFrom::Start(0))?;
+            let mut reader = &*file;
+            reader.seek(SeekFrom::Start(0))?;
             let mut buf = vec![0u8; READ_CHUNK];
             let mut left = len;
             while left > 0 {
-                let n = file.read(&mut buf[..READ_CHUNK.min(left as usize)])?;
+                let n = reader.read(&mut buf[..READ_CHUNK.min(left as usize)])?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -334,7 +367,51 @@ pub async fn remove_session_if_idle(dir: PathBuf, data: PathBuf) -> io::Result<b
     .await
 }
 
-async fn blocking_truncate(file: File, len: u64) -> (File, io::Result<()>) {
+/// Hash and write one batch of frames at `at`, and start its writeback: with io_uring, the ring
+/// writes while this task hashes; with std, one blocking thread does both in turn.
+fn write_batch(
+    file: Arc<File>,
+    mut hasher: Hasher,
+    frames: Vec<Bytes>,
+    at: u64,
+) -> tokio::task::JoinHandle<(Arc<File>, Hasher, io::Result<()>)> {
+    let end = at + frames.iter().map(|f| f.len() as u64).sum::<u64>();
+    if let Some(ring) = ring() {
+        return tokio::spawn(async move {
+            let writing = ring.write(file.clone(), frames.clone(), at);
+            for f in &frames {
+                hasher.update(f);
+            }
+            let res = writing.await;
+            if res.is_ok() && writeback_on() {
+                ring.start_writeback(file.clone(), at, end);
+                if let Some((from, len)) = writeback_wait(at, end) {
+                    // Advisory, like the std engine's: durability comes from the commit's sync.
+                    let _ = ring.wait_writeback(file.clone(), from, len).await;
+                }
+            }
+            (file, hasher, res)
+        });
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut res = Ok(());
+        let mut pos = at;
+        for f in &frames {
+            hasher.update(f);
+            if let Err(e) = file.write_all_at(f, pos) {
+                res = Err(e);
+                break;
+            }
+            pos += f.len() as u64;
+        }
+        if res.is_ok() {
+            early_writeback(&file, at, end);
+        }
+        (file, hasher, res)
+    })
+}
+
+async fn blocking_truncate(file: Arc<File>, len: u64) -> (Arc<File>, io::Result<()>) {
     let res = tokio::task::spawn_blocking(move || {
         let r = file.set_len(len);
         (file, r)
@@ -580,17 +657,20 @@ pub async fn modified_secs(path: PathBuf) -> io::Result<Option<u64>> {
 /// [`WRITEBACK_WINDOW`] boundary was crossed, wait for the window before the previous one.
 /// Advisory: errors are ignored, durability comes from the `fsync` at commit.
 fn early_writeback(file: &File, start: u64, end: u64) {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    // BERTH_IO_WRITEBACK=off turns it off (to measure what it changes).
-    if !*ON.get_or_init(|| std::env::var("BERTH_IO_WRITEBACK").map_or(true, |v| v != "off")) {
+    if !writeback_on() {
         return;
     }
     sync_file_range(file, start, end - start, false);
-    let w = WRITEBACK_WINDOW;
-    if start / w != end / w && end / w >= 2 {
-        let upto = (end / w - 1) * w;
-        sync_file_range(file, upto - w, w, true);
+    if let Some((from, len)) = writeback_wait(start, end) {
+        sync_file_range(file, from, len, true);
     }
+}
+
+/// The window to wait for after bytes `start..end` were written: the one before the previous
+/// window, when a [`WRITEBACK_WINDOW`] boundary was crossed.
+fn writeback_wait(start: u64, end: u64) -> Option<(u64, u64)> {
+    let w = WRITEBACK_WINDOW;
+    (start / w != end / w && end / w >= 2).then(|| ((end / w - 2) * w, w))
 }
 
 #[allow(unsafe_code)]

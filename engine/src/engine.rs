@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::hot::Hot;
 use crate::io::{self, AppendError};
 use crate::layout::Layout;
 use crate::manifest::{self, ManifestError};
@@ -100,6 +101,7 @@ pub struct Engine {
     uploads: Uploads,
     /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
     _lock: std::fs::File,
+    hot: Hot,
 }
 
 impl Engine {
@@ -135,6 +137,7 @@ impl Engine {
             layout,
             meta: Arc::new(meta),
             _lock: lock,
+            hot: Hot::new(),
         })
     }
 
@@ -171,10 +174,19 @@ impl Engine {
 
     /// Size of a blob the repository links.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let hot = self.hot.generation(&self.meta);
+        if let Some(size) = hot.as_ref().and_then(|g| g.blob(repo, digest)) {
+            return Ok(size);
+        }
         let (r, d) = (repo.clone(), digest.clone());
-        self.meta(move |m| m.repo_blob(&r, &d))
+        let size = self
+            .meta(move |m| m.repo_blob(&r, &d))
             .await?
-            .ok_or_else(|| Error::BlobUnknown(digest.clone()))
+            .ok_or_else(|| Error::BlobUnknown(digest.clone()))?;
+        if let Some(g) = hot {
+            g.put_blob(repo, digest, size);
+        }
+        Ok(size)
     }
 
     /// Read `range` of a blob (the caller has checked it against the size).
@@ -499,20 +511,30 @@ impl Engine {
     }
 
     /// A manifest by tag or digest.
-    pub async fn manifest_get(&self, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
+    pub async fn manifest_get(&self, repo: &RepoName, reference: &Reference) -> Result<Arc<StoredManifest>> {
+        let hot = self.hot.generation(&self.meta);
+        if let Some(m) = hot.as_ref().and_then(|g| g.manifest(repo, reference)) {
+            return Ok(m);
+        }
         let (r, re) = (repo.clone(), reference.clone());
-        self.meta(move |m| {
-            let digest = match &re {
-                Reference::Digest(d) => Some(d.clone()),
-                Reference::Tag(t) => m.resolve_tag(&r, t)?,
-            };
-            match digest {
-                Some(d) => m.manifest(&r, &d),
-                None => Ok(None),
-            }
-        })
-        .await?
-        .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))
+        let m = self
+            .meta(move |m| {
+                let digest = match &re {
+                    Reference::Digest(d) => Some(d.clone()),
+                    Reference::Tag(t) => m.resolve_tag(&r, t)?,
+                };
+                match digest {
+                    Some(d) => m.manifest(&r, &d),
+                    None => Ok(None),
+                }
+            })
+            .await?
+            .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+        let m = Arc::new(m);
+        if let Some(g) = hot {
+            g.put_manifest(repo, reference, m.clone());
+        }
+        Ok(m)
     }
 
     /// Delete by digest (the manifest and every tag pointing at it) or by tag (the tag only).

@@ -167,6 +167,22 @@ async fn two_processes_serve_one_registry() {
         b.get("/v2/_catalog").await.expect(200).json()
     );
 
+    // Both processes answer from memory now; a tag moved through one is seen by the other
+    // (images 1 and 4 are both in shared/multi1).
+    let (repo, tag, m1, _) = &pushed[1];
+    let (repo4, _, m4, _) = &pushed[4];
+    assert_eq!(repo, repo4);
+    b.assert_manifest(repo, tag, OCI_MANIFEST, m1).await;
+    a.push_manifest(repo, tag, OCI_MANIFEST, m4).await;
+    b.assert_manifest(repo, tag, OCI_MANIFEST, m4).await;
+
+    // A blob delete through one is seen by the other, which had the blob's size in memory.
+    let layer = random_bytes(5000, 91);
+    let ld = a.push_blob("shared/blobdel", &layer).await;
+    assert_eq!(b.blob_status("shared/blobdel", &ld).await, 200);
+    a.delete(&format!("/v2/shared/blobdel/blobs/{ld}")).await.expect(202);
+    assert_eq!(b.blob_status("shared/blobdel", &ld).await, 404);
+
     // A delete through one is seen by the other.
     let (repo, tag, _, d) = &pushed[0];
     a.delete(&format!("/v2/{repo}/manifests/{d}")).await.expect(202);

@@ -73,7 +73,7 @@ pub struct StoredManifest {
     /// The media type it was pushed with.
     pub media_type: String,
     /// The exact bytes pushed.
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
 }
 
 /// What [`Tx::put_manifest`] records.
@@ -101,6 +101,8 @@ pub struct Meta {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Only asks `PRAGMA data_version` (see [`Meta::data_version`]).
+    watcher: Mutex<Connection>,
 }
 
 /// Statements over one connection: inside a write transaction ([`Meta::write`]) or for a read
@@ -135,7 +137,19 @@ impl Meta {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            watcher: Mutex::new(connect(path)?),
         })
+    }
+
+    /// A number that changes whenever a transaction of any other connection — this process's
+    /// writer or another process's — has committed since the last call (SQLite's
+    /// `PRAGMA data_version`, read on a connection that never writes). Cheap: it reads the
+    /// WAL index in shared memory, no file I/O.
+    pub fn data_version(&self) -> Result<i64> {
+        let conn = self.watcher.lock();
+        Ok(conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Run `f` in one write transaction that no other writer of any process interleaves with;
@@ -427,7 +441,7 @@ impl Tx<'_> {
                 Ok(StoredManifest {
                     digest: digest.clone(),
                     media_type: r.get(0)?,
-                    bytes: r.get(1)?,
+                    bytes: r.get::<_, Vec<u8>>(1)?.into(),
                 })
             })
             .optional()?)

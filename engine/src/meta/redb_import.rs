@@ -171,7 +171,7 @@ mod tests {
         let d = meta.resolve_tag(&repo, &tag).unwrap().expect("tag imported");
         assert_eq!(d.to_string(), man);
         let m = meta.manifest(&repo, &d).unwrap().expect("manifest imported");
-        assert_eq!(m.bytes, b"{}");
+        assert_eq!(&m.bytes[..], b"{}");
         assert_eq!(meta.repo_blob(&repo, &blob.parse().unwrap()).unwrap(), Some(5));
         assert_eq!(meta.blob_stats().unwrap(), (1, 5));
         assert_eq!(meta.catalog(None, 10, &|_| true).unwrap().0, vec!["lib/app".to_owned()]);

@@ -23,7 +23,11 @@ pub(super) async fn get(
         .header("docker-content-digest", m.digest.to_string())
         .header(header::ETAG, format!("\"{}\"", m.digest))
         .header(header::CONTENT_LENGTH, m.bytes.len());
-    let body = if method == Method::HEAD { empty() } else { full(m.bytes) };
+    let body = if method == Method::HEAD {
+        empty()
+    } else {
+        full(m.bytes.clone())
+    };
     finish(b, body)
 }
 

@@ -63,7 +63,8 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        .max_buf_size(read_buffer());
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
@@ -123,6 +124,21 @@ where
         () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
     Ok(())
+}
+
+/// Default of the largest HTTP/1 read buffer of a connection, in bytes.
+pub const READ_BUFFER: usize = 64 * 1024;
+
+/// The largest HTTP/1 read buffer of a connection (`BERTH_HTTP_READ_BUFFER`, at least 8 KiB).
+/// Upload bodies reach the engine as slices of this buffer and stay alive until written, each
+/// pinning the allocation it came from: with hyper's default (about 400 KiB), 64 concurrent
+/// uploads held ~140 MiB; with 64 KiB, ~80 MiB at the same throughput within noise
+/// (docs/performance.md).
+pub fn read_buffer() -> usize {
+    std::env::var("BERTH_HTTP_READ_BUFFER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(READ_BUFFER, |n: usize| n.max(8192))
 }
 
 /// Collect garbage every configured interval (online GC).

@@ -4,7 +4,7 @@
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test engine-uring engine-std build e2e deploy k8s perf fuzz)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test engine-std build e2e deploy k8s perf fuzz)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (.ci/run installs them) and root.
 set -euo pipefail
@@ -60,10 +60,10 @@ step() {
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-step test cargo test --workspace
-# The engine's tests under each I/O engine, asserting that the one asked for serves.
-step engine-uring env BERTH_IO_ENGINE=uring cargo test -p berth-engine
-step engine-std env BERTH_IO_ENGINE=std BERTH_IO_MMAP=off cargo test -p berth-engine
+# Everything on the io_uring engine (a test asserts that it is the one serving), then the engine's
+# tests again on the std engine (--workspace keeps the features, and so the build, of the step before).
+step test env BERTH_IO_ENGINE=uring cargo test --workspace
+step engine-std env BERTH_IO_ENGINE=std BERTH_IO_MMAP=off cargo test --workspace --test engine
 # The shipped binary: static (glibc), release without debug info (Cargo profile `dist`). The end-to-end tests
 # and the container image use it.
 STATIC_BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/dist/berth"

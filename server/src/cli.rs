@@ -168,6 +168,7 @@ fn check_io_settings() -> Result<(), String> {
         ("BERTH_IO_ENGINE", &["uring", "std"][..]),
         ("BERTH_IO_WRITEBACK", &["on", "off"][..]),
         ("BERTH_IO_MMAP", &["on", "off"][..]),
+        ("BERTH_IO_DIRECT", &["on", "off"][..]),
     ] {
         if let Ok(v) = std::env::var(var)
             && !allowed.contains(&v.as_str())

@@ -76,7 +76,10 @@ async fn an_upload_continues_on_a_second_process_sharing_the_storage() {
         .body(reqwest::Body::wrap_stream(stream))
         .send();
     let pending = tokio::spawn(streaming);
-    tx.send(Ok(Bytes::from(vec![0xAB; 300_000]))).await.unwrap();
+    // Enough for whole direct writes (256 KiB buffers) to reach the file.
+    for _ in 0..3 {
+        tx.send(Ok(Bytes::from(vec![0xAB; 300_000]))).await.unwrap();
+    }
     let data_file = a.storage().join("uploads");
     // Wait until those bytes are in the session's data file, so the kill leaves a tail.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -85,6 +85,30 @@ where
 #[derive(Debug)]
 pub struct UploadFile {
     file: Arc<File>,
+    /// The same file opened with `O_DIRECT`, where the filesystem takes it and direct writes
+    /// are on (see [`direct_on`]).
+    direct: Option<Arc<File>>,
+}
+
+/// Whether upload data is written with `O_DIRECT` (`BERTH_IO_DIRECT=off` turns it off).
+fn direct_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BERTH_IO_DIRECT").map_or(true, |v| v != "off"))
+}
+
+/// Open `path` again with `O_DIRECT` for writing; `None` where the filesystem refuses it
+/// (tmpfs before Linux 6.6, some network filesystems) or direct writes are off.
+fn open_direct(path: &Path) -> Option<Arc<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !direct_on() {
+        return None;
+    }
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+        .map(Arc::new)
 }
 
 impl UploadFile {
@@ -95,7 +119,10 @@ impl UploadFile {
                 fs::create_dir_all(dir)?;
             }
             let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-            Ok(UploadFile { file: Arc::new(file) })
+            Ok(UploadFile {
+                file: Arc::new(file),
+                direct: open_direct(&path),
+            })
         })
         .await
     }
@@ -105,7 +132,10 @@ impl UploadFile {
     pub async fn reopen(path: PathBuf) -> io::Result<UploadFile> {
         blocking(move || {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            Ok(UploadFile { file: Arc::new(file) })
+            Ok(UploadFile {
+                file: Arc::new(file),
+                direct: open_direct(&path),
+            })
         })
         .await
     }
@@ -116,14 +146,14 @@ impl UploadFile {
     /// process sharing the storage takes this lock before it writes a session, and keeps it until
     /// the request's checkpoint is written ([`UploadFile::unlock`]).
     pub async fn claim(self, state: PathBuf) -> (UploadFile, io::Result<Option<(Vec<u8>, u64)>>) {
-        let file = self.file;
+        let (file, direct) = (self.file, self.direct);
         let res = tokio::task::spawn_blocking(move || {
             let r = claim(&file, &state);
             (file, r)
         })
         .await;
         match res {
-            Ok((file, r)) => (UploadFile { file }, r),
+            Ok((file, r)) => (UploadFile { file, direct }, r),
             Err(e) => panic!("claim thread panicked: {e}"),
         }
     }
@@ -150,9 +180,14 @@ impl UploadFile {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        type Write = tokio::task::JoinHandle<(Arc<File>, Hasher, io::Result<()>)>;
+        type Write = tokio::task::JoinHandle<(Sink, Hasher, io::Result<()>)>;
         let before = hasher.clone();
-        let mut idle = Some((self.file, hasher));
+        let direct = self.direct.clone();
+        let sink = match Sink::start(self.file, self.direct, offset).await {
+            Ok(s) => s,
+            Err((file, e)) => return (UploadFile { file, direct }, hasher, Err(AppendError::Io(e))),
+        };
+        let mut idle = Some((sink, hasher));
         let mut in_flight: Option<Write> = None;
         let mut batch: Vec<Bytes> = Vec::new();
         let mut batch_len = 0usize;
@@ -161,7 +196,7 @@ impl UploadFile {
         let mut body = std::pin::pin!(body);
 
         // Wait for the write in flight, if any; on success its file and hasher are idle again.
-        async fn settle(in_flight: &mut Option<Write>, idle: &mut Option<(Arc<File>, Hasher)>) -> io::Result<()> {
+        async fn settle(in_flight: &mut Option<Write>, idle: &mut Option<(Sink, Hasher)>) -> io::Result<()> {
             if let Some(w) = in_flight.take() {
                 let (file, hasher, res) = w.await.map_err(io::Error::other)?;
                 *idle = Some((file, hasher));
@@ -194,12 +229,12 @@ impl UploadFile {
                     failure = Some(AppendError::Io(e));
                     break;
                 }
-                let Some((file, hasher)) = idle.take() else { break };
+                let Some((sink, hasher)) = idle.take() else { break };
                 let frames = std::mem::take(&mut batch);
                 let at = pos;
                 pos += batch_len as u64;
                 batch_len = 0;
-                in_flight = Some(write_batch(file, hasher, frames, at));
+                in_flight = Some(write_batch(sink, hasher, frames, at));
             }
             if done {
                 break;
@@ -210,19 +245,25 @@ impl UploadFile {
         {
             failure = Some(AppendError::Io(e));
         }
-        let Some((file, hasher)) = idle else {
+        let Some((sink, hasher)) = idle else {
             // A write task was lost (it panicked): the file handle is gone with it.
             panic!("upload write task failed without returning the file");
         };
+        let (file, flushed) = sink.finish(failure.is_none()).await;
+        if let Err(e) = flushed
+            && failure.is_none()
+        {
+            failure = Some(AppendError::Io(e));
+        }
         match failure {
-            None => (UploadFile { file }, hasher, Ok(pos - offset)),
+            None => (UploadFile { file, direct }, hasher, Ok(pos - offset)),
             Some(err) => {
                 let (file, cut) = blocking_truncate(file, offset).await;
                 let err = match cut {
                     Ok(()) => err,
                     Err(e) => AppendError::Io(e),
                 };
-                (UploadFile { file }, before, Err(err))
+                (UploadFile { file, direct }, before, Err(err))
             }
         }
     }
@@ -230,7 +271,13 @@ impl UploadFile {
     /// Cut the file back to `len` bytes (used to undo an append that must not count).
     pub async fn truncate(self, len: u64) -> (UploadFile, io::Result<()>) {
         let (file, res) = blocking_truncate(self.file, len).await;
-        (UploadFile { file }, res)
+        (
+            UploadFile {
+                file,
+                direct: self.direct,
+            },
+            res,
+        )
     }
 
     /// Make the data durable before it becomes a blob, unless `dest` already exists (same
@@ -245,7 +292,7 @@ impl UploadFile {
             };
             return (self, res);
         }
-        let file = self.file;
+        let (file, direct) = (self.file, self.direct);
         let res = tokio::task::spawn_blocking(move || {
             let r = if dest.exists() {
                 Ok(false)
@@ -256,7 +303,7 @@ impl UploadFile {
         })
         .await;
         match res {
-            Ok((file, r)) => (UploadFile { file }, r),
+            Ok((file, r)) => (UploadFile { file, direct }, r),
             Err(e) => panic!("sync thread panicked: {e}"),
         }
     }
@@ -264,7 +311,7 @@ impl UploadFile {
     /// Hash the first `len` bytes of the file again (only when the client commits with a digest
     /// algorithm other than the one the session hashed with).
     pub async fn rehash(self, len: u64, mut hasher: Hasher) -> io::Result<(UploadFile, Hasher)> {
-        let file = self.file;
+        let (file, direct) = (self.file, self.direct);
         blocking(move || {
             let mut reader = &*file;
             reader.seek(SeekFrom::Start(0))?;
@@ -278,7 +325,7 @@ impl UploadFile {
                 hasher.update(&buf[..n]);
                 left -= n as u64;
             }
-            Ok((UploadFile { file }, hasher))
+            Ok((UploadFile { file, direct }, hasher))
         })
         .await
     }
@@ -367,15 +414,146 @@ pub async fn remove_session_if_idle(dir: PathBuf, data: PathBuf) -> io::Result<b
     .await
 }
 
-/// Hash and write one batch of frames at `at`, and start its writeback: with io_uring, the ring
-/// writes while this task hashes; with std, one blocking thread does both in turn.
-fn write_batch(
+/// Alignment of direct writes (offsets, lengths and buffer addresses): covers 512-byte and
+/// 4 KiB logical blocks.
+const DIRECT_ALIGN: usize = 4096;
+/// Bytes gathered in an aligned buffer before one direct write.
+const DIRECT_BUF: usize = 256 * 1024;
+
+/// A heap buffer of [`DIRECT_BUF`] bytes at a [`DIRECT_ALIGN`]-aligned address, as direct I/O
+/// wants, reused for the whole upload.
+struct AlignedBuf {
+    raw: Vec<u8>,
+    off: usize,
+}
+
+impl AlignedBuf {
+    fn new() -> AlignedBuf {
+        let raw = vec![0u8; DIRECT_BUF + DIRECT_ALIGN];
+        let off = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { raw, off }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.off..self.off + DIRECT_BUF]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + DIRECT_BUF]
+    }
+}
+
+/// The first `len` bytes of a shared aligned buffer, as `Bytes` for the ring.
+struct AlignedView(Arc<AlignedBuf>, usize);
+
+impl AsRef<[u8]> for AlignedView {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.bytes()[..self.1]
+    }
+}
+
+/// Where an append's bytes go: the page cache (buffered writes with early writeback), or the
+/// disk directly (`O_DIRECT`): frames are copied into an aligned buffer, which is written whole
+/// at block-aligned offsets; the unaligned tail of a request goes through the page cache at the
+/// end ([`Sink::finish`]), and the next request starts by reading back the partial block.
+///
+/// Direct writes skip the page cache's copy, allocation and writeback, which on this project's
+/// machines cost more CPU than hashing (docs/performance.md); they also leave nothing dirty for
+/// the commit's sync.
+struct Sink {
     file: Arc<File>,
+    direct: Option<Direct>,
+}
+
+struct Direct {
+    fd: Arc<File>,
+    buf: Arc<AlignedBuf>,
+    /// File offset of `buf[0]` (block-aligned).
+    at: u64,
+    /// Bytes of `buf` filled.
+    fill: usize,
+}
+
+impl Sink {
+    /// A sink for bytes from `offset`; with a direct handle, the partial block before `offset`
+    /// is read back into the buffer. On failure the file comes back with the error.
+    async fn start(file: Arc<File>, direct: Option<Arc<File>>, offset: u64) -> Result<Sink, (Arc<File>, io::Error)> {
+        let Some(fd) = direct else {
+            return Ok(Sink { file, direct: None });
+        };
+        let res = tokio::task::spawn_blocking(move || {
+            let at = offset - offset % DIRECT_ALIGN as u64;
+            let head = (offset - at) as usize;
+            let mut buf = AlignedBuf::new();
+            let r = file.read_exact_at(&mut buf.bytes_mut()[..head], at);
+            (file, fd, buf, at, head, r)
+        })
+        .await;
+        match res {
+            Ok((file, fd, buf, at, head, Ok(()))) => Ok(Sink {
+                file,
+                direct: Some(Direct {
+                    fd,
+                    buf: Arc::new(buf),
+                    at,
+                    fill: head,
+                }),
+            }),
+            Ok((file, _, _, _, _, Err(e))) => Err((file, e)),
+            Err(e) => panic!("read thread panicked: {e}"),
+        }
+    }
+
+    /// Write what the buffer still holds (when `write`): its whole blocks directly, the rest
+    /// through the page cache. Returns the file.
+    async fn finish(self, write: bool) -> (Arc<File>, io::Result<()>) {
+        let Some(d) = self.direct.filter(|_| write) else {
+            return (self.file, Ok(()));
+        };
+        let file = self.file;
+        let res = tokio::task::spawn_blocking(move || {
+            let whole = d.fill - d.fill % DIRECT_ALIGN;
+            let bytes = d.buf.bytes();
+            let mut r = d.fd.write_all_at(&bytes[..whole], d.at);
+            if r.is_ok() {
+                r = file.write_all_at(&bytes[whole..d.fill], d.at + whole as u64);
+            }
+            (file, r)
+        })
+        .await;
+        match res {
+            Ok(v) => v,
+            Err(e) => panic!("write thread panicked: {e}"),
+        }
+    }
+}
+
+/// Hash and write one batch of frames at `at`. Buffered: with io_uring the ring writes while
+/// this task hashes; with std one blocking thread does both in turn; writeback starts as the
+/// bytes land. Direct: the frames are hashed and copied into the aligned buffer, which is
+/// written (by the ring, or on the blocking pool) each time it is full.
+fn write_batch(
+    sink: Sink,
     mut hasher: Hasher,
     frames: Vec<Bytes>,
     at: u64,
-) -> tokio::task::JoinHandle<(Arc<File>, Hasher, io::Result<()>)> {
+) -> tokio::task::JoinHandle<(Sink, Hasher, io::Result<()>)> {
     let end = at + frames.iter().map(|f| f.len() as u64).sum::<u64>();
+    if sink.direct.is_some() {
+        return match ring() {
+            Some(ring) => tokio::spawn(async move {
+                let mut sink = sink;
+                let res = direct_batch_uring(ring, &mut sink, &mut hasher, &frames).await;
+                (sink, hasher, res)
+            }),
+            None => tokio::task::spawn_blocking(move || {
+                let mut sink = sink;
+                let res = direct_batch_std(&mut sink, &mut hasher, &frames);
+                (sink, hasher, res)
+            }),
+        };
+    }
+    let file = sink.file;
     if let Some(ring) = ring() {
         return tokio::spawn(async move {
             let writing = ring.write(file.clone(), frames.clone(), at);
@@ -390,7 +568,7 @@ fn write_batch(
                     let _ = ring.wait_writeback(file.clone(), from, len).await;
                 }
             }
-            (file, hasher, res)
+            (Sink { file, direct: None }, hasher, res)
         });
     }
     tokio::task::spawn_blocking(move || {
@@ -407,8 +585,63 @@ fn write_batch(
         if res.is_ok() {
             early_writeback(&file, at, end);
         }
-        (file, hasher, res)
+        (Sink { file, direct: None }, hasher, res)
     })
+}
+
+/// Copy `frame` into the direct buffer up to its end; returns the bytes taken.
+fn fill_direct(d: &mut Direct, frame: &[u8]) -> usize {
+    let n = frame.len().min(DIRECT_BUF - d.fill);
+    let buf = Arc::get_mut(&mut d.buf).expect("the direct buffer is not shared between writes");
+    buf.bytes_mut()[d.fill..d.fill + n].copy_from_slice(&frame[..n]);
+    d.fill += n;
+    n
+}
+
+fn direct_batch_std(sink: &mut Sink, hasher: &mut Hasher, frames: &[Bytes]) -> io::Result<()> {
+    let d = sink.direct.as_mut().expect("a direct sink");
+    for f in frames {
+        hasher.update(f);
+        let mut rest: &[u8] = f;
+        while !rest.is_empty() {
+            let n = fill_direct(d, rest);
+            rest = &rest[n..];
+            if d.fill == DIRECT_BUF {
+                d.fd.write_all_at(d.buf.bytes(), d.at)?;
+                d.at += DIRECT_BUF as u64;
+                d.fill = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn direct_batch_uring(
+    ring: &uring::Ring,
+    sink: &mut Sink,
+    hasher: &mut Hasher,
+    frames: &[Bytes],
+) -> io::Result<()> {
+    let d = sink.direct.as_mut().expect("a direct sink");
+    for f in frames {
+        hasher.update(f);
+        let mut rest: &[u8] = f;
+        while !rest.is_empty() {
+            let n = fill_direct(d, rest);
+            rest = &rest[n..];
+            if d.fill == DIRECT_BUF {
+                let view = Bytes::from_owner(AlignedView(d.buf.clone(), DIRECT_BUF));
+                ring.write(d.fd.clone(), vec![view], d.at).await?;
+                d.at += DIRECT_BUF as u64;
+                d.fill = 0;
+                if Arc::get_mut(&mut d.buf).is_none() {
+                    // The ring still holds the view for a moment: take a fresh buffer.
+                    d.buf = Arc::new(AlignedBuf::new());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn blocking_truncate(file: Arc<File>, len: u64) -> (Arc<File>, io::Result<()>) {

@@ -230,24 +230,29 @@ fn run(mut ring: IoUring, rx: Receiver<Op>) {
             };
             free.push(idx);
             in_flight -= 1;
-            if res < 0 {
-                let _ = op.done.send(Err(io::Error::from_raw_os_error(-res)));
-                continue;
-            }
-            if let Kind::Write { total, written, .. } = &mut op.kind {
+            let outcome = if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else if let Kind::Write { total, written, .. } = &mut op.kind {
                 if res == 0 {
-                    let _ = op.done.send(Err(io::ErrorKind::WriteZero.into()));
-                    continue;
+                    Err(io::ErrorKind::WriteZero.into())
+                } else {
+                    *written += res as usize;
+                    if *written < *total {
+                        // A short write: the rest goes in again.
+                        fill_iov(&mut op.kind);
+                        queued.push_front(op);
+                        continue;
+                    }
+                    Ok(())
                 }
-                *written += res as usize;
-                if *written < *total {
-                    // A short write: the rest goes in again.
-                    fill_iov(&mut op.kind);
-                    queued.push_front(op);
-                    continue;
-                }
-            }
-            let _ = op.done.send(Ok(()));
+            } else {
+                Ok(())
+            };
+            // The operation's buffers and file go before its caller hears, so that a caller who
+            // reuses a buffer finds it no longer shared.
+            let Op { file, kind, done } = op;
+            drop((file, kind));
+            let _ = done.send(outcome);
         }
     }
 }

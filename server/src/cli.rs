@@ -219,7 +219,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         None => None,
     };
     let app = Arc::new(App {
-        engine,
+        engine: Arc::new(engine),
         config: cfg,
         authn,
         access,

@@ -427,11 +427,30 @@ struct AlignedBuf {
     off: usize,
 }
 
+/// Idle aligned buffers, kept for the next upload: allocating one per request churned the
+/// allocator (and, allocated on blocking threads, left memory with them).
+static DIRECT_POOL: parking_lot::Mutex<Vec<AlignedBuf>> = parking_lot::Mutex::new(Vec::new());
+/// Most idle buffers kept.
+const DIRECT_POOL_MAX: usize = 128;
+
 impl AlignedBuf {
     fn new() -> AlignedBuf {
         let raw = vec![0u8; DIRECT_BUF + DIRECT_ALIGN];
         let off = raw.as_ptr().align_offset(DIRECT_ALIGN);
         AlignedBuf { raw, off }
+    }
+
+    /// An idle buffer from the pool, or a new one.
+    fn take() -> AlignedBuf {
+        DIRECT_POOL.lock().pop().unwrap_or_else(AlignedBuf::new)
+    }
+
+    /// Back to the pool (unless it is full).
+    fn give(self) {
+        let mut pool = DIRECT_POOL.lock();
+        if pool.len() < DIRECT_POOL_MAX {
+            pool.push(self);
+        }
     }
 
     fn bytes(&self) -> &[u8] {
@@ -472,6 +491,25 @@ struct Direct {
     at: u64,
     /// Bytes of `buf` filled.
     fill: usize,
+    /// With io_uring: the write of the previous full buffer, still in flight while this one
+    /// fills (double buffering), and that buffer.
+    pending: Option<(Arc<AlignedBuf>, PendingWrite)>,
+}
+
+type PendingWrite = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send>>;
+
+impl Direct {
+    /// Wait for the write in flight, if any; its buffer goes back to the pool.
+    async fn settle(&mut self) -> io::Result<()> {
+        if let Some((buf, write)) = self.pending.take() {
+            let res = write.await;
+            if let Ok(buf) = Arc::try_unwrap(buf) {
+                buf.give();
+            }
+            res?;
+        }
+        Ok(())
+    }
 }
 
 impl Sink {
@@ -481,10 +519,11 @@ impl Sink {
         let Some(fd) = direct else {
             return Ok(Sink { file, direct: None });
         };
+        // Taken here, on the runtime's threads, where it is also given back.
+        let mut buf = AlignedBuf::take();
         let res = tokio::task::spawn_blocking(move || {
             let at = offset - offset % DIRECT_ALIGN as u64;
             let head = (offset - at) as usize;
-            let mut buf = AlignedBuf::new();
             let r = file.read_exact_at(&mut buf.bytes_mut()[..head], at);
             (file, fd, buf, at, head, r)
         })
@@ -497,9 +536,13 @@ impl Sink {
                     buf: Arc::new(buf),
                     at,
                     fill: head,
+                    pending: None,
                 }),
             }),
-            Ok((file, _, _, _, _, Err(e))) => Err((file, e)),
+            Ok((file, _, buf, _, _, Err(e))) => {
+                buf.give();
+                Err((file, e))
+            }
             Err(e) => panic!("read thread panicked: {e}"),
         }
     }
@@ -507,9 +550,25 @@ impl Sink {
     /// Write what the buffer still holds (when `write`): its whole blocks directly, the rest
     /// through the page cache. Returns the file.
     async fn finish(self, write: bool) -> (Arc<File>, io::Result<()>) {
-        let Some(d) = self.direct.filter(|_| write) else {
+        let Some(mut d) = self.direct else {
             return (self.file, Ok(()));
         };
+        // A write still in flight ends before anything else happens to the file (a failed
+        // append cuts the file back next).
+        let settled = d.settle().await;
+        let write = write && settled.is_ok();
+        if let Err(e) = settled {
+            if let Ok(buf) = Arc::try_unwrap(d.buf) {
+                buf.give();
+            }
+            return (self.file, Err(e));
+        }
+        if !write {
+            if let Ok(buf) = Arc::try_unwrap(d.buf) {
+                buf.give();
+            }
+            return (self.file, Ok(()));
+        }
         let file = self.file;
         let res = tokio::task::spawn_blocking(move || {
             let whole = d.fill - d.fill % DIRECT_ALIGN;
@@ -518,11 +577,16 @@ impl Sink {
             if r.is_ok() {
                 r = file.write_all_at(&bytes[whole..d.fill], d.at + whole as u64);
             }
-            (file, r)
+            (file, d.buf, r)
         })
         .await;
         match res {
-            Ok(v) => v,
+            Ok((file, buf, r)) => {
+                if let Ok(buf) = Arc::try_unwrap(buf) {
+                    buf.give();
+                }
+                (file, r)
+            }
             Err(e) => panic!("write thread panicked: {e}"),
         }
     }
@@ -630,14 +694,15 @@ async fn direct_batch_uring(
             let n = fill_direct(d, rest);
             rest = &rest[n..];
             if d.fill == DIRECT_BUF {
+                // One write in flight at a time: wait for the previous one, then send this
+                // buffer and fill another while it is written.
+                d.settle().await?;
                 let view = Bytes::from_owner(AlignedView(d.buf.clone(), DIRECT_BUF));
-                ring.write(d.fd.clone(), vec![view], d.at).await?;
+                let write = ring.write(d.fd.clone(), vec![view], d.at);
+                let full = std::mem::replace(&mut d.buf, Arc::new(AlignedBuf::take()));
+                d.pending = Some((full, Box::pin(write)));
                 d.at += DIRECT_BUF as u64;
                 d.fill = 0;
-                if Arc::get_mut(&mut d.buf).is_none() {
-                    // The ring still holds the view for a moment: take a fresh buffer.
-                    d.buf = Arc::new(AlignedBuf::new());
-                }
             }
         }
     }

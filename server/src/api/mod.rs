@@ -30,7 +30,7 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 /// Shared state of the server.
 pub struct App {
     /// Storage.
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     /// Validated configuration.
     pub config: Config,
     /// Authentication.

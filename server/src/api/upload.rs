@@ -35,6 +35,18 @@ impl std::fmt::Display for BodyError {
     }
 }
 
+/// Run an engine call that writes an upload session to its end, even if the client goes away
+/// and hyper drops the request: the call then sees its body fail and undoes what it wrote, with
+/// the session still taken. Dropped half-way instead, it would give the session up while a
+/// write of its was still in flight, and that write could land in a later request's data.
+async fn to_the_end<T: Send + 'static>(
+    call: impl std::future::Future<Output = Result<T, berth_engine::Error>> + Send + 'static,
+) -> Result<T, berth_engine::Error> {
+    tokio::spawn(call)
+        .await
+        .unwrap_or_else(|e| Err(berth_engine::Error::Io(std::io::Error::other(e))))
+}
+
 /// The request body as a stream of frames, counted into the metrics as it arrives, ending
 /// with an error when it pauses longer than the body timeout.
 fn counted_body(
@@ -145,7 +157,9 @@ pub(super) async fn start(
     } else if let Some(digest) = digest_param(&q, "digest")? {
         let id = app.engine.upload_start(repo).await?;
         let body = counted_body(app, "upload_start", req);
-        return match app.engine.upload_finish(repo, id, &digest, None, body).await {
+        let (engine, r, d) = (app.engine.clone(), repo.clone(), digest.clone());
+        let finished = to_the_end(async move { engine.upload_finish(&r, id, &d, None, body).await }).await;
+        return match finished {
             Ok(_) => blob_created(repo, &digest),
             Err(e) => {
                 if let Err(c) = app.engine.upload_cancel(repo, id).await {
@@ -170,7 +184,8 @@ pub(super) async fn patch(
 ) -> Result<Response<Body>, ApiError> {
     let range = content_range(app, repo, id, &req).await?;
     let body = counted_body(app, "upload", req);
-    let offset = app.engine.upload_append(repo, id, range, body).await?;
+    let (engine, r) = (app.engine.clone(), repo.clone());
+    let offset = to_the_end(async move { engine.upload_append(&r, id, range, body).await }).await?;
     session_response(StatusCode::ACCEPTED, repo, id, offset)
 }
 
@@ -186,7 +201,8 @@ pub(super) async fn put(
     })?;
     let range = content_range(app, repo, id, &req).await?;
     let body = counted_body(app, "upload", req);
-    app.engine.upload_finish(repo, id, &digest, range, body).await?;
+    let (engine, r, d) = (app.engine.clone(), repo.clone(), digest.clone());
+    to_the_end(async move { engine.upload_finish(&r, id, &d, range, body).await }).await?;
     blob_created(repo, &digest)
 }
 

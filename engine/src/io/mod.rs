@@ -418,7 +418,7 @@ pub async fn remove_session_if_idle(dir: PathBuf, data: PathBuf) -> io::Result<b
 /// 4 KiB logical blocks.
 const DIRECT_ALIGN: usize = 4096;
 /// Bytes gathered in an aligned buffer before one direct write.
-const DIRECT_BUF: usize = 256 * 1024;
+const DIRECT_BUF: usize = 128 * 1024;
 
 /// A heap buffer of [`DIRECT_BUF`] bytes at a [`DIRECT_ALIGN`]-aligned address, as direct I/O
 /// wants, reused for the whole upload.
@@ -431,7 +431,7 @@ struct AlignedBuf {
 /// allocator (and, allocated on blocking threads, left memory with them).
 static DIRECT_POOL: parking_lot::Mutex<Vec<AlignedBuf>> = parking_lot::Mutex::new(Vec::new());
 /// Most idle buffers kept.
-const DIRECT_POOL_MAX: usize = 128;
+const DIRECT_POOL_MAX: usize = 64;
 
 impl AlignedBuf {
     fn new() -> AlignedBuf {

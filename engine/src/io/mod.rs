@@ -662,20 +662,32 @@ fn fill_direct(d: &mut Direct, frame: &[u8]) -> usize {
     n
 }
 
+/// Hash and copy frames into the direct buffer from `cursor` (frame index, bytes of it taken):
+/// true when the buffer is full (more may follow), false when the frames are used up. Each
+/// frame is hashed once, when its first byte is taken.
+fn absorb(d: &mut Direct, hasher: &mut Hasher, frames: &[Bytes], cursor: &mut (usize, usize)) -> bool {
+    while let Some(f) = frames.get(cursor.0) {
+        if cursor.1 == 0 {
+            hasher.update(f);
+        }
+        cursor.1 += fill_direct(d, &f[cursor.1..]);
+        if cursor.1 == f.len() {
+            *cursor = (cursor.0 + 1, 0);
+        }
+        if d.fill == DIRECT_BUF {
+            return true;
+        }
+    }
+    false
+}
+
 fn direct_batch_std(sink: &mut Sink, hasher: &mut Hasher, frames: &[Bytes]) -> io::Result<()> {
     let d = sink.direct.as_mut().expect("a direct sink");
-    for f in frames {
-        hasher.update(f);
-        let mut rest: &[u8] = f;
-        while !rest.is_empty() {
-            let n = fill_direct(d, rest);
-            rest = &rest[n..];
-            if d.fill == DIRECT_BUF {
-                d.fd.write_all_at(d.buf.bytes(), d.at)?;
-                d.at += DIRECT_BUF as u64;
-                d.fill = 0;
-            }
-        }
+    let mut cursor = (0, 0);
+    while absorb(d, hasher, frames, &mut cursor) {
+        d.fd.write_all_at(d.buf.bytes(), d.at)?;
+        d.at += DIRECT_BUF as u64;
+        d.fill = 0;
     }
     Ok(())
 }
@@ -687,24 +699,17 @@ async fn direct_batch_uring(
     frames: &[Bytes],
 ) -> io::Result<()> {
     let d = sink.direct.as_mut().expect("a direct sink");
-    for f in frames {
-        hasher.update(f);
-        let mut rest: &[u8] = f;
-        while !rest.is_empty() {
-            let n = fill_direct(d, rest);
-            rest = &rest[n..];
-            if d.fill == DIRECT_BUF {
-                // One write in flight at a time: wait for the previous one, then send this
-                // buffer and fill another while it is written.
-                d.settle().await?;
-                let view = Bytes::from_owner(AlignedView(d.buf.clone(), DIRECT_BUF));
-                let write = ring.write(d.fd.clone(), vec![view], d.at);
-                let full = std::mem::replace(&mut d.buf, Arc::new(AlignedBuf::take()));
-                d.pending = Some((full, Box::pin(write)));
-                d.at += DIRECT_BUF as u64;
-                d.fill = 0;
-            }
-        }
+    let mut cursor = (0, 0);
+    while absorb(d, hasher, frames, &mut cursor) {
+        // One write in flight at a time: wait for the previous one, then send this buffer and
+        // fill another while it is written.
+        d.settle().await?;
+        let view = Bytes::from_owner(AlignedView(d.buf.clone(), DIRECT_BUF));
+        let write = ring.write(d.fd.clone(), vec![view], d.at);
+        let full = std::mem::replace(&mut d.buf, Arc::new(AlignedBuf::take()));
+        d.pending = Some((full, Box::pin(write)));
+        d.at += DIRECT_BUF as u64;
+        d.fill = 0;
     }
     Ok(())
 }

@@ -314,10 +314,6 @@ impl Engine {
             });
         }
         let size = state.offset;
-        if before_offset != size {
-            // What this request appended is part of the blob even if the commit fails below.
-            self.uploads.checkpoint(&session, size, &state.hasher).await?;
-        }
         // From here no process may continue the session: its data becomes the blob.
         self.uploads.retire_checkpoint(id).await?;
         let committed = self.commit_blob(&mut state, repo, id, digest, size).await;

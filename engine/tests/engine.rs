@@ -742,3 +742,38 @@ async fn thousands_of_tiny_frames_are_written_in_order() {
     e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap();
     assert!(read_all(&e, &d, 0, data.len() as u64).await == data);
 }
+
+/// Uploads that grow past the size where direct writes move to large buffers, more of them at
+/// once than there are large buffers, each sent in requests that end at unaligned offsets on
+/// both sides of that size: every upload switches (or cannot, and goes on with small buffers)
+/// mid-request and resumes from a partial block, and every blob reads back exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_uploads_share_the_large_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(Engine::open(dir.path()).await.unwrap());
+    let r = repo("big/many");
+    let len = 11 * 1024 * 1024 + 4099;
+    let mut tasks = Vec::new();
+    for n in 0..12u64 {
+        let (e, r) = (e.clone(), r.clone());
+        tasks.push(tokio::spawn(async move {
+            let data: Vec<u8> = (0..len as u64)
+                .map(|i| ((i ^ n).wrapping_mul(2654435761) >> 11) as u8)
+                .collect();
+            let d = Digest::of(Algorithm::Sha256, &data);
+            let id = e.upload_start(&r).await.unwrap();
+            // Requests of 3 MiB + a few bytes, in frames of 200,003 bytes.
+            let mut sent = 0;
+            for req in data.chunks(3 * 1024 * 1024 + 13 + n as usize) {
+                let frames: Vec<&[u8]> = req.chunks(200_003).collect();
+                sent = e.upload_append(&r, id, None, body(&frames)).await.unwrap();
+            }
+            assert_eq!(sent, len as u64);
+            e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap();
+            assert!(read_all(&e, &d, 0, len as u64).await == data, "upload {n} reads back");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -296,16 +296,11 @@ impl Engine {
         let actual = if digest.algorithm() == state.hasher.algorithm() {
             state.hasher.finish()
         } else {
-            let file = state.file.take().ok_or(Error::UploadUnknown)?;
-            let (file, h) = file.rehash(state.offset, Hasher::new(digest.algorithm())).await?;
-            state.file = Some(file);
-            h.finish()
+            let fresh = Hasher::new(digest.algorithm());
+            state.file()?.rehash(state.offset, fresh).await?.finish()
         };
         if &actual != digest {
-            let file = state.file.take().ok_or(Error::UploadUnknown)?;
-            let (file, res) = file.truncate(before_offset).await;
-            state.file = Some(file);
-            res?;
+            state.file()?.truncate(before_offset).await?;
             state.offset = before_offset;
             state.hasher = before_hasher;
             return Err(Error::DigestMismatch {
@@ -347,10 +342,7 @@ impl Engine {
         size: u64,
     ) -> Result<()> {
         let dest = self.layout.blob(digest);
-        let file = state.file.take().ok_or(Error::UploadUnknown)?;
-        let (file, synced) = file.prepare_commit(dest.clone()).await;
-        state.file = Some(file);
-        let synced = synced?;
+        let synced = state.file()?.prepare_commit(dest.clone()).await?;
         let (r, d, src) = (repo.clone(), digest.clone(), self.layout.upload_data(id));
         self.meta(move |m| {
             m.write(|tx| {
@@ -622,10 +614,8 @@ where
             });
         }
     }
-    let file = state.file.take().ok_or(Error::UploadUnknown)?;
-    let (file, hasher, res) = file.append(state.offset, state.hasher.clone(), body).await;
-    state.file = Some(file);
-    let written = match res {
+    let mut hasher = state.hasher.clone();
+    let written = match state.file()?.append(state.offset, &mut hasher, body).await {
         Ok(n) => n,
         Err(AppendError::Body(e)) => return Err(Error::Body(e)),
         Err(AppendError::Io(e)) => return Err(Error::Io(e)),
@@ -633,10 +623,7 @@ where
     if let Some(r) = range {
         let declared = r.end - r.start + 1;
         if written != declared {
-            let file = state.file.take().ok_or(Error::UploadUnknown)?;
-            let (file, res) = file.truncate(state.offset).await;
-            state.file = Some(file);
-            res?;
+            state.file()?.truncate(state.offset).await?;
             return Err(Error::SizeMismatch {
                 declared,
                 actual: written,

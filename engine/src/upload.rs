@@ -38,6 +38,13 @@ pub struct SessionState {
     pub offset: u64,
 }
 
+impl SessionState {
+    /// The open data file.
+    pub fn file(&self) -> Result<&UploadFile> {
+        self.file.as_ref().ok_or(Error::UploadUnknown)
+    }
+}
+
 /// One upload session.
 pub struct Session {
     /// Its id.
@@ -187,22 +194,15 @@ impl Uploads {
         let guard = session.state.try_lock().map_err(|_| Error::UploadBusy)?;
         let mut guard = SessionGuard(guard);
         session.last_active.store(now_secs(), Ordering::Relaxed);
-        let file = guard.file.take().ok_or(Error::UploadUnknown)?;
-        let (file, claimed) = file.claim(self.layout.upload_state(session.id)).await;
-        let claimed = match claimed {
+        let claimed = match guard.file()?.claim(self.layout.upload_state(session.id)).await {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                guard.file = Some(file);
                 drop(guard);
                 return Err(Error::UploadBusy);
             }
-            Err(e) => {
-                guard.file = Some(file);
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         };
         // From here the file lock is held: the guard releases it.
-        guard.file = Some(file);
         let Some((raw, len)) = claimed else {
             // Committed or cancelled (perhaps by another process): forget it here too.
             guard.file = None;
@@ -218,10 +218,7 @@ impl Uploads {
         }
         if len > cp.offset {
             // A request that was never acknowledged (its process died mid-write) left a tail.
-            let file = guard.file.take().ok_or(Error::UploadUnknown)?;
-            let (file, res) = file.truncate(cp.offset).await;
-            guard.file = Some(file);
-            res?;
+            guard.file()?.truncate(cp.offset).await?;
         }
         guard.offset = cp.offset;
         guard.hasher = hasher;

@@ -145,17 +145,9 @@ impl UploadFile {
     /// the session was committed or cancelled meanwhile) and the data's length. Every Berth
     /// process sharing the storage takes this lock before it writes a session, and keeps it until
     /// the request's checkpoint is written ([`UploadFile::unlock`]).
-    pub async fn claim(self, state: PathBuf) -> (UploadFile, io::Result<Option<(Vec<u8>, u64)>>) {
-        let (file, direct) = (self.file, self.direct);
-        let res = tokio::task::spawn_blocking(move || {
-            let r = claim(&file, &state);
-            (file, r)
-        })
-        .await;
-        match res {
-            Ok((file, r)) => (UploadFile { file, direct }, r),
-            Err(e) => panic!("claim thread panicked: {e}"),
-        }
+    pub async fn claim(&self, state: PathBuf) -> io::Result<Option<(Vec<u8>, u64)>> {
+        let file = self.file.clone();
+        blocking(move || claim(&file, &state)).await
     }
 
     /// Release the lock [`UploadFile::claim`] took.
@@ -164,154 +156,63 @@ impl UploadFile {
     }
 
     /// Stream `body` to the end of the file at `offset`, feeding every byte to `hasher` in the
-    /// same pass. Frames are gathered into batches of up to [`WRITE_BATCH`] bytes; while one
-    /// batch is hashed and written on the blocking pool the next one is received, and no thread
-    /// is held while the client is slow. If the body fails, or the disk does, the file is cut back
-    /// to `offset` and the hasher is left as it was, so a failed request changes nothing.
+    /// same pass. With direct writes each frame is hashed and copied into an aligned buffer as it
+    /// arrives, and a full buffer is written while the next one fills; buffered, frames are
+    /// gathered into batches of up to [`WRITE_BATCH`] bytes, one written while the next is
+    /// received. No thread is held while the client is slow. If the body fails, or the disk
+    /// does, the file is cut back to `offset` and `hasher` is left as it was, so a failed request
+    /// changes nothing.
     ///
     /// Returns the number of bytes appended.
-    pub async fn append<S, E>(
-        self,
-        offset: u64,
-        hasher: Hasher,
-        body: S,
-    ) -> (UploadFile, Hasher, Result<u64, AppendError>)
+    pub async fn append<S, E>(&self, offset: u64, hasher: &mut Hasher, body: S) -> Result<u64, AppendError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        type Write = tokio::task::JoinHandle<(Sink, Hasher, io::Result<()>)>;
         let before = hasher.clone();
-        let direct = self.direct.clone();
-        let sink = match Sink::start(self.file, self.direct, offset).await {
-            Ok(s) => s,
-            Err((file, e)) => return (UploadFile { file, direct }, hasher, Err(AppendError::Io(e))),
+        let res = match &self.direct {
+            Some(fd) => append_direct(&self.file, fd, offset, hasher, body).await,
+            None => append_buffered(&self.file, offset, hasher, body).await,
         };
-        let mut idle = Some((sink, hasher));
-        let mut in_flight: Option<Write> = None;
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut batch_len = 0usize;
-        let mut pos = offset;
-        let mut failure = None;
-        let mut body = std::pin::pin!(body);
-
-        // Wait for the write in flight, if any; on success its file and hasher are idle again.
-        async fn settle(in_flight: &mut Option<Write>, idle: &mut Option<(Sink, Hasher)>) -> io::Result<()> {
-            if let Some(w) = in_flight.take() {
-                let (file, hasher, res) = w.await.map_err(io::Error::other)?;
-                *idle = Some((file, hasher));
-                res?;
-            }
-            Ok(())
-        }
-
-        loop {
-            let frame = body.next().await;
-            let done = match frame {
-                Some(Ok(f)) => {
-                    if !f.is_empty() {
-                        batch_len += f.len();
-                        batch.push(f);
-                    }
-                    false
-                }
-                Some(Err(e)) => {
-                    failure = Some(AppendError::Body(e.to_string()));
-                    break;
-                }
-                None => true,
-            };
-            // Start a write when the batch is full, when nothing is being written (so the disk is
-            // never idle while data waits), or at the end.
-            let start = batch_len > 0 && (batch_len >= WRITE_BATCH || in_flight.is_none() || done);
-            if start {
-                if let Err(e) = settle(&mut in_flight, &mut idle).await {
-                    failure = Some(AppendError::Io(e));
-                    break;
-                }
-                let Some((sink, hasher)) = idle.take() else { break };
-                let frames = std::mem::take(&mut batch);
-                let at = pos;
-                pos += batch_len as u64;
-                batch_len = 0;
-                in_flight = Some(write_batch(sink, hasher, frames, at));
-            }
-            if done {
-                break;
-            }
-        }
-        if let Err(e) = settle(&mut in_flight, &mut idle).await
-            && failure.is_none()
-        {
-            failure = Some(AppendError::Io(e));
-        }
-        let Some((sink, hasher)) = idle else {
-            // A write task was lost (it panicked): the file handle is gone with it.
-            panic!("upload write task failed without returning the file");
-        };
-        let (file, flushed) = sink.finish(failure.is_none()).await;
-        if let Err(e) = flushed
-            && failure.is_none()
-        {
-            failure = Some(AppendError::Io(e));
-        }
-        match failure {
-            None => (UploadFile { file, direct }, hasher, Ok(pos - offset)),
-            Some(err) => {
-                let (file, cut) = blocking_truncate(file, offset).await;
-                let err = match cut {
-                    Ok(()) => err,
-                    Err(e) => AppendError::Io(e),
-                };
-                (UploadFile { file, direct }, before, Err(err))
-            }
+        let Err(err) = res else { return res };
+        *hasher = before;
+        match self.truncate(offset).await {
+            Ok(()) => Err(err),
+            Err(e) => Err(AppendError::Io(e)),
         }
     }
 
     /// Cut the file back to `len` bytes (used to undo an append that must not count).
-    pub async fn truncate(self, len: u64) -> (UploadFile, io::Result<()>) {
-        let (file, res) = blocking_truncate(self.file, len).await;
-        (
-            UploadFile {
-                file,
-                direct: self.direct,
-            },
-            res,
-        )
+    pub async fn truncate(&self, len: u64) -> io::Result<()> {
+        let file = self.file.clone();
+        blocking(move || file.set_len(len)).await
     }
 
     /// Make the data durable before it becomes a blob, unless `dest` already exists (same
     /// digest, so identical content that is dropped instead). Says whether it synced; pass that
     /// to [`place_blob`], inside the metadata transaction that records the link.
-    pub async fn prepare_commit(self, dest: PathBuf) -> (UploadFile, io::Result<bool>) {
+    pub async fn prepare_commit(&self, dest: PathBuf) -> io::Result<bool> {
         if let Some(ring) = ring() {
-            let exists = file_len(dest).await.map(|l| l.is_some());
-            let res = match exists {
-                Ok(false) => ring.data_sync(self.file.clone()).await.map(|()| true),
-                other => other.map(|_| false),
+            return match file_len(dest).await? {
+                Some(_) => Ok(false),
+                None => ring.data_sync(self.file.clone()).await.map(|()| true),
             };
-            return (self, res);
         }
-        let (file, direct) = (self.file, self.direct);
-        let res = tokio::task::spawn_blocking(move || {
-            let r = if dest.exists() {
+        let file = self.file.clone();
+        blocking(move || {
+            if dest.exists() {
                 Ok(false)
             } else {
                 file.sync_data().map(|()| true)
-            };
-            (file, r)
+            }
         })
-        .await;
-        match res {
-            Ok((file, r)) => (UploadFile { file, direct }, r),
-            Err(e) => panic!("sync thread panicked: {e}"),
-        }
+        .await
     }
 
     /// Hash the first `len` bytes of the file again (only when the client commits with a digest
     /// algorithm other than the one the session hashed with).
-    pub async fn rehash(self, len: u64, mut hasher: Hasher) -> io::Result<(UploadFile, Hasher)> {
-        let (file, direct) = (self.file, self.direct);
+    pub async fn rehash(&self, len: u64, mut hasher: Hasher) -> io::Result<Hasher> {
+        let file = self.file.clone();
         blocking(move || {
             let mut reader = &*file;
             reader.seek(SeekFrom::Start(0))?;
@@ -325,10 +226,114 @@ impl UploadFile {
                 hasher.update(&buf[..n]);
                 left -= n as u64;
             }
-            Ok((UploadFile { file, direct }, hasher))
+            Ok(hasher)
         })
         .await
     }
+}
+
+/// [`UploadFile::append`] with direct writes.
+async fn append_direct<S, E>(
+    file: &Arc<File>,
+    fd: &Arc<File>,
+    offset: u64,
+    hasher: &mut Hasher,
+    body: S,
+) -> Result<u64, AppendError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut d = Direct::start(file, fd, offset).await.map_err(AppendError::Io)?;
+    let mut body = std::pin::pin!(body);
+    let mut pos = offset;
+    let res = 'body: loop {
+        let frame = match body.next().await {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => break Err(AppendError::Body(e.to_string())),
+            None => break Ok(()),
+        };
+        // The frame is hashed and copied here, then dropped: the connection reuses its read
+        // buffer instead of the upload holding on to it.
+        hasher.update(&frame);
+        pos += frame.len() as u64;
+        let mut taken = 0;
+        while taken < frame.len() {
+            taken += d.fill_from(&frame[taken..]);
+            if d.fill == d.buf.len()
+                && let Err(e) = d.write_full().await
+            {
+                break 'body Err(AppendError::Io(e));
+            }
+        }
+    };
+    // The write in flight ends before anything else happens to the file (a failed append cuts
+    // the file back next).
+    let finished = d.finish(file, res.is_ok()).await;
+    res?;
+    finished.map_err(AppendError::Io)?;
+    Ok(pos - offset)
+}
+
+/// [`UploadFile::append`] through the page cache.
+async fn append_buffered<S, E>(file: &Arc<File>, offset: u64, hasher: &mut Hasher, body: S) -> Result<u64, AppendError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    type Write = tokio::task::JoinHandle<(Hasher, io::Result<()>)>;
+    // The hasher travels with the write that uses it; `idle` holds it between writes.
+    let mut idle = Some(hasher.clone());
+    let mut in_flight: Option<Write> = None;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_len = 0usize;
+    let mut pos = offset;
+    let mut body = std::pin::pin!(body);
+
+    // Wait for the write in flight, if any; on success its hasher is idle again.
+    async fn settle(in_flight: &mut Option<Write>, idle: &mut Option<Hasher>) -> io::Result<()> {
+        if let Some(w) = in_flight.take() {
+            let (hasher, res) = w.await.map_err(io::Error::other)?;
+            *idle = Some(hasher);
+            res?;
+        }
+        Ok(())
+    }
+
+    let res = loop {
+        let done = match body.next().await {
+            Some(Ok(f)) => {
+                if !f.is_empty() {
+                    batch_len += f.len();
+                    batch.push(f);
+                }
+                false
+            }
+            Some(Err(e)) => break Err(AppendError::Body(e.to_string())),
+            None => true,
+        };
+        // Start a write when the batch is full, when nothing is being written (so the disk is
+        // never idle while data waits), or at the end.
+        if batch_len > 0 && (batch_len >= WRITE_BATCH || in_flight.is_none() || done) {
+            if let Err(e) = settle(&mut in_flight, &mut idle).await {
+                break Err(AppendError::Io(e));
+            }
+            let Some(h) = idle.take() else {
+                break Err(AppendError::Io(io::Error::other("an upload write task was lost")));
+            };
+            in_flight = Some(write_batch(file.clone(), h, std::mem::take(&mut batch), pos));
+            pos += batch_len as u64;
+            batch_len = 0;
+        }
+        if done {
+            break Ok(());
+        }
+    };
+    let settled = settle(&mut in_flight, &mut idle).await;
+    res?;
+    settled.map_err(AppendError::Io)?;
+    *hasher = idle.ok_or_else(|| AppendError::Io(io::Error::other("an upload write task was lost")))?;
+    Ok(pos - offset)
 }
 
 fn claim(file: &File, state: &Path) -> io::Result<Option<(Vec<u8>, u64)>> {
@@ -522,19 +527,14 @@ impl AsRef<[u8]> for AlignedView {
     }
 }
 
-/// Where an append's bytes go: the page cache (buffered writes with early writeback), or the
-/// disk directly (`O_DIRECT`): frames are copied into an aligned buffer, which is written whole
-/// at block-aligned offsets; the unaligned tail of a request goes through the page cache at the
-/// end ([`Sink::finish`]), and the next request starts by reading back the partial block.
+/// The direct-write state of an append: frames are copied into an aligned buffer, which is
+/// written whole at block-aligned offsets with `O_DIRECT`; the unaligned tail of a request goes
+/// through the page cache at the end ([`Direct::finish`]), and the next request starts by reading
+/// back the partial block.
 ///
 /// Direct writes skip the page cache's copy, allocation and writeback, which on this project's
 /// machines cost more CPU than hashing (docs/performance.md); they also leave nothing dirty for
 /// the commit's sync.
-struct Sink {
-    file: Arc<File>,
-    direct: Option<Direct>,
-}
-
 struct Direct {
     fd: Arc<File>,
     buf: Arc<AlignedBuf>,
@@ -542,14 +542,75 @@ struct Direct {
     at: u64,
     /// Bytes of `buf` filled.
     fill: usize,
-    /// With io_uring: the write of the previous full buffer, still in flight while this one
-    /// fills (double buffering), and that buffer.
+    /// The write of the previous full buffer, still in flight while this one fills (double
+    /// buffering), and that buffer.
     pending: Option<(Arc<AlignedBuf>, PendingWrite)>,
 }
 
 type PendingWrite = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send>>;
 
 impl Direct {
+    /// Direct writes from `offset`: the partial block before it is read back into the buffer.
+    async fn start(file: &Arc<File>, fd: &Arc<File>, offset: u64) -> io::Result<Direct> {
+        // Taken here, on the runtime's threads, where it is also given back.
+        let mut buf = AlignedBuf::take(offset);
+        let at = offset - offset % DIRECT_ALIGN as u64;
+        let head = (offset - at) as usize;
+        let reader = file.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let r = reader.read_exact_at(&mut buf.bytes_mut()[..head], at);
+            (buf, r)
+        })
+        .await;
+        match res {
+            Ok((buf, Ok(()))) => Ok(Direct {
+                fd: fd.clone(),
+                buf: Arc::new(buf),
+                at,
+                fill: head,
+                pending: None,
+            }),
+            Ok((buf, Err(e))) => {
+                buf.give();
+                Err(e)
+            }
+            Err(e) => panic!("read thread panicked: {e}"),
+        }
+    }
+
+    /// Copy `frame` into the buffer up to its end; returns the bytes taken.
+    fn fill_from(&mut self, frame: &[u8]) -> usize {
+        let buf = Arc::get_mut(&mut self.buf).expect("the direct buffer is not shared between writes");
+        let n = frame.len().min(buf.len() - self.fill);
+        buf.bytes_mut()[self.fill..self.fill + n].copy_from_slice(&frame[..n]);
+        self.fill += n;
+        n
+    }
+
+    /// Send the full buffer to the disk (after the write before it has ended: one in flight at a
+    /// time) and go on with another, large once the file is.
+    async fn write_full(&mut self) -> io::Result<()> {
+        self.settle().await?;
+        let len = self.buf.len();
+        let next = Arc::new(AlignedBuf::take(self.at + len as u64));
+        let full = std::mem::replace(&mut self.buf, next);
+        let write: PendingWrite = match ring() {
+            Some(ring) => {
+                let view = Bytes::from_owner(AlignedView(full.clone(), len));
+                Box::pin(ring.write(self.fd.clone(), vec![view], self.at))
+            }
+            None => {
+                let (fd, buf, at) = (self.fd.clone(), full.clone(), self.at);
+                let writing = tokio::task::spawn_blocking(move || fd.write_all_at(buf.bytes(), at));
+                Box::pin(async move { writing.await.map_err(io::Error::other)? })
+            }
+        };
+        self.pending = Some((full, write));
+        self.at += len as u64;
+        self.fill = 0;
+        Ok(())
+    }
+
     /// Wait for the write in flight, if any; its buffer goes back to the pool.
     async fn settle(&mut self) -> io::Result<()> {
         if let Some((buf, write)) = self.pending.take() {
@@ -561,114 +622,52 @@ impl Direct {
         }
         Ok(())
     }
-}
 
-impl Sink {
-    /// A sink for bytes from `offset`; with a direct handle, the partial block before `offset`
-    /// is read back into the buffer. On failure the file comes back with the error.
-    async fn start(file: Arc<File>, direct: Option<Arc<File>>, offset: u64) -> Result<Sink, (Arc<File>, io::Error)> {
-        let Some(fd) = direct else {
-            return Ok(Sink { file, direct: None });
+    /// End the append: wait for the write in flight, then (when `write`) write what the buffer
+    /// still holds: its whole blocks directly, the rest through the page cache (`file`).
+    async fn finish(mut self, file: &Arc<File>, write: bool) -> io::Result<()> {
+        let settled = self.settle().await;
+        let Direct { fd, buf, at, fill, .. } = self;
+        let give = |buf: Arc<AlignedBuf>| {
+            if let Ok(buf) = Arc::try_unwrap(buf) {
+                buf.give();
+            }
         };
-        // Taken here, on the runtime's threads, where it is also given back.
-        let mut buf = AlignedBuf::take(offset);
+        if settled.is_err() || !write {
+            give(buf);
+            return settled;
+        }
+        let file = file.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let at = offset - offset % DIRECT_ALIGN as u64;
-            let head = (offset - at) as usize;
-            let r = file.read_exact_at(&mut buf.bytes_mut()[..head], at);
-            (file, fd, buf, at, head, r)
-        })
-        .await;
-        match res {
-            Ok((file, fd, buf, at, head, Ok(()))) => Ok(Sink {
-                file,
-                direct: Some(Direct {
-                    fd,
-                    buf: Arc::new(buf),
-                    at,
-                    fill: head,
-                    pending: None,
-                }),
-            }),
-            Ok((file, _, buf, _, _, Err(e))) => {
-                buf.give();
-                Err((file, e))
-            }
-            Err(e) => panic!("read thread panicked: {e}"),
-        }
-    }
-
-    /// Write what the buffer still holds (when `write`): its whole blocks directly, the rest
-    /// through the page cache. Returns the file.
-    async fn finish(self, write: bool) -> (Arc<File>, io::Result<()>) {
-        let Some(mut d) = self.direct else {
-            return (self.file, Ok(()));
-        };
-        // A write still in flight ends before anything else happens to the file (a failed
-        // append cuts the file back next).
-        let settled = d.settle().await;
-        let write = write && settled.is_ok();
-        if let Err(e) = settled {
-            if let Ok(buf) = Arc::try_unwrap(d.buf) {
-                buf.give();
-            }
-            return (self.file, Err(e));
-        }
-        if !write {
-            if let Ok(buf) = Arc::try_unwrap(d.buf) {
-                buf.give();
-            }
-            return (self.file, Ok(()));
-        }
-        let file = self.file;
-        let res = tokio::task::spawn_blocking(move || {
-            let whole = d.fill - d.fill % DIRECT_ALIGN;
-            let bytes = d.buf.bytes();
-            let mut r = d.fd.write_all_at(&bytes[..whole], d.at);
+            let whole = fill - fill % DIRECT_ALIGN;
+            let bytes = buf.bytes();
+            let mut r = fd.write_all_at(&bytes[..whole], at);
             if r.is_ok() {
-                r = file.write_all_at(&bytes[whole..d.fill], d.at + whole as u64);
+                r = file.write_all_at(&bytes[whole..fill], at + whole as u64);
             }
-            (file, d.buf, r)
+            (buf, r)
         })
         .await;
         match res {
-            Ok((file, buf, r)) => {
-                if let Ok(buf) = Arc::try_unwrap(buf) {
-                    buf.give();
-                }
-                (file, r)
+            Ok((buf, r)) => {
+                give(buf);
+                r
             }
             Err(e) => panic!("write thread panicked: {e}"),
         }
     }
 }
 
-/// Hash and write one batch of frames at `at`. Buffered: with io_uring the ring writes while
-/// this task hashes; with std one blocking thread does both in turn; writeback starts as the
-/// bytes land. Direct: the frames are hashed and copied into the aligned buffer, which is
-/// written (by the ring, or on the blocking pool) each time it is full.
+/// Hash and write one batch of frames at `at` through the page cache: with io_uring the ring
+/// writes while this task hashes; with std one blocking thread does both in turn; writeback
+/// starts as the bytes land.
 fn write_batch(
-    sink: Sink,
+    file: Arc<File>,
     mut hasher: Hasher,
     frames: Vec<Bytes>,
     at: u64,
-) -> tokio::task::JoinHandle<(Sink, Hasher, io::Result<()>)> {
+) -> tokio::task::JoinHandle<(Hasher, io::Result<()>)> {
     let end = at + frames.iter().map(|f| f.len() as u64).sum::<u64>();
-    if sink.direct.is_some() {
-        return match ring() {
-            Some(ring) => tokio::spawn(async move {
-                let mut sink = sink;
-                let res = direct_batch_uring(ring, &mut sink, &mut hasher, &frames).await;
-                (sink, hasher, res)
-            }),
-            None => tokio::task::spawn_blocking(move || {
-                let mut sink = sink;
-                let res = direct_batch_std(&mut sink, &mut hasher, &frames);
-                (sink, hasher, res)
-            }),
-        };
-    }
-    let file = sink.file;
     if let Some(ring) = ring() {
         return tokio::spawn(async move {
             let writing = ring.write(file.clone(), frames.clone(), at);
@@ -680,10 +679,10 @@ fn write_batch(
                 ring.start_writeback(file.clone(), at, end);
                 if let Some((from, len)) = writeback_wait(at, end) {
                     // Advisory, like the std engine's: durability comes from the commit's sync.
-                    let _ = ring.wait_writeback(file.clone(), from, len).await;
+                    let _ = ring.wait_writeback(file, from, len).await;
                 }
             }
-            (Sink { file, direct: None }, hasher, res)
+            (hasher, res)
         });
     }
     tokio::task::spawn_blocking(move || {
@@ -700,92 +699,8 @@ fn write_batch(
         if res.is_ok() {
             early_writeback(&file, at, end);
         }
-        (Sink { file, direct: None }, hasher, res)
+        (hasher, res)
     })
-}
-
-/// Copy `frame` into the direct buffer up to its end; returns the bytes taken.
-fn fill_direct(d: &mut Direct, frame: &[u8]) -> usize {
-    let n = frame.len().min(d.buf.len() - d.fill);
-    let buf = Arc::get_mut(&mut d.buf).expect("the direct buffer is not shared between writes");
-    buf.bytes_mut()[d.fill..d.fill + n].copy_from_slice(&frame[..n]);
-    d.fill += n;
-    n
-}
-
-/// Hash and copy frames into the direct buffer from `cursor` (frame index, bytes of it taken):
-/// true when the buffer is full (more may follow), false when the frames are used up. Each
-/// frame is hashed once, when its first byte is taken.
-fn absorb(d: &mut Direct, hasher: &mut Hasher, frames: &[Bytes], cursor: &mut (usize, usize)) -> bool {
-    while let Some(f) = frames.get(cursor.0) {
-        if cursor.1 == 0 {
-            hasher.update(f);
-        }
-        cursor.1 += fill_direct(d, &f[cursor.1..]);
-        if cursor.1 == f.len() {
-            *cursor = (cursor.0 + 1, 0);
-        }
-        if d.fill == d.buf.len() {
-            return true;
-        }
-    }
-    false
-}
-
-fn direct_batch_std(sink: &mut Sink, hasher: &mut Hasher, frames: &[Bytes]) -> io::Result<()> {
-    let d = sink.direct.as_mut().expect("a direct sink");
-    let mut cursor = (0, 0);
-    while absorb(d, hasher, frames, &mut cursor) {
-        d.fd.write_all_at(d.buf.bytes(), d.at)?;
-        d.at += d.buf.len() as u64;
-        d.fill = 0;
-        // The file has grown large: go on with a large buffer if one is free.
-        if d.buf.len() < DIRECT_LARGE
-            && d.at >= DIRECT_LARGE_AFTER
-            && let Some(large) = AlignedBuf::take_large()
-        {
-            let small = std::mem::replace(&mut d.buf, Arc::new(large));
-            if let Ok(small) = Arc::try_unwrap(small) {
-                small.give();
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn direct_batch_uring(
-    ring: &uring::Ring,
-    sink: &mut Sink,
-    hasher: &mut Hasher,
-    frames: &[Bytes],
-) -> io::Result<()> {
-    let d = sink.direct.as_mut().expect("a direct sink");
-    let mut cursor = (0, 0);
-    while absorb(d, hasher, frames, &mut cursor) {
-        // One write in flight at a time: wait for the previous one, then send this buffer and
-        // fill another while it is written.
-        d.settle().await?;
-        let len = d.buf.len();
-        let view = Bytes::from_owner(AlignedView(d.buf.clone(), len));
-        let write = ring.write(d.fd.clone(), vec![view], d.at);
-        d.at += len as u64;
-        let full = std::mem::replace(&mut d.buf, Arc::new(AlignedBuf::take(d.at)));
-        d.pending = Some((full, Box::pin(write)));
-        d.fill = 0;
-    }
-    Ok(())
-}
-
-async fn blocking_truncate(file: Arc<File>, len: u64) -> (Arc<File>, io::Result<()>) {
-    let res = tokio::task::spawn_blocking(move || {
-        let r = file.set_len(len);
-        (file, r)
-    })
-    .await;
-    match res {
-        Ok(v) => v,
-        Err(e) => panic!("truncate thread panicked: {e}"),
-    }
 }
 
 /// Why an append failed.
@@ -1054,6 +969,17 @@ fn sync_file_range(file: &File, offset: u64, len: u64, wait: bool) {
     // writeback of the file's pages in the given range), and offset and length are checked to
     // fit its off64_t arguments.
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+}
+
+/// Turn transparent huge pages off for this process (`PR_SET_THP_DISABLE`); call before the
+/// first large allocation. The allocator asks for huge pages on its segments, and a segment
+/// with a few live buffers then holds whole 2 MiB pages: 64 concurrent 16 MiB pushes peaked at
+/// 94 MiB with them and 62 MiB without, at the same rate (docs/performance.md).
+#[allow(unsafe_code)]
+pub fn disable_huge_pages() {
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory of this
+    // process; it only sets a flag on the process's address space that later faults read.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
 /// A file in the blob store: `<alg>:<hex>` from its path, size and age.

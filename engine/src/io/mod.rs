@@ -433,8 +433,9 @@ const DIRECT_LARGE: usize = 1024 * 1024;
 const DIRECT_LARGE_AFTER: u64 = 4 * 1024 * 1024;
 /// Most large buffers in existence at once (in use or idle), so memory stays bounded however
 /// many large uploads run: the rest go on with small buffers. Each upload holds two at most
-/// (one filling, one being written).
-const DIRECT_LARGE_MAX: usize = 8;
+/// (one filling, one being written). With 64 concurrent 16 MiB pushes beside a 4 GiB one, 8, 16
+/// and 32 peaked at 78, 82 and 105 MiB; all-large cut server CPU per GB by 15 % at 178 MiB.
+const DIRECT_LARGE_MAX: usize = 16;
 
 /// A heap buffer at a [`DIRECT_ALIGN`]-aligned address, as direct I/O wants, of either size.
 struct AlignedBuf {

@@ -1,8 +1,8 @@
 //! Answers for the small, hot reads — blob sizes (`HEAD` blob) and manifests by tag or digest —
 //! kept in memory, so a hit costs a map lookup instead of a metadata query on the blocking pool.
 //!
-//! Coherence: every lookup first asks SQLite whether the database changed since the cache was
-//! filled (`PRAGMA data_version`, which sees commits of every connection and every process
+//! Coherence: every lookup first checks whether the database changed since the cache was
+//! filled ([`Meta::data_version`], which sees commits of every connection and every process
 //! sharing the storage); if it did, the whole generation is dropped. An answer read from the
 //! database is added to the generation that was current when the lookup began, so an answer
 //! that a concurrent commit made stale lands in a generation already replaced, never in the
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use crate::digest::Digest;
-use crate::meta::{Meta, StoredManifest};
+use crate::meta::{DataVersion, Meta, StoredManifest};
 use crate::name::{Reference, RepoName};
 
 /// Most bytes of manifests one generation keeps (beyond it, answers are not added).
@@ -22,9 +22,9 @@ const MAX_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
 /// Most entries one generation keeps.
 const MAX_ENTRIES: usize = 200_000;
 
-/// One generation: valid while the database's data version is `version`.
+/// One generation: valid while the database's data version is `version` (`None`: never).
 pub struct Generation {
-    version: i64,
+    version: Option<DataVersion>,
     blobs: papaya::HashMap<(RepoName, Digest), u64>,
     manifests: papaya::HashMap<(RepoName, Reference), Arc<StoredManifest>>,
     entries: AtomicUsize,
@@ -32,7 +32,7 @@ pub struct Generation {
 }
 
 impl Generation {
-    fn new(version: i64) -> Generation {
+    fn new(version: Option<DataVersion>) -> Generation {
         Generation {
             version,
             blobs: papaya::HashMap::new(),
@@ -84,14 +84,14 @@ impl Hot {
     /// An empty cache.
     pub fn new() -> Hot {
         Hot {
-            current: Mutex::new(Arc::new(Generation::new(i64::MIN))),
+            current: Mutex::new(Arc::new(Generation::new(None))),
         }
     }
 
     /// The generation valid now: the current one, or a new, empty one when the database changed
     /// since it was made. `None` when the database cannot tell (the caller reads it instead).
     pub fn generation(&self, meta: &Meta) -> Option<Arc<Generation>> {
-        let version = meta.data_version().ok()?;
+        let version = Some(meta.data_version().ok()?);
         let mut cur = self.current.lock();
         if cur.version != version {
             *cur = Arc::new(Generation::new(version));

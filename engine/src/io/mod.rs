@@ -9,6 +9,7 @@
 //! directory sync) use the blocking pool in both; blob reads are memory maps.
 
 mod uring;
+pub mod walindex;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};

@@ -17,6 +17,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::io::walindex::{WalHeader, WalIndexHead};
 use crate::name::{RepoName, Tag};
 
 /// How long a statement waits for another process's write transaction before failing.
@@ -98,11 +99,24 @@ pub struct NewManifest<'a> {
 
 /// The metadata store.
 pub struct Meta {
+    /// The WAL index's header, read for [`Meta::data_version`] without a transaction (`None`
+    /// where the WAL index cannot be mapped: then `watcher` is asked).
+    head: Option<WalIndexHead>,
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// Only asks `PRAGMA data_version` (see [`Meta::data_version`]).
     watcher: Mutex<Connection>,
+}
+
+/// What [`Meta::data_version`] answers: two equal values mean that no transaction committed in
+/// between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataVersion {
+    /// The WAL index's header.
+    Header(WalHeader),
+    /// SQLite's `PRAGMA data_version`, when the header was being rewritten or is not mapped.
+    Pragma(i64),
 }
 
 /// Statements over one connection: inside a write transaction ([`Meta::write`]) or for a read
@@ -133,23 +147,39 @@ impl Meta {
         redb_import::import_once(&tx, &legacy)?;
         tx.commit()?;
         redb_import::retire(&legacy)?;
+        let watcher = connect(path)?;
+        let mut shm = path.as_os_str().to_owned();
+        shm.push("-shm");
+        let head = match WalIndexHead::open(Path::new(&shm)) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot map SQLite's WAL index; checking for changes through SQLite instead");
+                None
+            }
+        };
         Ok(Meta {
+            head,
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
-            watcher: Mutex::new(connect(path)?),
+            watcher: Mutex::new(watcher),
         })
     }
 
-    /// A number that changes whenever a transaction of any other connection — this process's
-    /// writer or another process's — has committed since the last call (SQLite's
-    /// `PRAGMA data_version`, read on a connection that never writes). Cheap: it reads the
-    /// WAL index in shared memory, no file I/O.
-    pub fn data_version(&self) -> Result<i64> {
+    /// A value that changes whenever a transaction of any connection — this process's writer or
+    /// another process's — has committed since the last call. Read from the WAL index's header
+    /// in shared memory (no lock, no system call); while a writer is rewriting the header, or
+    /// where it is not mapped, SQLite is asked (`PRAGMA data_version` on a connection that never
+    /// writes, so that every commit counts).
+    pub fn data_version(&self) -> Result<DataVersion> {
+        if let Some(h) = self.head.as_ref().and_then(WalIndexHead::read) {
+            return Ok(DataVersion::Header(h));
+        }
         let conn = self.watcher.lock();
-        Ok(conn
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?)
+        Ok(DataVersion::Pragma(
+            conn.prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))?,
+        ))
     }
 
     /// Run `f` in one write transaction that no other writer of any process interleaves with;
@@ -633,5 +663,57 @@ impl Tx<'_> {
             )?
             .execute([repo])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The change check reads the WAL index's header (not SQLite), and sees every commit: of
+    /// this store's writer, and of a connection it does not know (as another process's would
+    /// be), while reads and rolled-back writes change nothing.
+    #[test]
+    fn every_commit_changes_the_data_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let meta = Meta::open(&path).unwrap();
+        let v0 = meta.data_version().unwrap();
+        assert!(
+            matches!(v0, DataVersion::Header(_)),
+            "read from the mapped header: {v0:?}"
+        );
+        meta.check().unwrap();
+        assert_eq!(meta.data_version().unwrap(), v0, "a read is not a change");
+
+        meta.write(|t| {
+            t.0.execute("INSERT INTO blobs(digest, size, refs) VALUES ('sha256:a', 1, 0)", [])?;
+            Ok(())
+        })
+        .unwrap();
+        let v1 = meta.data_version().unwrap();
+        assert_ne!(v1, v0, "this store's own commit");
+
+        let failed: Result<()> = meta.write(|t| {
+            t.0.execute("INSERT INTO blobs(digest, size, refs) VALUES ('sha256:b', 1, 0)", [])?;
+            Err(Error::UploadUnknown)
+        });
+        assert!(failed.is_err());
+        assert_eq!(meta.data_version().unwrap(), v1, "a rolled-back write is not a change");
+
+        let other = connect(&path).unwrap();
+        other
+            .execute("UPDATE blobs SET size = 2 WHERE digest = 'sha256:a'", [])
+            .unwrap();
+        let v2 = meta.data_version().unwrap();
+        assert_ne!(v2, v1, "a commit of a connection this store does not know");
+        let mut prev = v2;
+        for _ in 0..3 {
+            other.execute("UPDATE blobs SET refs = refs + 1", []).unwrap();
+            let v = meta.data_version().unwrap();
+            assert_ne!(v, prev);
+            assert_eq!(meta.data_version().unwrap(), v, "stable until the next commit");
+            prev = v;
+        }
     }
 }

@@ -48,7 +48,7 @@ fn init_logging(cfg: &Config) {
 
 /// Load and validate the configuration, start logging, log the warnings. Exits on errors.
 pub fn load(src: &ConfigSource) -> Config {
-    if let Err(e) = check_io_settings() {
+    if let Err(e) = berth_engine::io::check_settings() {
         fail(&format!("configuration error: {e}"));
     }
     let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -161,26 +161,6 @@ fn raise_open_files_limit() {
         Ok(n) => tracing::debug!(open_files = n, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
     }
-}
-
-/// The engine's I/O variables take only these values; anything else stops the start-up.
-fn check_io_settings() -> Result<(), String> {
-    for (var, allowed) in [
-        ("BERTH_IO_ENGINE", &["uring", "std"][..]),
-        ("BERTH_IO_WRITEBACK", &["on", "off"][..]),
-        ("BERTH_IO_MMAP", &["on", "off"][..]),
-        ("BERTH_IO_DIRECT", &["on", "off"][..]),
-    ] {
-        if let Ok(v) = std::env::var(var)
-            && !allowed.contains(&v.as_str())
-        {
-            return Err(format!(
-                "{var}={v:?} is not one of {}: unset it or set one of those",
-                allowed.join(", ")
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Threads of the blocking pool (file I/O, syncs, metadata); `BERTH_BLOCKING_THREADS` overrides.

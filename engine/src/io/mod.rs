@@ -66,12 +66,58 @@ pub fn engine_name() -> &'static str {
     if ring().is_some() { "io_uring" } else { "std" }
 }
 
-/// Whether early writeback is on (`BERTH_IO_WRITEBACK=off` turns it off, to measure what it
-/// changes).
-fn writeback_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BERTH_IO_WRITEBACK").map_or(true, |v| v != "off"))
+/// The `BERTH_IO_*` settings and the values each accepts ([`check_settings`]).
+const SETTINGS: [(&str, &[&str]); 4] = [
+    ("BERTH_IO_ENGINE", &["uring", "std"]),
+    ("BERTH_IO_WRITEBACK", &["on", "off"]),
+    ("BERTH_IO_MMAP", &["on", "off"]),
+    ("BERTH_IO_DIRECT", &["on", "off"]),
+];
+
+/// Check the `BERTH_IO_*` environment: an error that names the first setting with a value it
+/// does not accept, and the values it does (start-up stops on it).
+pub fn check_settings() -> Result<(), String> {
+    for (var, allowed) in SETTINGS {
+        if let Ok(v) = std::env::var(var)
+            && !allowed.contains(&v.as_str())
+        {
+            return Err(format!(
+                "{var}={v:?} is not one of {}: unset it or set one of those",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
+
+/// An on/off setting of the environment, read once: on unless set to `off`. They exist to
+/// measure what each mechanism changes (docs/performance.md).
+struct Switch {
+    var: &'static str,
+    on: std::sync::OnceLock<bool>,
+}
+
+impl Switch {
+    const fn new(var: &'static str) -> Switch {
+        Switch {
+            var,
+            on: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn on(&self) -> bool {
+        *self
+            .on
+            .get_or_init(|| std::env::var(self.var).map_or(true, |v| v != "off"))
+    }
+}
+
+/// Early writeback of buffered upload data.
+static WRITEBACK: Switch = Switch::new("BERTH_IO_WRITEBACK");
+/// Upload data written with `O_DIRECT`.
+static DIRECT: Switch = Switch::new("BERTH_IO_DIRECT");
+/// Large ranges served from memory maps (else by reads).
+static MMAP: Switch = Switch::new("BERTH_IO_MMAP");
 
 /// Run a blocking closure on the blocking pool.
 pub async fn blocking<T, F>(f: F) -> io::Result<T>
@@ -87,21 +133,15 @@ where
 pub struct UploadFile {
     file: Arc<File>,
     /// The same file opened with `O_DIRECT`, where the filesystem takes it and direct writes
-    /// are on (see [`direct_on`]).
+    /// are on (`BERTH_IO_DIRECT`).
     direct: Option<Arc<File>>,
-}
-
-/// Whether upload data is written with `O_DIRECT` (`BERTH_IO_DIRECT=off` turns it off).
-fn direct_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BERTH_IO_DIRECT").map_or(true, |v| v != "off"))
 }
 
 /// Open `path` again with `O_DIRECT` for writing; `None` where the filesystem refuses it
 /// (tmpfs before Linux 6.6, some network filesystems) or direct writes are off.
 fn open_direct(path: &Path) -> Option<Arc<File>> {
     use std::os::unix::fs::OpenOptionsExt;
-    if !direct_on() {
+    if !DIRECT.on() {
         return None;
     }
     OpenOptions::new()
@@ -677,7 +717,7 @@ fn write_batch(
                 hasher.update(f);
             }
             let res = writing.await;
-            if res.is_ok() && writeback_on() {
+            if res.is_ok() && WRITEBACK.on() {
                 ring.start_writeback(file.clone(), at, end);
                 if let Some((from, len)) = writeback_wait(at, end) {
                     // Advisory, like the std engine's: durability comes from the commit's sync.
@@ -814,10 +854,7 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
 /// Stream `len` bytes of the file at `path` from `start`. Large ranges are served from a
 /// memory map ([`map_range`]); small ones with positioned reads ([`read_range`]).
 pub async fn blob_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc::Receiver<io::Result<Bytes>>> {
-    static MAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    // BERTH_IO_MMAP=off serves every range with reads (to measure what the map changes).
-    let map = *MAP.get_or_init(|| std::env::var("BERTH_IO_MMAP").map_or(true, |v| v != "off"));
-    if map && len >= MAP_MIN {
+    if MMAP.on() && len >= MAP_MIN {
         map_range(path, start, len).await
     } else {
         read_range(path, start, len).await
@@ -939,7 +976,7 @@ pub async fn modified_secs(path: PathBuf) -> io::Result<Option<u64>> {
 /// [`WRITEBACK_WINDOW`] boundary was crossed, wait for the window before the previous one.
 /// Advisory: errors are ignored, durability comes from the `fsync` at commit.
 fn early_writeback(file: &File, start: u64, end: u64) {
-    if !writeback_on() {
+    if !WRITEBACK.on() {
         return;
     }
     sync_file_range(file, start, end - start, false);

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
-use crate::hot::Hot;
+use crate::hot::{Generation, Hot};
 use crate::io::{self, AppendError};
 use crate::layout::Layout;
 use crate::manifest::{self, ManifestError};
@@ -174,19 +174,14 @@ impl Engine {
 
     /// Size of a blob the repository links.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        let hot = self.hot.generation(&self.meta);
-        if let Some(size) = hot.as_ref().and_then(|g| g.blob(repo, digest)) {
-            return Ok(size);
-        }
         let (r, d) = (repo.clone(), digest.clone());
-        let size = self
-            .meta(move |m| m.repo_blob(&r, &d))
-            .await?
-            .ok_or_else(|| Error::BlobUnknown(digest.clone()))?;
-        if let Some(g) = hot {
-            g.put_blob(repo, digest, size);
-        }
-        Ok(size)
+        let load = async {
+            self.meta(move |m| m.repo_blob(&r, &d))
+                .await?
+                .ok_or_else(|| Error::BlobUnknown(digest.clone()))
+        };
+        let key = (repo.clone(), digest.clone());
+        self.hot.get_or_load(&self.meta, Generation::blobs, key, load).await
     }
 
     /// Read `range` of a blob (the caller has checked it against the size).
@@ -500,29 +495,25 @@ impl Engine {
 
     /// A manifest by tag or digest.
     pub async fn manifest_get(&self, repo: &RepoName, reference: &Reference) -> Result<Arc<StoredManifest>> {
-        let hot = self.hot.generation(&self.meta);
-        if let Some(m) = hot.as_ref().and_then(|g| g.manifest(repo, reference)) {
-            return Ok(m);
-        }
         let (r, re) = (repo.clone(), reference.clone());
-        let m = self
-            .meta(move |m| {
-                let digest = match &re {
-                    Reference::Digest(d) => Some(d.clone()),
-                    Reference::Tag(t) => m.resolve_tag(&r, t)?,
-                };
-                match digest {
-                    Some(d) => m.manifest(&r, &d),
-                    None => Ok(None),
-                }
-            })
-            .await?
-            .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
-        let m = Arc::new(m);
-        if let Some(g) = hot {
-            g.put_manifest(repo, reference, m.clone());
-        }
-        Ok(m)
+        let load = async {
+            let m = self
+                .meta(move |m| {
+                    let digest = match &re {
+                        Reference::Digest(d) => Some(d.clone()),
+                        Reference::Tag(t) => m.resolve_tag(&r, t)?,
+                    };
+                    match digest {
+                        Some(d) => m.manifest(&r, &d),
+                        None => Ok(None),
+                    }
+                })
+                .await?
+                .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+            Ok(Arc::new(m))
+        };
+        let key = (repo.clone(), reference.clone());
+        self.hot.get_or_load(&self.meta, Generation::manifests, key, load).await
     }
 
     /// Delete by digest (the manifest and every tag pointing at it) or by tag (the tag only).

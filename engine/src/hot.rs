@@ -8,12 +8,14 @@
 //! that a concurrent commit made stale lands in a generation already replaced, never in the
 //! live one.
 
+use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
 use crate::digest::Digest;
+use crate::error::Result;
 use crate::meta::{DataVersion, Meta, StoredManifest};
 use crate::name::{Reference, RepoName};
 
@@ -25,21 +27,46 @@ const MAX_ENTRIES: usize = 200_000;
 /// One generation: valid while the database's data version is `version` (`None`: never).
 pub struct Generation {
     version: Option<DataVersion>,
-    blobs: papaya::HashMap<(RepoName, Digest), u64>,
-    manifests: papaya::HashMap<(RepoName, Reference), Arc<StoredManifest>>,
+    blobs: Table<(RepoName, Digest), u64>,
+    manifests: Table<(RepoName, Reference), Arc<StoredManifest>>,
     entries: AtomicUsize,
     bytes: AtomicUsize,
+}
+
+/// Answers of one kind, and what each weighs against [`MAX_MANIFEST_BYTES`].
+pub struct Table<K, V> {
+    map: papaya::HashMap<K, V>,
+    weigh: fn(&V) -> usize,
+}
+
+impl<K, V> Table<K, V> {
+    fn new(weigh: fn(&V) -> usize) -> Table<K, V> {
+        Table {
+            map: papaya::HashMap::new(),
+            weigh,
+        }
+    }
 }
 
 impl Generation {
     fn new(version: Option<DataVersion>) -> Generation {
         Generation {
             version,
-            blobs: papaya::HashMap::new(),
-            manifests: papaya::HashMap::new(),
+            blobs: Table::new(|_| 0),
+            manifests: Table::new(|m| m.bytes.len()),
             entries: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// Blob sizes by repository and digest (`HEAD` blob).
+    pub fn blobs(&self) -> &Table<(RepoName, Digest), u64> {
+        &self.blobs
+    }
+
+    /// Manifests by repository and tag or digest.
+    pub fn manifests(&self) -> &Table<(RepoName, Reference), Arc<StoredManifest>> {
+        &self.manifests
     }
 
     /// Room for one more entry of `bytes` bytes (reserved if so).
@@ -48,30 +75,6 @@ impl Generation {
             return false;
         }
         self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes <= MAX_MANIFEST_BYTES
-    }
-
-    /// Size of a blob the repository links, if known here.
-    pub fn blob(&self, repo: &RepoName, digest: &Digest) -> Option<u64> {
-        self.blobs.pin().get(&(repo.clone(), digest.clone())).copied()
-    }
-
-    /// Remember a blob's size.
-    pub fn put_blob(&self, repo: &RepoName, digest: &Digest, size: u64) {
-        if self.reserve(0) {
-            self.blobs.pin().insert((repo.clone(), digest.clone()), size);
-        }
-    }
-
-    /// A manifest by tag or digest, if known here.
-    pub fn manifest(&self, repo: &RepoName, reference: &Reference) -> Option<Arc<StoredManifest>> {
-        self.manifests.pin().get(&(repo.clone(), reference.clone())).cloned()
-    }
-
-    /// Remember a manifest.
-    pub fn put_manifest(&self, repo: &RepoName, reference: &Reference, m: Arc<StoredManifest>) {
-        if self.reserve(m.bytes.len()) {
-            self.manifests.pin().insert((repo.clone(), reference.clone()), m);
-        }
     }
 }
 
@@ -90,13 +93,41 @@ impl Hot {
 
     /// The generation valid now: the current one, or a new, empty one when the database changed
     /// since it was made. `None` when the database cannot tell (the caller reads it instead).
-    pub fn generation(&self, meta: &Meta) -> Option<Arc<Generation>> {
+    fn generation(&self, meta: &Meta) -> Option<Arc<Generation>> {
         let version = Some(meta.data_version().ok()?);
         let mut cur = self.current.lock();
         if cur.version != version {
             *cur = Arc::new(Generation::new(version));
         }
         Some(cur.clone())
+    }
+
+    /// The answer for `key` from memory, or else from `load`, which is then remembered in the
+    /// generation that was current when this lookup began (so an answer a concurrent commit made
+    /// stale is never added to a live generation). Failures are not remembered.
+    pub async fn get_or_load<K, V>(
+        &self,
+        meta: &Meta,
+        table: fn(&Generation) -> &Table<K, V>,
+        key: K,
+        load: impl Future<Output = Result<V>>,
+    ) -> Result<V>
+    where
+        K: Eq + Hash,
+        V: Clone,
+    {
+        let generation = self.generation(meta);
+        if let Some(v) = generation.as_ref().and_then(|g| table(g).map.pin().get(&key).cloned()) {
+            return Ok(v);
+        }
+        let v = load.await?;
+        if let Some(g) = generation {
+            let t = table(&g);
+            if g.reserve((t.weigh)(&v)) {
+                t.map.pin().insert(key, v.clone());
+            }
+        }
+        Ok(v)
     }
 }
 

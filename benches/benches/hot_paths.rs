@@ -1,4 +1,4 @@
-//! Hot-path benches: hashing, upload append, range reads, route and header parsing.
+//! Hot-path benches: hashing, upload append, range reads, JWT verification, route and header parsing.
 
 #![allow(missing_docs)]
 
@@ -19,6 +19,9 @@ fn hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("sha256");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("sha2", |b| b.iter(|| black_box(sha2::Sha256::digest(black_box(&data)))));
+    g.bench_function("ring", |b| {
+        b.iter(|| black_box(ring::digest::digest(&ring::digest::SHA256, black_box(&data))))
+    });
     g.bench_function("engine_hasher", |b| {
         b.iter(|| {
             let mut h = Hasher::new(Algorithm::Sha256);
@@ -118,5 +121,40 @@ fn parsing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hashing, upload_append, range_read, parsing);
+/// Bearer-token verification as the registry does it per request: signature, claims and grant
+/// (`verify_uncached`), and the same token again from the verified-token cache (`verify`).
+fn jwt(c: &mut Criterion) {
+    use berth_auth::token::signing::generate;
+    use berth_auth::token::{Issuer, KeySet, KidFormat, SigningKey, Verifier};
+    use jsonwebtoken::Algorithm as Alg;
+    use std::time::Duration;
+
+    let mut g = c.benchmark_group("jwt");
+    for (alg, name) in [(Alg::RS256, "rs256"), (Alg::ES256, "es256")] {
+        let (key, _cert) = generate(alg, "bench", 1).unwrap();
+        let signer = SigningKey::from_pem("bench", key.as_bytes(), None, KidFormat::Thumbprint).unwrap();
+        let mut keys = KeySet::default();
+        signer.add_to(&mut keys).unwrap();
+        let verifier = Verifier::new("bench".into(), "registry".into(), keys, Duration::from_secs(30));
+        let issuer = Issuer::new(
+            "bench".into(),
+            "registry".into(),
+            Duration::from_secs(3600),
+            vec![signer],
+        )
+        .unwrap();
+        let scope = "repository:team/app:pull,push".parse().unwrap();
+        let token = issuer.issue("alice", &[scope], false).unwrap().token;
+        assert!(verifier.verify(&token).is_ok(), "the bench token verifies");
+        g.bench_function(format!("{name}_uncached"), |b| {
+            b.iter(|| black_box(verifier.verify_uncached(black_box(&token)).unwrap()))
+        });
+        g.bench_function(format!("{name}_cached"), |b| {
+            b.iter(|| black_box(verifier.verify(black_box(&token)).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, hashing, upload_append, range_read, jwt, parsing);
 criterion_main!(benches);

@@ -285,7 +285,9 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::fmt::Display,
 {
-    let mut d = Direct::start(file, fd, offset).await.map_err(AppendError::Io)?;
+    let mut d = Direct::start(file, fd, offset, hasher.clone())
+        .await
+        .map_err(AppendError::Io)?;
     let mut body = std::pin::pin!(body);
     let mut pos = offset;
     let res = 'body: loop {
@@ -294,9 +296,8 @@ where
             Some(Err(e)) => break Err(AppendError::Body(e.to_string())),
             None => break Ok(()),
         };
-        // The frame is hashed and copied here, then dropped: the connection reuses its read
-        // buffer instead of the upload holding on to it.
-        hasher.update(&frame);
+        // The frame is copied here, then dropped: the connection reuses its read buffer instead
+        // of the upload holding on to it. Its bytes are hashed from the aligned buffer.
         pos += frame.len() as u64;
         let mut taken = 0;
         while taken < frame.len() {
@@ -308,11 +309,11 @@ where
             }
         }
     };
-    // The write in flight ends before anything else happens to the file (a failed append cuts
+    // The writes in flight end before anything else happens to the file (a failed append cuts
     // the file back next).
     let finished = d.finish(file, res.is_ok()).await;
     res?;
-    finished.map_err(AppendError::Io)?;
+    *hasher = finished.map_err(AppendError::Io)?;
     Ok(pos - offset)
 }
 
@@ -588,6 +589,18 @@ struct Direct {
     /// their buffers: one for small buffers (double buffering), up to
     /// [`DIRECT_LARGE_IN_FLIGHT`] for large ones.
     pending: std::collections::VecDeque<(Arc<AlignedBuf>, PendingWrite)>,
+    /// Where the bytes of `buf` that this append received begin (after the partial block read
+    /// back at the start).
+    new_from: usize,
+    /// The upload's hasher, unless `job` has it.
+    hasher: Option<Hasher>,
+    /// Hashing a full large buffer on the blocking pool (one at a time, in order) while this
+    /// task fills the next one; it hands the hasher back. Small buffers are hashed in place.
+    job: Option<tokio::task::JoinHandle<Hasher>>,
+}
+
+fn hash_lost() -> io::Error {
+    io::Error::other("the upload's hash state was lost (a hashing task failed)")
 }
 
 /// Writes of large buffers one upload keeps in flight. With one, a 1 GiB push left the two cores
@@ -600,7 +613,7 @@ type PendingWrite = std::pin::Pin<Box<dyn std::future::Future<Output = io::Resul
 
 impl Direct {
     /// Direct writes from `offset`: the partial block before it is read back into the buffer.
-    async fn start(file: &Arc<File>, fd: &Arc<File>, offset: u64) -> io::Result<Direct> {
+    async fn start(file: &Arc<File>, fd: &Arc<File>, offset: u64, hasher: Hasher) -> io::Result<Direct> {
         // Taken here, on the runtime's threads, where it is also given back.
         let mut buf = AlignedBuf::take(offset);
         let at = offset - offset % DIRECT_ALIGN as u64;
@@ -618,6 +631,9 @@ impl Direct {
                 at,
                 fill: head,
                 pending: std::collections::VecDeque::new(),
+                new_from: head,
+                hasher: Some(hasher),
+                job: None,
             }),
             Ok((buf, Err(e))) => {
                 buf.give();
@@ -639,13 +655,33 @@ impl Direct {
     /// Send the full buffer to the disk (once fewer writes than allowed are in flight) and go on
     /// with another, large once the file is.
     async fn write_full(&mut self) -> io::Result<()> {
-        let allowed = if self.buf.len() == DIRECT_LARGE { DIRECT_LARGE_IN_FLIGHT } else { 1 };
+        let allowed = if self.buf.len() == DIRECT_LARGE {
+            DIRECT_LARGE_IN_FLIGHT
+        } else {
+            1
+        };
         while self.pending.len() >= allowed {
             self.settle_oldest().await?;
         }
         let len = self.buf.len();
         let next = Arc::new(AlignedBuf::take(self.at + len as u64));
         let full = std::mem::replace(&mut self.buf, next);
+        // Hash what this append put in the buffer: a large one on the blocking pool, so that
+        // hashing (the most CPU of a push) runs beside receiving and copying the next buffer
+        // instead of between them.
+        self.join_hash().await?;
+        let mut hasher = self.hasher.take().ok_or_else(hash_lost)?;
+        let from = std::mem::take(&mut self.new_from);
+        if len == DIRECT_LARGE {
+            let buf = full.clone();
+            self.job = Some(tokio::task::spawn_blocking(move || {
+                hasher.update(&buf.bytes()[from..]);
+                hasher
+            }));
+        } else {
+            hasher.update(&full.bytes()[from..]);
+            self.hasher = Some(hasher);
+        }
         let write: PendingWrite = match ring() {
             Some(ring) => {
                 let view = Bytes::from_owner(AlignedView(full.clone(), len));
@@ -663,10 +699,22 @@ impl Direct {
         Ok(())
     }
 
-    /// Wait for the oldest write in flight, if any; its buffer goes back to the pool.
+    /// Wait for the hashing job, if one runs, and take the hasher back.
+    async fn join_hash(&mut self) -> io::Result<()> {
+        if let Some(job) = self.job.take() {
+            self.hasher = Some(job.await.map_err(io::Error::other)?);
+        }
+        Ok(())
+    }
+
+    /// Wait for the oldest write in flight, if any; its buffer goes back to the pool (once it is
+    /// hashed too).
     async fn settle_oldest(&mut self) -> io::Result<()> {
         if let Some((buf, write)) = self.pending.pop_front() {
-            let res = write.await;
+            let mut res = write.await;
+            if Arc::strong_count(&buf) > 1 {
+                res = res.and(self.join_hash().await);
+            }
             if let Ok(buf) = Arc::try_unwrap(buf) {
                 buf.give();
             }
@@ -687,20 +735,34 @@ impl Direct {
         first
     }
 
-    /// End the append: wait for the write in flight, then (when `write`) write what the buffer
-    /// still holds: its whole blocks directly, the rest through the page cache (`file`).
-    async fn finish(mut self, file: &Arc<File>, write: bool) -> io::Result<()> {
+    /// End the append: wait for the writes in flight and the hashing, then (when `write`) hash
+    /// and write what the buffer still holds: its whole blocks directly, the rest through the
+    /// page cache (`file`). Returns the hasher.
+    async fn finish(mut self, file: &Arc<File>, write: bool) -> io::Result<Hasher> {
         let settled = self.settle().await;
-        let Direct { fd, buf, at, fill, .. } = self;
+        let joined = self.join_hash().await;
+        let Direct {
+            fd,
+            buf,
+            at,
+            fill,
+            new_from,
+            hasher,
+            ..
+        } = self;
         let give = |buf: Arc<AlignedBuf>| {
             if let Ok(buf) = Arc::try_unwrap(buf) {
                 buf.give();
             }
         };
-        if settled.is_err() || !write {
-            give(buf);
-            return settled;
-        }
+        let mut hasher = match settled.and(joined).and_then(|()| hasher.ok_or_else(hash_lost)) {
+            Ok(h) if write => h,
+            other => {
+                give(buf);
+                return other;
+            }
+        };
+        hasher.update(&buf.bytes()[new_from..fill]);
         let file = file.clone();
         let res = tokio::task::spawn_blocking(move || {
             let whole = fill - fill % DIRECT_ALIGN;
@@ -715,7 +777,7 @@ impl Direct {
         match res {
             Ok((buf, r)) => {
                 give(buf);
-                r
+                r.map(|()| hasher)
             }
             Err(e) => panic!("write thread panicked: {e}"),
         }

@@ -197,8 +197,8 @@ impl UploadFile {
     }
 
     /// Stream `body` to the end of the file at `offset`, feeding every byte to `hasher` in the
-    /// same pass. With direct writes each frame is hashed and copied into an aligned buffer as it
-    /// arrives, and a full buffer is written while the next one fills; buffered, frames are
+    /// same pass. With direct writes each frame is copied into an aligned buffer as it arrives,
+    /// and a full buffer is hashed and written while the next one fills; buffered, frames are
     /// gathered into batches of up to [`WRITE_BATCH`] bytes, one written while the next is
     /// received. No thread is held while the client is slow. If the body fails, or the disk
     /// does, the file is cut back to `offset` and `hasher` is left as it was, so a failed request
@@ -604,8 +604,8 @@ fn hash_lost() -> io::Error {
 }
 
 /// Writes of large buffers one upload keeps in flight. With one, a 1 GiB push left the two cores
-/// 40 % idle: filling 1 MiB (hash and copy) and writing it take about as long, so each wait for
-/// the disk stalled the body, and with it the connection. Large buffers are capped in number
+/// 40 % idle: filling 1 MiB and writing it took about as long, so each wait for the disk stalled
+/// the body, and with it the connection. Large buffers are capped in number
 /// ([`DIRECT_LARGE_MAX`]), so this adds no memory beyond that cap.
 const DIRECT_LARGE_IN_FLIGHT: usize = 3;
 

@@ -306,7 +306,7 @@ impl Engine {
         let size = state.offset;
         // From here no process may continue the session: its data becomes the blob.
         self.uploads.retire_checkpoint(id).await?;
-        let committed = self.commit_blob(&mut state, repo, id, digest, size).await;
+        let committed = self.commit_blob(&state, repo, id, digest, size).await;
         if let Err(e) = committed {
             // Leave the session as it was, so that the client can try the PUT again.
             let data_left = io::file_len(self.layout.upload_data(id)).await?.is_some();
@@ -330,7 +330,7 @@ impl Engine {
     /// garbage collection removes the file between them.
     async fn commit_blob(
         &self,
-        state: &mut SessionState,
+        state: &SessionState,
         repo: &RepoName,
         id: UploadId,
         digest: &Digest,

@@ -210,13 +210,12 @@ impl UploadFile {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let before = hasher.clone();
+        // Both paths update `hasher` only once everything is written.
         let res = match &self.direct {
             Some(fd) => append_direct(&self.file, fd, offset, hasher, body).await,
             None => append_buffered(&self.file, offset, hasher, body).await,
         };
         let Err(err) = res else { return res };
-        *hasher = before;
         match self.truncate(offset).await {
             Ok(()) => Err(err),
             Err(e) => Err(AppendError::Io(e)),
@@ -474,9 +473,10 @@ const DIRECT_LARGE: usize = 1024 * 1024;
 /// File size from which an upload's next buffer may be a large one.
 const DIRECT_LARGE_AFTER: u64 = 4 * 1024 * 1024;
 /// Most large buffers in existence at once (in use or idle), so memory stays bounded however
-/// many large uploads run: the rest go on with small buffers. Each upload holds two at most
-/// (one filling, one being written). With 64 concurrent 16 MiB pushes beside a 4 GiB one, 8, 16
-/// and 32 peaked at 78, 82 and 105 MiB; all-large cut server CPU per GB by 15 % at 178 MiB.
+/// many large uploads run: the rest go on with small buffers. Each upload holds one filling and
+/// up to [`DIRECT_LARGE_IN_FLIGHT`] being written. With 64 concurrent 16 MiB pushes beside a
+/// 4 GiB one (two large buffers per upload at the time), 8, 16 and 32 peaked at 78, 82 and
+/// 105 MiB; all-large cut server CPU per GB by 15 % at 178 MiB.
 const DIRECT_LARGE_MAX: usize = 16;
 
 /// A heap buffer at a [`DIRECT_ALIGN`]-aligned address, as direct I/O wants, of either size.

@@ -2,7 +2,8 @@
 # The performance targets of docs/performance.md in one run: Berth and the reference registry (Debian's
 # docker-registry, distribution 2.8) side by side on this machine, each step against fresh storage, then one
 # `berth-loadtest compare --input ...` table over every step's JSON report. Also the peak RSS of a 4 GiB push
-# during 64 concurrent uploads, and (when nginx is installed) the nginx sendfile calibration for pulls.
+# during 64 concurrent uploads, the push ceiling of this machine (`berth-loadtest sink`: receive and hash,
+# store nothing) and (when nginx is installed) the nginx sendfile calibration for pulls.
 #
 #   scripts/perf-targets.sh            # needs the dist builds (scripts/test.sh builds them), docker-registry,
 #                                      # curl, python3; nginx optional. About 5 minutes, ~15 GB of scratch disk.
@@ -188,6 +189,22 @@ EOF
   } | tee "$OUT/calibration.txt"
   stop_all
 fi
+
+# Push calibration: the same pushes into `berth-loadtest sink`, which receives and SHA-256s every
+# body (hashing beside receiving) and stores nothing: what this machine can take at all.
+p=$(port)
+"$LT" sink --listen "127.0.0.1:$p" --hash pipelined 2>"$WORK/sink.log" &
+SINK=$!
+PIDS+=("$SINK")
+wait_up "$p"
+{
+  for args in "--test push-mono,push-chunked --size 1GiB --chunk-size 64MiB -c 1 -n 3" \
+    "--test push-mono --size 16MiB -c 64 -n 192"; do
+    # shellcheck disable=SC2086 # the arguments are split on purpose
+    "$LT" --no-progress --url "http://127.0.0.1:$p" --label sink --pid "$SINK" $args 2>&1 | grep -E '^sink ' || true
+  done
+} | tee "$OUT/push-ceiling.txt"
+stop_all
 
 echo
 "$LT" compare --input "$OUT/push-1gib.json" --input "$OUT/push-16mib-c64.json" --input "$OUT/pull-1gib.json" \

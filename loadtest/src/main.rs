@@ -72,6 +72,7 @@ mod blob;
 mod client;
 mod ops;
 mod report;
+mod sink;
 mod stats;
 mod units;
 
@@ -114,6 +115,8 @@ enum Cmd {
     Run(RunArgs),
     /// Run the matrix against two or more registries, or load JSON reports, and print first/other ratios.
     Compare(CompareArgs),
+    /// Calibration target for pushes: answer uploads, receive and SHA-256 every body, store nothing.
+    Sink(sink::SinkArgs),
 }
 
 /// Arguments of `compare`.
@@ -922,6 +925,7 @@ fn main() {
         None => (cli.run, false, Vec::new()),
         Some(Cmd::Run(a)) => (a, false, Vec::new()),
         Some(Cmd::Compare(c)) => (c.run, true, c.inputs),
+        Some(Cmd::Sink(s)) => std::process::exit(sink::run(&s)),
     };
     if !inputs.is_empty() {
         std::process::exit(compare_inputs(&inputs, &args));

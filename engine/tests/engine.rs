@@ -755,7 +755,7 @@ async fn many_large_uploads_share_the_large_buffers() {
     let len = 11 * 1024 * 1024 + 4099;
     let mut tasks = Vec::new();
     for n in 0..12u64 {
-        let (e, r) = (e.clone(), r.clone());
+        let (e, r, root) = (e.clone(), r.clone(), dir.path().to_path_buf());
         tasks.push(tokio::spawn(async move {
             let data: Vec<u8> = (0..len as u64)
                 .map(|i| ((i ^ n).wrapping_mul(2654435761) >> 11) as u8)
@@ -764,13 +764,23 @@ async fn many_large_uploads_share_the_large_buffers() {
             let id = e.upload_start(&r).await.unwrap();
             // Requests of 3 MiB + a few bytes, in frames of 200,003 bytes.
             let mut sent = 0;
+            let session = root.join(format!("uploads/{id}/data"));
             for req in data.chunks(3 * 1024 * 1024 + 13 + n as usize) {
                 let frames: Vec<&[u8]> = req.chunks(200_003).collect();
                 sent = e.upload_append(&r, id, None, body(&frames)).await.unwrap();
+                // Space allocated ahead of the writes is gone once the request ends.
+                let on_disk = std::fs::metadata(&session).unwrap().len();
+                assert_eq!(on_disk, sent, "upload {n}: the session file ends where its data does");
             }
             assert_eq!(sent, len as u64);
             e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap();
             assert!(read_all(&e, &d, 0, len as u64).await == data, "upload {n} reads back");
+            let blob = root.join(format!("blobs/sha256/{}/{}", &d.hex()[..2], d.hex()));
+            assert_eq!(
+                std::fs::metadata(blob).unwrap().len(),
+                len as u64,
+                "upload {n}: blob file length"
+            );
         }));
     }
     for t in tasks {

@@ -594,6 +594,13 @@ struct Direct {
     new_from: usize,
     /// The upload's hasher, unless `job` has it.
     hasher: Option<Hasher>,
+    /// End of the space allocated ahead of the writes ([`preallocate`]).
+    alloc_end: u64,
+    /// The next allocation, running on the blocking pool while the writes go on: its end and
+    /// whether it worked.
+    allocating: Option<(u64, tokio::task::JoinHandle<bool>)>,
+    /// Set once the filesystem refused to preallocate: not asked again.
+    no_prealloc: bool,
     /// Hashing a full large buffer on the blocking pool (one at a time, in order) while this
     /// task fills the next one; it hands the hasher back. Small buffers are hashed in place.
     job: Option<tokio::task::JoinHandle<Hasher>>,
@@ -634,6 +641,9 @@ impl Direct {
                 new_from: head,
                 hasher: Some(hasher),
                 job: None,
+                alloc_end: at,
+                allocating: None,
+                no_prealloc: false,
             }),
             Ok((buf, Err(e))) => {
                 buf.give();
@@ -682,6 +692,7 @@ impl Direct {
             hasher.update(&full.bytes()[from..]);
             self.hasher = Some(hasher);
         }
+        self.allocate_ahead(len).await?;
         let write: PendingWrite = match ring() {
             Some(ring) => {
                 let view = Bytes::from_owner(AlignedView(full.clone(), len));
@@ -696,6 +707,38 @@ impl Direct {
         self.pending.push_back((full, write));
         self.at += len as u64;
         self.fill = 0;
+        Ok(())
+    }
+
+    /// Keep space allocated ahead of the writes ([`preallocate`]): the next
+    /// [`PREALLOCATE_BUFFERS`] buffers' worth starts allocating on the blocking pool once the
+    /// writes are half-way through the last, and is waited for only when a write reaches it
+    /// (by then it is long done, except for the first).
+    async fn allocate_ahead(&mut self, len: usize) -> io::Result<()> {
+        if self.no_prealloc {
+            return Ok(());
+        }
+        let step = (len * PREALLOCATE_BUFFERS) as u64;
+        if self.allocating.is_none() && self.at + step / 2 >= self.alloc_end {
+            let (fd, from) = (self.fd.clone(), self.alloc_end.max(self.at));
+            let job = tokio::task::spawn_blocking(move || preallocate(&fd, from, step));
+            self.allocating = Some((from + step, job));
+        }
+        if self.at + len as u64 > self.alloc_end {
+            self.wait_allocated().await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the allocation running, if any.
+    async fn wait_allocated(&mut self) -> io::Result<()> {
+        if let Some((end, job)) = self.allocating.take() {
+            if job.await.map_err(io::Error::other)? {
+                self.alloc_end = end;
+            } else {
+                self.no_prealloc = true;
+            }
+        }
         Ok(())
     }
 
@@ -741,6 +784,8 @@ impl Direct {
     async fn finish(mut self, file: &Arc<File>, write: bool) -> io::Result<Hasher> {
         let settled = self.settle().await;
         let joined = self.join_hash().await;
+        // No allocation may extend the file after it is cut to its data, here or by the caller.
+        let allocated = self.wait_allocated().await;
         let Direct {
             fd,
             buf,
@@ -748,6 +793,7 @@ impl Direct {
             fill,
             new_from,
             hasher,
+            alloc_end,
             ..
         } = self;
         let give = |buf: Arc<AlignedBuf>| {
@@ -755,7 +801,11 @@ impl Direct {
                 buf.give();
             }
         };
-        let mut hasher = match settled.and(joined).and_then(|()| hasher.ok_or_else(hash_lost)) {
+        let mut hasher = match settled
+            .and(joined)
+            .and(allocated)
+            .and_then(|()| hasher.ok_or_else(hash_lost))
+        {
             Ok(h) if write => h,
             other => {
                 give(buf);
@@ -771,6 +821,10 @@ impl Direct {
             if r.is_ok() {
                 r = file.write_all_at(&bytes[whole..fill], at + whole as u64);
             }
+            if r.is_ok() && alloc_end > at + fill as u64 {
+                // The space allocated ahead goes; the file ends where the data does.
+                r = file.set_len(at + fill as u64);
+            }
             (buf, r)
         })
         .await;
@@ -782,6 +836,32 @@ impl Direct {
             Err(e) => panic!("write thread panicked: {e}"),
         }
     }
+}
+
+/// Space allocated ahead of an append's direct writes at a time, in buffers of the size being
+/// written (2 MiB while an upload uses small buffers, 16 MiB with large ones); what is left over
+/// when the request ends is cut off. Three same-build A/Bs of 64 concurrent 16 MiB pushes:
+/// server CPU 1.87 → 1.73, 1.82 → 1.60 and 1.68 → 1.63 CPU-s/GB, context switches halved
+/// (throughput unchanged within this machine's noise); on a 1 GiB push the io_uring worker
+/// threads' share of server CPU fell from 10 % to nothing. Growing the step with the request
+/// instead (less left over, more calls) saved less.
+const PREALLOCATE_BUFFERS: usize = 16;
+
+/// Allocate `len` bytes at `offset` (unwritten extents, zeros to readers) and extend the file
+/// over them, so that the direct writes that follow land inside the file on allocated blocks:
+/// ext4 then takes them without blocking, from the ring's own thread, where a write past the
+/// end needs block allocation and is handed to an io_uring worker thread (a sleep and a wake
+/// per write). Says whether it worked (not every filesystem preallocates).
+fn preallocate(file: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return false;
+    };
+    // SAFETY: fallocate on a file descriptor this `File` owns (open for the call's duration);
+    // no memory is passed.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
+    r == 0
 }
 
 /// Copy `src` into `dst` (same length) with non-temporal stores on x86_64: the destination is

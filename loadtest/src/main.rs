@@ -26,6 +26,11 @@
 //!
 //! # Ratios from earlier JSON reports, without running anything:
 //! berth-loadtest compare --input berth.json --input distribution.json
+//!
+//! # Push calibration: a target that receives and SHA-256s every upload body and stores nothing
+//! # (the ceiling of this machine for pushes, as nginx sendfile is for pulls):
+//! berth-loadtest sink --listen 127.0.0.1:5009 --hash pipelined &
+//! berth-loadtest --url http://127.0.0.1:5009 --pid $! --test push-mono --size 1GiB -c 1 -n 3
 //! ```
 //!
 //! ## Tests (`--test`, repeatable or comma-separated; default `all`)

@@ -601,6 +601,8 @@ struct Direct {
     allocating: Option<(u64, tokio::task::JoinHandle<bool>)>,
     /// Set once the filesystem refused to preallocate: not asked again.
     no_prealloc: bool,
+    /// Whether any allocation was asked for (a failed one may still have extended the file).
+    preallocated: bool,
     /// Hashing a full large buffer on the blocking pool (one at a time, in order) while this
     /// task fills the next one; it hands the hasher back. Small buffers are hashed in place.
     job: Option<tokio::task::JoinHandle<Hasher>>,
@@ -644,6 +646,7 @@ impl Direct {
                 alloc_end: at,
                 allocating: None,
                 no_prealloc: false,
+                preallocated: false,
             }),
             Ok((buf, Err(e))) => {
                 buf.give();
@@ -723,6 +726,7 @@ impl Direct {
             let (fd, from) = (self.fd.clone(), self.alloc_end.max(self.at));
             let job = tokio::task::spawn_blocking(move || preallocate(&fd, from, step));
             self.allocating = Some((from + step, job));
+            self.preallocated = true;
         }
         if self.at + len as u64 > self.alloc_end {
             self.wait_allocated().await?;
@@ -793,7 +797,7 @@ impl Direct {
             fill,
             new_from,
             hasher,
-            alloc_end,
+            preallocated,
             ..
         } = self;
         let give = |buf: Arc<AlignedBuf>| {
@@ -821,7 +825,7 @@ impl Direct {
             if r.is_ok() {
                 r = file.write_all_at(&bytes[whole..fill], at + whole as u64);
             }
-            if r.is_ok() && alloc_end > at + fill as u64 {
+            if r.is_ok() && preallocated {
                 // The space allocated ahead goes; the file ends where the data does.
                 r = file.set_len(at + fill as u64);
             }

@@ -132,6 +132,8 @@ struct Connection {
     next_id: Arc<AtomicU64>,
     /// Bytes read past the current request head.
     pending: Vec<u8>,
+    /// The read buffer of the `inline` and `none` modes (allocated at the first body).
+    read_buf: Vec<u8>,
     /// The pipelined hasher thread: filled buffers go in, empty ones come back.
     pipe: Option<Pipe>,
 }
@@ -154,6 +156,7 @@ impl Connection {
             sessions,
             next_id,
             pending: Vec::new(),
+            read_buf: Vec::new(),
             pipe: None,
         }
     }
@@ -208,7 +211,7 @@ impl Connection {
             let location = format!("{}{id}", head.path);
             return self.respond("202 Accepted", &[("Location", &location), ("Range", "0-0")], "");
         }
-        if let Some((_, id)) = upload_path(&head.path)
+        if let Some((name, id)) = upload_path(&head.path)
             && (method == "PATCH" || method == "PUT")
         {
             let id: u64 = id.parse().unwrap_or(0);
@@ -234,7 +237,6 @@ impl Connection {
                     "the body does not match the digest",
                 );
             }
-            let (name, _) = upload_path(&head.path).unwrap_or_default();
             let location = format!("/v2/{name}/blobs/{expected}");
             return self.respond(
                 "201 Created",
@@ -260,23 +262,25 @@ impl Connection {
     /// Read a body of `len` bytes, hashing it onto `hasher` as the mode says.
     fn body(&mut self, mut hasher: Sha256, len: u64) -> io::Result<Sha256> {
         let from_pending = self.pending.len().min(len as usize);
-        let early: Vec<u8> = self.pending.drain(..from_pending).collect();
         if self.mode != HashMode::None {
-            hasher.update(&early);
+            hasher.update(&self.pending[..from_pending]);
         }
+        self.pending.drain(..from_pending);
         let mut left = len - from_pending as u64;
         if self.mode == HashMode::Pipelined && left > 0 {
             return self.body_pipelined(hasher, left);
         }
-        let mut buf = vec![0u8; BUF.min(left as usize)];
+        if left > 0 && self.read_buf.is_empty() {
+            self.read_buf = vec![0u8; BUF];
+        }
         while left > 0 {
-            let want = buf.len().min(left as usize);
-            let n = self.stream.read(&mut buf[..want])?;
+            let want = self.read_buf.len().min(left as usize);
+            let n = self.stream.read(&mut self.read_buf[..want])?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             if self.mode == HashMode::Inline {
-                hasher.update(&buf[..n]);
+                hasher.update(&self.read_buf[..n]);
             }
             left -= n as u64;
         }

@@ -304,48 +304,80 @@ impl Engine {
             });
         }
         let size = state.offset;
-        // From here no process may continue the session: its data becomes the blob.
-        self.uploads.retire_checkpoint(id).await?;
-        let committed = self.commit_blob(&state, repo, id, digest, size).await;
+        let file = state.file.take().ok_or(Error::UploadUnknown)?;
+        let (file, committed) = self.commit_blob(file, repo, id, digest, size).await;
         if let Err(e) = committed {
             // Leave the session as it was, so that the client can try the PUT again.
             let data_left = io::file_len(self.layout.upload_data(id)).await?.is_some();
-            if data_left {
-                self.uploads.checkpoint(&session, size, &state.hasher).await?;
-            } else {
-                state.file = None;
-                drop(state);
-                self.uploads.remove(id).await?;
+            match file {
+                Some(f) if data_left => {
+                    state.file = Some(f);
+                    self.uploads.checkpoint(&session, size, &state.hasher).await?;
+                }
+                _ if data_left => {
+                    // The file was lost with a failed blocking task: a later request of this
+                    // or any process takes the session up again from the checkpoint.
+                    self.uploads.checkpoint(&session, size, &state.hasher).await?;
+                    drop(state);
+                    self.uploads.forget(id);
+                }
+                _ => {
+                    drop(state);
+                    self.uploads.remove(id).await?;
+                }
             }
             return Err(e);
         }
-        state.file = None;
         drop(state);
-        self.uploads.remove(id).await?;
+        self.uploads.forget(id);
         Ok(size)
     }
 
-    /// Move a verified upload into the blob store and link it into `repo`: the data is synced
-    /// first; the rename and the link happen in one metadata transaction, so no process's
-    /// garbage collection removes the file between them.
+    /// Move a verified upload into the blob store and link it into `repo`, in one trip to the
+    /// blocking pool (each trip costs thread wake-ups, which showed as a tenth of a small push's
+    /// server CPU): retire the session's checkpoint, so that no process continues the session
+    /// once its data becomes the blob; sync the data; rename it into place and link it in one
+    /// metadata transaction, so no process's garbage collection removes the file between them;
+    /// then, with the session's file closed, remove its directory. Hands `file` back when the
+    /// commit failed, so that the session can go on.
     async fn commit_blob(
         &self,
-        state: &SessionState,
+        file: io::UploadFile,
         repo: &RepoName,
         id: UploadId,
         digest: &Digest,
         size: u64,
-    ) -> Result<()> {
-        let dest = self.layout.blob(digest);
-        let synced = state.file()?.prepare_commit(dest.clone()).await?;
-        let (r, d, src) = (repo.clone(), digest.clone(), self.layout.upload_data(id));
-        self.meta(move |m| {
-            m.write(|tx| {
-                io::place_blob(&src, &dest, synced)?;
-                tx.link_blob(&r, &d, size)
+    ) -> (Option<io::UploadFile>, Result<()>) {
+        let (r, d) = (repo.clone(), digest.clone());
+        let (dest, state, data, dir) = (
+            self.layout.blob(digest),
+            self.layout.upload_state(id),
+            self.layout.upload_data(id),
+            self.layout.upload_dir(id),
+        );
+        let done = self
+            .meta(move |m| {
+                let placed = io::remove_file_now(&state)
+                    .and_then(|()| file.sync_for_commit(&dest))
+                    .map_err(Error::Io)
+                    .and_then(|synced| {
+                        m.write(|tx| {
+                            io::place_blob(&data, &dest, synced)?;
+                            tx.link_blob(&r, &d, size)
+                        })
+                    });
+                if let Err(e) = placed {
+                    return Ok((Some(file), Err(e)));
+                }
+                drop(file);
+                if let Err(e) = io::remove_dir_all_now(&dir) {
+                    // The blob is stored; the reaper removes the leftover session later.
+                    tracing::warn!(error = %e, dir = %dir.display(), "could not remove a committed upload session");
+                }
+                Ok((None, Ok(())))
             })
-        })
-        .await
+            .await;
+        done.unwrap_or_else(|e| (None, Err(e)))
     }
 
     /// Cancel a session and delete what it received.

@@ -111,6 +111,18 @@ impl Checkpoint {
     }
 }
 
+/// A session's checkpoint as stored in its `state` file.
+fn checkpoint_bytes(repo: &RepoName, offset: u64, hasher: &Hasher, started: u64) -> Result<Vec<u8>> {
+    let cp = Checkpoint {
+        version: 1,
+        repo: repo.to_string(),
+        offset,
+        hash_state: hex::encode(hasher.save()),
+        started,
+    };
+    Ok(serde_json::to_vec(&cp).map_err(std::io::Error::other)?)
+}
+
 /// The sessions this process has open.
 pub struct Uploads {
     layout: Layout,
@@ -129,9 +141,10 @@ impl Uploads {
     /// Start a session.
     pub async fn start(&self, repo: &RepoName) -> Result<Arc<Session>> {
         let id = UploadId::random();
-        let file = UploadFile::create(self.layout.upload_data(id)).await?;
         let now = now_secs();
         let hasher = Hasher::new(Algorithm::Sha256);
+        let first = checkpoint_bytes(repo, 0, &hasher, now)?;
+        let file = UploadFile::create(self.layout.upload_data(id), self.layout.upload_state(id), first).await?;
         let session = Arc::new(Session {
             id,
             repo: repo.clone(),
@@ -143,7 +156,6 @@ impl Uploads {
                 offset: 0,
             }),
         });
-        self.checkpoint(&session, 0, &hasher).await?;
         self.table.pin().insert(id, session.clone());
         Ok(session)
     }
@@ -240,22 +252,15 @@ impl Uploads {
 
     /// Persist offset and hash state after a request (with the session still taken).
     pub async fn checkpoint(&self, session: &Session, offset: u64, hasher: &Hasher) -> Result<()> {
-        let cp = Checkpoint {
-            version: 1,
-            repo: session.repo.to_string(),
-            offset,
-            hash_state: hex::encode(hasher.save()),
-            started: session.started,
-        };
-        let bytes = serde_json::to_vec(&cp).map_err(std::io::Error::other)?;
+        let bytes = checkpoint_bytes(&session.repo, offset, hasher, session.started)?;
         io::write_atomic(self.layout.upload_state(session.id), bytes).await?;
         Ok(())
     }
 
-    /// Remove the checkpoint of a session that is being committed (with the session taken), so
-    /// that no process continues it once its data has become a blob.
-    pub async fn retire_checkpoint(&self, id: UploadId) -> Result<()> {
-        Ok(io::remove_file(self.layout.upload_state(id)).await?)
+    /// Forget a session whose files are gone (committed: the commit removed them) or may have
+    /// changed on disk (a later request loads it again from its checkpoint).
+    pub fn forget(&self, id: UploadId) {
+        self.table.pin().remove(&id);
     }
 
     /// Forget a session and delete its files (after commit or cancel).

@@ -44,6 +44,8 @@ async fn chunked_upload_commits_and_reads_back() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let d = Digest::of(Algorithm::Sha256, &data);
     let id = e.upload_start(&r).await.unwrap();
+    // The session's first checkpoint is written with its file.
+    assert_eq!(e.upload_offset(&r, id).await.unwrap(), 0);
     let off = e
         .upload_append(
             &r,
@@ -99,8 +101,33 @@ async fn chunked_upload_commits_and_reads_back() {
     assert_eq!(e.blob_size(&r, &d).await.unwrap(), 100_000);
     assert_eq!(read_all(&e, &d, 0, 100_000).await, data);
     assert_eq!(read_all(&e, &d, 10, 5).await, &data[10..15]);
-    // the session is gone after commit
+    // the session is gone after commit, its directory too
     assert!(matches!(e.upload_offset(&r, id).await, Err(Error::UploadUnknown)));
+    assert!(!dir.path().join(format!("uploads/{id}")).exists());
+}
+
+#[tokio::test]
+async fn a_failed_commit_keeps_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap();
+    let r = repo("commit/fails");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let d = Digest::of(Algorithm::Sha256, &data);
+    // A file where the blob's directory goes: the rename into place fails.
+    let fan_out = dir.path().join(format!("blobs/sha256/{}", &d.hex()[..2]));
+    std::fs::create_dir_all(fan_out.parent().unwrap()).unwrap();
+    std::fs::write(&fan_out, b"in the way").unwrap();
+    let id = e.upload_start(&r).await.unwrap();
+    e.upload_append(&r, id, None, body(&[&data[..100_000]])).await.unwrap();
+    let err = e.upload_finish(&r, id, &d, None, body(&[&data[100_000..]])).await;
+    assert!(matches!(err, Err(Error::Io(_))), "{err:?}");
+    assert!(matches!(e.blob_size(&r, &d).await, Err(Error::BlobUnknown(_))));
+    // The session holds everything it received and takes the commit again.
+    assert_eq!(e.upload_offset(&r, id).await.unwrap(), 300_000);
+    std::fs::remove_file(&fan_out).unwrap();
+    assert_eq!(e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap(), 300_000);
+    assert_eq!(read_all(&e, &d, 0, 300_000).await, data);
+    assert!(!dir.path().join(format!("uploads/{id}")).exists());
 }
 
 #[tokio::test]

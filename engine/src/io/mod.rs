@@ -153,13 +153,16 @@ fn open_direct(path: &Path) -> Option<Arc<File>> {
 }
 
 impl UploadFile {
-    /// Create a new, empty session file (and its directory).
-    pub async fn create(path: PathBuf) -> io::Result<UploadFile> {
+    /// Create a new, empty session file (and its directory), and write the session's first
+    /// checkpoint `checkpoint` at `state` (as [`write_atomic`] does) in the same trip to the
+    /// blocking pool.
+    pub async fn create(path: PathBuf, state: PathBuf, checkpoint: Vec<u8>) -> io::Result<UploadFile> {
         blocking(move || {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir)?;
             }
             let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+            write_atomic_now(&state, &checkpoint)?;
             Ok(UploadFile {
                 file: Arc::new(file),
                 direct: open_direct(&path),
@@ -230,23 +233,13 @@ impl UploadFile {
 
     /// Make the data durable before it becomes a blob, unless `dest` already exists (same
     /// digest, so identical content that is dropped instead). Says whether it synced; pass that
-    /// to [`place_blob`], inside the metadata transaction that records the link.
-    pub async fn prepare_commit(&self, dest: PathBuf) -> io::Result<bool> {
-        if let Some(ring) = ring() {
-            return match file_len(dest).await? {
-                Some(_) => Ok(false),
-                None => ring.data_sync(self.file.clone()).await.map(|()| true),
-            };
+    /// to [`place_blob`], inside the metadata transaction that records the link. Blocking: the
+    /// commit runs it on the blocking pool together with the rest of its file work.
+    pub fn sync_for_commit(&self, dest: &Path) -> io::Result<bool> {
+        if dest.exists() {
+            return Ok(false);
         }
-        let file = self.file.clone();
-        blocking(move || {
-            if dest.exists() {
-                Ok(false)
-            } else {
-                file.sync_data().map(|()| true)
-            }
-        })
-        .await
+        self.file.sync_data().map(|()| true)
     }
 
     /// Hash the first `len` bytes of the file again (only when the client commits with a digest
@@ -405,7 +398,7 @@ fn claim(file: &File, state: &Path) -> io::Result<Option<(Vec<u8>, u64)>> {
 
 /// Move upload data at `src` into the blob store at `dest` durably (the rename, in a directory
 /// made if missing, is synced), or drop it when `dest` is already there. `synced` says whether
-/// [`UploadFile::prepare_commit`] synced the data; if not and `dest` has gone since, it is synced
+/// [`UploadFile::sync_for_commit`] synced the data; if not and `dest` has gone since, it is synced
 /// here. Blocking: runs inside the metadata transaction, so that no garbage collection of any
 /// process removes `dest` between this and the link.
 pub fn place_blob(src: &Path, dest: &Path, synced: bool) -> io::Result<()> {
@@ -627,12 +620,18 @@ impl Direct {
         let mut buf = AlignedBuf::take(offset);
         let at = offset - offset % DIRECT_ALIGN as u64;
         let head = (offset - at) as usize;
-        let reader = file.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let r = reader.read_exact_at(&mut buf.bytes_mut()[..head], at);
-            (buf, r)
-        })
-        .await;
+        // At a block boundary (every monolithic upload, and chunks of whole blocks) there is
+        // nothing to read back, and no trip to the blocking pool.
+        let res = if head == 0 {
+            Ok((buf, Ok(())))
+        } else {
+            let reader = file.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = reader.read_exact_at(&mut buf.bytes_mut()[..head], at);
+                (buf, r)
+            })
+            .await
+        };
         match res {
             Ok((buf, Ok(()))) => Ok(Direct {
                 fd: fd.clone(),
@@ -982,21 +981,27 @@ pub async fn remove_file(path: PathBuf) -> io::Result<()> {
 
 /// Remove a directory tree; one that is already gone is not an error.
 pub async fn remove_dir_all(path: PathBuf) -> io::Result<()> {
-    blocking(move || match fs::remove_dir_all(&path) {
+    blocking(move || remove_dir_all_now(&path)).await
+}
+
+/// [`remove_dir_all`], blocking.
+pub fn remove_dir_all_now(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
-    })
-    .await
+    }
 }
 
 /// Replace a small file atomically (write a sibling, rename over).
 pub async fn write_atomic(path: PathBuf, bytes: Vec<u8>) -> io::Result<()> {
-    blocking(move || {
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, &bytes)?;
-        fs::rename(&tmp, &path)
-    })
-    .await
+    blocking(move || write_atomic_now(&path, &bytes)).await
+}
+
+/// [`write_atomic`], blocking.
+pub fn write_atomic_now(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
 }
 
 /// Read a small file whole; `None` when it does not exist.

@@ -1,6 +1,7 @@
-//! The io_uring engine: one thread owns a ring and submits the engine's upload writes, their
-//! early writeback and the commit's data sync, so no thread of ours blocks in `pwrite` or
-//! `fdatasync`; callers await a completion. Picked at start-up when the kernel allows io_uring
+//! The io_uring engine: one thread owns a ring and submits the engine's upload writes and their
+//! early writeback, so no thread of ours blocks in `pwrite`; callers await a completion. (The
+//! commit's `fdatasync` runs on the blocking pool with the rest of the commit: the kernel hands
+//! an `fsync` to an io_uring worker thread anyway.) Picked at start-up when the kernel allows io_uring
 //! (`BERTH_IO_ENGINE=uring`, the default), else the std engine serves (see [`super::engine`]).
 
 use std::collections::VecDeque;
@@ -33,7 +34,6 @@ enum Kind {
         len: u32,
         flags: u32,
     },
-    DataSync,
 }
 
 struct Op {
@@ -128,11 +128,6 @@ impl Ring {
         let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
         self.submit(file, Kind::SyncRange { offset, len, flags }).await
     }
-
-    /// `fdatasync`.
-    pub(super) async fn data_sync(&self, file: Arc<File>) -> io::Result<()> {
-        self.submit(file, Kind::DataSync).await
-    }
 }
 
 /// Point the iovec array at what is still to be written.
@@ -171,7 +166,6 @@ fn entry(op: &Op) -> squeue::Entry {
             .offset(*offset)
             .flags(*flags)
             .build(),
-        Kind::DataSync => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
     }
 }
 

@@ -587,15 +587,8 @@ struct Direct {
     new_from: usize,
     /// The upload's hasher, unless `job` has it.
     hasher: Option<Hasher>,
-    /// End of the space allocated ahead of the writes ([`preallocate`]).
-    alloc_end: u64,
-    /// The next allocation, running on the blocking pool while the writes go on: its end and
-    /// whether it worked.
-    allocating: Option<(u64, tokio::task::JoinHandle<bool>)>,
-    /// Set once the filesystem refused to preallocate: not asked again.
-    no_prealloc: bool,
-    /// Whether any allocation was asked for (a failed one may still have extended the file).
-    preallocated: bool,
+    /// Space allocated ahead of the writes.
+    ahead: Ahead,
     /// Hashing a full large buffer on the blocking pool (one at a time, in order) while this
     /// task fills the next one; it hands the hasher back. Small buffers are hashed in place.
     job: Option<tokio::task::JoinHandle<Hasher>>,
@@ -642,10 +635,12 @@ impl Direct {
                 new_from: head,
                 hasher: Some(hasher),
                 job: None,
-                alloc_end: at,
-                allocating: None,
-                no_prealloc: false,
-                preallocated: false,
+                ahead: Ahead {
+                    end: at,
+                    running: None,
+                    refused: false,
+                    asked: false,
+                },
             }),
             Ok((buf, Err(e))) => {
                 buf.give();
@@ -694,7 +689,7 @@ impl Direct {
             hasher.update(&full.bytes()[from..]);
             self.hasher = Some(hasher);
         }
-        self.allocate_ahead(len).await?;
+        self.ahead.keep_ahead(&self.fd, self.at, len).await?;
         let write: PendingWrite = match ring() {
             Some(ring) => {
                 let view = Bytes::from_owner(AlignedView(full.clone(), len));
@@ -709,39 +704,6 @@ impl Direct {
         self.pending.push_back((full, write));
         self.at += len as u64;
         self.fill = 0;
-        Ok(())
-    }
-
-    /// Keep space allocated ahead of the writes ([`preallocate`]): the next
-    /// [`PREALLOCATE_BUFFERS`] buffers' worth starts allocating on the blocking pool once the
-    /// writes are half-way through the last, and is waited for only when a write reaches it
-    /// (by then it is long done, except for the first).
-    async fn allocate_ahead(&mut self, len: usize) -> io::Result<()> {
-        if self.no_prealloc {
-            return Ok(());
-        }
-        let step = (len * PREALLOCATE_BUFFERS) as u64;
-        if self.allocating.is_none() && self.at + step / 2 >= self.alloc_end {
-            let (fd, from) = (self.fd.clone(), self.alloc_end.max(self.at));
-            let job = tokio::task::spawn_blocking(move || preallocate(&fd, from, step));
-            self.allocating = Some((from + step, job));
-            self.preallocated = true;
-        }
-        if self.at + len as u64 > self.alloc_end {
-            self.wait_allocated().await?;
-        }
-        Ok(())
-    }
-
-    /// Wait for the allocation running, if any.
-    async fn wait_allocated(&mut self) -> io::Result<()> {
-        if let Some((end, job)) = self.allocating.take() {
-            if job.await.map_err(io::Error::other)? {
-                self.alloc_end = end;
-            } else {
-                self.no_prealloc = true;
-            }
-        }
         Ok(())
     }
 
@@ -788,7 +750,7 @@ impl Direct {
         let settled = self.settle().await;
         let joined = self.join_hash().await;
         // No allocation may extend the file after it is cut to its data, here or by the caller.
-        let allocated = self.wait_allocated().await;
+        let allocated = self.ahead.wait().await;
         let Direct {
             fd,
             buf,
@@ -796,7 +758,7 @@ impl Direct {
             fill,
             new_from,
             hasher,
-            preallocated,
+            ahead,
             ..
         } = self;
         let give = |buf: Arc<AlignedBuf>| {
@@ -824,7 +786,7 @@ impl Direct {
             if r.is_ok() {
                 r = file.write_all_at(&bytes[whole..fill], at + whole as u64);
             }
-            if r.is_ok() && preallocated {
+            if r.is_ok() && ahead.asked {
                 // The space allocated ahead goes; the file ends where the data does.
                 r = file.set_len(at + fill as u64);
             }
@@ -838,6 +800,55 @@ impl Direct {
             }
             Err(e) => panic!("write thread panicked: {e}"),
         }
+    }
+}
+
+/// Space allocated ahead of an append's direct writes ([`preallocate`]).
+struct Ahead {
+    /// End of the space allocated so far.
+    end: u64,
+    /// The next allocation, running on the blocking pool while the writes go on: its end and
+    /// whether it worked.
+    running: Option<(u64, tokio::task::JoinHandle<bool>)>,
+    /// Set once the filesystem refused to preallocate: not asked again.
+    refused: bool,
+    /// Whether any allocation was asked for (a failed one may still have extended the file), so
+    /// that the file is cut back to its data when the append ends.
+    asked: bool,
+}
+
+impl Ahead {
+    /// Keep space allocated ahead of a write of `len` bytes at `at` into `fd`: the next
+    /// [`PREALLOCATE_BUFFERS`] buffers' worth starts allocating on the blocking pool once the
+    /// writes are half-way through the last, and is waited for only when a write reaches it
+    /// (by then it is long done, except for the first).
+    async fn keep_ahead(&mut self, fd: &Arc<File>, at: u64, len: usize) -> io::Result<()> {
+        if self.refused {
+            return Ok(());
+        }
+        let step = (len * PREALLOCATE_BUFFERS) as u64;
+        if self.running.is_none() && at + step / 2 >= self.end {
+            let (fd, from) = (fd.clone(), self.end.max(at));
+            let job = tokio::task::spawn_blocking(move || preallocate(&fd, from, step));
+            self.running = Some((from + step, job));
+            self.asked = true;
+        }
+        if at + len as u64 > self.end {
+            self.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the allocation running, if any.
+    async fn wait(&mut self) -> io::Result<()> {
+        if let Some((end, job)) = self.running.take() {
+            if job.await.map_err(io::Error::other)? {
+                self.end = end;
+            } else {
+                self.refused = true;
+            }
+        }
+        Ok(())
     }
 }
 

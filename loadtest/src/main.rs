@@ -330,6 +330,9 @@ struct Plan {
     work: Work,
     ctx: Arc<Ctx>,
     run_id: u64,
+    /// The test's place in the matrix: pushes of different tests (push-mono and push-chunked of
+    /// one size, say) push different blobs.
+    test_no: u64,
     push_repo: String,
     images: Option<Arc<Images>>,
     requests: Option<u64>,
@@ -401,9 +404,19 @@ async fn one_op(conn: &mut Conn, plan: &Plan, worker: u64, seq: u64, rng: &mut R
     }
 }
 
+/// The tail that makes a pushed layer unique: to the run, the test, the worker and its operation.
+/// Without the test, the second push test of a size pushed the first one's blobs again, which a
+/// registry then only had to recognise instead of store (no data sync, no new file).
+fn push_tail(run_id: u64, test_no: u64, worker: u64, seq: u64) -> [u8; blob::TAIL_LEN] {
+    tail(b"BLTPUSH_", run_id, (test_no << 32) | (worker & 0xFFFF_FFFF), seq)
+}
+
 /// Pushes a fresh one-layer image of `size` bytes under a unique tag.
 async fn push(conn: &mut Conn, plan: &Plan, worker: u64, seq: u64, size: u64, how: Upload) -> Result<u64, String> {
-    let layer = plan.ctx.pattern.blob(size, tail(b"BLTPUSH_", plan.run_id, worker, seq));
+    let layer = plan
+        .ctx
+        .pattern
+        .blob(size, push_tail(plan.run_id, plan.test_no, worker, seq));
     let tag = format!("{:x}-{worker}-{seq}", plan.run_id);
     ops::push_image(conn, &plan.ctx, &plan.push_repo, &tag, &layer, how).await
 }
@@ -503,7 +516,7 @@ struct Env {
 }
 
 /// Runs one test against one registry and summarises it.
-async fn run_test(reg: &Registry, work: Work, env: &Env, stop: &watch::Receiver<bool>) -> TestResult {
+async fn run_test(reg: &Registry, work: Work, test_no: u64, env: &Env, stop: &watch::Receiver<bool>) -> TestResult {
     let args = &env.args;
     let repo_prefix = args.repo.trim_end_matches('/');
     let push_repo = match work {
@@ -532,6 +545,7 @@ async fn run_test(reg: &Registry, work: Work, env: &Env, stop: &watch::Receiver<
         work,
         ctx: Arc::clone(&env.ctx),
         run_id: env.run_id,
+        test_no,
         push_repo,
         images,
         requests: args.requests,
@@ -816,12 +830,12 @@ async fn run(args: RunArgs, compare: bool) -> i32 {
     }
 
     let mut results = Vec::new();
-    'tests: for &w in &work {
+    'tests: for (test_no, &w) in work.iter().enumerate() {
         for reg in &registries {
             if *stop_rx.borrow() {
                 break 'tests;
             }
-            let r = run_test(reg, w, &env, &stop_rx).await;
+            let r = run_test(reg, w, test_no as u64, &env, &stop_rx).await;
             println!("{}", report::line(&r));
             for e in &r.error_samples {
                 println!("    error: {e}");
@@ -1009,6 +1023,28 @@ mod tests {
         assert_eq!(only_head, [Work::Head]);
         assert_eq!(setup_sizes(&only_head, &[GIB, MIB]), [MIB]);
         assert!(setup_sizes(&expand(&[TestKind::PushMono], &[MIB]), &[MIB]).is_empty());
+    }
+
+    #[test]
+    fn each_push_test_pushes_its_own_blobs() {
+        let run = 0x1234_5678_9abc_def0;
+        let first = push_tail(run, 0, 3, 7);
+        assert_eq!(first, push_tail(run, 0, 3, 7), "reproducible");
+        for other in [
+            push_tail(run, 1, 3, 7),
+            push_tail(run, 0, 4, 7),
+            push_tail(run, 0, 3, 8),
+        ] {
+            assert_ne!(first, other);
+        }
+        // What the tail is for: the layers themselves differ.
+        let pattern = Pattern::new(1);
+        let a = pattern.blob(MIB, push_tail(run, 0, 0, 0));
+        let b = pattern.blob(MIB, push_tail(run, 1, 0, 0));
+        assert_ne!(
+            a.digest, b.digest,
+            "push-mono and push-chunked of one size push different blobs"
+        );
     }
 
     #[test]

@@ -56,7 +56,7 @@
 //! ## Blob data
 //!
 //! Blobs are generated, never stored: a 4 MiB pool of seeded (`--seed`) pseudo-random bytes repeats through the body
-//! and the last 32 bytes are unique per blob (run id, worker, sequence number). The SHA-256 state of the shared body
+//! and the last 32 bytes are unique per blob (run id, test, worker, sequence number). The SHA-256 state of the shared body
 //! is computed once per size (about half a second for 1 GiB), so each blob's digest costs one 32-byte update, and
 //! uploads stream slices of the pool without copying. Memory use stays at a few MiB whatever the blob size.
 //!

@@ -309,21 +309,19 @@ impl Engine {
         if let Err(e) = committed {
             // Leave the session as it was, so that the client can try the PUT again.
             let data_left = io::file_len(self.layout.upload_data(id)).await?.is_some();
+            if !data_left {
+                drop(state);
+                self.uploads.remove(id).await?;
+                return Err(e);
+            }
+            self.uploads.checkpoint(&session, size, &state.hasher).await?;
             match file {
-                Some(f) if data_left => {
-                    state.file = Some(f);
-                    self.uploads.checkpoint(&session, size, &state.hasher).await?;
-                }
-                _ if data_left => {
+                Some(f) => state.file = Some(f),
+                None => {
                     // The file was lost with a failed blocking task: a later request of this
                     // or any process takes the session up again from the checkpoint.
-                    self.uploads.checkpoint(&session, size, &state.hasher).await?;
                     drop(state);
                     self.uploads.forget(id);
-                }
-                _ => {
-                    drop(state);
-                    self.uploads.remove(id).await?;
                 }
             }
             return Err(e);

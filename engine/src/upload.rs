@@ -263,9 +263,9 @@ impl Uploads {
         self.table.pin().remove(&id);
     }
 
-    /// Forget a session and delete its files (after commit or cancel).
+    /// Forget a session and delete its files (cancelled, or a failed commit left no data).
     pub async fn remove(&self, id: UploadId) -> Result<()> {
-        self.table.pin().remove(&id);
+        self.forget(id);
         io::remove_dir_all(self.layout.upload_dir(id)).await?;
         Ok(())
     }

@@ -581,21 +581,74 @@ struct Direct {
     /// Writes of earlier full buffers, oldest first, still in flight while this one fills, and
     /// their buffers: one for small buffers (double buffering), up to
     /// [`DIRECT_LARGE_IN_FLIGHT`] for large ones.
-    pending: std::collections::VecDeque<(Arc<AlignedBuf>, PendingWrite)>,
+    pending: std::collections::VecDeque<(Arc<AlignedBuf>, PendingWrite, Option<Hashed>)>,
     /// Where the bytes of `buf` that this append received begin (after the partial block read
     /// back at the start).
     new_from: usize,
-    /// The upload's hasher, unless `job` has it.
-    hasher: Option<Hasher>,
+    /// The upload's hash state, and the full buffers waiting to be hashed.
+    hashing: Arc<parking_lot::Mutex<Hashing>>,
     /// Space allocated ahead of the writes.
     ahead: Ahead,
-    /// Hashing a full large buffer on the blocking pool (one at a time, in order) while this
-    /// task fills the next one; it hands the hasher back. Small buffers are hashed in place.
-    job: Option<tokio::task::JoinHandle<Hasher>>,
 }
 
 fn hash_lost() -> io::Error {
     io::Error::other("the upload's hash state was lost (a hashing task failed)")
+}
+
+/// The hash state of an append's direct writes.
+///
+/// Full large buffers are hashed on the blocking pool while the task fills the next ones: they
+/// queue here, and one hashing job at a time takes them in order, going straight on to the next
+/// one queued without waiting for the task. When the queue is empty the job puts the hasher back
+/// and ends (it holds no thread while the upload waits for its client). Small buffers are hashed
+/// in place by the task, unless a job is running, in which case they queue behind it.
+///
+/// Before, the task waited for the last buffer's hash before handing over the next (one
+/// `spawn_blocking` per buffer), so the hashing thread, the slowest stage of a large push, sat
+/// idle for every hand-over: two wake-ups per MiB.
+struct Hashing {
+    /// The hasher, while no job holds it.
+    hasher: Option<Hasher>,
+    /// Buffers waiting for the job, oldest first.
+    queue: std::collections::VecDeque<HashJob>,
+    /// Whether a job runs (and holds the hasher).
+    running: bool,
+}
+
+/// A full buffer to hash: its bytes `from..len`; `done` fires once they are (and the job has
+/// let go of the buffer).
+struct HashJob {
+    buf: Arc<AlignedBuf>,
+    from: usize,
+    len: usize,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A hashing job's loop: hash the queued buffers in order; when none is left, put the hasher
+/// back and end. Each buffer's `done` fires after the state says where the hasher is, so that a
+/// task that has seen every `done` finds it back.
+fn hash_queued(hashing: &parking_lot::Mutex<Hashing>, mut hasher: Hasher, first: HashJob) {
+    let mut job = first;
+    loop {
+        hasher.update(&job.buf.bytes()[job.from..job.len]);
+        let HashJob { buf, done, .. } = job;
+        drop(buf);
+        let mut h = hashing.lock();
+        match h.queue.pop_front() {
+            Some(next) => {
+                drop(h);
+                let _ = done.send(());
+                job = next;
+            }
+            None => {
+                h.hasher = Some(hasher);
+                h.running = false;
+                drop(h);
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
 }
 
 /// Writes of large buffers one upload keeps in flight. With one, a 1 GiB push left the two cores
@@ -605,6 +658,8 @@ fn hash_lost() -> io::Error {
 const DIRECT_LARGE_IN_FLIGHT: usize = 3;
 
 type PendingWrite = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send>>;
+/// Fires once a queued buffer is hashed ([`HashJob::done`]).
+type Hashed = tokio::sync::oneshot::Receiver<()>;
 
 impl Direct {
     /// Direct writes from `offset`: the partial block before it is read back into the buffer.
@@ -633,8 +688,11 @@ impl Direct {
                 fill: head,
                 pending: std::collections::VecDeque::new(),
                 new_from: head,
-                hasher: Some(hasher),
-                job: None,
+                hashing: Arc::new(parking_lot::Mutex::new(Hashing {
+                    hasher: Some(hasher),
+                    queue: std::collections::VecDeque::new(),
+                    running: false,
+                })),
                 ahead: Ahead {
                     end: at,
                     running: None,
@@ -676,19 +734,8 @@ impl Direct {
         // Hash what this append put in the buffer: a large one on the blocking pool, so that
         // hashing (the most CPU of a push) runs beside receiving and copying the next buffer
         // instead of between them.
-        self.join_hash().await?;
-        let mut hasher = self.hasher.take().ok_or_else(hash_lost)?;
         let from = std::mem::take(&mut self.new_from);
-        if len == DIRECT_LARGE {
-            let buf = full.clone();
-            self.job = Some(tokio::task::spawn_blocking(move || {
-                hasher.update(&buf.bytes()[from..]);
-                hasher
-            }));
-        } else {
-            hasher.update(&full.bytes()[from..]);
-            self.hasher = Some(hasher);
-        }
+        let hashed = self.hash(&full, from, len)?;
         self.ahead.keep_ahead(&self.fd, self.at, len).await?;
         let write: PendingWrite = match ring() {
             Some(ring) => {
@@ -701,27 +748,57 @@ impl Direct {
                 Box::pin(async move { writing.await.map_err(io::Error::other)? })
             }
         };
-        self.pending.push_back((full, write));
+        self.pending.push_back((full, write, hashed));
         self.at += len as u64;
         self.fill = 0;
         Ok(())
     }
 
-    /// Wait for the hashing job, if one runs, and take the hasher back.
-    async fn join_hash(&mut self) -> io::Result<()> {
-        if let Some(job) = self.job.take() {
-            self.hasher = Some(job.await.map_err(io::Error::other)?);
+    /// Hash bytes `from..len` of the full buffer `buf`: in place when it is small and no job
+    /// runs, else queued for a hashing job (started when none runs). Returns what says the
+    /// queued bytes are hashed.
+    fn hash(&mut self, buf: &Arc<AlignedBuf>, from: usize, len: usize) -> io::Result<Option<Hashed>> {
+        let mut h = self.hashing.lock();
+        if len != DIRECT_LARGE && !h.running {
+            h.hasher.as_mut().ok_or_else(hash_lost)?.update(&buf.bytes()[from..len]);
+            return Ok(None);
         }
-        Ok(())
+        let (done, hashed) = tokio::sync::oneshot::channel();
+        let job = HashJob {
+            buf: buf.clone(),
+            from,
+            len,
+            done,
+        };
+        if h.running {
+            h.queue.push_back(job);
+        } else {
+            let hasher = h.hasher.take().ok_or_else(hash_lost)?;
+            h.running = true;
+            let hashing = self.hashing.clone();
+            drop(h);
+            // The handle is not kept: the job reports through each buffer's `done`.
+            drop(tokio::task::spawn_blocking(move || hash_queued(&hashing, hasher, job)));
+        }
+        Ok(Some(hashed))
     }
 
-    /// Wait for the oldest write in flight, if any; its buffer goes back to the pool (once it is
-    /// hashed too).
+    /// The hasher back, once every queued buffer is hashed (after [`Direct::settle`]).
+    fn take_hasher(&self) -> io::Result<Hasher> {
+        let mut h = self.hashing.lock();
+        if h.running || !h.queue.is_empty() {
+            return Err(hash_lost());
+        }
+        h.hasher.take().ok_or_else(hash_lost)
+    }
+
+    /// Wait for the oldest write in flight, if any, and for its buffer's hash; the buffer then
+    /// goes back to the pool.
     async fn settle_oldest(&mut self) -> io::Result<()> {
-        if let Some((buf, write)) = self.pending.pop_front() {
+        if let Some((buf, write, hashed)) = self.pending.pop_front() {
             let mut res = write.await;
-            if Arc::strong_count(&buf) > 1 {
-                res = res.and(self.join_hash().await);
+            if let Some(hashed) = hashed {
+                res = res.and(hashed.await.map_err(|_| hash_lost()));
             }
             if let Ok(buf) = Arc::try_unwrap(buf) {
                 buf.give();
@@ -748,7 +825,7 @@ impl Direct {
     /// page cache (`file`). Returns the hasher.
     async fn finish(mut self, file: &Arc<File>, write: bool) -> io::Result<Hasher> {
         let settled = self.settle().await;
-        let joined = self.join_hash().await;
+        let hasher = self.take_hasher();
         // No allocation may extend the file after it is cut to its data, here or by the caller.
         let allocated = self.ahead.wait().await;
         let Direct {
@@ -757,7 +834,6 @@ impl Direct {
             at,
             fill,
             new_from,
-            hasher,
             ahead,
             ..
         } = self;
@@ -766,11 +842,7 @@ impl Direct {
                 buf.give();
             }
         };
-        let mut hasher = match settled
-            .and(joined)
-            .and(allocated)
-            .and_then(|()| hasher.ok_or_else(hash_lost))
-        {
+        let mut hasher = match settled.and(allocated).and(hasher) {
             Ok(h) if write => h,
             other => {
                 give(buf);
@@ -1313,6 +1385,55 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A hashing job takes the buffers queued behind it in order, lets go of each before saying
+    /// it is hashed, and puts the hasher back when the queue is empty.
+    #[test]
+    fn queued_buffers_are_hashed_in_order() {
+        use crate::digest::Algorithm;
+        let bufs: Vec<Arc<AlignedBuf>> = (0..4u8)
+            .map(|n| {
+                let mut b = AlignedBuf::new(DIRECT_BUF);
+                for (i, x) in b.bytes_mut().iter_mut().enumerate() {
+                    *x = (i as u8).wrapping_mul(31) ^ n;
+                }
+                Arc::new(b)
+            })
+            .collect();
+        let mut done = Vec::new();
+        let mut job = |n: usize, from: usize, len: usize| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            done.push(rx);
+            HashJob {
+                buf: bufs[n].clone(),
+                from,
+                len,
+                done: tx,
+            }
+        };
+        // A first buffer from a partial block on, three queued behind it (the last part-full).
+        let first = job(0, 100, DIRECT_BUF);
+        let queue = [job(1, 0, DIRECT_BUF), job(2, 0, DIRECT_BUF), job(3, 0, 5000)].into();
+        let hashing = parking_lot::Mutex::new(Hashing {
+            hasher: None,
+            queue,
+            running: true,
+        });
+        hash_queued(&hashing, Hasher::new(Algorithm::Sha256), first);
+
+        let mut expect = Hasher::new(Algorithm::Sha256);
+        expect.update(&bufs[0].bytes()[100..]);
+        expect.update(bufs[1].bytes());
+        expect.update(bufs[2].bytes());
+        expect.update(&bufs[3].bytes()[..5000]);
+        let mut h = hashing.lock();
+        assert!(!h.running && h.queue.is_empty());
+        assert_eq!(h.hasher.take().expect("the hasher is back").finish(), expect.finish());
+        for (n, mut rx) in done.into_iter().enumerate() {
+            assert!(rx.try_recv().is_ok(), "buffer {n} is said to be hashed");
+            assert_eq!(Arc::strong_count(&bufs[n]), 1, "the job let go of buffer {n}");
         }
     }
 }

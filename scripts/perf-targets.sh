@@ -6,10 +6,14 @@
 # store nothing) and (when nginx is installed) the nginx sendfile calibration for pulls.
 #
 #   scripts/perf-targets.sh            # needs the dist builds (scripts/test.sh builds them), docker-registry,
-#                                      # curl, python3; nginx optional. About 5 minutes, ~15 GB of scratch disk.
+#                                      # curl, python3; nginx optional. About 10 minutes, ~13 GB of scratch disk.
+#
+# The push steps run in PERF_ROUNDS rounds (default 3), each on fresh storage, PERF_REST seconds apart
+# (default 30): on a shared machine one round's ratio moves by 10-20 %, so the table gives the median of
+# the rounds' ratios, and every round's ratio beside it.
 #
 # Environment: BERTH_BIN, LOADTEST_BIN (default: the dist builds), PERF_OUT (reports; default
-# target/perf-targets), PERF_WORK (scratch directory on a real disk; default /var/tmp).
+# target/perf-targets), PERF_WORK (scratch directory on a real disk; default /var/tmp), PERF_ROUNDS, PERF_REST.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,8 +25,10 @@ for b in "$BERTH_BIN" "$LT"; do
   [[ -x $b ]] || { echo "perf-targets: $b is missing (build with --profile dist)" >&2; exit 1; }
 done
 command -v docker-registry >/dev/null || { echo "perf-targets: docker-registry is missing" >&2; exit 1; }
+ROUNDS=${PERF_ROUNDS:-3}
+REST=${PERF_REST:-30}
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+rm -f "$OUT"/*.json "$OUT"/*.log
 WORK=$(mktemp -d "${PERF_WORK:-/var/tmp}/berth-targets.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
@@ -77,32 +83,41 @@ EOF
   printf -v "${name//-/_}_PID" '%s' "$pid"
 }
 
-# step NAME LOADTEST-ARGS...: berth vs distribution on fresh storage.
+# step NAME ROUNDS LOADTEST-ARGS...: berth vs distribution, each round on fresh storage (and after a rest
+# once the last round's storage is deleted: see the ext4 note in docs/performance.md). Reports go to
+# NAME.rK.json; `compare --input` pairs the two registries within each round and prints the median.
 step() {
-  local name=$1
-  shift
-  sync
-  start berth
-  start distribution
-  echo "== $name: $*"
-  if [[ ${WARM:-0} == 1 ]]; then
-    # The same test once, unmeasured: the blobs are then in the page cache ("pull from a warm cache").
+  local name=$1 rounds=$2
+  shift 2
+  local k stamp=()
+  for k in $(seq 1 "$rounds"); do
+    ((rounds > 1)) && stamp=(--round "$k")
+    sync
+    start berth
+    start distribution
+    echo "== $name, round $k of $rounds: $*"
+    if [[ ${WARM:-0} == 1 ]]; then
+      # The same test once, unmeasured: the blobs are then in the page cache ("pull from a warm cache").
+      "$LT" compare --no-progress \
+        --url "http://127.0.0.1:$berth_PORT" --label berth --url "http://127.0.0.1:$distribution_PORT" \
+        --label distribution "$@" >"$OUT/$name.r$k.warm.log" 2>&1 || { tail -n 30 "$OUT/$name.r$k.warm.log"; exit 1; }
+    fi
     "$LT" compare --no-progress \
-      --url "http://127.0.0.1:$berth_PORT" --label berth --url "http://127.0.0.1:$distribution_PORT" \
-      --label distribution "$@" >"$OUT/$name.warm.log" 2>&1 || { tail -n 30 "$OUT/$name.warm.log"; exit 1; }
-  fi
-  "$LT" compare --no-progress \
-    --url "http://127.0.0.1:$berth_PORT" --label berth --pid "$berth_PID" \
-    --url "http://127.0.0.1:$distribution_PORT" --label distribution --pid "$distribution_PID" \
-    "$@" --json "$OUT/$name.json" >"$OUT/$name.log" 2>&1 || { tail -n 30 "$OUT/$name.log"; exit 1; }
-  grep -E '^(berth|distribution) ' "$OUT/$name.log" || true
-  stop_all
+      --url "http://127.0.0.1:$berth_PORT" --label berth --pid "$berth_PID" \
+      --url "http://127.0.0.1:$distribution_PORT" --label distribution --pid "$distribution_PID" \
+      "${stamp[@]}" "$@" --json "$OUT/$name.r$k.json" >"$OUT/$name.r$k.log" 2>&1 ||
+      { tail -n 30 "$OUT/$name.r$k.log"; exit 1; }
+    grep -E '^(berth|distribution) ' "$OUT/$name.r$k.log" || true
+    stop_all
+    rm -rf "${WORK:?}/berth" "$WORK/distribution"
+    if ((k < rounds)); then sleep "$REST"; fi
+  done
 }
 
 echo "perf-targets: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
-step push-1gib --test push-mono,push-chunked --size 1GiB --chunk-size 64MiB -c 1 -n 3
-step push-16mib-c64 --test push-mono --size 16MiB -c 64 -n 192 --reset-peak-rss
-WARM=1 step pull-1gib --test pull --size 1GiB -c 1 -n 4
+step push-1gib "$ROUNDS" --test push-mono,push-chunked --size 1GiB --chunk-size 64MiB -c 1 -n 3
+step push-16mib-c64 "$ROUNDS" --test push-mono --size 16MiB -c 64 -n 192 --reset-peak-rss
+WARM=1 step pull-1gib 1 --test pull --size 1GiB -c 1 -n 4
 
 # HEAD and manifest GET, 32 keep-alive connections: no auth, token, basic (bcrypt cost 10), the reference.
 sync
@@ -207,7 +222,8 @@ wait_up "$p"
 stop_all
 
 echo
-"$LT" compare --input "$OUT/push-1gib.json" --input "$OUT/push-16mib-c64.json" --input "$OUT/pull-1gib.json" \
-  --input "$OUT/small-berth.json" --input "$OUT/small-distribution.json" --input "$OUT/small-berth-token.json" \
+INPUTS=()
+for f in "$OUT"/push-1gib.r*.json "$OUT"/push-16mib-c64.r*.json "$OUT"/pull-1gib.r*.json; do INPUTS+=(--input "$f"); done
+"$LT" compare "${INPUTS[@]}" --input "$OUT/small-berth.json" --input "$OUT/small-distribution.json" --input "$OUT/small-berth-token.json" \
   --input "$OUT/small-berth-basic.json" --markdown "$OUT/targets.md" | tee "$OUT/compare.txt"
 echo "perf-targets: reports in $OUT"

@@ -27,6 +27,10 @@
 //! # Ratios from earlier JSON reports, without running anything:
 //! berth-loadtest compare --input berth.json --input distribution.json
 //!
+//! # The same compare in rounds (each against fresh registries), then the median of the rounds' ratios:
+//! for k in 1 2 3; do berth-loadtest compare --round $k ... --json r$k.json; done
+//! berth-loadtest compare --input r1.json --input r2.json --input r3.json
+//!
 //! # Push calibration: a target that receives and SHA-256s every upload body and stores nothing
 //! # (the ceiling of this machine for pushes, as nginx sendfile is for pulls):
 //! berth-loadtest sink --listen 127.0.0.1:5009 --hash pipelined &
@@ -69,7 +73,9 @@
 //! test so the figure is per test), plus the load generator's own CPU seconds, to spot a client-bound run (the client
 //! costs about 15 µs of CPU per small request, two thirds of it loopback TCP in the kernel). Lines print as tests
 //! finish; a markdown table (and, with two or more registries, a ratio table: first registry / other) prints at the
-//! end and goes to `--markdown FILE`; `--json FILE` gets everything. Ctrl-C stops the run and still prints and writes what was measured (press twice to quit at once).
+//! end and goes to `--markdown FILE`; `--json FILE` gets everything. With `--round K` every result carries its round;
+//! the ratio table pairs results within a round and gives each test's median over its rounds, every round's throughput
+//! ratio beside it. Ctrl-C stops the run and still prints and writes what was measured (press twice to quit at once).
 //!
 //! Exit status: 0 when every operation succeeded, 1 when any failed, 2 on a usage error, 130 when interrupted.
 
@@ -206,6 +212,11 @@ struct RunArgs {
     /// Seed of the blob content.
     #[arg(long, default_value_t = 0x5EED)]
     seed: u64,
+    /// Round number stamped on every result, when the same tests run several times (each run
+    /// its own process, e.g. against fresh registries): `compare --input` over the runs' reports
+    /// then takes each ratio within a round and prints the median over the rounds.
+    #[arg(long)]
+    round: Option<u32>,
 }
 
 /// A test name on the command line.
@@ -631,6 +642,7 @@ async fn run_test(reg: &Registry, work: Work, test_no: u64, env: &Env, stop: &wa
         client_cpu_s,
         detail: matches!(work, Work::Mixed(_)).then(|| format!("pull {pulls} / push {pushes}")),
         interrupted: *stop.borrow(),
+        round: args.round,
     }
 }
 

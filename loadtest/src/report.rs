@@ -80,7 +80,7 @@ pub fn line(r: &TestResult) -> String {
     let mut s = format!(
         "{:<22} {:<20} {:>8} ops {:>5} err {:>10} ops/s {:>9} MB/s  p50 {:>8} ms  p99 {:>8} ms  max {:>8} ms",
         r.label,
-        r.test,
+        r.shown_test(),
         r.ops,
         r.errors,
         num(r.ops_per_s),
@@ -123,7 +123,7 @@ pub fn markdown_table(results: &[TestResult]) -> String {
             s,
             "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.label,
-            r.test,
+            r.shown_test(),
             if r.interrupted { " (interrupted)" } else { "" },
             r.ops,
             r.errors,
@@ -172,49 +172,95 @@ pub fn labels(results: &[TestResult]) -> Vec<String> {
     out
 }
 
+/// The median of `values` (the mean of the middle two when their number is even); `None` when
+/// there are none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
 /// Ratio tables of the first registry against each other one, per test.
 ///
 /// Throughput ratios above 1 and latency or CPU ratios below 1 mean the first registry did better.
+/// A result is paired with the other registry's result of the same test and round; when a test
+/// ran in several rounds (`--round`), its row gives the median of each registry's rate and the
+/// median of the rounds' ratios, and its last column each round's throughput ratio.
 pub fn compare_table(results: &[TestResult]) -> String {
     let labels = labels(results);
     let mut s = String::new();
     let Some(base) = labels.first() else { return s };
+    let mut tests: Vec<&str> = Vec::new();
+    for r in results.iter().filter(|r| &r.label == base) {
+        if !tests.contains(&r.test.as_str()) {
+            tests.push(&r.test);
+        }
+    }
+    // Per-GB CPU for sized (blob) tests, per-op CPU otherwise.
+    let cpu = |r: &TestResult| {
+        r.server.as_ref().and_then(|v| {
+            if r.size_bytes.is_some() {
+                v.cpu_s_per_gb
+            } else {
+                v.cpu_us_per_op
+            }
+        })
+    };
+    let pos = |x: f64| (x > 0.0).then_some(x);
     for other in labels.iter().skip(1) {
         let _ = writeln!(
             s,
             "Ratios {base} / {other} (throughput > 1: {base} faster; latency and CPU < 1: {base} better)\n"
         );
         s.push_str(
-            "| Test | ops/s A | ops/s B | throughput A/B | p50 A/B | p99 A/B | srv CPU A/B | errors A / B |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| Test | ops/s A | ops/s B | throughput A/B | p50 A/B | p99 A/B | srv CPU A/B | errors A / B | rounds: throughput A/B |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
         );
-        for a in results.iter().filter(|r| &r.label == base) {
-            let Some(b) = results.iter().find(|r| &r.label == other && r.test == a.test) else {
-                continue;
-            };
-            // Per-GB CPU for sized (blob) tests, per-op CPU otherwise.
-            let cpu = |r: &TestResult| {
-                r.server.as_ref().and_then(|v| {
-                    if r.size_bytes.is_some() {
-                        v.cpu_s_per_gb
-                    } else {
-                        v.cpu_us_per_op
-                    }
+        for test in &tests {
+            let pairs: Vec<(&TestResult, &TestResult)> = results
+                .iter()
+                .filter(|a| &a.label == base && a.test == *test)
+                .filter_map(|a| {
+                    results
+                        .iter()
+                        .find(|b| &b.label == other && b.test == a.test && b.round == a.round)
+                        .map(|b| (a, b))
                 })
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let med = |f: &dyn Fn(&TestResult, &TestResult) -> Option<f64>| {
+                median(pairs.iter().filter_map(|(a, b)| f(a, b)).collect())
             };
-            let pos = |x: f64| (x > 0.0).then_some(x);
+            let throughput: Vec<Option<f64>> = pairs
+                .iter()
+                .map(|(a, b)| ratio(pos(a.ops_per_s), pos(b.ops_per_s)))
+                .collect();
+            let rounds = if pairs.len() == 1 {
+                "1".to_string()
+            } else {
+                let each: Vec<String> = throughput.iter().map(|&t| opt(t)).collect();
+                format!("{}: {}", pairs.len(), each.join(", "))
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} / {} |",
-                a.test,
-                num(a.ops_per_s),
-                num(b.ops_per_s),
-                opt(ratio(pos(a.ops_per_s), pos(b.ops_per_s))),
-                opt(ratio(pos(a.latency.p50_ms), pos(b.latency.p50_ms))),
-                opt(ratio(pos(a.latency.p99_ms), pos(b.latency.p99_ms))),
-                opt(ratio(cpu(a), cpu(b))),
-                a.errors,
-                b.errors,
+                "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+                test,
+                opt(med(&|a, _| Some(a.ops_per_s))),
+                opt(med(&|_, b| Some(b.ops_per_s))),
+                opt(median(throughput.into_iter().flatten().collect())),
+                opt(med(&|a, b| ratio(pos(a.latency.p50_ms), pos(b.latency.p50_ms)))),
+                opt(med(&|a, b| ratio(pos(a.latency.p99_ms), pos(b.latency.p99_ms)))),
+                opt(med(&|a, b| ratio(cpu(a), cpu(b)))),
+                pairs.iter().map(|(a, _)| a.errors).sum::<u64>(),
+                pairs.iter().map(|(_, b)| b.errors).sum::<u64>(),
+                rounds,
             );
         }
         s.push('\n');
@@ -299,6 +345,48 @@ mod tests {
             ..Report::default()
         });
         assert!(md.contains("| a | pull 1MiB | 100 | 0 | 200.0 |"), "{md}");
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(vec![f64::NAN, 5.0]), Some(5.0));
+        assert_eq!(median(Vec::new()), None);
+    }
+
+    #[test]
+    fn rounds_pair_within_a_round_and_report_the_median() {
+        let in_round = |label: &str, round: u32, ops_per_s: f64, p50: f64, errors: u64| TestResult {
+            round: Some(round),
+            errors,
+            ..result(label, "push-mono 1GiB", ops_per_s, p50)
+        };
+        let results = vec![
+            // Round 1: 6x; round 2: 4x; round 3: 5x (listed out of order on the other side).
+            in_round("a", 1, 600.0, 1.0, 0),
+            in_round("a", 2, 800.0, 1.0, 1),
+            in_round("a", 3, 500.0, 1.0, 0),
+            in_round("b", 3, 100.0, 2.0, 0),
+            in_round("b", 1, 100.0, 3.0, 0),
+            in_round("b", 2, 200.0, 4.0, 2),
+            // Only one side ran round 4: not paired, not counted.
+            in_round("a", 4, 9000.0, 1.0, 0),
+        ];
+        let t = compare_table(&results);
+        // Rates: medians of the paired rounds' 600/800/500 and 100/100/200; throughput: the
+        // median of the rounds' 6, 4 and 5; p50: of 1/3, 1/4, 1/2; errors summed.
+        assert!(
+            t.contains(
+                "| push-mono 1GiB | 600.0 | 100.0 | 5.00 | 0.333 | 0.333 | 0.333 | 1 / 2 | 3: 6.00, 4.00, 5.00 |"
+            ),
+            "{t}"
+        );
+        let md = markdown(&Report {
+            results,
+            ..Report::default()
+        });
+        assert!(md.contains("| a | push-mono 1GiB (round 2) | 100 | 1 |"), "{md}");
     }
 
     #[test]

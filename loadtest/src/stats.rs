@@ -106,6 +106,19 @@ pub struct TestResult {
     /// Whether Ctrl-C cut the test short.
     #[serde(default)]
     pub interrupted: bool,
+    /// The round this result belongs to, when the same tests ran several times (`--round`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+}
+
+impl TestResult {
+    /// The test's name as tables show it: with its round, when it has one.
+    pub fn shown_test(&self) -> String {
+        match self.round {
+            Some(k) => format!("{} (round {k})", self.test),
+            None => self.test.clone(),
+        }
+    }
 }
 
 /// One reading of a process's CPU time and memory.

@@ -396,6 +396,11 @@ fn misconfigurations_stop_start_up_with_the_fix() {
         e.contains("BERTH_IO_ENGINE=\"uring2\" is not one of uring, std: unset it or set one of those"),
         "{e}"
     );
+    let e = start_fails(&[("BERTH_IO_LARGE_BUFFERS", "lots")]);
+    assert!(
+        e.contains("BERTH_IO_LARGE_BUFFERS=\"lots\" is not a number of 1 MiB buffers from 0 to 4096"),
+        "{e}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("htpasswd");
     std::fs::write(

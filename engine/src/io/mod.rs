@@ -87,7 +87,36 @@ pub fn check_settings() -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    large_buffers_setting(std::env::var(LARGE_BUFFERS_VAR).ok().as_deref()).map(|_| ())
+}
+
+/// The setting of [`large_buffers`].
+const LARGE_BUFFERS_VAR: &str = "BERTH_IO_LARGE_BUFFERS";
+/// Most large buffers [`LARGE_BUFFERS_VAR`] may ask for: 4 GiB of them.
+const LARGE_BUFFERS_LIMIT: usize = 4096;
+
+/// The number of large direct-write buffers a value of [`LARGE_BUFFERS_VAR`] asks for
+/// ([`DIRECT_LARGE_MAX`] when unset), or an error naming the setting and what it accepts.
+fn large_buffers_setting(value: Option<&str>) -> Result<usize, String> {
+    let Some(v) = value else {
+        return Ok(DIRECT_LARGE_MAX);
+    };
+    match v.trim().parse::<usize>() {
+        Ok(n) if n <= LARGE_BUFFERS_LIMIT => Ok(n),
+        _ => Err(format!(
+            "{LARGE_BUFFERS_VAR}={v:?} is not a number of 1 MiB buffers from 0 to {LARGE_BUFFERS_LIMIT}: \
+             unset it (default {DIRECT_LARGE_MAX}) or set one"
+        )),
+    }
+}
+
+/// Most large direct-write buffers in existence at once: [`DIRECT_LARGE_MAX`] unless
+/// `BERTH_IO_LARGE_BUFFERS` says otherwise (checked at start-up by [`check_settings`]).
+fn large_buffers() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        large_buffers_setting(std::env::var(LARGE_BUFFERS_VAR).ok().as_deref()).unwrap_or(DIRECT_LARGE_MAX)
+    })
 }
 
 /// An on/off setting of the environment, read once: on unless set to `off`. They exist to
@@ -456,20 +485,22 @@ pub async fn remove_session_if_idle(dir: PathBuf, data: PathBuf) -> io::Result<b
 /// Alignment of direct writes (offsets, lengths and buffer addresses): covers 512-byte and
 /// 4 KiB logical blocks.
 const DIRECT_ALIGN: usize = 4096;
-/// Bytes gathered in an aligned buffer before one direct write, while an upload is small or
-/// large buffers are all taken.
+/// Bytes gathered in an aligned buffer before one direct write, while large buffers are all
+/// taken.
 const DIRECT_BUF: usize = 128 * 1024;
-/// The buffer of a large upload: on this project's machines a direct write of 128 KiB at a time
-/// reaches about half of what the disk takes in 1 MiB writes (and costs eight times the
-/// operations), so an upload that has grown past [`DIRECT_LARGE_AFTER`] moves up to these.
+/// The buffer an upload takes first: on this project's machines a direct write of 128 KiB at a
+/// time reaches about half of what the disk takes in 1 MiB writes, and costs eight times the
+/// operations. Until 2026-11-24 an upload took these only past its first 4 MiB (to keep them
+/// for large uploads); taking them from the first byte measured the same for 64 concurrent
+/// 16 MiB pushes and cut the server CPU of 1 MiB pushes by about 10 % (one write instead of
+/// eight), and a buffer goes back to the pool as soon as its write completes.
 const DIRECT_LARGE: usize = 1024 * 1024;
-/// File size from which an upload's next buffer may be a large one.
-const DIRECT_LARGE_AFTER: u64 = 4 * 1024 * 1024;
-/// Most large buffers in existence at once (in use or idle), so memory stays bounded however
-/// many large uploads run: the rest go on with small buffers. Each upload holds one filling and
-/// up to [`DIRECT_LARGE_IN_FLIGHT`] being written. With 64 concurrent 16 MiB pushes beside a
-/// 4 GiB one (two large buffers per upload at the time), 8, 16 and 32 peaked at 78, 82 and
-/// 105 MiB; all-large cut server CPU per GB by 15 % at 178 MiB.
+/// Most large buffers in existence at once (in use or idle) by default, so memory stays bounded
+/// however many uploads run: the rest go on with small buffers. Each upload holds one filling
+/// and up to [`DIRECT_LARGE_IN_FLIGHT`] being written. With 64 concurrent 16 MiB pushes beside a
+/// 4 GiB one, 8, 16 and 32 peaked at 78, 82 and 105 MiB. More, for those with memory to spare,
+/// with `BERTH_IO_LARGE_BUFFERS` ([`large_buffers`]): 64 made 64 concurrent 16 MiB pushes 4–15 %
+/// faster at about 130 MiB (docs/performance.md).
 const DIRECT_LARGE_MAX: usize = 16;
 
 /// A heap buffer at a [`DIRECT_ALIGN`]-aligned address, as direct I/O wants, of either size.
@@ -484,7 +515,7 @@ struct AlignedBuf {
 static DIRECT_POOL: parking_lot::Mutex<Vec<AlignedBuf>> = parking_lot::Mutex::new(Vec::new());
 /// Most idle small buffers kept.
 const DIRECT_POOL_MAX: usize = 64;
-/// Idle large buffers (all of them are kept: there are at most [`DIRECT_LARGE_MAX`]).
+/// Idle large buffers (all of them are kept: there are at most [`large_buffers`]).
 static DIRECT_LARGE_POOL: parking_lot::Mutex<Vec<AlignedBuf>> = parking_lot::Mutex::new(Vec::new());
 /// Large buffers in existence.
 static DIRECT_LARGE_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -496,27 +527,23 @@ impl AlignedBuf {
         AlignedBuf { raw, off, len }
     }
 
-    /// A buffer for bytes at file offset `at`: a large one when the file is already large and
-    /// one is free (or may still be made), else a small one; from the pools when they have one.
-    fn take(at: u64) -> AlignedBuf {
-        if at >= DIRECT_LARGE_AFTER
-            && let Some(b) = AlignedBuf::take_large()
-        {
-            return b;
-        }
-        DIRECT_POOL.lock().pop().unwrap_or_else(|| AlignedBuf::new(DIRECT_BUF))
+    /// A buffer for an upload's next bytes: a large one when one is free (or may still be
+    /// made), else a small one; from the pools when they have one.
+    fn take() -> AlignedBuf {
+        AlignedBuf::take_large()
+            .or_else(|| DIRECT_POOL.lock().pop())
+            .unwrap_or_else(|| AlignedBuf::new(DIRECT_BUF))
     }
 
-    /// An idle large buffer, or a new one while fewer than [`DIRECT_LARGE_MAX`] exist.
+    /// An idle large buffer, or a new one while fewer than [`large_buffers`] exist.
     fn take_large() -> Option<AlignedBuf> {
         use std::sync::atomic::Ordering;
         if let Some(b) = DIRECT_LARGE_POOL.lock().pop() {
             return Some(b);
         }
+        let max = large_buffers();
         DIRECT_LARGE_COUNT
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < DIRECT_LARGE_MAX).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
             .map(|_| AlignedBuf::new(DIRECT_LARGE))
     }
@@ -654,7 +681,7 @@ fn hash_queued(hashing: &parking_lot::Mutex<Hashing>, mut hasher: Hasher, first:
 /// Writes of large buffers one upload keeps in flight. With one, a 1 GiB push left the two cores
 /// 40 % idle: filling 1 MiB and writing it took about as long, so each wait for the disk stalled
 /// the body, and with it the connection. Large buffers are capped in number
-/// ([`DIRECT_LARGE_MAX`]), so this adds no memory beyond that cap.
+/// ([`large_buffers`]), so this adds no memory beyond that cap.
 const DIRECT_LARGE_IN_FLIGHT: usize = 3;
 
 type PendingWrite = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send>>;
@@ -665,7 +692,7 @@ impl Direct {
     /// Direct writes from `offset`: the partial block before it is read back into the buffer.
     async fn start(file: &Arc<File>, fd: &Arc<File>, offset: u64, hasher: Hasher) -> io::Result<Direct> {
         // Taken here, on the runtime's threads, where it is also given back.
-        let mut buf = AlignedBuf::take(offset);
+        let mut buf = AlignedBuf::take();
         let at = offset - offset % DIRECT_ALIGN as u64;
         let head = (offset - at) as usize;
         // At a block boundary (every monolithic upload, and chunks of whole blocks) there is
@@ -718,7 +745,7 @@ impl Direct {
     }
 
     /// Send the full buffer to the disk (once fewer writes than allowed are in flight) and go on
-    /// with another, large once the file is.
+    /// with another (large when one is free).
     async fn write_full(&mut self) -> io::Result<()> {
         let allowed = if self.buf.len() == DIRECT_LARGE {
             DIRECT_LARGE_IN_FLIGHT
@@ -729,7 +756,7 @@ impl Direct {
             self.settle_oldest().await?;
         }
         let len = self.buf.len();
-        let next = Arc::new(AlignedBuf::take(self.at + len as u64));
+        let next = Arc::new(AlignedBuf::take());
         let full = std::mem::replace(&mut self.buf, next);
         // Hash what this append put in the buffer: a large one on the blocking pool, so that
         // hashing (the most CPU of a push) runs beside receiving and copying the next buffer
@@ -925,7 +952,7 @@ impl Ahead {
 }
 
 /// Space allocated ahead of an append's direct writes at a time, in buffers of the size being
-/// written (2 MiB while an upload uses small buffers, 16 MiB with large ones); what is left over
+/// written (16 MiB with large buffers, 2 MiB with small ones); what is left over
 /// when the request ends is cut off. Three same-build A/Bs of 64 concurrent 16 MiB pushes:
 /// server CPU 1.87 → 1.73, 1.82 → 1.60 and 1.68 → 1.63 CPU-s/GB, context switches halved
 /// (throughput unchanged within this machine's noise); on a 1 GiB push the io_uring worker
@@ -1385,6 +1412,21 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn large_buffers_setting_is_checked() {
+        assert_eq!(large_buffers_setting(None), Ok(DIRECT_LARGE_MAX));
+        assert_eq!(large_buffers_setting(Some("256")), Ok(256));
+        assert_eq!(large_buffers_setting(Some("0")), Ok(0));
+        assert_eq!(large_buffers_setting(Some("4096")), Ok(4096));
+        for bad in ["4097", "-1", "16MiB", ""] {
+            let e = large_buffers_setting(Some(bad)).unwrap_err();
+            assert!(
+                e.starts_with(&format!("BERTH_IO_LARGE_BUFFERS={bad:?} is not a number")) && e.contains("default 16"),
+                "{e}"
+            );
         }
     }
 

@@ -6,11 +6,12 @@
 # store nothing) and (when nginx is installed) the nginx sendfile calibration for pulls.
 #
 #   scripts/perf-targets.sh            # needs the dist builds (scripts/test.sh builds them), docker-registry,
-#                                      # curl, python3; nginx optional. About 10 minutes, ~13 GB of scratch disk.
+#                                      # curl, python3; nginx optional. About 12 minutes, ~13 GB of scratch disk.
 #
 # The push steps run in PERF_ROUNDS rounds (default 3), each on fresh storage, PERF_REST seconds apart
-# (default 30): on a shared machine one round's ratio moves by 10-20 %, so the table gives the median of
-# the rounds' ratios, and every round's ratio beside it.
+# (default 30), and so do the small requests (the four registries in turn in each round): on a shared
+# machine one round's ratio moves by 10-20 %, so the table gives the median of the rounds' ratios, and
+# every round's ratio beside it.
 #
 # Environment: BERTH_BIN, LOADTEST_BIN (default: the dist builds), PERF_OUT (reports; default
 # target/perf-targets), PERF_WORK (scratch directory on a real disk; default /var/tmp), PERF_ROUNDS, PERF_REST.
@@ -131,16 +132,24 @@ TOKEN=$(REGISTRY_AUTH_TYPE=token REGISTRY_AUTH_TOKEN_REALM=http://127.0.0.1/auth
   REGISTRY_AUTH_TOKEN_ISSUER=berth REGISTRY_AUTH_TOKEN_SERVER_ENABLED=true REGISTRY_AUTH_TOKEN_SERVER_KEY="$WORK/token.pem" \
   REGISTRY_AUTH_HTPASSWD="$WORK/htpasswd" "$BERTH_BIN" token --no-config-file --user lt \
   --scope repository:berth-lt/pull-1mib:pull,push)
-echo "== small requests: --test head,manifest -c 32 --duration 10s"
-for spec in "berth $berth_PORT $berth_PID" "distribution $distribution_PORT $distribution_PID" \
-  "berth-token $berth_token_PORT $berth_token_PID --token $TOKEN" \
-  "berth-basic $berth_basic_PORT $berth_basic_PID --user lt --password lt-pass"; do
-  read -r label p pid auth <<<"$spec"
-  # shellcheck disable=SC2086
-  "$LT" --no-progress --url "http://127.0.0.1:$p" --label "$label" --pid "$pid" $auth \
-    --test head,manifest --size 1MiB -c 32 --duration 10s --json "$OUT/small-$label.json" \
-    >"$OUT/small-$label.log" 2>&1 || { tail -n 30 "$OUT/small-$label.log"; exit 1; }
-  grep -E "^$label " "$OUT/small-$label.log" || true
+# In rounds too, the four registries in turn in each: the auth targets are ratios of two 10 s runs.
+SMALL=()
+for k in $(seq 1 "$ROUNDS"); do
+  echo "== small requests, round $k of $ROUNDS: --test head,manifest -c 32 --duration 10s"
+  stamp=()
+  ((ROUNDS > 1)) && stamp=(--round "$k")
+  for spec in "berth $berth_PORT $berth_PID" "distribution $distribution_PORT $distribution_PID" \
+    "berth-token $berth_token_PORT $berth_token_PID --token $TOKEN" \
+    "berth-basic $berth_basic_PORT $berth_basic_PID --user lt --password lt-pass"; do
+    read -r label p pid auth <<<"$spec"
+    out="$OUT/small-$label.r$k"
+    # shellcheck disable=SC2086
+    "$LT" --no-progress --url "http://127.0.0.1:$p" --label "$label" --pid "$pid" $auth "${stamp[@]}" \
+      --test head,manifest --size 1MiB -c 32 --duration 10s --json "$out.json" \
+      >"$out.log" 2>&1 || { tail -n 30 "$out.log"; exit 1; }
+    grep -E "^$label " "$out.log" || true
+    SMALL+=(--input "$out.json")
+  done
 done
 stop_all
 
@@ -224,6 +233,5 @@ stop_all
 echo
 INPUTS=()
 for f in "$OUT"/push-1gib.r*.json "$OUT"/push-16mib-c64.r*.json "$OUT"/pull-1gib.r*.json; do INPUTS+=(--input "$f"); done
-"$LT" compare "${INPUTS[@]}" --input "$OUT/small-berth.json" --input "$OUT/small-distribution.json" --input "$OUT/small-berth-token.json" \
-  --input "$OUT/small-berth-basic.json" --markdown "$OUT/targets.md" | tee "$OUT/compare.txt"
+"$LT" compare "${INPUTS[@]}" "${SMALL[@]}" --markdown "$OUT/targets.md" | tee "$OUT/compare.txt"
 echo "perf-targets: reports in $OUT"

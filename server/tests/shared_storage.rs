@@ -76,8 +76,8 @@ async fn an_upload_continues_on_a_second_process_sharing_the_storage() {
         .body(reqwest::Body::wrap_stream(stream))
         .send();
     let pending = tokio::spawn(streaming);
-    // Enough for whole direct writes (256 KiB buffers) to reach the file.
-    for _ in 0..3 {
+    // Enough to fill a whole direct-write buffer (1 MiB), which then reaches the file.
+    for _ in 0..5 {
         tx.send(Ok(Bytes::from(vec![0xAB; 300_000]))).await.unwrap();
     }
     let data_file = a.storage().join("uploads");

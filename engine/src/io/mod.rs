@@ -87,7 +87,7 @@ pub fn check_settings() -> Result<(), String> {
             ));
         }
     }
-    large_buffers_setting(std::env::var(LARGE_BUFFERS_VAR).ok().as_deref()).map(|_| ())
+    large_buffers_from_env().map(|_| ())
 }
 
 /// The setting of [`large_buffers`].
@@ -110,13 +110,16 @@ fn large_buffers_setting(value: Option<&str>) -> Result<usize, String> {
     }
 }
 
+/// What [`LARGE_BUFFERS_VAR`] in the environment asks for ([`large_buffers_setting`]).
+fn large_buffers_from_env() -> Result<usize, String> {
+    large_buffers_setting(std::env::var(LARGE_BUFFERS_VAR).ok().as_deref())
+}
+
 /// Most large direct-write buffers in existence at once: [`DIRECT_LARGE_MAX`] unless
 /// `BERTH_IO_LARGE_BUFFERS` says otherwise (checked at start-up by [`check_settings`]).
 fn large_buffers() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        large_buffers_setting(std::env::var(LARGE_BUFFERS_VAR).ok().as_deref()).unwrap_or(DIRECT_LARGE_MAX)
-    })
+    *MAX.get_or_init(|| large_buffers_from_env().unwrap_or(DIRECT_LARGE_MAX))
 }
 
 /// An on/off setting of the environment, read once: on unless set to `off`. They exist to

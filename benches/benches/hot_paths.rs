@@ -51,7 +51,7 @@ fn upload_append(c: &mut Criterion) {
             rt.block_on(async {
                 let id = engine.upload_start(&repo).await.unwrap();
                 let body = futures_util::stream::iter((0..frames).map(|_| Ok::<_, Infallible>(frame.clone())));
-                let n = engine.upload_append(&repo, id, None, body).await.unwrap();
+                let n = engine.upload_append(&repo, id, None, None, body).await.unwrap();
                 engine.upload_cancel(&repo, id).await.unwrap();
                 black_box(n)
             })
@@ -74,7 +74,10 @@ fn range_read(c: &mut Criterion) {
     rt.block_on(async {
         let id = engine.upload_start(&repo).await.unwrap();
         let body = futures_util::stream::iter([Ok::<_, Infallible>(data.clone())]);
-        engine.upload_finish(&repo, id, &digest, None, body).await.unwrap();
+        engine
+            .upload_finish(&repo, id, &digest, None, None, body)
+            .await
+            .unwrap();
     });
     let mut g = c.benchmark_group("read");
     g.throughput(Throughput::Bytes(MIB as u64));

@@ -250,12 +250,15 @@ impl Engine {
     }
 
     /// Append a request body to a session. With `range`, the chunk must start at the current
-    /// offset and have exactly the declared length. Returns the new offset.
+    /// offset and have exactly the declared length. `length` is the body's length when the
+    /// request declared it (`Content-Length`): the engine then allocates space for exactly that
+    /// much. Returns the new offset.
     pub async fn upload_append<S, E>(
         &self,
         repo: &RepoName,
         id: UploadId,
         range: Option<ChunkRange>,
+        length: Option<u64>,
         body: S,
     ) -> Result<u64>
     where
@@ -264,7 +267,7 @@ impl Engine {
     {
         let session = self.uploads.get(repo, id).await?;
         let mut state = self.uploads.lock(&session).await?;
-        append(&mut state, range, body).await?;
+        append(&mut state, range, length, body).await?;
         self.uploads.checkpoint(&session, state.offset, &state.hasher).await?;
         Ok(state.offset)
     }
@@ -278,6 +281,7 @@ impl Engine {
         id: UploadId,
         digest: &Digest,
         range: Option<ChunkRange>,
+        length: Option<u64>,
         body: S,
     ) -> Result<u64>
     where
@@ -287,7 +291,7 @@ impl Engine {
         let session = self.uploads.get(repo, id).await?;
         let mut state = self.uploads.lock(&session).await?;
         let (before_offset, before_hasher) = (state.offset, state.hasher.clone());
-        append(&mut state, range, body).await?;
+        append(&mut state, range, length, body).await?;
         let actual = if digest.algorithm() == state.hasher.algorithm() {
             state.hasher.finish()
         } else {
@@ -616,7 +620,7 @@ impl Engine {
 }
 
 /// Append a body to a locked session, enforcing a declared chunk range.
-async fn append<S, E>(state: &mut SessionState, range: Option<ChunkRange>, body: S) -> Result<()>
+async fn append<S, E>(state: &mut SessionState, range: Option<ChunkRange>, length: Option<u64>, body: S) -> Result<()>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Send,
     E: std::fmt::Display,
@@ -636,7 +640,8 @@ where
         }
     }
     let mut hasher = state.hasher.clone();
-    let written = match state.file()?.append(state.offset, &mut hasher, body).await {
+    let length = range.map(|r| r.end - r.start + 1).or(length);
+    let written = match state.file()?.append(state.offset, &mut hasher, length, body).await {
         Ok(n) => n,
         Err(AppendError::Body(e)) => return Err(Error::Body(e)),
         Err(AppendError::Io(e)) => return Err(Error::Io(e)),

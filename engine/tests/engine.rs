@@ -32,7 +32,9 @@ async fn read_all(e: &Engine, d: &Digest, start: u64, len: u64) -> Vec<u8> {
 async fn push(e: &Engine, r: &RepoName, data: &[u8]) -> Digest {
     let d = Digest::of(Algorithm::Sha256, data);
     let id = e.upload_start(r).await.unwrap();
-    e.upload_finish(r, id, &d, None, body(&[data])).await.unwrap();
+    e.upload_finish(r, id, &d, None, Some(data.len() as u64), body(&[data]))
+        .await
+        .unwrap();
     d
 }
 
@@ -51,6 +53,7 @@ async fn chunked_upload_commits_and_reads_back() {
             &r,
             id,
             Some(ChunkRange { start: 0, end: 39_999 }),
+            None,
             body(&[&data[..40_000]]),
         )
         .await
@@ -58,7 +61,13 @@ async fn chunked_upload_commits_and_reads_back() {
     assert_eq!(off, 40_000);
     // out of order
     let err = e
-        .upload_append(&r, id, Some(ChunkRange { start: 0, end: 9 }), body(&[&data[..10]]))
+        .upload_append(
+            &r,
+            id,
+            Some(ChunkRange { start: 0, end: 9 }),
+            None,
+            body(&[&data[..10]]),
+        )
         .await
         .unwrap_err();
     assert!(matches!(
@@ -77,6 +86,7 @@ async fn chunked_upload_commits_and_reads_back() {
                 start: 40_000,
                 end: 40_009,
             }),
+            None,
             body(&[&data[40_000..40_005]]),
         )
         .await
@@ -89,11 +99,11 @@ async fn chunked_upload_commits_and_reads_back() {
         }
     ));
     assert_eq!(e.upload_offset(&r, id).await.unwrap(), 40_000);
-    e.upload_append(&r, id, None, body(&[&data[40_000..70_000]]))
+    e.upload_append(&r, id, None, None, body(&[&data[40_000..70_000]]))
         .await
         .unwrap();
     assert_eq!(
-        e.upload_finish(&r, id, &d, None, body(&[&data[70_000..]]))
+        e.upload_finish(&r, id, &d, None, None, body(&[&data[70_000..]]))
             .await
             .unwrap(),
         100_000
@@ -118,14 +128,19 @@ async fn a_failed_commit_keeps_the_session() {
     std::fs::create_dir_all(fan_out.parent().unwrap()).unwrap();
     std::fs::write(&fan_out, b"in the way").unwrap();
     let id = e.upload_start(&r).await.unwrap();
-    e.upload_append(&r, id, None, body(&[&data[..100_000]])).await.unwrap();
-    let err = e.upload_finish(&r, id, &d, None, body(&[&data[100_000..]])).await;
+    e.upload_append(&r, id, None, None, body(&[&data[..100_000]]))
+        .await
+        .unwrap();
+    let err = e.upload_finish(&r, id, &d, None, None, body(&[&data[100_000..]])).await;
     assert!(matches!(err, Err(Error::Io(_))), "{err:?}");
     assert!(matches!(e.blob_size(&r, &d).await, Err(Error::BlobUnknown(_))));
     // The session holds everything it received and takes the commit again.
     assert_eq!(e.upload_offset(&r, id).await.unwrap(), 300_000);
     std::fs::remove_file(&fan_out).unwrap();
-    assert_eq!(e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap(), 300_000);
+    assert_eq!(
+        e.upload_finish(&r, id, &d, None, None, body(&[])).await.unwrap(),
+        300_000
+    );
     assert_eq!(read_all(&e, &d, 0, 300_000).await, data);
     assert!(!dir.path().join(format!("uploads/{id}")).exists());
 }
@@ -137,9 +152,9 @@ async fn wrong_digest_stores_nothing_and_keeps_the_session() {
     let r = repo("x");
     let wrong = Digest::of(Algorithm::Sha256, b"something else");
     let id = e.upload_start(&r).await.unwrap();
-    e.upload_append(&r, id, None, body(&[b"abc"])).await.unwrap();
+    e.upload_append(&r, id, None, None, body(&[b"abc"])).await.unwrap();
     let err = e
-        .upload_finish(&r, id, &wrong, None, body(&[b"def"]))
+        .upload_finish(&r, id, &wrong, None, None, body(&[b"def"]))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }));
@@ -150,7 +165,9 @@ async fn wrong_digest_stores_nothing_and_keeps_the_session() {
         "the failed final chunk was rolled back"
     );
     let right = Digest::of(Algorithm::Sha256, b"abcdef");
-    e.upload_finish(&r, id, &right, None, body(&[b"def"])).await.unwrap();
+    e.upload_finish(&r, id, &right, None, None, body(&[b"def"]))
+        .await
+        .unwrap();
     assert_eq!(e.blob_size(&r, &right).await.unwrap(), 6);
 }
 
@@ -161,7 +178,9 @@ async fn sha512_commit_is_verified() {
     let r = repo("x");
     let d = Digest::of(Algorithm::Sha512, b"hello");
     let id = e.upload_start(&r).await.unwrap();
-    e.upload_finish(&r, id, &d, None, body(&[b"hel", b"lo"])).await.unwrap();
+    e.upload_finish(&r, id, &d, None, None, body(&[b"hel", b"lo"]))
+        .await
+        .unwrap();
     assert_eq!(read_all(&e, &d, 0, 5).await, b"hello");
 }
 
@@ -188,16 +207,24 @@ async fn upload_resumes_after_reopen() {
     let id = {
         let e = Engine::open(dir.path()).await.unwrap();
         let id = e.upload_start(&r).await.unwrap();
-        e.upload_append(&r, id, None, body(&[b"first half, "])).await.unwrap();
+        e.upload_append(&r, id, None, None, body(&[b"first half, "]))
+            .await
+            .unwrap();
         id
     };
     let e = Engine::open(dir.path()).await.unwrap();
     assert_eq!(e.upload_offset(&r, id).await.unwrap(), 12);
     let d = Digest::of(Algorithm::Sha256, b"first half, second half");
-    e.upload_append(&r, id, Some(ChunkRange { start: 12, end: 22 }), body(&[b"second half"]))
-        .await
-        .unwrap();
-    e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap();
+    e.upload_append(
+        &r,
+        id,
+        Some(ChunkRange { start: 12, end: 22 }),
+        None,
+        body(&[b"second half"]),
+    )
+    .await
+    .unwrap();
+    e.upload_finish(&r, id, &d, None, None, body(&[])).await.unwrap();
     assert_eq!(read_all(&e, &d, 0, 23).await, b"first half, second half");
 }
 
@@ -336,11 +363,11 @@ async fn concurrent_writes_to_one_session_are_refused_not_serialized() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
     let slow = {
         let (e, r) = (e.clone(), r.clone());
-        tokio::spawn(async move { e.upload_append(&r, id, None, tokio_stream(rx)).await })
+        tokio::spawn(async move { e.upload_append(&r, id, None, None, tokio_stream(rx)).await })
     };
     tx.send(Ok(Bytes::from_static(b"x"))).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let err = e.upload_append(&r, id, None, body(&[b"y"])).await.unwrap_err();
+    let err = e.upload_append(&r, id, None, None, body(&[b"y"])).await.unwrap_err();
     assert!(matches!(err, Error::UploadBusy));
     drop(tx);
     assert_eq!(slow.await.unwrap().unwrap(), 1);
@@ -394,10 +421,10 @@ proptest! {
                 let step = chunk.len().div_ceil(frames);
                 let parts: Vec<&[u8]> = chunk.chunks(step).collect();
                 let range = declared.then(|| ChunkRange { start: w[0] as u64, end: w[1] as u64 - 1 });
-                e.upload_append(&r, id, range, body(&parts)).await.unwrap();
+                e.upload_append(&r, id, range, None, body(&parts)).await.unwrap();
             }
             let d = Digest::of(Algorithm::Sha256, &data);
-            prop_assert_eq!(e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap(), data.len() as u64);
+            prop_assert_eq!(e.upload_finish(&r, id, &d, None, None, body(&[])).await.unwrap(), data.len() as u64);
             if !data.is_empty() {
                 prop_assert_eq!(read_all(&e, &d, 0, data.len() as u64).await, data.clone());
             }
@@ -429,7 +456,7 @@ async fn stalled_uploads() {
         senders.push(tx);
         let e = e.clone();
         tasks.push(tokio::spawn(async move {
-            e.upload_append(&r, id, None, tokio_stream(rx)).await
+            e.upload_append(&r, id, None, None, tokio_stream(rx)).await
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -652,7 +679,8 @@ async fn garbage_collection_during_pushes_never_breaks_a_pushed_manifest() {
 async fn try_push(e: &Engine, r: &RepoName, data: &[u8]) -> Result<Digest, Error> {
     let d = Digest::of(Algorithm::Sha256, data);
     let id = e.upload_start(r).await?;
-    e.upload_finish(r, id, &d, None, body(&[data])).await?;
+    e.upload_finish(r, id, &d, None, Some(data.len() as u64), body(&[data]))
+        .await?;
     Ok(d)
 }
 
@@ -685,7 +713,7 @@ async fn uploads_across_writeback_windows_are_whole() {
         })
         .collect();
     let size = e
-        .upload_finish(&r, id, &digest, None, stream::iter(chunks))
+        .upload_finish(&r, id, &digest, None, None, stream::iter(chunks))
         .await
         .unwrap();
     assert_eq!(size, frames as u64 * frame.len() as u64);
@@ -764,16 +792,17 @@ async fn thousands_of_tiny_frames_are_written_in_order() {
     let frames: Vec<&[u8]> = data.chunks(97).collect();
     let d = Digest::of(Algorithm::Sha256, &data);
     let id = e.upload_start(&r).await.unwrap();
-    let off = e.upload_append(&r, id, None, body(&frames)).await.unwrap();
+    let off = e.upload_append(&r, id, None, None, body(&frames)).await.unwrap();
     assert_eq!(off, data.len() as u64);
-    e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap();
+    e.upload_finish(&r, id, &d, None, None, body(&[])).await.unwrap();
     assert!(read_all(&e, &d, 0, data.len() as u64).await == data);
 }
 
 /// Uploads that grow past the size where direct writes move to large buffers, more of them at
 /// once than there are large buffers, each sent in requests that end at unaligned offsets on
 /// both sides of that size: every upload switches (or cannot, and goes on with small buffers)
-/// mid-request and resumes from a partial block, and every blob reads back exactly.
+/// mid-request and resumes from a partial block, and every blob reads back exactly, whether
+/// or not the requests declare their length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_large_uploads_share_the_large_buffers() {
     let dir = tempfile::tempdir().unwrap();
@@ -794,13 +823,16 @@ async fn many_large_uploads_share_the_large_buffers() {
             let session = root.join(format!("uploads/{id}/data"));
             for req in data.chunks(3 * 1024 * 1024 + 13 + n as usize) {
                 let frames: Vec<&[u8]> = req.chunks(200_003).collect();
-                sent = e.upload_append(&r, id, None, body(&frames)).await.unwrap();
-                // Space allocated ahead of the writes is gone once the request ends.
+                // Half the uploads declare each request's length, as with Content-Length.
+                let length = (n % 2 == 1).then_some(req.len() as u64);
+                sent = e.upload_append(&r, id, None, length, body(&frames)).await.unwrap();
+                // Space allocated ahead of the writes is gone once the request ends (or was
+                // never past its declared end).
                 let on_disk = std::fs::metadata(&session).unwrap().len();
                 assert_eq!(on_disk, sent, "upload {n}: the session file ends where its data does");
             }
             assert_eq!(sent, len as u64);
-            e.upload_finish(&r, id, &d, None, body(&[])).await.unwrap();
+            e.upload_finish(&r, id, &d, None, None, body(&[])).await.unwrap();
             assert!(read_all(&e, &d, 0, len as u64).await == data, "upload {n} reads back");
             let blob = root.join(format!("blobs/sha256/{}/{}", &d.hex()[..2], d.hex()));
             assert_eq!(

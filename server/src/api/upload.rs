@@ -115,6 +115,12 @@ fn digest_param(q: &std::collections::HashMap<String, String>, name: &str) -> Re
         .transpose()
 }
 
+/// The body's length as the request declares it (`Content-Length`, as hyper read it: it ends
+/// the body with an error if fewer bytes come). Absent with chunked transfer encoding.
+fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    hyper::body::Body::size_hint(req.body()).exact()
+}
+
 async fn content_range(
     app: &App,
     repo: &RepoName,
@@ -156,9 +162,10 @@ pub(super) async fn start(
         }
     } else if let Some(digest) = digest_param(&q, "digest")? {
         let id = app.engine.upload_start(repo).await?;
+        let length = declared_length(&req);
         let body = counted_body(app, "upload_start", req);
         let (engine, r, d) = (app.engine.clone(), repo.clone(), digest.clone());
-        let finished = to_the_end(async move { engine.upload_finish(&r, id, &d, None, body).await }).await;
+        let finished = to_the_end(async move { engine.upload_finish(&r, id, &d, None, length, body).await }).await;
         return match finished {
             Ok(_) => blob_created(repo, &digest),
             Err(e) => {
@@ -183,9 +190,10 @@ pub(super) async fn patch(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let range = content_range(app, repo, id, &req).await?;
+    let length = declared_length(&req);
     let body = counted_body(app, "upload", req);
     let (engine, r) = (app.engine.clone(), repo.clone());
-    let offset = to_the_end(async move { engine.upload_append(&r, id, range, body).await }).await?;
+    let offset = to_the_end(async move { engine.upload_append(&r, id, range, length, body).await }).await?;
     session_response(StatusCode::ACCEPTED, repo, id, offset)
 }
 
@@ -200,9 +208,10 @@ pub(super) async fn put(
         ApiError::new(Kind::DigestInvalid).message("the digest query parameter is required to complete an upload")
     })?;
     let range = content_range(app, repo, id, &req).await?;
+    let length = declared_length(&req);
     let body = counted_body(app, "upload", req);
     let (engine, r, d) = (app.engine.clone(), repo.clone(), digest.clone());
-    to_the_end(async move { engine.upload_finish(&r, id, &d, range, body).await }).await?;
+    to_the_end(async move { engine.upload_finish(&r, id, &d, range, length, body).await }).await?;
     blob_created(repo, &digest)
 }
 

@@ -15,5 +15,6 @@ pub mod jwks_fetch;
 pub mod metrics;
 pub mod range;
 pub mod route;
+pub mod sendfile;
 pub mod serve;
 pub mod tls;

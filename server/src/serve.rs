@@ -95,6 +95,7 @@ where
         tokio::spawn(async move {
             let result = match tls {
                 None => {
+                    let stream = crate::sendfile::SendfileStream::new(stream);
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 }

@@ -314,3 +314,38 @@ async fn blob_routes_reject_unsupported_methods() {
     );
     r.expect_error(r.status.as_u16(), &[]);
 }
+
+/// Blobs of 1 MiB and more are served from memory maps, sent to plaintext connections with
+/// `sendfile`: whole and in ranges that start off a page boundary and cross the 2 MiB slices
+/// the maps are cut into, the client gets exactly the stored bytes; and the same with sendfile
+/// off.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_blobs_and_ranges_arrive_intact_from_maps() {
+    let size = 5 * 1024 * 1024 + 777;
+    let data = random_bytes(size, 11);
+    for env in [&[][..], &[("BERTH_IO_SENDFILE", "off")][..]] {
+        let Some(reg) = Registry::start_with(env).await else {
+            return;
+        };
+        let repo = unique_repo("blobs/mapped");
+        let d = reg.push_blob(&repo, &data).await;
+        let path = format!("/v2/{repo}/blobs/{d}");
+        let r = reg.send(reg.client.get(reg.url(&path))).await;
+        r.expect(200);
+        assert!(r.body == data, "{env:?}: whole blob differs ({} bytes)", r.body.len());
+        let cases: &[(&str, usize, usize)] = &[
+            ("bytes=1000001-3500000", 1_000_001, 3_500_000),
+            ("bytes=2097000-", 2_097_000, size - 1),
+            ("bytes=-3000000", size - 3_000_000, size - 1),
+        ];
+        for &(range, a, b) in cases {
+            let r = range_get(&reg, &path, range).await;
+            r.expect(206);
+            assert!(
+                r.body == data[a..=b],
+                "{env:?} Range {range}: wrong bytes (got {} bytes)",
+                r.body.len()
+            );
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! receiving while the previous batch is hashed and written. Metadata-like calls (open, rename,
 //! directory sync) use the blocking pool in both; blob reads are memory maps.
 
+pub mod sendfile;
 mod uring;
 pub mod walindex;
 
@@ -67,11 +68,12 @@ pub fn engine_name() -> &'static str {
 }
 
 /// The `BERTH_IO_*` settings and the values each accepts ([`check_settings`]).
-const SETTINGS: [(&str, &[&str]); 4] = [
+const SETTINGS: [(&str, &[&str]); 5] = [
     ("BERTH_IO_ENGINE", &["uring", "std"]),
     ("BERTH_IO_WRITEBACK", &["on", "off"]),
     ("BERTH_IO_MMAP", &["on", "off"]),
     ("BERTH_IO_DIRECT", &["on", "off"]),
+    ("BERTH_IO_SENDFILE", &["on", "off"]),
 ];
 
 /// Check the `BERTH_IO_*` environment: an error that names the first setting with a value it
@@ -150,6 +152,8 @@ static WRITEBACK: Switch = Switch::new("BERTH_IO_WRITEBACK");
 static DIRECT: Switch = Switch::new("BERTH_IO_DIRECT");
 /// Large ranges served from memory maps (else by reads).
 static MMAP: Switch = Switch::new("BERTH_IO_MMAP");
+/// Memory-mapped blob bytes sent to plaintext sockets with `sendfile` ([`sendfile`]).
+static SENDFILE: Switch = Switch::new("BERTH_IO_SENDFILE");
 
 /// Run a blocking closure on the blocking pool.
 pub async fn blocking<T, F>(f: F) -> io::Result<T>
@@ -1290,7 +1294,7 @@ pub async fn map_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc::
                     Err(e) if e.raw_os_error() != Some(libc::EINVAL) => return Err(e),
                     _ => {}
                 }
-                Ok(Bytes::from_owner(map))
+                Ok(Bytes::from_owner(sendfile::MappedChunk::new(map, &f, at)))
             })
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e)));

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::group::Group;
 use crate::hot::{Generation, Hot};
 use crate::io::{self, AppendError};
 use crate::layout::Layout;
@@ -102,6 +103,19 @@ pub struct Engine {
     /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
     _lock: std::fs::File,
     hot: Hot,
+    /// Blob commits of concurrent uploads, grouped into shared metadata transactions.
+    commits: Arc<Group<BlobCommit, Result<()>>>,
+}
+
+/// A verified upload to move into the blob store and link into a repository.
+struct BlobCommit {
+    data: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    repo: RepoName,
+    digest: Digest,
+    size: u64,
+    /// Whether the data was synced before the commit was queued.
+    synced: bool,
 }
 
 impl Engine {
@@ -138,6 +152,7 @@ impl Engine {
             meta: Arc::new(meta),
             _lock: lock,
             hot: Hot::new(),
+            commits: Arc::new(Group::default()),
         })
     }
 
@@ -338,8 +353,9 @@ impl Engine {
     /// Move a verified upload into the blob store and link it into `repo`, in one trip to the
     /// blocking pool (each trip costs thread wake-ups, which showed as a tenth of a small push's
     /// server CPU): retire the session's checkpoint, so that no process continues the session
-    /// once its data becomes the blob; sync the data; rename it into place and link it in one
-    /// metadata transaction, so no process's garbage collection removes the file between them;
+    /// once its data becomes the blob; sync the data; then rename it into place and link it in
+    /// a metadata transaction shared with the other uploads committing at that moment (see
+    /// [`commit_blobs`]), so no process's garbage collection removes the file between the two;
     /// then, with the session's file closed, remove its directory. Hands `file` back when the
     /// commit failed, so that the session can go on.
     async fn commit_blob(
@@ -350,23 +366,33 @@ impl Engine {
         digest: &Digest,
         size: u64,
     ) -> (Option<io::UploadFile>, Result<()>) {
-        let (r, d) = (repo.clone(), digest.clone());
+        let (repo, digest) = (repo.clone(), digest.clone());
         let (dest, state, data, dir) = (
-            self.layout.blob(digest),
+            self.layout.blob(&digest),
             self.layout.upload_state(id),
             self.layout.upload_data(id),
             self.layout.upload_dir(id),
         );
+        let group = self.commits.clone();
         let done = self
             .meta(move |m| {
                 let placed = io::remove_file_now(&state)
                     .and_then(|()| file.sync_for_commit(&dest))
                     .map_err(Error::Io)
                     .and_then(|synced| {
-                        m.write(|tx| {
-                            io::place_blob(&data, &dest, synced)?;
-                            tx.link_blob(&r, &d, size)
-                        })
+                        let job = BlobCommit {
+                            data,
+                            dest,
+                            repo,
+                            digest,
+                            size,
+                            synced,
+                        };
+                        group.run(
+                            job,
+                            |jobs| commit_blobs(m, &jobs),
+                            || Err(Error::Meta("the group commit of this blob failed".into())),
+                        )
                     });
                 if let Err(e) = placed {
                     return Ok((Some(file), Err(e)));
@@ -616,6 +642,38 @@ impl Engine {
             .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
             .filter(|d| artifact_type.is_none_or(|at| d.get("artifactType").and_then(Value::as_str) == Some(at)))
             .collect())
+    }
+}
+
+/// Commit a group of verified uploads in one metadata transaction: each is renamed into place
+/// and linked inside its own savepoint (a failure undoes that blob's link alone), the
+/// directories that received renames are synced — each once — and the transaction commits with
+/// one WAL sync for the group. Durability keeps its order for every blob: data synced (before
+/// the job was queued), rename synced, then the link committed. One result per job, in order;
+/// when the transaction itself fails, every job fails with its error.
+fn commit_blobs(m: &Meta, jobs: &[BlobCommit]) -> Vec<Result<()>> {
+    let mut results = Vec::with_capacity(jobs.len());
+    let committed = m.write(|tx| {
+        results.clear();
+        let mut dirs = Vec::new();
+        for j in jobs {
+            let placed = tx.savepoint(|tx| {
+                let dir = io::place_blob(&j.data, &j.dest, j.synced)?;
+                tx.link_blob(&j.repo, &j.digest, j.size)?;
+                Ok(dir)
+            });
+            results.push(placed.map(|dir| dirs.extend(dir)));
+        }
+        dirs.sort_unstable();
+        dirs.dedup();
+        for d in &dirs {
+            io::sync_dir(d)?;
+        }
+        Ok(())
+    });
+    match committed {
+        Ok(()) => results,
+        Err(e) => jobs.iter().map(|_| Err(e.replicate())).collect(),
     }
 }
 

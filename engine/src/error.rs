@@ -98,3 +98,18 @@ impl From<rusqlite::Error> for Error {
 
 /// Engine result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The same failure once more, for each of several callers that shared one operation (a
+    /// group commit): I/O errors keep their OS code and kind, so a full disk still answers as one.
+    pub(crate) fn replicate(&self) -> Error {
+        match self {
+            Error::Io(e) => Error::Io(match e.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(e.kind(), e.to_string()),
+            }),
+            Error::Meta(m) => Error::Meta(m.clone()),
+            other => Error::Meta(other.to_string()),
+        }
+    }
+}

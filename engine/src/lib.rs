@@ -14,6 +14,7 @@
 pub mod digest;
 pub mod engine;
 pub mod error;
+mod group;
 pub mod hot;
 pub mod io;
 pub mod layout;

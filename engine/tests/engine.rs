@@ -846,3 +846,39 @@ async fn many_large_uploads_share_the_large_buffers() {
         t.await.unwrap();
     }
 }
+
+/// Many uploads committing at once share metadata transactions (group commit): each still gets
+/// its own answer, lands in its own repository, and survives a reopen — including uploads of the
+/// same bytes committing together, in one repository or several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_are_each_linked_and_durable() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let e = Arc::new(Engine::open(dir.path()).await.unwrap());
+    let tasks: Vec<_> = (0..64u32)
+        .map(|i| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                let r = repo(&format!("group/r{}", i % 4));
+                let data = format!("blob {} of the group test", i % 24).repeat(100 + i as usize % 24);
+                let d = push(&e, &r, data.as_bytes()).await;
+                (r, d, data.len() as u64)
+            })
+        })
+        .collect();
+    let mut pushed = Vec::new();
+    for t in tasks {
+        pushed.push(t.await.unwrap());
+    }
+    drop(e);
+    let e = Engine::open(dir.path()).await.unwrap();
+    for (r, d, len) in &pushed {
+        assert_eq!(e.blob_size(r, d).await.unwrap(), *len, "{r} {d}");
+        let data = read_all(&e, d, 0, *len).await;
+        assert_eq!(Digest::of(Algorithm::Sha256, &data), *d);
+    }
+    // A repository that never pushed a blob does not get it from sharing a transaction.
+    let (r0, d0, _) = &pushed[0];
+    assert_eq!(r0.to_string(), "group/r0");
+    assert!(e.blob_size(&repo("group/none"), d0).await.is_err());
+}

@@ -444,14 +444,16 @@ fn claim(file: &File, state: &Path) -> io::Result<Option<(Vec<u8>, u64)>> {
     }
 }
 
-/// Move upload data at `src` into the blob store at `dest` durably (the rename, in a directory
-/// made if missing, is synced), or drop it when `dest` is already there. `synced` says whether
+/// Move upload data at `src` into the blob store at `dest` (in a directory made, and made
+/// durable, if missing), or drop it when `dest` is already there. `synced` says whether
 /// [`UploadFile::sync_for_commit`] synced the data; if not and `dest` has gone since, it is synced
-/// here. Blocking: runs inside the metadata transaction, so that no garbage collection of any
-/// process removes `dest` between this and the link.
-pub fn place_blob(src: &Path, dest: &Path, synced: bool) -> io::Result<()> {
+/// here. Returns the directory that received the rename: the caller syncs it (once for all the
+/// blobs of a group commit) before the transaction that links the blob commits. Blocking: runs
+/// inside that metadata transaction, so that no garbage collection of any process removes
+/// `dest` between this and the link.
+pub fn place_blob(src: &Path, dest: &Path, synced: bool) -> io::Result<Option<PathBuf>> {
     if dest.exists() {
-        return remove_file_now(src);
+        return remove_file_now(src).map(|()| None);
     }
     if !synced {
         File::open(src)?.sync_data()?;
@@ -466,7 +468,7 @@ pub fn place_blob(src: &Path, dest: &Path, synced: bool) -> io::Result<()> {
         }
     }
     fs::rename(src, dest)?;
-    sync_dir(dir)
+    Ok(Some(dir.to_owned()))
 }
 
 /// Remove a file now (blocking); a file that is already gone is not an error.

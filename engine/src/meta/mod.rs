@@ -333,6 +333,22 @@ fn page(
 }
 
 impl Tx<'_> {
+    /// Run `f` inside a savepoint of the transaction: what it wrote stays when it succeeds and
+    /// is undone when it fails, while the rest of the transaction goes on either way.
+    pub fn savepoint<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        self.0.execute_batch("SAVEPOINT one")?;
+        match f(self) {
+            Ok(v) => {
+                self.0.execute_batch("RELEASE one")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.0.execute_batch("ROLLBACK TO one; RELEASE one")?;
+                Err(e)
+            }
+        }
+    }
+
     /// Size of a blob if `repo` links it.
     pub fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
         Ok(self
@@ -715,5 +731,32 @@ mod tests {
             assert_eq!(meta.data_version().unwrap(), v, "stable until the next commit");
             prev = v;
         }
+    }
+    /// A failed savepoint undoes its own writes alone: the writes before and after it, in the
+    /// same transaction, commit (a group commit's failed blob does not take the others with it).
+    #[test]
+    fn a_failed_savepoint_undoes_only_its_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.db")).unwrap();
+        let count = |digest: &str| -> i64 {
+            meta.write(|t| {
+                Ok(t.0.query_row("SELECT count(*) FROM blobs WHERE digest = ?1", [digest], |r| r.get(0))?)
+            })
+            .unwrap()
+        };
+        meta.write(|t| {
+            t.0.execute("INSERT INTO blobs(digest, size, refs) VALUES ('sha256:a', 1, 0)", [])?;
+            let failed: Result<()> = t.savepoint(|t| {
+                t.0.execute("INSERT INTO blobs(digest, size, refs) VALUES ('sha256:b', 1, 0)", [])?;
+                Err(Error::UploadUnknown)
+            });
+            assert!(matches!(failed, Err(Error::UploadUnknown)));
+            t.savepoint(|t| {
+                t.0.execute("INSERT INTO blobs(digest, size, refs) VALUES ('sha256:c', 1, 0)", [])?;
+                Ok(())
+            })
+        })
+        .unwrap();
+        assert_eq!((count("sha256:a"), count("sha256:b"), count("sha256:c")), (1, 0, 1));
     }
 }

@@ -35,6 +35,9 @@
 //! # (the ceiling of this machine for pushes, as nginx sendfile is for pulls):
 //! berth-loadtest sink --listen 127.0.0.1:5009 --hash pipelined &
 //! berth-loadtest --url http://127.0.0.1:5009 --pid $! --test push-mono --size 1GiB -c 1 -n 3
+//!
+//! # SHA-256 on one thread and on two at once (the bound of one upload, and of concurrent ones):
+//! berth-loadtest hashrate --threads 1,2 --seconds 3
 //! ```
 //!
 //! ## Tests (`--test`, repeatable or comma-separated; default `all`)
@@ -81,6 +84,7 @@
 
 mod blob;
 mod client;
+mod hashrate;
 mod ops;
 mod report;
 mod sink;
@@ -128,6 +132,8 @@ enum Cmd {
     Compare(CompareArgs),
     /// Calibration target for pushes: answer uploads, receive and SHA-256 every body, store nothing.
     Sink(sink::SinkArgs),
+    /// Calibration for pushes: SHA-256 rate of this machine on one thread and on several at once.
+    Hashrate(hashrate::HashrateArgs),
 }
 
 /// Arguments of `compare`.
@@ -957,6 +963,7 @@ fn main() {
         Some(Cmd::Run(a)) => (a, false, Vec::new()),
         Some(Cmd::Compare(c)) => (c.run, true, c.inputs),
         Some(Cmd::Sink(s)) => std::process::exit(sink::run(&s)),
+        Some(Cmd::Hashrate(h)) => std::process::exit(hashrate::run(&h)),
     };
     if !inputs.is_empty() {
         std::process::exit(compare_inputs(&inputs, &args));

@@ -104,6 +104,7 @@ async fn shutdown_signal() {
 /// Run `fut` on a multi-thread runtime; an error is logged and exits with status 1.
 pub fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) {
     berth_engine::io::disable_huge_pages();
+    berth_engine::io::tune_allocator();
     // File writes, syncs and metadata transactions run on the blocking pool. Tokio's default of
     // up to 512 threads let 64 concurrent pushes grow to 515 threads and ~700 MiB RSS (each
     // thread waiting on the disk or the metadata write lock, with its own stack and allocator

@@ -3,7 +3,8 @@
 # docker-registry, distribution 2.8) side by side on this machine, each step against fresh storage, then one
 # `berth-loadtest compare --input ...` table over every step's JSON report. Also the peak RSS of a 4 GiB push
 # during 64 concurrent uploads, the push ceiling of this machine (`berth-loadtest sink`: receive and hash,
-# store nothing) and (when nginx is installed) the nginx sendfile calibration for pulls.
+# store nothing; and `berth-loadtest hashrate` before every push round: SHA-256 on one and two threads)
+# and (when nginx is installed) the nginx sendfile calibration for pulls.
 #
 #   scripts/perf-targets.sh            # needs the dist builds (scripts/test.sh builds them), docker-registry,
 #                                      # curl, python3; nginx optional. About 12 minutes, ~13 GB of scratch disk.
@@ -97,6 +98,10 @@ step() {
     start berth
     start distribution
     echo "== $name, round $k of $rounds: $*"
+    if [[ $name == push-* ]]; then
+      # SHA-256 on one thread and two, right before the pushes: the bound of one upload in this round.
+      "$LT" hashrate --threads 1,2 --seconds 2 | sed "s/^/$name r$k: /" | tee -a "$OUT/hashrate.txt"
+    fi
     if [[ ${WARM:-0} == 1 ]]; then
       # The same test once, unmeasured: the blobs are then in the page cache ("pull from a warm cache").
       "$LT" compare --no-progress \

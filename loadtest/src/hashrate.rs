@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use sha2::{Digest, Sha256};
 
+use crate::blob::Rng;
+
 /// Arguments of `hashrate`.
 #[derive(Debug, Args, Clone)]
 pub struct HashrateArgs {
@@ -26,11 +28,9 @@ pub struct HashrateArgs {
 /// Size of the buffer hashed over and over.
 const BUF: usize = 1024 * 1024;
 
-/// One measurement: bytes hashed by each thread and the time they took.
+/// One measurement: bytes hashed by each thread (one entry a thread) and the time they took.
 #[derive(Debug)]
 pub struct Rate {
-    /// Threads that hashed at once.
-    pub threads: usize,
     /// Bytes each thread hashed.
     pub bytes: Vec<u64>,
     /// Wall time of the measurement.
@@ -44,7 +44,7 @@ impl Rate {
     }
     /// Rate of one thread on average, MB/s.
     pub fn per_thread_mb_s(&self) -> f64 {
-        self.total_mb_s() / self.threads as f64
+        self.total_mb_s() / self.bytes.len() as f64
     }
 }
 
@@ -52,9 +52,8 @@ impl Rate {
 /// its own loop; the rate is taken over the longest of them.
 pub fn measure(threads: usize, time: Duration) -> Rate {
     let buf = pseudo_random(BUF);
-    let threads = threads.max(1);
     let runs: Vec<(u64, Duration)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
+        let handles: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 let buf = &buf;
                 s.spawn(move || {
@@ -73,7 +72,6 @@ pub fn measure(threads: usize, time: Duration) -> Rate {
         handles.into_iter().map(|h| h.join().expect("hash thread")).collect()
     });
     Rate {
-        threads,
         bytes: runs.iter().map(|r| r.0).collect(),
         elapsed: runs.iter().map(|r| r.1).max().unwrap_or_default(),
     }
@@ -108,17 +106,10 @@ pub fn run(args: &HashrateArgs) -> i32 {
     0
 }
 
-/// `len` bytes of a fixed xorshift sequence.
+/// `len` (a multiple of 8) bytes of the loadtest's seeded generator.
 fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut rng = Rng::new(len as u64);
+    (0..len / 8).flat_map(|_| rng.next_u64().to_le_bytes()).collect()
 }
 
 #[cfg(test)]
@@ -133,7 +124,6 @@ mod tests {
     #[test]
     fn a_measurement_counts_whole_buffers_on_every_thread() {
         let r = measure(2, Duration::from_millis(50));
-        assert_eq!(r.threads, 2);
         assert_eq!(r.bytes.len(), 2);
         for &b in &r.bytes {
             assert!(b >= BUF as u64 && b % BUF as u64 == 0, "{b}");
@@ -147,6 +137,7 @@ mod tests {
     #[test]
     fn the_buffer_is_not_constant() {
         let b = pseudo_random(4096);
+        assert_eq!(b.len(), 4096);
         assert!(b.iter().any(|&x| x != b[0]));
         assert_eq!(b, pseudo_random(4096));
     }

@@ -1473,11 +1473,10 @@ mod tests {
     #[test]
     fn the_allocator_returns_freed_memory_within_the_set_delay() {
         tune_allocator();
-        match std::env::var("MIMALLOC_PURGE_DELAY") {
-            Err(_) => assert_eq!(allocator_purge_delay_ms(), ALLOCATOR_PURGE_DELAY_MS),
-            Ok(v) => assert_eq!(allocator_purge_delay_ms().to_string(), v.trim()),
-        }
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        if let Ok(v) = std::env::var("MIMALLOC_PURGE_DELAY") {
+            assert_eq!(allocator_purge_delay_ms().to_string(), v.trim());
+        } else {
+            assert_eq!(allocator_purge_delay_ms(), ALLOCATOR_PURGE_DELAY_MS);
             let out = std::process::Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",

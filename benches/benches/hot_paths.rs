@@ -30,6 +30,27 @@ fn hashing(c: &mut Criterion) {
         })
     });
     g.finish();
+    // Two uploads' data hashed side by side on one thread, as the engine's hashing threads do
+    // with concurrent uploads: throughput counts both messages.
+    let other = vec![9u8; 4 * MIB];
+    let mut g = c.benchmark_group("sha256_two_streams");
+    g.throughput(Throughput::Bytes(2 * data.len() as u64));
+    g.bench_function("one_after_the_other", |b| {
+        b.iter(|| {
+            let (mut x, mut y) = (Hasher::new(Algorithm::Sha256), Hasher::new(Algorithm::Sha256));
+            x.update(black_box(&data));
+            y.update(black_box(&other));
+            black_box((x.finish(), y.finish()))
+        })
+    });
+    g.bench_function("paired", |b| {
+        b.iter(|| {
+            let (mut x, mut y) = (Hasher::new(Algorithm::Sha256), Hasher::new(Algorithm::Sha256));
+            Hasher::update_pair(&mut x, black_box(&data), &mut y, black_box(&other));
+            black_box((x.finish(), y.finish()))
+        })
+    });
+    g.finish();
 }
 
 fn upload_append(c: &mut Criterion) {

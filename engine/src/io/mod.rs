@@ -702,7 +702,7 @@ struct HashJob {
 type HashingRef = Arc<parking_lot::Mutex<Hashing>>;
 
 /// The hashing threads' queue of uploads with buffers to hash (started at first use): one
-/// thread a core (`BERTH_HASH_THREADS`).
+/// thread a core (`BERTH_IO_HASH_THREADS`).
 fn hash_pool() -> &'static crossbeam_channel::Sender<HashingRef> {
     static POOL: std::sync::OnceLock<crossbeam_channel::Sender<HashingRef>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {

@@ -718,6 +718,55 @@ EOF
   unset DOCKER_CONFIG
 fi
 
+# ---------------------------------------------------------------------------------------------------- h
+# A hostile user: one authenticated user opens 5,000 upload sessions against a registry limited to
+# 1,024 open files, while another user pushes and pulls an image with skopeo. Idle sessions hold no
+# descriptors and the per-client cap (http.limits.uploadsperclient, 1,000) refuses the rest with 429;
+# the other user's push and pull succeed and /v2/ keeps answering.
+if [[ $E2E_TARGET == berth ]]; then
+  step "h. 5,000 upload sessions from one user under ulimit -n 1024; another user pushes and pulls with skopeo"
+  HAUTH="$WORK/hostile"
+  mkdir -p "$HAUTH"
+  echo "mallory-secret" | "$BERTH_BIN" htpasswd mallory --cost 5 >"$HAUTH/htpasswd"
+  echo "carol-secret" | "$BERTH_BIN" htpasswd carol --cost 5 >>"$HAUTH/htpasswd"
+  HPORT=$(free_port) || die "no free port"
+  H="127.0.0.1:$HPORT"
+  start_extra berth-hostile "$HPORT" \
+    bash -c 'ulimit -n 1024 && exec "$@"' limited env REGISTRY_HTTP_ADDR="$H" \
+    REGISTRY_STORAGE_PATH="$WORK/storage-hostile" REGISTRY_AUTH_TYPE=basic REGISTRY_AUTH_HTPASSWD="$HAUTH/htpasswd" \
+    "$BERTH_BIN" serve --no-config-file
+  HPID=${EXTRA_PIDS[-1]}
+  grep -q "open_files=1024" "$LOGS/berth-hostile.log" || die "berth did not log its open-files limit of 1024"
+  # One curl, one connection, 5,000 POSTs.
+  for _ in $(seq 5000); do
+    printf 'url = "http://%s/v2/mallory/spam/blobs/uploads/"\noutput = /dev/null\n' "$H"
+  done >"$HAUTH/spam.curl"
+  command curl -s -u mallory:mallory-secret -X POST -w '%{http_code}\n' -K "$HAUTH/spam.curl" >"$HAUTH/spam.codes" &
+  SPAM_PID=$!
+  forget_skopeo_cache
+  run skopeo-hostile-push skopeo copy --dest-tls-verify=false --dest-creds carol:carol-secret \
+    "oci:$SRC_LAYOUT:v1" "docker://$H/carol/app:v1"
+  code=$(curl -s -o /dev/null -w '%{http_code}' -u carol:carol-secret "http://$H/v2/")
+  [[ $code == 200 ]] || die "GET /v2/ during the flood: $code"
+  wait "$SPAM_PID" || die "the flooding curl failed"
+  accepted=$(grep -c '^202$' "$HAUTH/spam.codes" || true)
+  refused=$(grep -c '^429$' "$HAUTH/spam.codes" || true)
+  ((accepted == 1000 && refused == 4000)) ||
+    die "mallory's 5,000 POSTs: $accepted accepted, $refused refused (expected 1000 and 4000): $(sort "$HAUTH/spam.codes" | uniq -c | tr '\n' ' ')"
+  fds=$(find "/proc/$HPID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+  ((fds < 100)) || die "berth holds $fds descriptors with 1,000 idle sessions open"
+  rm -rf "$WORK/hostile-pull"
+  run skopeo-hostile-pull skopeo copy --src-tls-verify=false --src-creds carol:carol-secret \
+    "docker://$H/carol/app:v1" "oci:$WORK/hostile-pull:v1"
+  want=$(manifest_digest_in_layout "$SRC_LAYOUT" v1)
+  got=$(manifest_digest_in_layout "$WORK/hostile-pull" v1)
+  [[ $want == "$got" ]] || die "carol's image came back as $got, pushed $want"
+  code=$(curl -s -o /dev/null -w '%{http_code}' -u carol:carol-secret "http://$H/v2/")
+  [[ $code == 200 ]] || die "GET /v2/ after the flood: $code"
+  ok "mallory: $accepted sessions, $refused refused (429); berth holds $fds descriptors; carol pushed and pulled"
+  step_passed
+fi
+
 # ---------------------------------------------------------------------------------------------------- g
 # TLS: a test CA, curl --cacert over HTTP/2 and HTTP/1.1, skopeo trusting the CA through --cert-dir,
 # certificate reload without a restart, and client certificates (mutual TLS).

@@ -6,10 +6,17 @@
 #   scripts/test.sh                  everything
 #   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test engine-std build e2e deploy k8s perf fuzz)
 #
-# The end-to-end step needs skopeo, umoci, docker.io, jq and curl (.ci/run installs them) and root.
+# The end-to-end step needs skopeo, umoci, docker.io, jq and curl (scripts/install-deps.sh installs what is
+# missing, unless TEST_NO_INSTALL=1) and root.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# What the steps need (skopeo, docker, docker-registry, …), installed when missing.
+if [[ -z ${TEST_NO_INSTALL:-} ]]; then
+  bash scripts/install-deps.sh
+fi
+echo "==== test.sh: skopeo $(skopeo --version 2>/dev/null | awk '{print $3}'), $(docker --version 2>/dev/null || echo 'docker: none'), dockerd $(dockerd --version 2>/dev/null | awk '{print $3}' | tr -d ,)"
 
 T_START=$EPOCHREALTIME
 RESULTS=()

@@ -20,6 +20,7 @@ use crate::manifest::{self, ManifestError};
 use crate::meta::{Meta, NewManifest, StoredManifest};
 use crate::name::{Reference, RepoName, UploadId};
 use crate::upload::{SessionState, Uploads};
+use crate::upload_caps::UploadLimits;
 
 /// A byte range of a blob: first byte and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,13 +148,25 @@ impl Engine {
             _ => Error::Io(e),
         })?;
         Ok(Engine {
-            uploads: Uploads::new(layout.clone()),
+            uploads: Uploads::new(layout.clone(), UploadLimits::default()),
             layout,
             meta: Arc::new(meta),
             _lock: lock,
             hot: Hot::new(),
             commits: Arc::new(Group::default()),
         })
+    }
+
+    /// The same engine with other caps on open upload sessions (before any session is
+    /// started; the defaults are [`UploadLimits::default`]).
+    pub fn with_upload_limits(mut self, limits: UploadLimits) -> Engine {
+        self.uploads = Uploads::new(self.layout.clone(), limits);
+        self
+    }
+
+    /// The caps on open upload sessions.
+    pub fn upload_limits(&self) -> UploadLimits {
+        self.uploads.caps().limits()
     }
 
     /// The storage root.
@@ -254,9 +267,16 @@ impl Engine {
 
     // ---- uploads ----
 
-    /// Start an upload session.
+    /// Start an upload session with no known owner (it counts towards the repository's and the
+    /// total cap only, under the empty owner).
     pub async fn upload_start(&self, repo: &RepoName) -> Result<UploadId> {
-        Ok(self.uploads.start(repo).await?.id)
+        self.upload_start_as(repo, "").await
+    }
+
+    /// Start an upload session of `owner` (the user, or the client's address when anonymous),
+    /// unless a cap on open sessions refuses it ([`Error::TooManyUploads`]).
+    pub async fn upload_start_as(&self, repo: &RepoName, owner: &str) -> Result<UploadId> {
+        Ok(self.uploads.start(repo, owner).await?.id)
     }
 
     /// Bytes an upload session has received (by the requests that finished).

@@ -84,6 +84,14 @@ pub enum Error {
     /// Metadata store failure.
     #[error("metadata store error: {0}")]
     Meta(String),
+    /// A cap on open upload sessions refuses a new one.
+    #[error("too many open upload sessions for this {}: the limit is {limit}", cap.as_str())]
+    TooManyUploads {
+        /// Which cap.
+        cap: crate::upload_caps::UploadCap,
+        /// Its limit.
+        limit: usize,
+    },
 }
 
 impl From<rusqlite::Error> for Error {

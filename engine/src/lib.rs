@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod meta;
 pub mod name;
 pub mod upload;
+pub mod upload_caps;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{BlobStream, ByteRange, ChunkRange, Engine, GcOptions, GcReport, PushedManifest};
@@ -29,3 +30,4 @@ pub use error::{Error, ParseError, Result};
 pub use io::engine_name as io_engine;
 pub use meta::StoredManifest;
 pub use name::{Reference, RepoName, Tag, UploadId};
+pub use upload_caps::{UploadCap, UploadLimits};

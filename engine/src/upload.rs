@@ -1,6 +1,8 @@
-//! Upload sessions: a lock-free table of sessions, each with its open data file, running hash
-//! and offset, checkpointed to disk after every request so a session survives a restart and can
-//! be continued by any Berth process that shares the storage directory.
+//! Upload sessions: a lock-free table of sessions, each with its running hash and offset,
+//! checkpointed to disk after every request so a session survives a restart and can be continued
+//! by any Berth process that shares the storage directory. A session's data file is open only
+//! while a request writes it, so idle sessions hold no file descriptors; how many sessions may
+//! be open at once is capped per owner, per repository and in total ([`crate::upload_caps`]).
 //!
 //! Across processes, the data file's `flock` orders requests: a request takes it, adopts the
 //! checkpoint on disk (another process may have moved the session on, or died half-way through
@@ -19,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::io::{self, UploadFile};
 use crate::layout::Layout;
 use crate::name::{RepoName, UploadId};
+use crate::upload_caps::{Ticket, UploadCaps, UploadLimits};
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -30,7 +33,7 @@ fn now_secs() -> u64 {
 /// The mutable part of a session, held while a request writes.
 #[derive(Debug)]
 pub struct SessionState {
-    /// Open data file (`None` once committed or cancelled).
+    /// The data file, open while a request holds the session (`None` between requests).
     pub file: Option<UploadFile>,
     /// Hash of the bytes received so far.
     pub hasher: Hasher,
@@ -51,9 +54,14 @@ pub struct Session {
     pub id: UploadId,
     /// The repository it uploads into.
     pub repo: RepoName,
+    /// Who started it (recorded in the checkpoint, so that it counts for them after a restart).
+    owner: String,
     started: u64,
     last_active: AtomicU64,
     state: Mutex<SessionState>,
+    /// Its place under the caps, given back when the session leaves the table ([`Uploads::drop_entry`]:
+    /// the table frees removed entries later, so dropping the session would be too late).
+    ticket: parking_lot::Mutex<Option<Ticket>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -84,7 +92,8 @@ impl DerefMut for SessionGuard<'_> {
 
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
-        if let Some(f) = &self.0.file {
+        // Unlock, and close the file: a session holds no descriptor between requests.
+        if let Some(f) = self.0.file.take() {
             f.unlock();
         }
     }
@@ -98,6 +107,9 @@ struct Checkpoint {
     offset: u64,
     hash_state: String,
     started: u64,
+    /// The session's owner (absent in checkpoints written before owners were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 impl Checkpoint {
@@ -112,13 +124,14 @@ impl Checkpoint {
 }
 
 /// A session's checkpoint as stored in its `state` file.
-fn checkpoint_bytes(repo: &RepoName, offset: u64, hasher: &Hasher, started: u64) -> Result<Vec<u8>> {
+fn checkpoint_bytes(session: &Session, offset: u64, hasher: &Hasher) -> Result<Vec<u8>> {
     let cp = Checkpoint {
         version: 1,
-        repo: repo.to_string(),
+        repo: session.repo.to_string(),
         offset,
         hash_state: hex::encode(hasher.save()),
-        started,
+        started: session.started,
+        owner: Some(session.owner.clone()),
     };
     Ok(serde_json::to_vec(&cp).map_err(std::io::Error::other)?)
 }
@@ -127,35 +140,49 @@ fn checkpoint_bytes(repo: &RepoName, offset: u64, hasher: &Hasher, started: u64)
 pub struct Uploads {
     layout: Layout,
     table: papaya::HashMap<UploadId, Arc<Session>>,
+    caps: UploadCaps,
 }
 
 impl Uploads {
-    /// An empty table over `layout`.
-    pub fn new(layout: Layout) -> Uploads {
+    /// An empty table over `layout`, with `limits` on how many sessions may be open.
+    pub fn new(layout: Layout, limits: UploadLimits) -> Uploads {
         Uploads {
             layout,
             table: papaya::HashMap::new(),
+            caps: UploadCaps::new(limits),
         }
     }
 
-    /// Start a session.
-    pub async fn start(&self, repo: &RepoName) -> Result<Arc<Session>> {
+    /// The caps on open sessions.
+    pub fn caps(&self) -> &UploadCaps {
+        &self.caps
+    }
+
+    /// Start a session of `owner` (the user, or the client's address; empty when unknown),
+    /// unless a cap refuses it.
+    pub async fn start(&self, repo: &RepoName, owner: &str) -> Result<Arc<Session>> {
+        let ticket = self
+            .caps
+            .admit(owner, repo.as_str())
+            .map_err(|(cap, limit)| Error::TooManyUploads { cap, limit })?;
         let id = UploadId::random();
         let now = now_secs();
         let hasher = Hasher::new(Algorithm::Sha256);
-        let first = checkpoint_bytes(repo, 0, &hasher, now)?;
-        let file = UploadFile::create(self.layout.upload_data(id), self.layout.upload_state(id), first).await?;
         let session = Arc::new(Session {
             id,
             repo: repo.clone(),
+            owner: owner.to_owned(),
             started: now,
             last_active: AtomicU64::new(now),
             state: Mutex::new(SessionState {
-                file: Some(file),
-                hasher: hasher.clone(),
+                file: None,
+                hasher,
                 offset: 0,
             }),
+            ticket: parking_lot::Mutex::new(Some(ticket)),
         });
+        let first = checkpoint_bytes(&session, 0, &Hasher::new(Algorithm::Sha256))?;
+        UploadFile::create(self.layout.upload_data(id), self.layout.upload_state(id), first).await?;
         self.table.pin().insert(id, session.clone());
         Ok(session)
     }
@@ -183,44 +210,45 @@ impl Uploads {
             .ok_or(Error::UploadUnknown)?;
         let (cp, hasher) = Checkpoint::parse(&raw)?;
         let repo: RepoName = cp.repo.parse().map_err(|_| Error::UploadUnknown)?;
-        let file = UploadFile::reopen(self.layout.upload_data(id))
-            .await
-            .map_err(|_| Error::UploadUnknown)?;
+        let owner = cp.owner.unwrap_or_default();
         Ok(Session {
             id,
+            ticket: parking_lot::Mutex::new(Some(self.caps.adopt(&owner, repo.as_str()))),
             repo,
+            owner,
             started: cp.started,
             last_active: AtomicU64::new(now_secs()),
             state: Mutex::new(SessionState {
-                file: Some(file),
+                file: None,
                 hasher,
                 offset: cp.offset,
             }),
         })
     }
 
-    /// Take a session for writing. A session another request (of any process) is writing is
-    /// refused at once rather than waited for. The state is the checkpoint's, and the data file
-    /// is cut to it.
+    /// Take a session for writing: open its data file and lock it. A session another request
+    /// (of any process) is writing is refused at once rather than waited for. The state is the
+    /// checkpoint's, and the data file is cut to it. The guard closes the file again.
     pub async fn lock<'a>(&self, session: &'a Session) -> Result<SessionGuard<'a>> {
         let guard = session.state.try_lock().map_err(|_| Error::UploadBusy)?;
         let mut guard = SessionGuard(guard);
         session.last_active.store(now_secs(), Ordering::Relaxed);
-        let claimed = match guard.file()?.claim(self.layout.upload_state(session.id)).await {
+        let (data, state) = (
+            self.layout.upload_data(session.id),
+            self.layout.upload_state(session.id),
+        );
+        let claimed = match UploadFile::open_claimed(data, state).await {
             Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                drop(guard);
-                return Err(Error::UploadBusy);
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(Error::UploadBusy),
             Err(e) => return Err(e.into()),
         };
-        // From here the file lock is held: the guard releases it.
-        let Some((raw, len)) = claimed else {
+        let Some((file, raw, len)) = claimed else {
             // Committed or cancelled (perhaps by another process): forget it here too.
-            guard.file = None;
-            self.table.pin().remove(&session.id);
+            self.drop_entry(session.id);
             return Err(Error::UploadUnknown);
         };
+        // From here the file lock is held: the guard releases it.
+        guard.file = Some(file);
         let (cp, hasher) = Checkpoint::parse(&raw)?;
         if len < cp.offset {
             return Err(Error::Io(std::io::Error::other(format!(
@@ -252,7 +280,7 @@ impl Uploads {
 
     /// Persist offset and hash state after a request (with the session still taken).
     pub async fn checkpoint(&self, session: &Session, offset: u64, hasher: &Hasher) -> Result<()> {
-        let bytes = checkpoint_bytes(&session.repo, offset, hasher, session.started)?;
+        let bytes = checkpoint_bytes(session, offset, hasher)?;
         io::write_atomic(self.layout.upload_state(session.id), bytes).await?;
         Ok(())
     }
@@ -260,7 +288,7 @@ impl Uploads {
     /// Forget a session whose files are gone (committed: the commit removed them) or may have
     /// changed on disk (a later request loads it again from its checkpoint).
     pub fn forget(&self, id: UploadId) {
-        self.table.pin().remove(&id);
+        self.drop_entry(id);
     }
 
     /// Forget a session and delete its files (cancelled, or a failed commit left no data).
@@ -268,6 +296,13 @@ impl Uploads {
         self.forget(id);
         io::remove_dir_all(self.layout.upload_dir(id)).await?;
         Ok(())
+    }
+
+    /// Remove a session from the table and give its place under the caps back.
+    fn drop_entry(&self, id: UploadId) {
+        if let Some(s) = self.table.pin().remove(&id) {
+            s.ticket.lock().take();
+        }
     }
 
     /// Number of sessions this process has open.
@@ -280,9 +315,10 @@ impl Uploads {
         self.table.is_empty()
     }
 
-    /// Close sessions this process has not used for `timeout`, and delete sessions on disk that
-    /// no process has written for `timeout` (judged by their directory, which every checkpoint
-    /// touches) and that no request holds. Returns how many were deleted.
+    /// Drop from the table the sessions this process has not used for `timeout` (which gives
+    /// their places under the caps back), and delete sessions on disk that no process has
+    /// written for `timeout` (judged by their directory, which every checkpoint touches) and
+    /// that no request holds. Returns how many were deleted.
     pub async fn reap(&self, timeout: Duration) -> Result<usize> {
         let cutoff = now_secs().saturating_sub(timeout.as_secs());
         let idle: Vec<Arc<Session>> = self
@@ -294,10 +330,9 @@ impl Uploads {
             .collect();
         for s in idle {
             // A session being written right now is not idle; another process may still use it,
-            // so only this process's handle goes.
-            let Ok(mut guard) = s.state.try_lock() else { continue };
-            guard.file = None;
-            self.table.pin().remove(&s.id);
+            // so only this process's entry goes (a later request loads it again).
+            let Ok(_guard) = s.state.try_lock() else { continue };
+            self.drop_entry(s.id);
         }
         let mut removed = 0;
         for name in io::list_dir(self.layout.uploads_dir()).await? {
@@ -315,7 +350,7 @@ impl Uploads {
             if modified.is_some_and(|m| m < cutoff)
                 && io::remove_session_if_idle(dir, self.layout.upload_data(id)).await?
             {
-                self.table.pin().remove(&id);
+                self.drop_entry(id);
                 removed += 1;
             }
         }

@@ -200,6 +200,59 @@ async fn sessions_belong_to_their_repository() {
     ));
 }
 
+/// The caps on open sessions refuse beyond their limit; a commit, a cancel or a reopen of the
+/// storage (where sessions on disk count for their recorded owner) gives places back as it
+/// should, and a session loaded from disk is never refused.
+#[tokio::test]
+async fn upload_caps_count_open_sessions_until_they_end() {
+    use berth_engine::{UploadCap, UploadLimits};
+    let dir = tempfile::tempdir().unwrap();
+    let limits = UploadLimits {
+        per_owner: 2,
+        per_repository: 0,
+        total: 3,
+    };
+    let e = Engine::open(dir.path()).await.unwrap().with_upload_limits(limits);
+    let r = repo("caps");
+    let a1 = e.upload_start_as(&r, "alice").await.unwrap();
+    let a2 = e.upload_start_as(&r, "alice").await.unwrap();
+    assert!(matches!(
+        e.upload_start_as(&r, "alice").await,
+        Err(Error::TooManyUploads {
+            cap: UploadCap::Owner,
+            limit: 2
+        })
+    ));
+    let b1 = e.upload_start_as(&r, "bob").await.unwrap();
+    assert!(matches!(
+        e.upload_start_as(&r, "carol").await,
+        Err(Error::TooManyUploads {
+            cap: UploadCap::Total,
+            limit: 3
+        })
+    ));
+    // A commit frees its place, and so does a cancel.
+    let d = Digest::of(Algorithm::Sha256, b"one");
+    e.upload_finish(&r, a1, &d, None, None, body(&[b"one"])).await.unwrap();
+    let a3 = e.upload_start_as(&r, "alice").await.unwrap();
+    e.upload_cancel(&r, b1).await.unwrap();
+    e.upload_start_as(&r, "carol").await.unwrap();
+    drop(e);
+    // After a reopen the sessions on disk count again once used, for their owner, and are
+    // never refused themselves.
+    let e = Engine::open(dir.path()).await.unwrap().with_upload_limits(limits);
+    e.upload_append(&r, a2, None, None, body(&[b"x"])).await.unwrap();
+    e.upload_append(&r, a3, None, None, body(&[b"y"])).await.unwrap();
+    assert!(matches!(
+        e.upload_start_as(&r, "alice").await,
+        Err(Error::TooManyUploads {
+            cap: UploadCap::Owner,
+            ..
+        })
+    ));
+    e.upload_start_as(&r, "dave").await.unwrap();
+}
+
 #[tokio::test]
 async fn upload_resumes_after_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -47,9 +47,11 @@ pub fn need(route: &Route, method: &Method) -> Need {
         Route::Catalog => Need::Catalog,
         // Reading or cancelling one's own upload session is part of pushing.
         Route::Upload(r, _) | Route::UploadStart(r) => Need::Repo(r.clone(), Action::Push),
-        Route::Tags(r) | Route::Manifest(r, _) | Route::Blob(r, _) | Route::Referrers(r, _) => {
-            Need::Repo(r.clone(), action)
-        }
+        Route::Tags(r)
+        | Route::Manifest(r, _)
+        | Route::ManifestBadRef(r, _)
+        | Route::Blob(r, _)
+        | Route::Referrers(r, _) => Need::Repo(r.clone(), action),
     }
 }
 

@@ -61,6 +61,14 @@ pub fn load(src: &ConfigSource) -> Config {
     match config::load(source, &env) {
         Ok((cfg, warnings)) => {
             init_logging(&cfg);
+            match (&cfg.file, cfg.file_origin) {
+                (Some(f), Some(origin)) => tracing::info!(
+                    file = %f.display(),
+                    how = origin.as_str(),
+                    "loaded configuration file"
+                ),
+                _ => tracing::info!("no configuration file: built-in defaults and REGISTRY_* variables"),
+            }
             for w in warnings {
                 tracing::warn!("{w}");
             }
@@ -159,7 +167,7 @@ fn raise_open_files_limit() {
             open_files = n,
             "the open-files limit is low: connections beyond it are refused; raise it (ulimit -n, LimitNOFILE=)"
         ),
-        Ok(n) => tracing::debug!(open_files = n, "open-files limit"),
+        Ok(n) => tracing::info!(open_files = n, "open-files limit (soft limit raised to the hard limit)"),
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
     }
 }
@@ -172,12 +180,15 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     raise_open_files_limit();
     let (authn, access) = security(&cfg)?;
     let tls = tls(&cfg)?;
-    let engine = Engine::open(&cfg.root).await.map_err(|e| {
-        format!(
-            "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
-            cfg.root.display()
-        )
-    })?;
+    let engine = Engine::open(&cfg.root)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
+                cfg.root.display()
+            )
+        })?
+        .with_upload_limits(cfg.upload_limits);
     let listener = bind(cfg.addr, "http.addr / REGISTRY_HTTP_ADDR").await?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
@@ -259,6 +270,7 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
         access,
         access_log: cfg.access_log,
         trusted_proxies: cfg.trusted_proxies.clone(),
+        body_limits: cfg.body_limits,
     });
     serve::serve_with(
         move |req| api::handle_token_only(app.clone(), req),

@@ -193,6 +193,48 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Most registry requests handled at once; more are answered 429 TOOMANYREQUESTS with Retry-After: 1 (health, readiness and metrics are not counted). 0: no limit.",
     },
     Setting {
+        path: "http.limits.uploadsperclient",
+        env: &["REGISTRY_HTTP_LIMITS_UPLOADSPERCLIENT"],
+        default: "1000",
+        doc: "Most upload sessions one client may have open at once (a user; an anonymous client by its address). A session is open from its POST until it is completed, cancelled or purged (storage.maintenance.uploadpurging). More are answered 429 TOOMANYREQUESTS with Retry-After; nothing stored is affected. 0: no limit.",
+    },
+    Setting {
+        path: "http.limits.uploadsperrepository",
+        env: &["REGISTRY_HTTP_LIMITS_UPLOADSPERREPOSITORY"],
+        default: "2000",
+        doc: "Most upload sessions open at once in one repository; as uploadsperclient. 0: no limit.",
+    },
+    Setting {
+        path: "http.limits.uploads",
+        env: &["REGISTRY_HTTP_LIMITS_UPLOADS"],
+        default: "10000",
+        doc: "Most upload sessions open at once in this process; as uploadsperclient. 0: no limit.",
+    },
+    Setting {
+        path: "http.limits.bodyminrate",
+        env: &["REGISTRY_HTTP_LIMITS_BODYMINRATE"],
+        default: "1024",
+        doc: "Slowest request body accepted, in bytes per second, averaged over each period of http.timeouts.body: a body that drips (a byte every few seconds) is cut when a period brings less, instead of being kept alive by each byte. The request fails as a stalled one does. 0: only the pause limit applies.",
+    },
+    Setting {
+        path: "http.timeouts.bodytotal",
+        env: &["REGISTRY_HTTP_TIMEOUTS_BODYTOTAL"],
+        default: "0 (none)",
+        doc: "Longest time one request body may take in all; longer bodies are cut as stalled ones are. 0: no limit (uploads of any size at any rate above http.limits.bodyminrate).",
+    },
+    Setting {
+        path: "http.limits.drain",
+        env: &["REGISTRY_HTTP_LIMITS_DRAIN"],
+        default: "67108864",
+        doc: "Bytes of a request body that Berth reads and discards when it answers before reading the body (401, 404, 413, 416, 429…), so that a client that writes its whole body before reading gets the answer instead of a reset connection. A body declared larger, or not done within http.timeouts.drain, is not drained: the answer is sent and the connection closed. 0: never drain.",
+    },
+    Setting {
+        path: "http.timeouts.drain",
+        env: &["REGISTRY_HTTP_TIMEOUTS_DRAIN"],
+        default: "10s",
+        doc: "Longest time spent draining an unread request body (see http.limits.drain).",
+    },
+    Setting {
         path: "http.trustedproxies",
         env: &["REGISTRY_HTTP_TRUSTEDPROXIES"],
         default: "(none)",
@@ -650,6 +692,8 @@ fn auth_config(tree: &mut Value, auth_type: Option<&str>) -> Result<AuthConfig, 
 pub struct Config {
     /// File it came from, if any.
     pub file: Option<PathBuf>,
+    /// How that file was chosen.
+    pub file_origin: Option<FileOrigin>,
     /// Authentication.
     pub auth: AuthConfig,
     /// Access rules file, when access control is on.
@@ -686,6 +730,10 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Most requests at once (0: unlimited).
     pub max_requests: usize,
+    /// Caps on open upload sessions.
+    pub upload_limits: berth_engine::UploadLimits,
+    /// What an unread request body may cost to drain, and what a request body must deliver.
+    pub body_limits: BodyLimits,
     /// Interval of online garbage collection (`None`: off).
     pub gc_interval: Option<Duration>,
     /// Garbage collection options (grace period, untagged), online and for `berth gc`.
@@ -700,6 +748,33 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+/// Bounds on request bodies: how slow one may be, and how much of an unread one is drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Least bytes per second over each `window` (0: no minimum).
+    pub min_rate: u64,
+    /// The period the rate is measured over (`http.timeouts.body`).
+    pub window: Duration,
+    /// Longest time for one body (`None`: no limit).
+    pub total: Option<Duration>,
+    /// Most bytes of an unread body read and discarded before an early answer (0: none).
+    pub drain_bytes: u64,
+    /// Longest time spent draining.
+    pub drain_time: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            min_rate: 1024,
+            window: Duration::from_secs(60),
+            total: None,
+            drain_bytes: 64 << 20,
+            drain_time: Duration::from_secs(10),
+        }
+    }
+}
+
 /// A configuration that cannot be used; the message says which setting and what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -711,32 +786,83 @@ pub const DEFAULT_FILES: &[&str] = &["/etc/distribution/config.yml", "/etc/docke
 /// Load and validate. `explicit` is `--config` (or the positional argument); `env` is the
 /// process environment. Returns the config and warnings to log once logging is up.
 pub fn load(source: Source<'_>, env: &BTreeMap<String, String>) -> Result<(Config, Vec<String>), ConfigError> {
-    let file = match source {
-        Source::File(p) => Some(p.to_path_buf()),
+    load_searching(source, env, DEFAULT_FILES)
+}
+
+/// [`load`], searching `search` instead of [`DEFAULT_FILES`].
+fn load_searching(
+    source: Source<'_>,
+    env: &BTreeMap<String, String>,
+    search: &[&str],
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let found = match source {
+        Source::File(p) => Some((p.to_path_buf(), FileOrigin::Named)),
         Source::DefaultsOnly => None,
         Source::Search => match env.get("REGISTRY_CONFIG").filter(|v| !v.is_empty()) {
-            Some(p) => Some(PathBuf::from(p)),
-            None => DEFAULT_FILES.iter().map(PathBuf::from).find(|p| p.is_file()),
+            Some(p) => Some((PathBuf::from(p), FileOrigin::Env)),
+            None => search
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+                .map(|p| (p, FileOrigin::Searched)),
         },
     };
-    let tree = match &file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| ConfigError(format!("cannot read configuration file {}: {e}", p.display())))?;
-            parse_yaml(&text).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
-        }
-        None => Value::Object(Map::new()),
+    let Some((path, origin)) = found else {
+        return from_tree(Value::Object(Map::new()), None, env);
     };
-    match &file {
-        Some(p) => from_tree(tree, file.clone(), env).map_err(|e| {
-            ConfigError(
-                e.0.lines()
-                    .map(|l| format!("{}: {l}", p.display()))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        }),
-        None => from_tree(tree, None, env),
+    // Every line of an error names the file; a file the user may not know was read says how
+    // to choose otherwise.
+    let in_file = |e: ConfigError| {
+        let mut lines: Vec<String> = e.0.lines().map(|l| format!("{}: {l}", path.display())).collect();
+        if let Some(hint) = origin.hint(&path, search) {
+            lines.push(hint);
+        }
+        ConfigError(lines.join("\n"))
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| in_file(ConfigError(format!("cannot read the configuration file: {e}"))))?;
+    let tree = parse_yaml(&text).map_err(|e| in_file(ConfigError(e)))?;
+    let (mut config, warnings) = from_tree(tree, Some(path.clone()), env).map_err(in_file)?;
+    config.file_origin = Some(origin);
+    Ok((config, warnings))
+}
+
+/// How the configuration file was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOrigin {
+    /// Named on the command line (`--config` or the argument).
+    Named,
+    /// Named by `$REGISTRY_CONFIG`.
+    Env,
+    /// Found at one of [`DEFAULT_FILES`] (for example the file Debian's `docker-registry`
+    /// package installs), with neither of the above given.
+    Searched,
+}
+
+impl FileOrigin {
+    /// How it was chosen, for the start-up log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileOrigin::Named => "named on the command line",
+            FileOrigin::Env => "named by REGISTRY_CONFIG",
+            FileOrigin::Searched => "found by the default search",
+        }
+    }
+
+    /// What to do about an error in a file the user did not name on the command line.
+    fn hint(self, path: &Path, search: &[&str]) -> Option<String> {
+        match self {
+            FileOrigin::Named => None,
+            FileOrigin::Env => Some(format!(
+                "{}: this file is named by REGISTRY_CONFIG; unset it, or pass --config FILE or --no-config-file, to use another file or the built-in defaults",
+                path.display()
+            )),
+            FileOrigin::Searched => Some(format!(
+                "{}: this file was found by the default search ({}); run with --no-config-file for the built-in defaults and REGISTRY_* variables only, or choose a file with --config FILE or REGISTRY_CONFIG",
+                path.display(),
+                search.join(", ")
+            )),
+        }
     }
 }
 
@@ -1092,6 +1218,27 @@ pub fn from_tree(
         }
         Ok(())
     })());
+    let mut upload_limits = berth_engine::UploadLimits::default();
+    take((|| {
+        upload_limits = berth_engine::UploadLimits {
+            per_owner: get_usize(&tree, "http.limits.uploadsperclient", upload_limits.per_owner)?,
+            per_repository: get_usize(&tree, "http.limits.uploadsperrepository", upload_limits.per_repository)?,
+            total: get_usize(&tree, "http.limits.uploads", upload_limits.total)?,
+        };
+        Ok(())
+    })());
+    let mut body_limits = BodyLimits {
+        window: body_timeout,
+        ..BodyLimits::default()
+    };
+    take((|| {
+        body_limits.min_rate = get_usize(&tree, "http.limits.bodyminrate", body_limits.min_rate as usize)? as u64;
+        body_limits.total =
+            Some(get_duration(&tree, "http.timeouts.bodytotal", Duration::ZERO)?).filter(|d| !d.is_zero());
+        body_limits.drain_bytes = get_usize(&tree, "http.limits.drain", body_limits.drain_bytes as usize)? as u64;
+        body_limits.drain_time = get_duration(&tree, "http.timeouts.drain", body_limits.drain_time)?;
+        Ok(())
+    })());
     let (mut metrics_path, mut debug_addr) = (Some("/metrics".to_owned()), None);
     take(metrics_settings(&tree).map(|(p, a)| (metrics_path, debug_addr) = (p, a)));
     let mut flags = (false, true, true, false, false);
@@ -1111,6 +1258,7 @@ pub fn from_tree(
     let (delete_enabled, access_log, purging, dryrun, read_only) = flags;
     let config = Config {
         file,
+        file_origin: None,
         auth,
         access_rules,
         addr,
@@ -1128,6 +1276,8 @@ pub fn from_tree(
         header_timeout,
         body_timeout,
         max_requests,
+        upload_limits,
+        body_limits,
         tls,
         metrics_path,
         debug_addr,
@@ -1418,6 +1568,39 @@ mod tests {
 
     fn load_str(yaml: &str, pairs: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
         from_tree(parse_yaml(yaml).unwrap(), None, &env(pairs))
+    }
+
+    #[test]
+    fn a_file_found_by_the_search_is_named_in_errors_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yml");
+        std::fs::write(&file, "version: 0.1\nhttp: {addr: 'not an address'}\n").unwrap();
+        let missing = dir.path().join("none.yml");
+        let search = [missing.to_str().unwrap(), file.to_str().unwrap()];
+        let err = load_searching(Source::Search, &env(&[]), &search).unwrap_err().0;
+        let shown = file.display().to_string();
+        assert!(err.lines().all(|l| l.starts_with(&shown)), "{err}");
+        assert!(err.contains("http.addr"), "{err}");
+        assert!(err.contains("found by the default search"), "{err}");
+        assert!(
+            err.contains("--no-config-file") && err.contains("REGISTRY_CONFIG"),
+            "{err}"
+        );
+        // Named on the command line: the file and setting, without the advice.
+        let err = load_searching(Source::File(&file), &env(&[]), &search).unwrap_err().0;
+        assert!(err.starts_with(&shown) && err.contains("http.addr"), "{err}");
+        assert!(!err.contains("--no-config-file"), "{err}");
+        // Named by REGISTRY_CONFIG: says so.
+        let named = env(&[("REGISTRY_CONFIG", file.to_str().unwrap())]);
+        let err = load_searching(Source::Search, &named, &[]).unwrap_err().0;
+        assert!(err.contains("named by REGISTRY_CONFIG"), "{err}");
+        // A good file found by the search is recorded as such (the start-up log names it).
+        std::fs::write(&file, "version: 0.1\nhttp: {addr: '127.0.0.1:5009'}\n").unwrap();
+        let (c, _) = load_searching(Source::Search, &env(&[]), &search).unwrap();
+        assert_eq!(c.file.as_deref(), Some(file.as_path()));
+        assert_eq!(c.file_origin, Some(FileOrigin::Searched));
+        let (c, _) = load_searching(Source::DefaultsOnly, &env(&[]), &search).unwrap();
+        assert_eq!((c.file, c.file_origin), (None, None));
     }
 
     #[test]

@@ -240,6 +240,10 @@ impl From<ParseError> for ApiError {
     }
 }
 
+/// `Retry-After` (seconds) when a cap on open upload sessions refuses one: sessions free up
+/// as other uploads finish.
+const UPLOAD_CAP_RETRY_AFTER: &str = "30";
+
 /// The Range header value for an upload that has `offset` bytes.
 pub fn upload_range(offset: u64) -> String {
     format!("0-{}", offset.saturating_sub(1))
@@ -264,6 +268,20 @@ impl From<EngineError> for ApiError {
                 ApiError::new(Kind::ManifestBlobUnknown).detail(json!({"digest": d.to_string()}))
             }
             EngineError::NameUnknown(n) => ApiError::new(Kind::NameUnknown).detail(json!({"name": n})),
+            EngineError::TooManyUploads { cap, limit } => {
+                let setting = match cap {
+                    berth_engine::UploadCap::Owner => "http.limits.uploadsperclient",
+                    berth_engine::UploadCap::Repository => "http.limits.uploadsperrepository",
+                    berth_engine::UploadCap::Total => "http.limits.uploads",
+                };
+                ApiError::new(Kind::TooManyRequests)
+                    .message(format!(
+                        "too many open upload sessions for this {}: the limit is {limit} ({setting}); complete or cancel open uploads (DELETE their Location), or retry later: idle sessions are purged",
+                        cap.as_str()
+                    ))
+                    .detail(json!({"limit": limit, "scope": cap.as_str()}))
+                    .header(header::RETRY_AFTER, UPLOAD_CAP_RETRY_AFTER)
+            }
             EngineError::Body(m) => ApiError::new(Kind::BlobUploadInvalid).message(format!("request body failed: {m}")),
             EngineError::Io(e) if e.raw_os_error() == Some(28) => {
                 tracing::error!(error = %e, "storage full");

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod api;
 pub mod authn;
+pub mod body;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -18,6 +18,10 @@ pub enum Route {
     Tags(RepoName),
     /// `/v2/<name>/manifests/<reference>`
     Manifest(RepoName, Reference),
+    /// `/v2/<name>/manifests/<reference>` with a reference that is neither a valid tag nor a
+    /// valid digest (kept as sent, for the error message): reads answer that no such manifest
+    /// exists, pushes that the tag is invalid.
+    ManifestBadRef(RepoName, String),
     /// `/v2/<name>/blobs/<digest>`
     Blob(RepoName, Digest),
     /// `/v2/<name>/blobs/uploads/`
@@ -35,7 +39,7 @@ impl Route {
             Route::Base => "base",
             Route::Catalog => "catalog",
             Route::Tags(_) => "tags",
-            Route::Manifest(..) => "manifest",
+            Route::Manifest(..) | Route::ManifestBadRef(..) => "manifest",
             Route::Blob(..) => "blob",
             Route::UploadStart(_) => "upload_start",
             Route::Upload(..) => "upload",
@@ -49,6 +53,7 @@ impl Route {
             Route::Base | Route::Catalog => None,
             Route::Tags(r)
             | Route::Manifest(r, _)
+            | Route::ManifestBadRef(r, _)
             | Route::Blob(r, _)
             | Route::UploadStart(r)
             | Route::Upload(r, _)
@@ -88,7 +93,13 @@ pub fn parse(path: &str) -> Result<Route, ApiError> {
     if n >= 3 {
         let (kind, last) = (s[n - 2], s[n - 1]);
         match kind {
-            "manifests" => return Ok(Route::Manifest(name(&s[..n - 2])?, last.parse()?)),
+            "manifests" => {
+                let repo = name(&s[..n - 2])?;
+                return Ok(match last.parse() {
+                    Ok(reference) => Route::Manifest(repo, reference),
+                    Err(_) => Route::ManifestBadRef(repo, last.to_owned()),
+                });
+            }
             "blobs" => return Ok(Route::Blob(name(&s[..n - 2])?, last.parse()?)),
             "referrers" => return Ok(Route::Referrers(name(&s[..n - 2])?, last.parse()?)),
             _ => {}
@@ -135,13 +146,26 @@ mod tests {
     }
 
     #[test]
+    fn malformed_manifest_references_keep_their_route() {
+        for bad in ["-bad", ".INVALID_MANIFEST_NAME", "sha256:xyz", "a:b", &"t".repeat(129)] {
+            let route = parse(&format!("/v2/a/b/manifests/{bad}")).unwrap();
+            assert!(
+                matches!(&route, Route::ManifestBadRef(r, s) if r.as_str() == "a/b" && s == bad),
+                "{bad}: {route:?}"
+            );
+            assert_eq!(route.kind(), "manifest");
+        }
+        // The name is still checked first.
+        assert_eq!(parse("/v2/A/manifests/-bad").unwrap_err().kind, Kind::NameInvalid);
+    }
+
+    #[test]
     fn errors() {
         let code = |p: &str| parse(p).unwrap_err().kind;
         assert_eq!(code("/v2/A/tags/list"), Kind::NameInvalid);
         assert_eq!(code("/v2/a/../b/tags/list"), Kind::NameInvalid);
         assert_eq!(code("/v2/a%2e%2e/tags/list"), Kind::NameInvalid);
         assert_eq!(code("/v2/a/blobs/sha256:xyz"), Kind::DigestInvalid);
-        assert_eq!(code("/v2/a/manifests/-bad"), Kind::TagInvalid);
         assert_eq!(code("/v2/a/../blobs/uploads/"), Kind::NameInvalid);
         assert_eq!(code("/v2/a/blobs/uploads/not-a-uuid"), Kind::BlobUploadUnknown);
         assert_eq!(code("/v2/a/whatever"), Kind::NotFound);

@@ -216,43 +216,49 @@ fn open_direct(path: &Path) -> Option<Arc<File>> {
 impl UploadFile {
     /// Create a new, empty session file (and its directory), and write the session's first
     /// checkpoint `checkpoint` at `state` (as [`write_atomic`] does) in the same trip to the
-    /// blocking pool.
-    pub async fn create(path: PathBuf, state: PathBuf, checkpoint: Vec<u8>) -> io::Result<UploadFile> {
+    /// blocking pool. The file is closed again: requests open it ([`UploadFile::open_claimed`]).
+    pub async fn create(path: PathBuf, state: PathBuf, checkpoint: Vec<u8>) -> io::Result<()> {
         blocking(move || {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir)?;
             }
-            let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-            write_atomic_now(&state, &checkpoint)?;
-            Ok(UploadFile {
-                file: Arc::new(file),
-                direct: open_direct(&path),
-            })
+            OpenOptions::new().write(true).create_new(true).open(&path)?;
+            write_atomic_now(&state, &checkpoint)
         })
         .await
     }
 
-    /// Open an existing session file. Its length is not touched here: another process may be
-    /// writing it; [`UploadFile::claim`] fits it to the checkpoint under the file lock.
-    pub async fn reopen(path: PathBuf) -> io::Result<UploadFile> {
+    /// Open an existing session file at `path` and take its file lock (`flock`, exclusive,
+    /// without waiting: a session another request of any process writes is busy, and the error's
+    /// kind is `WouldBlock`), then read its checkpoint at `state` and the data's length, in one
+    /// trip to the blocking pool. `None` when the session was committed or cancelled (its files
+    /// are gone). Every Berth process sharing the storage takes this lock before it writes a
+    /// session, and keeps it until the request's checkpoint is written ([`UploadFile::unlock`],
+    /// or closing the file). Sessions hold no descriptor between requests: the file is opened
+    /// here, for one request, so idle sessions cost no descriptors.
+    ///
+    /// The data's length is not touched here: the caller fits it to the checkpoint.
+    pub async fn open_claimed(path: PathBuf, state: PathBuf) -> io::Result<Option<(UploadFile, Vec<u8>, u64)>> {
         blocking(move || {
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            Ok(UploadFile {
-                file: Arc::new(file),
-                direct: open_direct(&path),
-            })
+            let file = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let Some((checkpoint, len)) = claim(&file, &state)? else {
+                return Ok(None);
+            };
+            let direct = open_direct(&path);
+            Ok(Some((
+                UploadFile {
+                    file: Arc::new(file),
+                    direct,
+                },
+                checkpoint,
+                len,
+            )))
         })
         .await
-    }
-
-    /// Take the session's file lock (`flock`, exclusive, without waiting: a session another
-    /// request of any process writes is busy), then read its checkpoint at `state` (`None` when
-    /// the session was committed or cancelled meanwhile) and the data's length. Every Berth
-    /// process sharing the storage takes this lock before it writes a session, and keeps it until
-    /// the request's checkpoint is written ([`UploadFile::unlock`]).
-    pub async fn claim(&self, state: PathBuf) -> io::Result<Option<(Vec<u8>, u64)>> {
-        let file = self.file.clone();
-        blocking(move || claim(&file, &state)).await
     }
 
     /// Release the lock [`UploadFile::claim`] took.

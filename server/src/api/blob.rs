@@ -1,22 +1,17 @@
 //! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`.
 
 use futures_util::StreamExt;
-use http::{Request, Response, StatusCode, header};
+use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 
 use berth_engine::{ByteRange, Digest, RepoName};
 
-use super::{App, Body, check_delete_enabled, empty, finish, header_str, response};
+use super::{App, Body, Req, check_delete_enabled, empty, finish, header_str, response};
 use crate::error::{ApiError, Kind};
 use crate::range::{RangeRequest, parse_range};
 
-pub(super) async fn get(
-    app: &App,
-    repo: &RepoName,
-    digest: &Digest,
-    req: &Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(app: &App, repo: &RepoName, digest: &Digest, req: &Req) -> Result<Response<Body>, ApiError> {
     let size = app.engine.blob_size(repo, digest).await?;
     let head = req.method() == http::Method::HEAD;
     let base = response(StatusCode::OK)

@@ -2,14 +2,13 @@
 
 use std::collections::HashMap;
 
-use http::{Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use http::{Response, StatusCode, header};
 use serde_json::json;
 
 use berth_engine::manifest::OCI_INDEX;
 use berth_engine::{Digest, RepoName};
 
-use super::{App, Body, finish, full, json_response, query, response};
+use super::{App, Body, Req, finish, full, json_response, query, response};
 use crate::access::Caller;
 use crate::error::{ApiError, Kind};
 
@@ -46,14 +45,14 @@ fn next_link(path: &str, n: usize, items: &[String], more: bool) -> Option<Strin
     Some(format!("<{path}?n={n}&last={last}>; rel=\"next\""))
 }
 
-pub(super) async fn tags(app: &App, repo: &RepoName, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn tags(app: &App, repo: &RepoName, req: &Req) -> Result<Response<Body>, ApiError> {
     let (n, last) = page_params(app, &query(req.uri()))?;
     let (tags, more) = app.engine.tags(repo, last, n).await?;
     let next = next_link(&format!("/v2/{repo}/tags/list"), n, &tags, more);
     with_link(StatusCode::OK, &json!({"name": repo.as_str(), "tags": tags}), next)
 }
 
-pub(super) async fn catalog(app: &App, caller: &Caller, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn catalog(app: &App, caller: &Caller, req: &Req) -> Result<Response<Body>, ApiError> {
     let (n, last) = page_params(app, &query(req.uri()))?;
     let (repos, more) = if app.access.filters_catalog_for(caller) {
         // Only the repositories the caller may pull.
@@ -72,7 +71,7 @@ pub(super) async fn referrers(
     app: &App,
     repo: &RepoName,
     subject: &Digest,
-    req: &Request<Incoming>,
+    req: &Req,
 ) -> Result<Response<Body>, ApiError> {
     let q = query(req.uri());
     let artifact_type = q.get("artifactType").filter(|a| !a.is_empty());

@@ -1,14 +1,12 @@
 //! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::{Method, Response, StatusCode, header};
 
 use berth_engine::manifest::MAX_MANIFEST_SIZE;
 use berth_engine::{Reference, RepoName};
 
-use super::{App, Body, check_delete_enabled, empty, finish, full, header_str, response};
+use super::{App, Body, Req, check_delete_enabled, empty, finish, full, header_str, response};
 use crate::error::{ApiError, Kind};
 
 pub(super) async fn get(
@@ -31,54 +29,67 @@ pub(super) async fn get(
     finish(b, body)
 }
 
-/// Bytes of an oversized manifest body read and thrown away so the client can read the 413 on
-/// a healthy connection; beyond this the connection is closed instead.
-const DRAIN_LIMIT: usize = 4 * MAX_MANIFEST_SIZE;
+/// The answer to a manifest request whose reference is neither a valid tag nor a valid digest
+/// (docs/api.md): no manifest can be stored under it, so reads and deletes find none (404
+/// `MANIFEST_UNKNOWN`, as clients and the reference registry expect), and a push is told the tag
+/// is invalid (400 `TAG_INVALID`, or `DIGEST_INVALID` when it has a digest's `algorithm:`
+/// prefix). A delete on a registry that refuses deletes is refused as such first.
+pub(super) fn bad_reference(app: &App, reference: &str, method: &Method) -> Result<Response<Body>, ApiError> {
+    if method == Method::DELETE {
+        check_delete_enabled(app)?;
+    }
+    let shown: String = reference.chars().take(140).collect();
+    Err(if method == Method::PUT {
+        if reference.contains(':') {
+            ApiError::new(Kind::DigestInvalid).message(format!(
+                "{shown:?} is not a valid digest (algorithm:hex, e.g. sha256:<64 hex digits>)"
+            ))
+        } else {
+            ApiError::new(Kind::TagInvalid).message(format!(
+                "{shown:?} is not a valid tag: up to 128 characters of [A-Za-z0-9_.-], not starting with . or -"
+            ))
+        }
+    } else {
+        ApiError::new(Kind::ManifestUnknown)
+            .message(format!(
+                "manifest unknown: {shown:?} is neither a valid tag nor a valid digest"
+            ))
+            .detail(serde_json::json!({"reference": shown}))
+    })
+}
 
-async fn read_manifest_body(req: Request<Incoming>, idle: std::time::Duration) -> Result<Bytes, ApiError> {
+/// The manifest body, read under the body limits; larger than [`MAX_MANIFEST_SIZE`] is refused
+/// as soon as that is known (what is left unread is drained by the dispatcher, so the client
+/// reads the 413 on a healthy connection).
+async fn read_manifest_body(req: Req, limits: crate::config::BodyLimits) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt as _;
     let too_large =
         || ApiError::new(Kind::ManifestTooLarge).message(format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes"));
     let declared = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+    if declared.is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
         return Err(too_large());
     }
-    let mut body = req.into_body();
+    let mut body = std::pin::pin!(crate::body::guarded(req.into_body(), limits, |_| {}));
     let mut buf = BytesMut::new();
-    let mut seen = 0usize;
-    loop {
-        let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
-            return Err(ApiError::new(Kind::ManifestInvalid).message(format!(
-                "the manifest body paused for more than {}s (http.timeouts.body)",
-                idle.as_secs()
-            )));
-        };
-        let Some(frame) = frame else { break };
-        let frame = frame
+    while let Some(data) = body.next().await {
+        let data = data
             .map_err(|e| ApiError::new(Kind::ManifestInvalid).message(format!("reading the manifest failed: {e}")))?;
-        if let Some(data) = frame.data_ref() {
-            seen += data.len();
-            if seen <= MAX_MANIFEST_SIZE {
-                buf.extend_from_slice(data);
-            } else if seen > DRAIN_LIMIT {
-                break;
-            }
+        if buf.len() + data.len() > MAX_MANIFEST_SIZE {
+            return Err(too_large());
         }
+        buf.extend_from_slice(&data);
     }
-    if seen > MAX_MANIFEST_SIZE {
-        Err(too_large())
-    } else {
-        Ok(buf.freeze())
-    }
+    Ok(buf.freeze())
 }
 
 pub(super) async fn put(
     app: &App,
     repo: &RepoName,
     reference: &Reference,
-    req: Request<Incoming>,
+    req: Req,
 ) -> Result<Response<Body>, ApiError> {
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
-    let bytes = read_manifest_body(req, app.config.body_timeout).await?;
+    let bytes = read_manifest_body(req, app.config.body_limits).await?;
     let pushed = app
         .engine
         .manifest_put(repo, reference, content_type.as_deref(), bytes)

@@ -19,6 +19,7 @@ use berth_engine::Engine;
 
 use crate::access::{self, Access, Caller};
 use crate::authn::Authn;
+use crate::body::{Drained, ReqBody};
 use crate::config::Config;
 use crate::error::{ApiError, Kind};
 use crate::metrics::{Gauges, Metrics};
@@ -26,6 +27,9 @@ use crate::route::{self, Route};
 
 /// Response body type.
 pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A request as handlers see it: its body goes back to the dispatcher when left unread.
+pub type Req = Request<ReqBody>;
 
 /// Shared state of the server.
 pub struct App {
@@ -120,12 +124,7 @@ fn error_response(e: &ApiError, head: bool) -> Response<Body> {
     b.body(body).unwrap_or_else(|_| Response::new(empty()))
 }
 
-async fn dispatch(
-    app: &App,
-    route: &Route,
-    caller: &Caller,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+async fn dispatch(app: &App, route: &Route, caller: &Caller, req: Req) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
     match (route, &method) {
         (Route::Base, &Method::GET | &Method::HEAD) => json_response(StatusCode::OK, &serde_json::json!({})),
@@ -142,6 +141,9 @@ async fn dispatch(
         (Route::Manifest(repo, r), &Method::GET | &Method::HEAD) => manifest::get(app, repo, r, &method).await,
         (Route::Manifest(repo, r), &Method::PUT) => manifest::put(app, repo, r, req).await,
         (Route::Manifest(repo, r), &Method::DELETE) => manifest::delete(app, repo, r).await,
+        (Route::ManifestBadRef(_, r), &Method::GET | &Method::HEAD | &Method::PUT | &Method::DELETE) => {
+            manifest::bad_reference(app, r, &method)
+        }
         _ => Err(ApiError::new(Kind::MethodNotAllowed).message(format!("{method} is not allowed on this route"))),
     }
 }
@@ -167,16 +169,53 @@ pub struct TokenApp {
     pub access_log: bool,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Limits on request bodies.
+    pub body_limits: crate::config::BodyLimits,
+}
+
+/// Answer `req` with `answer`, its body wrapped in a [`ReqBody`]; then, on HTTP/1, read and
+/// discard what the answer left of the body (within `limits`) before the answer goes out, so
+/// that it reaches a client that writes its whole body before reading. When the rest cannot be
+/// drained the answer closes the connection. (HTTP/2 ends an unread stream with a reset of its
+/// own that leaves the answer intact.)
+async fn with_body<F, Fut>(limits: &crate::config::BodyLimits, req: Request<Incoming>, answer: F) -> Response<Body>
+where
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Response<Body>>,
+{
+    let http1 = req.version() <= http::Version::HTTP_11;
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (parts, incoming) = req.into_parts();
+    let (body, mut unread) = ReqBody::new(incoming);
+    let mut resp = answer(Request::from_parts(parts, body)).await;
+    let left = unread.try_recv().ok();
+    let closing = resp.headers().get(header::CONNECTION).is_some_and(|v| v == "close");
+    if left.is_some() && (!http1 || closing) {
+        return resp;
+    }
+    if crate::body::drain(left, limits, expects_continue).await == Drained::Given {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// The client address of a request (see [`crate::client::client_ip`]).
-fn client_of(req: &Request<Incoming>, proxies: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+fn client_of<B>(req: &Request<B>, proxies: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
     let peer = req.extensions().get::<crate::client::Peer>().map(|p| p.0.ip());
     crate::client::client_ip(req.headers(), peer, proxies)
 }
 
 /// Handle one request of a stand-alone token server: the token endpoint and the JWKS only.
 pub async fn handle_token_only(app: Arc<TokenApp>, req: Request<Incoming>) -> Response<Body> {
+    let limits = app.body_limits;
+    with_body(&limits, req, |req| token_only(app, req)).await
+}
+
+async fn token_only(app: Arc<TokenApp>, req: Req) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let head = method == Method::HEAD;
@@ -205,6 +244,11 @@ const CORS_EXPOSE: &str = "Docker-Content-Digest, Location, Range, Link, Docker-
 /// Handle one request: the API, plus the configured response headers (`http.headers`) and, when
 /// `Access-Control-Allow-Origin` is configured, CORS preflights.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let limits = app.config.body_limits;
+    with_body(&limits, req, |req| handle_wrapped(app, req)).await
+}
+
+async fn handle_wrapped(app: Arc<App>, req: Req) -> Response<Body> {
     let cors = app
         .config
         .headers
@@ -272,6 +316,11 @@ pub async fn metrics_response(app: &App) -> Result<Response<Body>, ApiError> {
 /// Handle one request on the separate plain-HTTP listener (`http.debug.addr`): the metrics,
 /// and the health endpoints (for probes that do not speak TLS).
 pub async fn handle_debug(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let limits = app.config.body_limits;
+    with_body(&limits, req, |req| debug_wrapped(app, req)).await
+}
+
+async fn debug_wrapped(app: Arc<App>, req: Req) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let (kind, resp) = match outside_endpoint(&app, req.uri().path(), true) {
@@ -315,7 +364,7 @@ async fn answer_outside(
     app: &App,
     outside: Outside,
     client: Option<std::net::IpAddr>,
-    req: Request<Incoming>,
+    req: Req,
 ) -> (&'static str, Result<Response<Body>, ApiError>) {
     match (outside, app.authn.token_server()) {
         (Outside::Health, _) => (
@@ -344,7 +393,7 @@ async fn readiness(app: &App) -> Result<Response<Body>, ApiError> {
     }
 }
 
-async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn handle_api(app: Arc<App>, req: Req) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let head = method == Method::HEAD;
@@ -393,9 +442,6 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }
-    // A request whose body may be left unread by an early error: such a response closes the
-    // connection, so the client does not reuse it with our unread bytes in between.
-    let has_body = bytes_in > 0 || req.headers().contains_key(header::TRANSFER_ENCODING);
     let route = route::parse(req.uri().path());
     let (kind, repo) = match &route {
         Ok(r) => (r.kind(), r.repo().map(|r| r.to_string())),
@@ -425,7 +471,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         }
     };
-    let mut resp = finish_response(
+    finish_response(
         app.config.access_log,
         Some(&app.metrics),
         result,
@@ -436,12 +482,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         repo.as_deref(),
         user.as_deref(),
         bytes_in,
-    );
-    if has_body && resp.status().as_u16() >= 400 {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
+    )
 }
 
 /// Turn a handler result into the response, add the common headers, write the access log.

@@ -2,13 +2,12 @@
 //! `GET /.well-known/jwks.json`.
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use berth_auth::{BasicCredentials, Identity, Principal, Scope, grant};
 
-use super::{Body, finish, full, header_str, json_response, response};
+use super::{Body, Req, finish, full, header_str, json_response, response};
 use crate::access::Access;
 use crate::authn::TokenServer;
 use crate::error::{ApiError, Kind};
@@ -38,7 +37,7 @@ fn pairs(raw: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn parse_request(req: Request<Incoming>) -> Result<TokenRequest, ApiError> {
+async fn parse_request(req: Req) -> Result<TokenRequest, ApiError> {
     let header_creds = header_str(req.headers(), header::AUTHORIZATION).and_then(BasicCredentials::from_header);
     let query = pairs(req.uri().query().unwrap_or("").as_bytes());
     let get = |list: &[(String, String)], k: &str| list.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -93,7 +92,7 @@ pub(super) async fn issue(
     access: &Access,
     server: &TokenServer,
     client: Option<std::net::IpAddr>,
-    req: Request<Incoming>,
+    req: Req,
 ) -> Result<Response<Body>, ApiError> {
     if req.method() != Method::GET && req.method() != Method::POST {
         return Err(ApiError::new(Kind::MethodNotAllowed).message("the token endpoint takes GET or POST"));

@@ -1,39 +1,16 @@
 //! Upload sessions: `POST /v2/<name>/blobs/uploads/` (start, monolithic, mount) and
 //! `PATCH`/`PUT`/`GET`/`DELETE /v2/<name>/blobs/uploads/<id>`.
 
-use http::{Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::{Response, StatusCode, header};
 
 use berth_engine::{ChunkRange, Digest, RepoName, UploadId};
 
-use super::{App, Body, empty, finish, header_str, query, response};
+use super::{App, Body, Req, empty, finish, header_str, query, response};
 use crate::access::Caller;
+use crate::body::BodyError;
 use crate::error::{ApiError, Kind, upload_range};
 use crate::range::parse_content_range;
 use berth_auth::Action;
-
-/// Why a request body ended early.
-#[derive(Debug)]
-pub(super) enum BodyError {
-    /// The connection failed.
-    Read(hyper::Error),
-    /// Nothing arrived for this long.
-    Idle(std::time::Duration),
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::Read(e) => write!(f, "{e}"),
-            BodyError::Idle(d) => write!(
-                f,
-                "no data for {}s (http.timeouts.body); send the rest in a new request from the session's offset",
-                d.as_secs()
-            ),
-        }
-    }
-}
 
 /// Run an engine call that writes an upload session to its end, even if the client goes away
 /// and hyper drops the request: the call then sees its body fail and undoes what it wrote, with
@@ -47,31 +24,16 @@ async fn to_the_end<T: Send + 'static>(
         .unwrap_or_else(|e| Err(berth_engine::Error::Io(std::io::Error::other(e))))
 }
 
-/// The request body as a stream of frames, counted into the metrics as it arrives, ending
-/// with an error when it pauses longer than the body timeout.
+/// The request body as a stream of frames under the body limits, counted into the metrics as
+/// it arrives.
 fn counted_body(
     app: &App,
     kind: &'static str,
-    req: Request<Incoming>,
+    req: Req,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, BodyError>> + Send + 'static {
-    use futures_util::StreamExt as _;
     let metrics = app.metrics.clone();
-    let idle = app.config.body_timeout;
-    let frames = req.into_body().into_data_stream();
-    futures_util::stream::unfold(Some(frames), move |state| {
-        let metrics = metrics.clone();
-        async move {
-            let mut frames = state?;
-            match tokio::time::timeout(idle, frames.next()).await {
-                Ok(Some(Ok(b))) => {
-                    metrics.received(kind, b.len() as u64);
-                    Some((Ok(b), Some(frames)))
-                }
-                Ok(Some(Err(e))) => Some((Err(BodyError::Read(e)), None)),
-                Ok(None) => None,
-                Err(_) => Some((Err(BodyError::Idle(idle)), None)),
-            }
-        }
+    crate::body::guarded(req.into_body(), app.config.body_limits, move |n| {
+        metrics.received(kind, n as u64)
     })
 }
 
@@ -117,16 +79,11 @@ fn digest_param(q: &std::collections::HashMap<String, String>, name: &str) -> Re
 
 /// The body's length as the request declares it (`Content-Length`, as hyper read it: it ends
 /// the body with an error if fewer bytes come). Absent with chunked transfer encoding.
-fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+fn declared_length(req: &Req) -> Option<u64> {
     hyper::body::Body::size_hint(req.body()).exact()
 }
 
-async fn content_range(
-    app: &App,
-    repo: &RepoName,
-    id: UploadId,
-    req: &Request<Incoming>,
-) -> Result<Option<ChunkRange>, ApiError> {
+async fn content_range(app: &App, repo: &RepoName, id: UploadId, req: &Req) -> Result<Option<ChunkRange>, ApiError> {
     let Some(h) = header_str(req.headers(), header::CONTENT_RANGE) else {
         return Ok(None);
     };
@@ -141,12 +98,17 @@ async fn content_range(
     }
 }
 
-pub(super) async fn start(
-    app: &App,
-    caller: &Caller,
-    repo: &RepoName,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+/// Whom an upload session counts for under `http.limits.uploadsperclient`: the user, or the
+/// client's address when anonymous.
+fn owner(caller: &Caller) -> String {
+    match (&caller.user, caller.client) {
+        (Some(user), _) => format!("user:{user}"),
+        (None, Some(ip)) => format!("addr:{ip}"),
+        (None, None) => String::new(),
+    }
+}
+
+pub(super) async fn start(app: &App, caller: &Caller, repo: &RepoName, req: Req) -> Result<Response<Body>, ApiError> {
     let q = query(req.uri());
     if let Some(digest) = digest_param(&q, "mount")? {
         let from = q.get("from").map(|f| f.parse::<RepoName>()).transpose()?;
@@ -161,7 +123,7 @@ pub(super) async fn start(
             return blob_created(repo, &digest);
         }
     } else if let Some(digest) = digest_param(&q, "digest")? {
-        let id = app.engine.upload_start(repo).await?;
+        let id = app.engine.upload_start_as(repo, &owner(caller)).await?;
         let length = declared_length(&req);
         let body = counted_body(app, "upload_start", req);
         let (engine, r, d) = (app.engine.clone(), repo.clone(), digest.clone());
@@ -176,19 +138,14 @@ pub(super) async fn start(
             }
         };
     }
-    let id = app.engine.upload_start(repo).await?;
+    let id = app.engine.upload_start_as(repo, &owner(caller)).await?;
     let mut resp = session_response(StatusCode::ACCEPTED, repo, id, 0)?;
     resp.headers_mut()
         .insert("oci-chunk-min-length", CHUNK_MIN_LENGTH.into());
     Ok(resp)
 }
 
-pub(super) async fn patch(
-    app: &App,
-    repo: &RepoName,
-    id: UploadId,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub(super) async fn patch(app: &App, repo: &RepoName, id: UploadId, req: Req) -> Result<Response<Body>, ApiError> {
     let range = content_range(app, repo, id, &req).await?;
     let length = declared_length(&req);
     let body = counted_body(app, "upload", req);
@@ -197,12 +154,7 @@ pub(super) async fn patch(
     session_response(StatusCode::ACCEPTED, repo, id, offset)
 }
 
-pub(super) async fn put(
-    app: &App,
-    repo: &RepoName,
-    id: UploadId,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub(super) async fn put(app: &App, repo: &RepoName, id: UploadId, req: Req) -> Result<Response<Body>, ApiError> {
     let q = query(req.uri());
     let digest = digest_param(&q, "digest")?.ok_or_else(|| {
         ApiError::new(Kind::DigestInvalid).message("the digest query parameter is required to complete an upload")

@@ -424,6 +424,11 @@ impl Registry {
         Registry::spawn_on(self.env.clone(), Some(self.storage())).await
     }
 
+    /// The process id of the berth this test started (`None` against an external registry).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The storage directory (local registries only).
     pub fn storage(&self) -> PathBuf {
         match &self.shared {

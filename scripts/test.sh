@@ -4,7 +4,7 @@
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test engine-std build e2e deploy k8s perf fuzz)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt build e2e deploy k8s perf fuzz)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (scripts/install-deps.sh installs what is
 # missing, unless TEST_NO_INSTALL=1) and root.
@@ -67,10 +67,19 @@ step() {
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-# Everything on the io_uring engine (a test asserts that it is the one serving), then the engine's
-# tests again on the std engine (--workspace keeps the features, and so the build, of the step before).
+# Everything on the io_uring engine with paired SHA-256 hashing on (the defaults; tests assert that
+# they are the ones serving), then every integration test again -- the engine's and the server's,
+# which run berth as a process that inherits this environment -- with the other way of each:
+# the std engine (blocking file calls instead of the ring), positioned reads instead of memory
+# maps, and one upload hashed at a time instead of two side by side (BERTH_IO_HASH_PAIRS=off).
+# One pass covers both alternatives: the hashing threads pair uploads whichever engine writes
+# them, and the two share no code, so std with pairs on or io_uring with pairs off would test
+# nothing the two passes do not. Direct writes stay on in both: only their buffers go through the
+# hashing threads. The unit tests are not run again: the paired and the portable hashing are each
+# tested there directly, whatever the setting. --workspace keeps the features, and so the build,
+# of the step before; --test '*' selects the integration tests (about a minute on 2 cores).
 step test env BERTH_IO_ENGINE=uring cargo test --workspace
-step engine-std env BERTH_IO_ENGINE=std BERTH_IO_MMAP=off cargo test --workspace --test engine
+step io-alt env BERTH_IO_ENGINE=std BERTH_IO_MMAP=off BERTH_IO_HASH_PAIRS=off cargo test --workspace --test '*'
 # The shipped binary: static (glibc), release without debug info (Cargo profile `dist`). The end-to-end tests
 # and the container image use it.
 STATIC_BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/dist/berth"

@@ -171,15 +171,34 @@ impl Hasher {
     /// Feed `a_bytes` to `a` and `b_bytes` to `b`, as two [`Hasher::update`] calls would, but
     /// with the whole blocks the two share in length hashed side by side on this thread
     /// ([`crate::io::sha256x2`]): about 1.7–1.9 times the rate of hashing them one after the
-    /// other, where the CPU has the SHA extensions. Otherwise (or for SHA-512) it is the two
-    /// calls.
-    pub fn update_pair(a: &mut Hasher, mut a_bytes: &[u8], b: &mut Hasher, mut b_bytes: &[u8]) {
+    /// other, where the CPU has the SHA extensions and `BERTH_IO_HASH_PAIRS` is not `off`.
+    /// Otherwise (or for SHA-512) it is the two calls.
+    pub fn update_pair(a: &mut Hasher, a_bytes: &[u8], b: &mut Hasher, b_bytes: &[u8]) {
+        let pairing = if crate::io::sha256x2::available() {
+            Pairing::Interleaved
+        } else {
+            Pairing::Separate
+        };
+        Hasher::update_pair_as(a, a_bytes, b, b_bytes, pairing);
+    }
+
+    /// [`Hasher::update_pair`] the way the caller chooses (so the tests run each path whatever
+    /// `BERTH_IO_HASH_PAIRS` says, and the portable one on a CPU with the extensions). Returns
+    /// how many bytes of each message were hashed interleaved.
+    fn update_pair_as(
+        a: &mut Hasher,
+        mut a_bytes: &[u8],
+        b: &mut Hasher,
+        mut b_bytes: &[u8],
+        pairing: Pairing,
+    ) -> usize {
         let (Hasher::Sha256(ha), Hasher::Sha256(hb)) = (&mut *a, &mut *b) else {
             a.update(a_bytes);
             b.update(b_bytes);
-            return;
+            return 0;
         };
-        if crate::io::sha256x2::available() {
+        let mut paired = 0;
+        if pairing == Pairing::Interleaved {
             // Each to the end of its partial block, so that the rest starts on a block.
             a_bytes = to_block_end(ha, a_bytes);
             b_bytes = to_block_end(hb, b_bytes);
@@ -197,12 +216,14 @@ impl Hasher {
                         *hb = nb;
                         a_bytes = &a_bytes[n..];
                         b_bytes = &b_bytes[n..];
+                        paired = n;
                     }
                 }
             }
         }
         ha.update(a_bytes);
         hb.update(b_bytes);
+        paired
     }
 
     /// The digest of everything fed so far (the hasher itself is left untouched).
@@ -247,6 +268,16 @@ impl Hasher {
             _ => None,
         }
     }
+}
+
+/// How [`Hasher::update_pair`] hashes two SHA-256 messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pairing {
+    /// The whole blocks the two share in length side by side ([`crate::io::sha256x2`]), where
+    /// the CPU has the SHA extensions (else as `Separate`).
+    Interleaved,
+    /// One after the other, each by `sha2` (the portable path).
+    Separate,
 }
 
 /// SHA-256's block size.
@@ -355,6 +386,225 @@ mod tests {
                 assert_eq!(a.save(), ra.save(), "the saved states are the same");
             }
         }
+    }
+
+    /// Published SHA-256 values (FIPS 180-2 examples), through both ways of pairing, each
+    /// message paired with another: a check on `sha2` itself as much as on the pairing.
+    #[test]
+    fn paired_updates_give_the_published_values() {
+        let million = vec![b'a'; 1_000_000];
+        let vectors: [(&[u8], &str); 4] = [
+            (b"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            (
+                b"abc",
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            ),
+            (
+                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+                "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+            ),
+            (
+                &million,
+                "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+            ),
+        ];
+        for pairing in [Pairing::Interleaved, Pairing::Separate] {
+            let mut paired = 0;
+            // Each message beside another (the million `a`s beside themselves, cut elsewhere).
+            for (i, j) in [(3, 3), (0, 3), (1, 2), (2, 3), (3, 1), (0, 0)] {
+                let ((a, want_a), (b, want_b)) = (vectors[i], vectors[j]);
+                let (mut ha, mut hb) = (Hasher::new(Algorithm::Sha256), Hasher::new(Algorithm::Sha256));
+                // In two pairs of updates, cut at different points, so both go on mid-block.
+                let (a1, a2) = a.split_at(a.len() / 3);
+                let (b1, b2) = b.split_at(b.len() / 2);
+                paired += Hasher::update_pair_as(&mut ha, a1, &mut hb, b1, pairing);
+                paired += Hasher::update_pair_as(&mut ha, a2, &mut hb, b2, pairing);
+                assert_eq!(ha.finish().hex(), want_a, "{pairing:?}, message {i} beside {j}");
+                assert_eq!(hb.finish().hex(), want_b, "{pairing:?}, message {j} beside {i}");
+            }
+            let interleaved = pairing == Pairing::Interleaved && crate::io::sha256x2::supported();
+            assert_eq!(
+                paired > 0,
+                interleaved,
+                "{pairing:?}: {paired} bytes hashed interleaved"
+            );
+        }
+    }
+
+    /// Bytes that look random, fast to make in a debug build.
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            // splitmix64
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// Two messages, each cut into chunks, and how they are fed to [`Hasher::update_pair_as`].
+    #[derive(Debug, Clone)]
+    struct PairCase {
+        seed: u64,
+        lens: [usize; 2],
+        /// Where each message is cut: (a point in it, whether rounded down to a block).
+        cuts: [Vec<(proptest::sample::Index, bool)>; 2],
+        /// As the hashing pool does (the length the two current chunks share side by side,
+        /// then on), or whole chunks of unequal lengths side by side.
+        like_pool: bool,
+        /// After which steps both hashers are saved and restored (as an upload's checkpoint
+        /// is), and go on from the restored state.
+        resume: Vec<bool>,
+    }
+
+    /// Lengths around the padding boundaries (55/56 bytes, a block, two blocks), multiples of a
+    /// block and one off them, and anything up to 3 MiB.
+    fn message_len() -> impl proptest::strategy::Strategy<Value = usize> {
+        use proptest::prelude::*;
+        let boundaries = vec![
+            0usize, 1, 55, 56, 57, 63, 64, 65, 119, 120, 121, 127, 128, 129, 191, 192, 193,
+        ];
+        prop_oneof![
+            3 => proptest::sample::select(boundaries),
+            2 => (0usize..=64, -1isize..=1).prop_map(|(k, d)| (64 * k).saturating_add_signed(d)),
+            2 => (0usize..=(3 << 20) / 64, -1isize..=1).prop_map(|(k, d)| (64 * k).saturating_add_signed(d)),
+            2 => 0usize..=3 << 20,
+        ]
+    }
+
+    fn pair_case() -> impl proptest::strategy::Strategy<Value = PairCase> {
+        use proptest::prelude::*;
+        let cuts = || proptest::collection::vec(any::<(proptest::sample::Index, bool)>(), 0..12);
+        (
+            any::<u64>(),
+            [message_len(), message_len()],
+            [cuts(), cuts()],
+            any::<bool>(),
+            proptest::collection::vec(proptest::bool::weighted(0.2), 0..24),
+        )
+            .prop_map(|(seed, lens, cuts, like_pool, resume)| PairCase {
+                seed,
+                lens,
+                cuts,
+                like_pool,
+                resume,
+            })
+    }
+
+    /// Feed the case's two messages as it says; the two hashers and the bytes of each hashed
+    /// interleaved.
+    fn feed(case: &PairCase, msgs: [&[u8]; 2], pairing: Pairing) -> ([Hasher; 2], usize) {
+        let chunks = |m: usize| -> std::collections::VecDeque<&[u8]> {
+            let msg = msgs[m];
+            let mut points: Vec<usize> = case.cuts[m]
+                .iter()
+                .map(|(at, to_block)| {
+                    let p = at.index(msg.len() + 1);
+                    if *to_block { p / SHA256_BLOCK * SHA256_BLOCK } else { p }
+                })
+                .collect();
+            points.sort_unstable();
+            let mut out = std::collections::VecDeque::new();
+            let mut from = 0;
+            for p in points.into_iter().chain([msg.len()]) {
+                out.push_back(&msg[from..p]);
+                from = p;
+            }
+            out
+        };
+        let (mut qa, mut qb) = (chunks(0), chunks(1));
+        let (mut a, mut b) = (Hasher::new(Algorithm::Sha256), Hasher::new(Algorithm::Sha256));
+        let mut paired = 0;
+        for step in 0.. {
+            if case.like_pool {
+                match (qa.front_mut(), qb.front_mut()) {
+                    (Some(x), Some(y)) => {
+                        let n = x.len().min(y.len());
+                        paired += Hasher::update_pair_as(&mut a, &x[..n], &mut b, &y[..n], pairing);
+                        *x = &x[n..];
+                        *y = &y[n..];
+                    }
+                    (Some(x), None) => {
+                        a.update(x);
+                        *x = &[];
+                    }
+                    (None, Some(y)) => {
+                        b.update(y);
+                        *y = &[];
+                    }
+                    (None, None) => break,
+                }
+                qa.retain(|c| !c.is_empty());
+                qb.retain(|c| !c.is_empty());
+            } else {
+                let (x, y) = (qa.pop_front(), qb.pop_front());
+                if x.is_none() && y.is_none() {
+                    break;
+                }
+                paired += Hasher::update_pair_as(&mut a, x.unwrap_or(&[]), &mut b, y.unwrap_or(&[]), pairing);
+            }
+            if case.resume.get(step).copied().unwrap_or(false) {
+                a = Hasher::restore(&a.save()).expect("a saved state restores");
+                b = Hasher::restore(&b.save()).expect("a saved state restores");
+            }
+        }
+        ([a, b], paired)
+    }
+
+    /// Run `cases` random [`PairCase`]s through `pairing`: each message's digest is `sha2`'s of
+    /// the whole message. Returns the bytes hashed interleaved over all cases.
+    fn check_pairing(pairing: Pairing, cases: u32) -> usize {
+        use proptest::test_runner::{Config, TestRunner};
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let total = std::cell::Cell::new(0);
+        runner
+            .run(&pair_case(), |case| {
+                let (ma, mb) = (noise(case.seed, case.lens[0]), noise(!case.seed, case.lens[1]));
+                let ([a, b], paired) = feed(&case, [&ma, &mb], pairing);
+                let (da, db) = (a.finish(), b.finish());
+                proptest::prop_assert_eq!(da.hex(), hex::encode(sha2::Sha256::digest(&ma)), "first message");
+                proptest::prop_assert_eq!(db.hex(), hex::encode(sha2::Sha256::digest(&mb)), "second message");
+                proptest::prop_assert!(paired % SHA256_BLOCK == 0 && paired <= ma.len().min(mb.len()));
+                if pairing == Pairing::Separate {
+                    proptest::prop_assert_eq!(paired, 0);
+                }
+                total.set(total.get() + paired);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{pairing:?}: {e}"));
+        total.get()
+    }
+
+    /// The interleaved path (SHA extensions), over random lengths and cuts, with saved and
+    /// restored states between updates; whatever `BERTH_IO_HASH_PAIRS` says.
+    #[test]
+    fn interleaved_pairs_hash_random_messages_as_sha2_does() {
+        if !crate::io::sha256x2::supported() {
+            eprintln!(
+                "this CPU has no SHA extensions: the interleaved path cannot run here (the portable one is tested)"
+            );
+            return;
+        }
+        let paired = check_pairing(Pairing::Interleaved, 128);
+        assert!(
+            paired > 0,
+            "no block was hashed interleaved: the test did not test the path"
+        );
+    }
+
+    /// The portable path (each message by `sha2` alone), forced on whatever the CPU has.
+    #[test]
+    fn separate_pairs_hash_random_messages_as_sha2_does() {
+        check_pairing(Pairing::Separate, 128);
     }
 
     #[test]

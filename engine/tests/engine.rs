@@ -834,6 +834,17 @@ fn the_io_engine_asked_for_is_the_one_that_serves() {
     }
 }
 
+/// CI runs these tests with paired hashing on and off (BERTH_IO_HASH_PAIRS): make sure the
+/// setting is the one in effect, so that the pass with it off does not quietly pair.
+#[test]
+fn paired_hashing_follows_its_setting() {
+    use berth_engine::io::sha256x2;
+    match std::env::var("BERTH_IO_HASH_PAIRS").as_deref() {
+        Ok("off") => assert!(!sha256x2::available()),
+        _ => assert_eq!(sha256x2::available(), sha256x2::supported()),
+    }
+}
+
 /// A body of thousands of tiny frames: more buffers in one batch than one vectored write takes
 /// (IOV_MAX), so the io_uring engine writes it in several rounds; every byte lands in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
-//! Process-level behaviour: Kubernetes service-link variables never stop the server, and idle
-//! upload sessions are removed by the background reaper.
+//! Process-level behaviour: Kubernetes service-link variables never stop the server, the I/O
+//! settings of the environment are the ones that serve, and idle upload sessions are removed by
+//! the background reaper.
 
 mod common;
 
@@ -35,6 +36,34 @@ async fn kubernetes_service_variables_are_ignored_and_pushes_work() {
     let log = reg.log_text();
     assert!(log.contains("ignoring REGISTRY_AUTH_PORT_80_TCP_ADDR"), "{log}");
     assert!(log.contains("ignoring REGISTRY_PORT:"), "{log}");
+}
+
+/// CI runs the server tests on the io_uring engine with paired hashing, and again on the std
+/// engine without it (scripts/test.sh): the berth process says at start-up which it runs, and
+/// it must be what the environment the tests inherited asks for.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_io_settings_asked_for_are_the_ones_that_serve() {
+    let Some(reg) = Registry::start_local(&[("REGISTRY_LOG_FORMATTER", "json")]).await else {
+        return;
+    };
+    let log = reg.log_text();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"].as_str().is_some_and(|m| m.contains("listening")))
+        .unwrap_or_else(|| panic!("no start-up line in the log:\n{log}"));
+    let fields = &line["fields"];
+    match std::env::var("BERTH_IO_ENGINE").as_deref() {
+        Ok("std") => assert_eq!(fields["io"], "std", "{line}"),
+        Ok("uring") => assert_eq!(fields["io"], "io_uring", "{line}"),
+        _ => assert!(fields["io"] == "std" || fields["io"] == "io_uring", "{line}"),
+    }
+    let pairs = std::env::var("BERTH_IO_HASH_PAIRS").map_or(true, |v| v != "off");
+    assert_eq!(
+        fields["hash_pairs"],
+        pairs && berth_engine::io::sha256x2::supported(),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

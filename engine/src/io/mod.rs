@@ -1789,4 +1789,75 @@ mod tests {
             assert_eq!(Arc::strong_count(&bufs[n]), 1, "the thread let go of buffer {n}");
         }
     }
+
+    /// Uploads as the hashing pool gets them, at random: two or three uploads, each with a
+    /// random part already hashed (an earlier request that ended mid-block), then small and
+    /// large buffers whose hashed part starts and ends anywhere (a request resumed from a
+    /// partial block, a part-full last buffer). One hashing thread takes the first two side by
+    /// side ([`Hasher::update_pair`]: interleaved where the CPU has the SHA extensions and
+    /// `BERTH_IO_HASH_PAIRS` is on) and the third when one of them is done; every upload's digest
+    /// is `sha2`'s of all its bytes.
+    #[test]
+    fn the_pool_hashes_random_uploads_as_sha2_does() {
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use proptest::test_runner::{Config, TestRunner};
+        use sha2::Digest as _;
+
+        use crate::digest::Algorithm;
+
+        let upload = (
+            0usize..300,
+            proptest::collection::vec((any::<bool>(), any::<Index>(), any::<Index>(), any::<u8>()), 1..5),
+        );
+        let mut runner = TestRunner::new(Config {
+            cases: 24,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&proptest::collection::vec(upload, 2..=3), |uploads| {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let mut states = Vec::new();
+                for (u, (prefix, jobs)) in uploads.iter().enumerate() {
+                    let mut hasher = Hasher::new(Algorithm::Sha256);
+                    let mut all: Vec<u8> = (0..*prefix).map(|i| (i * 13 + u) as u8).collect();
+                    hasher.update(&all);
+                    let mut queue = std::collections::VecDeque::new();
+                    for &(large, a, b, fill) in jobs {
+                        let mut buf = AlignedBuf::new(if large { DIRECT_LARGE } else { DIRECT_BUF });
+                        for (i, x) in buf.bytes_mut().iter_mut().enumerate() {
+                            *x = ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8 ^ fill;
+                        }
+                        let (p, q) = (a.index(buf.len() + 1), b.index(buf.len() + 1));
+                        let (from, len) = (p.min(q), p.max(q));
+                        all.extend_from_slice(&buf.bytes()[from..len]);
+                        let (done, _) = tokio::sync::oneshot::channel();
+                        queue.push_back(HashJob {
+                            buf: Arc::new(buf),
+                            from,
+                            len,
+                            done,
+                        });
+                    }
+                    let hashing = Arc::new(parking_lot::Mutex::new(Hashing {
+                        hasher: Some(hasher),
+                        queue,
+                        running: true,
+                    }));
+                    tx.send(hashing.clone()).unwrap();
+                    states.push((hashing, hex::encode(sha2::Sha256::digest(&all))));
+                }
+                drop(tx);
+                hash_thread(&rx);
+                for (u, (hashing, want)) in states.iter().enumerate() {
+                    let mut h = hashing.lock();
+                    prop_assert!(!h.running && h.queue.is_empty());
+                    let got = h.hasher.take().expect("the hasher is back").finish();
+                    prop_assert_eq!(got.hex(), want.as_str(), "upload {}", u);
+                }
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 }

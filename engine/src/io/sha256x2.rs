@@ -15,9 +15,15 @@ use core::arch::x86_64::{
     _mm_sha256msg2_epu32, _mm_sha256rnds2_epu32, _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_storeu_si128,
 };
 
-/// Whether this CPU has what [`compress_pair`] needs and `BERTH_IO_HASH_PAIRS` is not `off`
-/// (checked once).
+/// Whether paired hashing serves: this CPU has what [`compress_pair`] needs ([`supported`]) and
+/// `BERTH_IO_HASH_PAIRS` is not `off` (checked once).
 pub fn available() -> bool {
+    supported() && super::HASH_PAIRS.on()
+}
+
+/// Whether this CPU has the extensions [`compress_pair`] is compiled for (checked once),
+/// whatever `BERTH_IO_HASH_PAIRS` says.
+pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -25,7 +31,6 @@ pub fn available() -> bool {
             std::arch::is_x86_feature_detected!("sha")
                 && std::arch::is_x86_feature_detected!("sse4.1")
                 && std::arch::is_x86_feature_detected!("ssse3")
-                && super::HASH_PAIRS.on()
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -34,14 +39,15 @@ pub fn available() -> bool {
 
 /// Compress the whole 64-byte blocks of `a` into `sa` and those of `b` into `sb`, the two
 /// interleaved. `a` and `b` must be of the same length, a multiple of 64. Returns false (and
-/// changes nothing) when the CPU lacks the SHA extensions or the lengths do not fit.
+/// changes nothing) when the CPU lacks the SHA extensions or the lengths do not fit. It does not
+/// look at `BERTH_IO_HASH_PAIRS`: callers that honour the setting ask [`available`] first.
 pub fn compress_pair(sa: &mut [u32; 8], a: &[u8], sb: &mut [u32; 8], b: &[u8]) -> bool {
-    if a.len() != b.len() || !a.len().is_multiple_of(64) || !available() {
+    if a.len() != b.len() || !a.len().is_multiple_of(64) || !supported() {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `available` found the SHA, SSE4.1 and SSSE3 extensions on this CPU, the ones
+        // SAFETY: `supported` found the SHA, SSE4.1 and SSSE3 extensions on this CPU, the ones
         // the function is compiled for; it reads only within `a` and `b` (whole blocks of their
         // equal lengths) and writes only the two states.
         #[allow(unsafe_code)]
@@ -228,7 +234,7 @@ mod tests {
     /// and from states already advanced differently.
     #[test]
     fn pairs_compress_as_sha2_does() {
-        if !available() {
+        if !supported() {
             eprintln!("no SHA extensions here: nothing to compare");
             return;
         }

@@ -36,13 +36,19 @@ pub struct Unread {
 }
 
 impl ReqBody {
-    /// Wrap `body`; the receiver gets it back if it is dropped before its end.
-    pub fn new(body: Incoming) -> (ReqBody, oneshot::Receiver<Unread>) {
-        let (tx, rx) = oneshot::channel();
+    /// Wrap `body`; the receiver gets it back if it is dropped before its end. A request
+    /// without a body (most of them: `GET`, `HEAD`) gets no receiver, and costs nothing more.
+    pub fn new(body: Incoming) -> (ReqBody, Option<oneshot::Receiver<Unread>>) {
+        let (back, rx) = if body.is_end_stream() {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        };
         (
             ReqBody {
                 inner: Some(body),
-                back: Some(tx),
+                back,
                 polled: false,
             },
             rx,

@@ -191,7 +191,7 @@ where
     let (parts, incoming) = req.into_parts();
     let (body, mut unread) = ReqBody::new(incoming);
     let mut resp = answer(Request::from_parts(parts, body)).await;
-    let left = unread.try_recv().ok();
+    let left = unread.as_mut().and_then(|rx| rx.try_recv().ok());
     let closing = resp.headers().get(header::CONNECTION).is_some_and(|v| v == "close");
     if left.is_some() && (!http1 || closing) {
         return resp;

@@ -402,7 +402,7 @@ async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Err(_) => ("invalid", None),
     };
     let mut user = None;
-    let result = match app.authn.identify(req.headers()).await {
+    let result = match app.authn.identify(req.headers(), client).await {
         Err(e) => Err(e),
         Ok(mut caller) => {
             caller.client = client;

@@ -93,9 +93,12 @@ impl Pattern {
                 None => s.is_empty(),
                 Some((Token::Literal(l), rest)) => s.strip_prefix(l.as_str()).is_some_and(|s| go(rest, s, user)),
                 Some((Token::User, rest)) => user.and_then(|u| s.strip_prefix(u)).is_some_and(|s| go(rest, s, user)),
+                // Only char boundaries are split points: a name may hold multi-byte characters.
                 Some((Token::Star, rest)) => {
                     let seg_end = s.find('/').unwrap_or(s.len());
-                    (0..=seg_end).any(|i| go(rest, &s[i..], user))
+                    (0..=seg_end)
+                        .filter(|i| s.is_char_boundary(*i))
+                        .any(|i| go(rest, &s[i..], user))
                 }
                 Some((Token::DoubleStar, rest)) => (0..=s.len())
                     .filter(|i| s.is_char_boundary(*i))
@@ -395,6 +398,41 @@ mod tests {
         // a user name is literal, never a glob
         assert!(!Pattern::new("${user}/x").matches("anything/x", Some("*")));
         assert!(Pattern::new("**").matches("a/b", None));
+    }
+
+    #[test]
+    fn patterns_with_multi_byte_names() {
+        // `*` used to try every byte offset of the segment and slice inside "é".
+        let p = Pattern::new("team-a/*");
+        assert!(p.matches("team-a/é", None));
+        assert!(p.matches("team-a/日本", None));
+        assert!(!p.matches("team-a/é/x", None));
+        assert!(Pattern::new("team-*/app").matches("team-ü/app", None));
+        assert!(Pattern::new("*é*").matches("aéb", None));
+        assert!(!Pattern::new("*é*").matches("aeb", None));
+        assert!(Pattern::new("é/**").matches("é/ß/x", None));
+        assert!(Pattern::new("${user}/*").matches("jürgen/ü", Some("jürgen")));
+        let want: Scope = "repository:team-a/é:pull".parse().unwrap();
+        let r = AccessRules::parse(
+            Path::new("r.json"),
+            r#"{"rules":[{"repository":"team-a/*","users":["*"],"permissions":["pull"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(grant(Some(&r), &u("alice"), &want).actions, vec![Action::Pull]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn matcher_never_panics(pattern in "\\PC{0,12}", name in "\\PC{0,16}", user in proptest::option::of("\\PC{0,6}")) {
+            let _ = Pattern::new(&pattern).matches(&name, user.as_deref());
+        }
+
+        #[test]
+        fn matcher_never_panics_on_globs(pattern in "[a*/é${}user日]{0,12}", name in "[a/é日ß]{0,16}") {
+            let p = Pattern::new(&pattern);
+            let _ = p.matches(&name, Some("é"));
+            let _ = p.matches(&name, None);
+        }
     }
 
     const RULES: &str = r#"{

@@ -105,6 +105,11 @@ impl BasicAuth {
         self.file.read().htpasswd.hash(user).is_some()
     }
 
+    /// The stored bcrypt hash of a user (for binding refresh tokens to it; never logged).
+    pub fn stored_hash(&self, user: &str) -> Option<String> {
+        self.file.read().htpasswd.hash(user).map(str::to_owned)
+    }
+
     /// Number of users in the file.
     pub fn users(&self) -> usize {
         self.file.read().htpasswd.len()
@@ -135,18 +140,28 @@ impl BasicAuth {
     /// Check credentials. A recent success is answered from the cache; otherwise bcrypt runs
     /// on a blocking thread, with a bounded number running at once.
     pub async fn verify(&self, c: &BasicCredentials) -> bool {
+        self.verify_gated(c, || Ok::<(), std::convert::Infallible>(()))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// [`BasicAuth::verify`], asking `gate` again once a bcrypt slot is free and before bcrypt
+    /// runs: attempts queued behind others are refused if those others' failures started a
+    /// back-off meanwhile.
+    pub async fn verify_gated<E>(&self, c: &BasicCredentials, gate: impl Fn() -> Result<(), E>) -> Result<bool, E> {
         let key = self.key(c);
         let now = Instant::now();
         if self.cache.lock().get(&key).is_some_and(|exp| *exp > now) {
-            return true;
+            return Ok(true);
         }
         let hash = self.file.read().htpasswd.hash(&c.user).map(str::to_owned);
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| DECOY_HASH.to_owned());
         let password = c.password.clone();
         let Ok(_slot) = self.bcrypt_slots.acquire().await else {
-            return false;
+            return Ok(false);
         };
+        gate()?;
         let matched = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
             .await
             .unwrap_or(false);
@@ -161,7 +176,7 @@ impl BasicAuth {
             }
             cache.insert(key, now + CACHE_TTL);
         }
-        ok
+        Ok(ok)
     }
 }
 

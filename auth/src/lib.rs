@@ -9,12 +9,14 @@ pub mod basic;
 pub mod htpasswd;
 pub mod scope;
 pub mod secrets;
+pub mod throttle;
 pub mod token;
 pub mod users;
 
 pub use access::{AccessRules, Pattern, Policy, Principal, grant, permits, permitted};
 pub use basic::{BasicAuth, BasicCredentials};
 pub use htpasswd::{Htpasswd, HtpasswdError};
-pub use scope::{Action, Scope, ScopeError};
+pub use scope::{Action, Scope, ScopeError, merge as merge_scopes};
 pub use secrets::{SecretsDir, SecretsError};
-pub use users::{Identity, Users, UsersError};
+pub use throttle::{Throttle, ThrottleConfig, Throttled};
+pub use users::{CredentialSource, Identity, Users, UsersError};

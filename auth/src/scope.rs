@@ -121,6 +121,27 @@ impl FromStr for Scope {
     }
 }
 
+/// Merge scopes that name the same resource (type and name) into one holding the union of
+/// their actions, in the order each resource first appears. `repository:a:pull` and
+/// `repository:a:push` become `repository:a:pull,push`.
+pub fn merge(scopes: impl IntoIterator<Item = Scope>) -> Vec<Scope> {
+    let mut out: Vec<Scope> = Vec::new();
+    for s in scopes {
+        match out
+            .iter_mut()
+            .find(|o| o.resource_type == s.resource_type && o.name == s.name)
+        {
+            Some(o) => {
+                o.actions.extend(s.actions);
+                o.actions.sort_unstable();
+                o.actions.dedup();
+            }
+            None => out.push(s),
+        }
+    }
+    out
+}
+
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let actions: Vec<&str> = self.actions.iter().map(|a| a.as_str()).collect();
@@ -153,6 +174,29 @@ mod tests {
         assert!(c.allows("registry", "catalog", Action::Pull));
         let p: Scope = "repository(plugin):x:pull".parse().unwrap();
         assert_eq!(p.resource_type, "repository");
+    }
+
+    #[test]
+    fn duplicates_merge_into_the_union() {
+        let parse = |v: &[&str]| v.iter().map(|s| s.parse::<Scope>().unwrap()).collect::<Vec<_>>();
+        let merged = merge(parse(&[
+            "repository:a:pull",
+            "registry:catalog:*",
+            "repository:b:push",
+            "repository:a:push,pull",
+            "repository:a:delete",
+            "repository(plugin):b:pull",
+        ]));
+        let text: Vec<String> = merged.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "repository:a:pull,push,delete",
+                "registry:catalog:*",
+                "repository:b:pull,push"
+            ]
+        );
+        assert!(merge(Vec::new()).is_empty());
     }
 
     #[test]

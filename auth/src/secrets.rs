@@ -14,8 +14,10 @@
 //!
 //! The directory is re-read by [`SecretsDir::reload`]; Kubernetes' atomic update (a new
 //! timestamped folder, then the `..data` symlink swapped to it) is seen as one change. Passwords
-//! are kept only as keyed SHA-256 digests and compared in constant time; nothing read from a
-//! file is ever logged.
+//! are kept only as keyed SHA-256 digests and compared in constant time, plus one digest salted
+//! with the namespace and user name that stays the same across restarts, so the token server
+//! can tell whether a password changed since a refresh token was issued (tokens carry only an
+//! HMAC of it, keyed by the signing key). Nothing read from a file is ever logged.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +46,19 @@ struct Entry {
     password: [u8; 32],
     /// Kept to answer "which namespaces does this user have" for refresh tokens.
     user_name: String,
+    /// Salted digest of namespace, user and password, stable across restarts (see the module
+    /// documentation).
+    stamp: [u8; 32],
+}
+
+fn stamp(namespace: &str, user: &str, password: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"berth secrets credential stamp v1\0");
+    for part in [namespace.as_bytes(), user.as_bytes(), password] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 /// What one reading of the directory found.
@@ -188,6 +203,7 @@ impl SecretsDir {
                 continue;
             }
             snap.entries.push(Entry {
+                stamp: stamp(&name, &user_name, &password),
                 namespace: name,
                 user: self.digest(user_name.as_bytes(), b'u'),
                 password: self.digest(&password, b'p'),
@@ -255,6 +271,20 @@ impl SecretsDir {
             .collect()
     }
 
+    /// What `user`'s credentials are now, as bytes that change whenever one of their
+    /// namespaces or passwords does (`None` when the user holds no namespace). For binding
+    /// refresh tokens; it holds digests only.
+    pub fn credential_stamp(&self, user: &str) -> Option<Vec<u8>> {
+        let snap = self.current.read().clone();
+        let mut out = Vec::new();
+        for e in snap.entries.iter().filter(|e| e.user_name == user) {
+            out.extend_from_slice(&(e.namespace.len() as u64).to_le_bytes());
+            out.extend_from_slice(e.namespace.as_bytes());
+            out.extend_from_slice(&e.stamp);
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -301,12 +331,25 @@ mod tests {
         assert!(s.check("ci-b", "s3cret").is_empty());
         assert!(s.check("nobody", "").is_empty());
         assert_eq!(s.namespaces_of("ci-b"), vec!["team-b"]);
+        let stamp_a = s.credential_stamp("ci-a").unwrap();
+        assert!(s.credential_stamp("nobody").is_none());
+        assert!(!stamp_a.windows(6).any(|w| w == b"s3cret"), "no password in the stamp");
+        assert_eq!(
+            SecretsDir::open(d).unwrap().credential_stamp("ci-a").unwrap(),
+            stamp_a,
+            "the stamp survives a restart"
+        );
         assert!(s.reload().is_none(), "nothing changed");
         std::fs::remove_dir_all(d.join("team-b")).unwrap();
         assert_eq!(s.reload(), Some(vec!["team-a".to_owned()]));
         assert!(s.check("ci-b", "other").is_empty());
         put(d, "team-a", "ci-a", "rotated");
         assert!(s.reload().is_some());
+        assert_ne!(
+            s.credential_stamp("ci-a").unwrap(),
+            stamp_a,
+            "a new password, a new stamp"
+        );
         assert!(s.check("ci-a", "s3cret").is_empty());
         assert_eq!(s.check("ci-a", "rotated"), vec!["team-a"]);
         assert!(!format!("{s:?}").contains("rotated"));

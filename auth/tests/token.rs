@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
 use berth_auth::token::signing::generate;
-use berth_auth::token::{Issuer, KeySet, KidFormat, SigningKey, Verifier, VerifyError};
+use berth_auth::token::{Issuer, KeySet, KidFormat, RefreshBinding, RefreshError, SigningKey, Verifier, VerifyError};
 use berth_auth::{Action, Scope};
 
 const ISS: &str = "test-issuer";
@@ -57,7 +57,7 @@ fn issued_tokens_verify_and_grant_exactly_their_access() {
         let v = verifier_for(&[&k]);
         let iss = issuer(vec![k]);
         let t = iss
-            .issue("alice", &[scope("repository:team/app:pull,push")], false)
+            .issue("alice", &[scope("repository:team/app:pull,push")], None)
             .unwrap();
         assert_eq!(t.token, t.access_token);
         assert_eq!(t.expires_in, 300);
@@ -174,7 +174,7 @@ fn root_bundle_by_libtrust_kid_thumbprint_and_x5c() {
     for kid in [KidFormat::Libtrust, KidFormat::Thumbprint] {
         let k = SigningKey::from_pem("k", key_pem.as_bytes(), None, kid).unwrap();
         let t = issuer(vec![k])
-            .issue("alice", &[scope("repository:a:pull")], false)
+            .issue("alice", &[scope("repository:a:pull")], None)
             .unwrap();
         assert!(v.verify(&t.token).is_ok(), "{kid:?}");
     }
@@ -187,12 +187,12 @@ fn root_bundle_by_libtrust_kid_thumbprint_and_x5c() {
     )
     .unwrap();
     assert!(k.x5c.is_some());
-    let t = issuer(vec![k]).issue("alice", &[], false).unwrap();
+    let t = issuer(vec![k]).issue("alice", &[], None).unwrap();
     assert!(v.verify(&t.token).is_ok());
     // a self-signed certificate that is not in the bundle
     let (k2, c2) = generate(Algorithm::RS256, "stranger", 1).unwrap();
     let s = SigningKey::from_pem("s", k2.as_bytes(), Some(c2.as_bytes()), KidFormat::Thumbprint).unwrap();
-    let t = issuer(vec![s]).issue("alice", &[], false).unwrap();
+    let t = issuer(vec![s]).issue("alice", &[], None).unwrap();
     assert!(matches!(v.verify(&t.token).unwrap_err(), VerifyError::X5c(m) if m.contains("untrusted")));
 }
 
@@ -211,16 +211,56 @@ fn rotation_and_refresh() {
         .map(|k| k["kid"].as_str().unwrap())
         .collect();
     assert_eq!(kids, vec![old_kid.as_str(), new_kid.as_str()]);
-    let t = iss.issue("bob", &[scope("repository:x:pull")], true).unwrap();
+    let bound = RefreshBinding {
+        source: "htpasswd",
+        credential: b"$2y$04$stored-hash-of-bob",
+    };
+    let t = iss.issue("bob", &[scope("repository:x:pull")], Some(bound)).unwrap();
     let header = jsonwebtoken::decode_header(&t.token).unwrap();
     assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()), "the newest key signs");
     assert!(v.verify(&t.token).is_ok());
     let refresh = t.refresh_token.unwrap();
-    assert_eq!(iss.refresh_subject(&refresh).unwrap(), "bob");
+    let stored =
+        |hash: &'static [u8]| move |user: &str, src: &str| (user == "bob" && src == "htpasswd").then(|| hash.to_vec());
+    let ok = iss.refresh(&refresh, stored(b"$2y$04$stored-hash-of-bob")).unwrap();
+    assert_eq!((ok.user.as_str(), ok.source.as_str()), ("bob", "htpasswd"));
     assert!(
-        iss.refresh_subject(&t.token).is_err(),
+        matches!(
+            iss.refresh(&t.token, stored(b"$2y$04$stored-hash-of-bob")),
+            Err(RefreshError::Invalid(_))
+        ),
         "an access token is not a refresh token"
     );
+    assert_eq!(
+        iss.refresh(&refresh, stored(b"$2y$04$a-new-password-hash")),
+        Err(RefreshError::Revoked),
+        "a changed password revokes the refresh token"
+    );
+    assert_eq!(
+        iss.refresh(&refresh, |_, _| None),
+        Err(RefreshError::Revoked),
+        "a removed user revokes it"
+    );
+    // The token carries neither the credential nor anything but a 128-bit keyed hash of it.
+    let payload = refresh.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["src"], "htpasswd");
+    assert_eq!(claims["cred"].as_str().unwrap().len(), 22, "{claims}");
+    assert!(!payload.contains("stored-hash"));
+    let exp = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(exp, 90 * 24 * 3600, "the default refresh lifetime");
+    // Verified with the key that signed it, after a rotation too.
+    let old2 = signer(Algorithm::RS256, KidFormat::Thumbprint, false);
+    let iss2 = issuer(vec![old2]).with_refresh_lifetime(Duration::from_secs(3600));
+    let t2 = iss2.issue("bob", &[], Some(bound)).unwrap().refresh_token.unwrap();
+    assert!(
+        iss.refresh(&t2, stored(b"$2y$04$stored-hash-of-bob")).is_err(),
+        "another issuer's refresh token"
+    );
+    assert!(iss2.refresh(&t2, stored(b"$2y$04$stored-hash-of-bob")).is_ok());
     assert!(
         v.verify(&refresh).unwrap().access.is_empty(),
         "a refresh token grants nothing"

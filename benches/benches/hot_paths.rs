@@ -168,7 +168,7 @@ fn jwt(c: &mut Criterion) {
         )
         .unwrap();
         let scope = "repository:team/app:pull,push".parse().unwrap();
-        let token = issuer.issue("alice", &[scope], false).unwrap().token;
+        let token = issuer.issue("alice", &[scope], None).unwrap().token;
         assert!(verifier.verify(&token).is_ok(), "the bench token verifies");
         g.bench_function(format!("{name}_uncached"), |b| {
             b.iter(|| black_box(verifier.verify_uncached(black_box(&token)).unwrap()))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{HeaderMap, header};
 
 use berth_auth::token::{Grant, Issuer, KeySet, KidFormat, SigningKey, Verifier};
-use berth_auth::{BasicCredentials, Principal, Users};
+use berth_auth::{BasicCredentials, Principal, ThrottleConfig, Users};
 
 use crate::config::{AuthConfig, TokenConfig, UserSources};
 use crate::error::{ApiError, Kind};
@@ -88,7 +88,7 @@ fn read(path: &Path, setting: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))
 }
 
-fn token_auth(cfg: &TokenConfig) -> Result<TokenAuth, String> {
+fn token_auth(cfg: &TokenConfig, throttle: ThrottleConfig) -> Result<TokenAuth, String> {
     let mut keys = KeySet::default();
     if let Some(p) = &cfg.jwks {
         let text = String::from_utf8(read(p, "auth.token.jwks")?)
@@ -126,8 +126,9 @@ fn token_auth(cfg: &TokenConfig) -> Result<TokenAuth, String> {
                 signing.push(key);
             }
             let issuer = Issuer::new(cfg.issuer.clone(), cfg.service.clone(), s.expiration, signing)
-                .map_err(|e| format!("auth.token.server.key: {e}"))?;
-            let users = open_users(&s.users)?;
+                .map_err(|e| format!("auth.token.server.key: {e}"))?
+                .with_refresh_lifetime(s.refresh_expiration);
+            let users = open_users(&s.users, throttle)?;
             Some(TokenServer {
                 issuer,
                 users,
@@ -148,8 +149,10 @@ fn token_auth(cfg: &TokenConfig) -> Result<TokenAuth, String> {
     })
 }
 
-fn open_users(sources: &UserSources) -> Result<Users, String> {
-    let users = Users::open(sources.htpasswd.as_deref(), sources.secrets.as_deref()).map_err(|e| e.to_string())?;
+fn open_users(sources: &UserSources, throttle: ThrottleConfig) -> Result<Users, String> {
+    let users = Users::open(sources.htpasswd.as_deref(), sources.secrets.as_deref())
+        .map_err(|e| e.to_string())?
+        .with_throttle(throttle);
     if let Some(s) = users.secrets() {
         for reason in s.skipped() {
             tracing::warn!(dir = %s.dir().display(), "secrets directory: skipping {reason}");
@@ -167,18 +170,18 @@ fn open_users(sources: &UserSources) -> Result<Users, String> {
 impl Authn {
     /// Build from the validated configuration; unreadable or invalid files are errors that
     /// name the setting, the file and the problem.
-    pub fn from_config(cfg: &AuthConfig) -> Result<Authn, String> {
+    pub fn from_config(cfg: &AuthConfig, throttle: ThrottleConfig) -> Result<Authn, String> {
         Ok(match cfg {
             AuthConfig::None => Authn::None,
             AuthConfig::Basic { realm, users } => {
-                let verifier = Box::new(open_users(users)?);
+                let verifier = Box::new(open_users(users, throttle)?);
                 Authn::Basic {
                     realm: realm.clone(),
                     verifier,
                 }
             }
             AuthConfig::Token(t) => {
-                let auth = token_auth(t)?;
+                let auth = token_auth(t, throttle)?;
                 tracing::info!(kids = ?auth.verifier.kids(), "token verification keys loaded");
                 Authn::Token(Box::new(auth))
             }
@@ -233,10 +236,31 @@ impl Authn {
         }
     }
 
-    /// Who is calling: anonymous without credentials, the user with good ones, a 401 with
-    /// wrong ones.
-    pub async fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    /// Who is calling (from `client`): anonymous without credentials, the user with good ones,
+    /// a 401 with wrong or malformed ones, a 429 while failed logins are throttled.
+    pub async fn identify(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Caller, ApiError> {
+        if matches!(self, Authn::None) {
+            return Ok(Caller::default());
+        }
+        // A header that is there but not text is a malformed credential, never "no credentials".
+        let value = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => {
+                let reason = if matches!(self, Authn::Basic { .. }) {
+                    "basic_malformed"
+                } else {
+                    "bearer_missing"
+                };
+                return Err(self
+                    .unauthorized(
+                        Some("the Authorization header holds characters other than visible ASCII; send Basic base64(user:password) or Bearer <token>"),
+                        None,
+                        None,
+                    )
+                    .auth_failure(reason));
+            }
+        };
         match (self, value) {
             (Authn::None, _) | (_, None) => Ok(Caller::default()),
             (Authn::Basic { verifier, .. }, Some(value)) => {
@@ -249,10 +273,11 @@ impl Authn {
                         )
                         .auth_failure("basic_malformed"));
                 };
-                if let Some(id) = verifier.verify(&creds).await {
+                if let Some(id) = verifier.verify(&creds, client).await? {
                     Ok(Caller {
                         user: Some(id.user),
                         namespaces: id.namespaces,
+                        client,
                         ..Caller::default()
                     })
                 } else {

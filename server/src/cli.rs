@@ -85,7 +85,7 @@ pub fn load(src: &ConfigSource) -> Config {
 
 /// Authentication and access rules from the configuration, opening every file they name.
 pub fn security(cfg: &Config) -> Result<(Arc<Authn>, Arc<Access>), String> {
-    let authn = Arc::new(Authn::from_config(&cfg.auth)?);
+    let authn = Arc::new(Authn::from_config(&cfg.auth, cfg.auth_throttle)?);
     let rules = match &cfg.access_rules {
         Some(p) => Some(berth_auth::AccessRules::load(p).map_err(|e| format!("accesscontrol.config: {e}"))?),
         None => None,
@@ -352,7 +352,7 @@ pub fn check_config(src: &ConfigSource) {
 /// `berth token`: mint a token with the configured signing key.
 pub fn token(src: &ConfigSource, user: &str, scopes: &[String]) {
     let cfg = load(src);
-    let authn = Authn::from_config(&cfg.auth).unwrap_or_else(|e| fail(&e));
+    let authn = Authn::from_config(&cfg.auth, cfg.auth_throttle).unwrap_or_else(|e| fail(&e));
     let Some(server) = authn.token_server() else {
         fail(
             "berth token needs token mode with the built-in token server (auth.token.server.enabled and auth.token.server.key)",
@@ -362,7 +362,7 @@ pub fn token(src: &ConfigSource, user: &str, scopes: &[String]) {
         .iter()
         .map(|s| s.parse().unwrap_or_else(|e| fail(&format!("--scope {s}: {e}"))))
         .collect();
-    let issued = server.issuer.issue(user, &granted, false).unwrap_or_else(|e| fail(&e));
+    let issued = server.issuer.issue(user, &granted, None).unwrap_or_else(|e| fail(&e));
     println!("{}", issued.token);
 }
 

@@ -253,6 +253,30 @@ pub const SETTINGS: &[Setting] = &[
         doc: "JSON file of access rules (defaultPolicy, adminUsers, anonymous, rules); see docs/auth.md.",
     },
     Setting {
+        path: "auth.throttle.enabled",
+        env: &["REGISTRY_AUTH_THROTTLE_ENABLED"],
+        default: "true",
+        doc: "Throttle failed logins (Basic on registry requests and the built-in token server): after the free attempts, each failure doubles the wait (1 s, 2 s, 4 s, … up to auth.throttle.maxbackoff) before that user name at that client address, or that address, may try again; attempts during the wait get 429 TOOMANYREQUESTS with Retry-After, without checking the password.",
+    },
+    Setting {
+        path: "auth.throttle.freeattempts",
+        env: &["REGISTRY_AUTH_THROTTLE_FREEATTEMPTS"],
+        default: "5",
+        doc: "Failed logins of one user name from one client address before back-off starts. A success resets it. The same user at another address is not affected.",
+    },
+    Setting {
+        path: "auth.throttle.addressfreeattempts",
+        env: &["REGISTRY_AUTH_THROTTLE_ADDRESSFREEATTEMPTS"],
+        default: "20",
+        doc: "Failed logins from one client address (all user names together; IPv6 by /64) before back-off starts for that address; raise it when many users share one address (NAT, a proxy not listed in http.trustedproxies).",
+    },
+    Setting {
+        path: "auth.throttle.maxbackoff",
+        env: &["REGISTRY_AUTH_THROTTLE_MAXBACKOFF"],
+        default: "15m",
+        doc: "Longest wait after repeated failures. A key that has not failed for twice this (at least a minute) is forgotten.",
+    },
+    Setting {
         path: "auth.token.realm",
         env: &["REGISTRY_AUTH_TOKEN_REALM"],
         default: "(required in token mode)",
@@ -329,6 +353,12 @@ pub const SETTINGS: &[Setting] = &[
         env: &["REGISTRY_AUTH_TOKEN_SERVER_EXPIRATION", "REGISTRY_TOKEN_EXPIRY"],
         default: "300s",
         doc: "Lifetime of issued access tokens.",
+    },
+    Setting {
+        path: "auth.token.server.refreshexpiration",
+        env: &["REGISTRY_AUTH_TOKEN_SERVER_REFRESHEXPIRATION"],
+        default: "2160h (90 days)",
+        doc: "Lifetime of refresh tokens (docker login's stored credential), from 60s to 8784h. A refresh token also stops working as soon as its user's password (htpasswd entry or secret) changes or the user is removed.",
     },
     Setting {
         path: "auth.token.server.kid",
@@ -505,6 +535,8 @@ pub struct TokenServerConfig {
     pub path: String,
     /// Token lifetime.
     pub expiration: Duration,
+    /// Refresh-token lifetime.
+    pub refresh_expiration: Duration,
     /// `kid` format: thumbprint or libtrust.
     pub kid: String,
     /// The users who may log in.
@@ -599,6 +631,7 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
             certificate: get_file(tree, "auth.token.server.certificate")?,
             path: endpoint,
             expiration: get_duration(tree, "auth.token.server.expiration", Duration::from_secs(300))?,
+            refresh_expiration: refresh_expiration(tree)?,
             kid,
             users,
         })
@@ -642,6 +675,22 @@ fn token_config(tree: &Value) -> Result<TokenConfig, ConfigError> {
     Ok(cfg)
 }
 
+/// Longest `auth.token.server.refreshexpiration` taken.
+const MAX_REFRESH_EXPIRATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn refresh_expiration(tree: &Value) -> Result<Duration, ConfigError> {
+    let path = "auth.token.server.refreshexpiration";
+    let d = get_duration(tree, path, berth_auth::token::issuer::REFRESH_LIFETIME)?;
+    if d < Duration::from_secs(60) || d > MAX_REFRESH_EXPIRATION {
+        return Err(ConfigError(format!(
+            "{path}{}: {}s is out of range; use a duration from 60s to 8784h (366 days), e.g. 720h for 30 days",
+            env_names(path),
+            d.as_secs()
+        )));
+    }
+    Ok(d)
+}
+
 /// Decide the auth mode: `REGISTRY_AUTH_TYPE` wins over the file; otherwise the section that is
 /// present. With `none` chosen explicitly, auth sections of the file are dropped.
 fn auth_config(tree: &mut Value, auth_type: Option<&str>) -> Result<AuthConfig, ConfigError> {
@@ -654,7 +703,7 @@ fn auth_config(tree: &mut Value, auth_type: Option<&str>) -> Result<AuthConfig, 
     if let Some(Value::Object(methods)) = get_path(tree, "auth")
         && let Some(other) = methods
             .keys()
-            .find(|k| !["htpasswd", "token", "secrets"].contains(&k.as_str()))
+            .find(|k| !["htpasswd", "token", "secrets", "throttle"].contains(&k.as_str()))
     {
         return Err(ConfigError(format!(
             "auth.{other}: unknown authentication method; Berth offers auth.htpasswd and auth.secrets (basic) and auth.token"
@@ -746,6 +795,39 @@ pub struct Config {
     pub debug_addr: Option<SocketAddr>,
     /// Reverse proxies whose `X-Forwarded-For` is believed (`http.trustedproxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Throttling of failed logins (`auth.throttle.*`).
+    pub auth_throttle: berth_auth::ThrottleConfig,
+}
+
+/// `auth.throttle.*`.
+fn throttle_settings(tree: &Value) -> Result<berth_auth::ThrottleConfig, ConfigError> {
+    let d = berth_auth::ThrottleConfig::default();
+    let count = |path: &str, default: u32| -> Result<u32, ConfigError> {
+        let n = get_usize(tree, path, default as usize)?;
+        u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "{path}{}: {n} is out of range; use 1 to 1000000",
+                    env_names(path)
+                ))
+            })
+    };
+    let path = "auth.throttle.maxbackoff";
+    let max_backoff = get_duration(tree, path, d.max_backoff)?;
+    if max_backoff < Duration::from_secs(1) || max_backoff > Duration::from_secs(24 * 3600) {
+        return Err(ConfigError(format!(
+            "{path}{}: use a duration from 1s to 24h, e.g. 15m",
+            env_names(path)
+        )));
+    }
+    Ok(berth_auth::ThrottleConfig {
+        enabled: get_bool(tree, "auth.throttle.enabled", d.enabled)?,
+        free_attempts: count("auth.throttle.freeattempts", d.free_attempts)?,
+        address_free_attempts: count("auth.throttle.addressfreeattempts", d.address_free_attempts)?,
+        max_backoff,
+    })
 }
 
 /// Bounds on request bodies: how slow one may be, and how much of an unread one is drained.
@@ -1136,6 +1218,9 @@ pub fn from_tree(
             errors.extend(m.lines().map(str::to_owned));
         }
     };
+    // Before auth_config, which drops the auth section when authentication is off.
+    let mut auth_throttle = berth_auth::ThrottleConfig::default();
+    take(throttle_settings(&tree).map(|t| auth_throttle = t));
     let mut auth = AuthConfig::None;
     take(auth_config(&mut tree, auth_type.as_deref()).map(|a| auth = a));
     take(unsupported(&tree));
@@ -1285,6 +1370,7 @@ pub fn from_tree(
         page_max,
         headers,
         trusted_proxies,
+        auth_throttle,
     };
     Ok((config, warnings))
 }
@@ -1892,6 +1978,70 @@ mod tests {
         assert_eq!(s.keys, vec![PathBuf::from("/old.pem"), PathBuf::from("/new.pem")]);
         assert_eq!(s.expiration, Duration::from_secs(600));
         assert_eq!(s.path, "/auth");
+        assert_eq!(s.refresh_expiration, Duration::from_secs(90 * 24 * 3600));
+        server.push(("REGISTRY_AUTH_TOKEN_SERVER_REFRESHEXPIRATION", "720h"));
+        let (c, _) = load_str("", &server).unwrap();
+        let AuthConfig::Token(t) = c.auth else {
+            panic!("not token mode")
+        };
+        assert_eq!(
+            t.server.unwrap().refresh_expiration,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        for bad in ["0s", "10s", "9000h", "forever"] {
+            server.retain(|(k, _)| *k != "REGISTRY_AUTH_TOKEN_SERVER_REFRESHEXPIRATION");
+            server.push(("REGISTRY_AUTH_TOKEN_SERVER_REFRESHEXPIRATION", bad));
+            let e = load_str("", &server).unwrap_err().0;
+            assert!(
+                e.contains("auth.token.server.refreshexpiration (env REGISTRY_AUTH_TOKEN_SERVER_REFRESHEXPIRATION)"),
+                "{bad}: {e}"
+            );
+        }
+        // From a file, the message names the file too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yml");
+        std::fs::write(
+            &file,
+            "auth:\n  token:\n    realm: r\n    service: s\n    issuer: i\n    server:\n      enabled: true\n      key: /k.pem\n      refreshexpiration: 5s\n  htpasswd:\n    path: /h\n",
+        )
+        .unwrap();
+        let e = load(Source::File(&file), &BTreeMap::new()).unwrap_err().0;
+        assert!(
+            e.contains(&file.display().to_string()) && e.contains("auth.token.server.refreshexpiration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn throttle_settings() {
+        let (c, _) = load_str("", &[]).unwrap();
+        assert_eq!(c.auth_throttle, berth_auth::ThrottleConfig::default());
+        let (c, w) = load_str(
+            "auth: {throttle: {freeattempts: 3, maxbackoff: 2m}, htpasswd: {path: /h}}",
+            &[("REGISTRY_AUTH_THROTTLE_ADDRESSFREEATTEMPTS", "50")],
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert!(
+            matches!(c.auth, AuthConfig::Basic { .. }),
+            "throttle is not an auth method"
+        );
+        assert_eq!(
+            (c.auth_throttle.free_attempts, c.auth_throttle.address_free_attempts),
+            (3, 50)
+        );
+        assert_eq!(c.auth_throttle.max_backoff, Duration::from_secs(120));
+        let (c, _) = load_str("", &[("REGISTRY_AUTH_THROTTLE_ENABLED", "false")]).unwrap();
+        assert!(!c.auth_throttle.enabled);
+        for (k, v) in [
+            ("REGISTRY_AUTH_THROTTLE_FREEATTEMPTS", "0"),
+            ("REGISTRY_AUTH_THROTTLE_ADDRESSFREEATTEMPTS", "many"),
+            ("REGISTRY_AUTH_THROTTLE_MAXBACKOFF", "0s"),
+            ("REGISTRY_AUTH_THROTTLE_ENABLED", "perhaps"),
+        ] {
+            let e = load_str("", &[(k, v)]).unwrap_err().0;
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum Kind {
     NotFound,
     /// Too many requests.
     TooManyRequests,
+    /// Too many failed logins from this client: wait (Retry-After).
+    LoginThrottled,
     /// No or wrong credentials.
     Unauthorized,
     /// Authenticated but not allowed.
@@ -145,6 +147,11 @@ impl Kind {
                 "requested access to the resource is denied",
             ),
             TooManyRequests => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS, "too many requests"),
+            LoginThrottled => (
+                "TOOMANYREQUESTS",
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins from this client; wait Retry-After seconds before trying again",
+            ),
             StorageFull => (
                 "UNKNOWN",
                 StatusCode::INSUFFICIENT_STORAGE,
@@ -243,6 +250,17 @@ impl From<ParseError> for ApiError {
 /// `Retry-After` (seconds) when a cap on open upload sessions refuses one: sessions free up
 /// as other uploads finish.
 const UPLOAD_CAP_RETRY_AFTER: &str = "30";
+
+impl From<berth_auth::Throttled> for ApiError {
+    /// The same answer whatever the user name: it must not tell which users exist.
+    fn from(t: berth_auth::Throttled) -> Self {
+        let secs = t.retry_after_secs();
+        ApiError::new(Kind::LoginThrottled)
+            .detail(json!({"retryAfterSeconds": secs}))
+            .header(header::RETRY_AFTER, &secs.to_string())
+            .auth_failure("throttled")
+    }
+}
 
 /// The Range header value for an upload that has `offset` bytes.
 pub fn upload_range(offset: u64) -> String {

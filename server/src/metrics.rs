@@ -44,6 +44,7 @@ pub const AUTH_REASONS: &[&str] = &[
     "denied",
     "token_request_invalid_credentials",
     "token_request_invalid_refresh",
+    "throttled",
     // token verification (berth_auth::token::VerifyError::reason)
     "malformed",
     "alg_none",
@@ -80,6 +81,7 @@ pub struct Metrics {
     bytes_in: Box<[AtomicU64]>,
     bytes_out: Box<[AtomicU64]>,
     auth_failures: Box<[AtomicU64]>,
+    throttled: AtomicU64,
     started: SystemTime,
     storage: Mutex<Option<(Instant, u64, u64)>>,
 }
@@ -111,6 +113,7 @@ impl Metrics {
             bytes_in: counters(k),
             bytes_out: counters(k),
             auth_failures: counters(AUTH_REASONS.len()),
+            throttled: AtomicU64::new(0),
             started: SystemTime::now(),
             storage: Mutex::new(None),
         }
@@ -141,6 +144,9 @@ impl Metrics {
     pub fn auth_failure(&self, reason: &str) {
         if let Some(i) = AUTH_REASONS.iter().position(|r| *r == reason) {
             self.auth_failures[i].fetch_add(1, Relaxed);
+        }
+        if reason == "throttled" {
+            self.throttled.fetch_add(1, Relaxed);
         }
     }
 
@@ -248,6 +254,13 @@ impl Metrics {
         }
         head(
             &mut o,
+            "berth_auth_throttled_total",
+            "counter",
+            "Logins refused with 429 because the user name at that address, or the address, is in back-off after failed logins (auth.throttle).",
+        );
+        let _ = writeln!(o, "berth_auth_throttled_total {}", self.throttled.load(Relaxed));
+        head(
+            &mut o,
             "berth_uploads_in_progress",
             "gauge",
             "Upload sessions open in this process.",
@@ -302,6 +315,7 @@ mod tests {
         m.received("upload", 4096);
         m.auth_failure("expired");
         m.auth_failure("not a reason");
+        m.auth_failure("throttled");
         let t = m.render(&Gauges {
             uploads_in_progress: 3,
             storage: Some((2, 5000)),
@@ -321,6 +335,8 @@ mod tests {
         assert!(t.contains("berth_http_request_bytes_total{route=\"upload\"} 4096\n"));
         assert!(t.contains("berth_auth_failures_total{reason=\"expired\"} 1\n"));
         assert!(t.contains("berth_uploads_in_progress 3\n"));
+        assert!(t.contains("berth_auth_throttled_total 1\n"));
+        assert!(t.contains("berth_auth_failures_total{reason=\"throttled\"} 1\n"));
         assert!(t.contains("berth_storage_bytes 5000\n"));
         // Every sample line belongs to a declared metric family.
         let families: Vec<&str> = t

@@ -802,3 +802,355 @@ fn keygen_if_missing_keeps_an_existing_pair() {
         "{out:?}"
     );
 }
+
+/// Claims of a JWT, unverified (the test only reads what the server wrote).
+fn claims_of(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Settings of a registry with the built-in token server, users from `htpasswd` (and
+/// `secrets`), plus `extra`.
+fn token_env<'a>(key: &'a str, htpasswd: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("REGISTRY_AUTH_TOKEN_REALM", "http://registry.test/auth"),
+        ("REGISTRY_AUTH_TOKEN_SERVICE", "berth-test"),
+        ("REGISTRY_AUTH_TOKEN_ISSUER", "berth-issuer"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_KEY", key),
+        ("REGISTRY_AUTH_HTPASSWD", htpasswd),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_endpoint_refuses_malformed_credentials_and_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &[("alice", "a-pass")]);
+    let rules = dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"rules":[{"repository":"team-a/*","users":["*"],"permissions":["pull"]},
+                     {"repository":"${user}/**","users":["*"],"permissions":["pull","push","delete"]}]}"#,
+    )
+    .unwrap();
+    let (key, _) = keygen(dir.path());
+    let env = token_env(
+        &key,
+        &pw,
+        &[("REGISTRY_ACCESS_CONTROL_CONFIG", rules.to_str().unwrap())],
+    );
+    let Some(reg) = Registry::start_local(&env).await else {
+        return;
+    };
+    // A malformed Authorization header is a 401 with the Basic challenge, never an anonymous token.
+    use base64::Engine as _;
+    let no_colon = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice"));
+    for bad in ["Basic !!!", "Basic", no_colon.as_str(), "Bearer abc", "Digest x"] {
+        let r = token(&reg, Some(bad), "service=berth-test&scope=repository:alice/app:pull").await;
+        r.expect_error(401, &["UNAUTHORIZED"]);
+        assert!(
+            r.must_header("www-authenticate").starts_with("Basic realm="),
+            "{bad}: {:?}",
+            r.headers
+        );
+    }
+    let r = reg
+        .raw("GET", "/auth?service=berth-test", &[("Authorization", "Basic é")], b"")
+        .await;
+    r.expect_error(401, &["UNAUTHORIZED"]);
+    // The same header on a registry request is a 401 too, not an anonymous caller.
+    let r = reg.raw("GET", "/v2/", &[("Authorization", "Bearer é")], b"").await;
+    r.expect_error(401, &["UNAUTHORIZED"]);
+    assert!(r.must_header("www-authenticate").starts_with("Bearer "));
+
+    // Scopes naming something that is not a repository name are refused, naming the scope.
+    let alice = basic("alice", "a-pass");
+    for bad in [
+        "repository:Alice/App:pull",
+        "repository:team-a/%C3%A9:pull",
+        "repository:team-a/*:pull",
+        "repository:a//b:pull",
+    ] {
+        let r = token(&reg, Some(&alice), &format!("service=berth-test&scope={bad}")).await;
+        let e = r.expect_error(400, &["INVALID_REQUEST"]);
+        assert!(
+            e["message"].as_str().unwrap().contains("invalid repository name"),
+            "{e}"
+        );
+    }
+    // Duplicate scopes become one access entry with the union of what was granted.
+    let r = token(
+        &reg,
+        Some(&alice),
+        "service=berth-test&scope=repository:alice/app:pull&scope=repository:team-a/x:pull&scope=repository:alice/app:push%20repository:alice/app:delete,pull",
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(
+        claims_of(r.json()["token"].as_str().unwrap())["access"],
+        serde_json::json!([
+            {"type": "repository", "name": "alice/app", "actions": ["pull", "push", "delete"]},
+            {"type": "repository", "name": "team-a/x", "actions": ["pull"]}
+        ])
+    );
+}
+
+/// Send wrong passwords for `user` as the client `xff` until the answer is a 429 with at least
+/// `min_wait` seconds to wait; the statuses seen on the way.
+async fn drive_into_backoff(reg: &Registry, path: &str, user: &str, xff: &str, min_wait: u64) -> Vec<u16> {
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let rb = reg
+            .client
+            .get(reg.url(path))
+            .header("Authorization", basic(user, "wrong guess"))
+            .header("X-Forwarded-For", xff);
+        let r = reg.send(rb).await;
+        seen.push(r.status.as_u16());
+        if r.status == 429 {
+            let e = r.expect_error(429, &["TOOMANYREQUESTS"]);
+            assert!(!e["message"].as_str().unwrap().contains(user), "{e}");
+            let wait: u64 = r.must_header("retry-after").parse().unwrap();
+            if wait >= min_wait {
+                return seen;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        } else {
+            r.expect_error(401, &["UNAUTHORIZED"]);
+        }
+    }
+    panic!("no back-off after {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_logins_are_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &[("alice", "a-pass")]);
+    let throttle = [
+        ("REGISTRY_HTTP_TRUSTEDPROXIES", "127.0.0.0/8"),
+        ("REGISTRY_AUTH_THROTTLE_FREEATTEMPTS", "2"),
+        ("REGISTRY_AUTH_THROTTLE_ADDRESSFREEATTEMPTS", "1000"),
+        ("REGISTRY_AUTH_THROTTLE_MAXBACKOFF", "30s"),
+    ];
+    let mut env = vec![("REGISTRY_AUTH_HTPASSWD", pw.as_str())];
+    env.extend_from_slice(&throttle);
+    let Some(reg) = Registry::start_local(&env).await else {
+        return;
+    };
+    let from = |xff: &'static str, auth: String| {
+        reg.client
+            .get(reg.url("/v2/"))
+            .header("Authorization", auth)
+            .header("X-Forwarded-For", xff)
+    };
+    // Two free failures, then back-off; an unknown user sees exactly the same answers.
+    let known = drive_into_backoff(&reg, "/v2/", "alice", "198.51.100.7", 1).await;
+    let unknown = drive_into_backoff(&reg, "/v2/", "mallory", "198.51.100.7", 1).await;
+    assert_eq!(known, vec![401, 401, 401, 429]);
+    assert_eq!(unknown, known, "the answers do not tell which users exist");
+    // Now longer waits: the right password is refused too while the wait lasts (bcrypt never runs)...
+    drive_into_backoff(&reg, "/v2/", "alice", "198.51.100.7", 3).await;
+    let r = reg.send(from("198.51.100.7", basic("alice", "a-pass"))).await;
+    r.expect_error(429, &["TOOMANYREQUESTS"]);
+    let wait: u64 = r.must_header("retry-after").parse().unwrap();
+    // ...but alice from another address logs in at once.
+    reg.send(from("203.0.113.9", basic("alice", "a-pass")))
+        .await
+        .expect(200);
+    // After the wait, the right password works from the attacker's address and resets it.
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    reg.send(from("198.51.100.7", basic("alice", "a-pass")))
+        .await
+        .expect(200);
+    reg.send(from("198.51.100.7", basic("alice", "wrong")))
+        .await
+        .expect_error(401, &["UNAUTHORIZED"]);
+    // A malformed header on a registry request is a clear 401 with the Basic challenge.
+    let r = reg.raw("GET", "/v2/", &[("Authorization", "Basic é")], b"").await;
+    r.expect_error(401, &["UNAUTHORIZED"]);
+    assert!(r.must_header("www-authenticate").starts_with("Basic realm="));
+    let metrics = reg.get("/metrics").await.text();
+    let throttled: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_auth_throttled_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(throttled >= 3, "{throttled}");
+    assert!(!reg.log_text().contains("a-pass") && !reg.log_text().contains("wrong guess"));
+
+    // The token server throttles the same way: Basic header and password grant.
+    let (key, _) = keygen(dir.path());
+    let env = token_env(&key, &pw, &throttle);
+    let reg = Registry::start_local(&env).await.unwrap();
+    let seen = drive_into_backoff(&reg, "/auth?service=berth-test", "alice", "198.51.100.7", 1).await;
+    assert_eq!(seen, vec![401, 401, 401, 429]);
+    let r = reg
+        .send(
+            reg.client
+                .post(reg.url("/auth"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .header("X-Forwarded-For", "198.51.100.7")
+                .body("grant_type=password&username=alice&password=a-pass&service=berth-test"),
+        )
+        .await;
+    r.expect_error(429, &["TOOMANYREQUESTS"]);
+    assert!(r.header("retry-after").is_some());
+    let r = reg
+        .send(
+            reg.client
+                .get(reg.url("/auth?service=berth-test"))
+                .header("Authorization", basic("alice", "a-pass"))
+                .header("X-Forwarded-For", "203.0.113.9"),
+        )
+        .await;
+    r.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_tokens_stop_working_when_the_password_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &[("alice", "a-pass"), ("bob", "b-pass")]);
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(secrets.join("team-a")).unwrap();
+    std::fs::write(secrets.join("team-a/username"), "ci-a").unwrap();
+    std::fs::write(secrets.join("team-a/password"), "first-secret").unwrap();
+    let (key, _) = keygen(dir.path());
+    let env = token_env(
+        &key,
+        &pw,
+        &[
+            ("REGISTRY_AUTH_SECRETS_DIRECTORY", secrets.to_str().unwrap()),
+            ("REGISTRY_AUTH_TOKEN_SERVER_REFRESHEXPIRATION", "1h"),
+        ],
+    );
+    let Some(mut reg) = Registry::start_local(&env).await else {
+        return;
+    };
+    let login = async |reg: &Registry, user: &str, password: &str| {
+        let r = post_form(
+            reg,
+            &format!("grant_type=password&username={user}&password={password}&service=berth-test&client_id=t"),
+        )
+        .await;
+        r.expect(200);
+        r.json()["refresh_token"].as_str().unwrap().to_owned()
+    };
+    let refresh = async |reg: &Registry, t: &str| {
+        post_form(
+            reg,
+            &format!("grant_type=refresh_token&refresh_token={t}&service=berth-test&client_id=t&scope=repository:alice/app:pull"),
+        )
+        .await
+    };
+    let alice = login(&reg, "alice", "a-pass").await;
+    let bob = login(&reg, "bob", "b-pass").await;
+    let ci = login(&reg, "ci-a", "first-secret").await;
+    let c = claims_of(&alice);
+    assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 3600);
+    assert!(!alice.contains("a-pass") && !c.to_string().contains("$2"), "{c}");
+    for t in [&alice, &bob, &ci] {
+        refresh(&reg, t).await.expect(200);
+    }
+    // A restart keeps them valid (the binding key comes from the signing key).
+    reg.restart().await;
+    for t in [&alice, &bob, &ci] {
+        refresh(&reg, t).await.expect(200);
+    }
+    // alice's password changes, bob is removed, ci-a's secret rotates.
+    let new_pw = htpasswd(dir.path(), &[("alice", "new-pass")]);
+    assert_eq!(new_pw, pw);
+    std::fs::write(secrets.join("team-a/password"), "second-secret").unwrap();
+    eventually("the new password is in force", async || {
+        post_form(
+            &reg,
+            "grant_type=password&username=alice&password=new-pass&service=berth-test",
+        )
+        .await
+        .status
+            == 200
+    })
+    .await;
+    eventually("the new secret is in force", async || {
+        post_form(
+            &reg,
+            "grant_type=password&username=ci-a&password=second-secret&service=berth-test",
+        )
+        .await
+        .status
+            == 200
+    })
+    .await;
+    for (who, t) in [("alice", &alice), ("bob", &bob), ("ci-a", &ci)] {
+        let r = refresh(&reg, t).await;
+        let e = r.expect_error(401, &["UNAUTHORIZED"]);
+        assert!(e["message"].as_str().unwrap().contains("log in again"), "{who}: {e}");
+        assert!(r.must_header("www-authenticate").starts_with("Basic realm="));
+    }
+    // A refresh token issued now works.
+    let fresh = login(&reg, "alice", "new-pass").await;
+    refresh(&reg, &fresh).await.expect(200);
+}
+
+/// The token endpoint reads its form under the body limits: a form that drips a byte at a time
+/// is cut after one period of `http.timeouts.body` for bringing less than
+/// `http.limits.bodyminrate`, instead of holding the connection for as long as it drips.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dripping_token_form_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &[("alice", "a-pass")]);
+    let (key, _) = keygen(dir.path());
+    let env = [
+        ("REGISTRY_AUTH_TYPE", "token"),
+        ("REGISTRY_AUTH_TOKEN_REALM", "http://registry.test/auth"),
+        ("REGISTRY_AUTH_TOKEN_SERVICE", "berth-test"),
+        ("REGISTRY_AUTH_TOKEN_ISSUER", "berth-issuer"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_KEY", key.as_str()),
+        ("REGISTRY_AUTH_HTPASSWD", pw.as_str()),
+        ("REGISTRY_HTTP_TIMEOUTS_BODY", "2s"),
+        ("REGISTRY_HTTP_LIMITS_BODYMINRATE", "100"),
+    ];
+    let Some(reg) = Registry::start_local(&env).await else {
+        return;
+    };
+    let form = b"grant_type=password&service=berth-test&username=alice&password=a-pass&padding=".repeat(4);
+    let head = format!(
+        "POST /auth HTTP/1.1\r\nHost: r\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        form.len()
+    );
+    let s = tokio::net::TcpStream::connect(reg.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let drip = tokio::spawn(async move {
+        for b in form {
+            if wr.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), rd.read_to_end(&mut buf)).await;
+    drip.abort();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("http.limits.bodyminrate"), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "cut after {:?}",
+        started.elapsed()
+    );
+}

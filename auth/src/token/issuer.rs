@@ -8,13 +8,50 @@ use jsonwebtoken::{Algorithm, Header};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use base64::Engine as _;
+use subtle::ConstantTimeEq as _;
+
 use super::keys::KeySet;
-use super::signing::SigningKey;
+use super::signing::{SigningKey, hmac_sha256};
 use super::verify::{Verifier, VerifyError};
 use crate::scope::Scope;
 
-/// Lifetime of refresh tokens.
+/// Default lifetime of refresh tokens (`auth.token.server.refreshexpiration`).
 pub const REFRESH_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Bytes of the credential binding kept in a refresh token (128 bits of an HMAC-SHA256).
+const BINDING_LEN: usize = 16;
+
+/// What a refresh token is bound to: the user's stored credential when it was issued. The token
+/// carries only a keyed hash of it, so it stops working when the credential changes.
+#[derive(Clone, Copy)]
+pub struct RefreshBinding<'a> {
+    /// Where the credential is kept (an opaque tag such as `htpasswd`), written into the token
+    /// so the refresh looks in the same place.
+    pub source: &'a str,
+    /// The stored credential (a bcrypt hash line, a digest of a secret); never put in the token.
+    pub credential: &'a [u8],
+}
+
+/// Why a refresh token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    /// Not a valid token of this issuer, or not a refresh token.
+    #[error("{0}")]
+    Invalid(VerifyError),
+    /// The user is gone, or their password changed since the token was issued (or the token
+    /// predates credential binding).
+    #[error("the user's credentials changed or the user was removed since it was issued; log in again")]
+    Revoked,
+}
+
+/// A refresh token that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refreshed {
+    /// The user.
+    pub user: String,
+    /// The credential source the token is bound to.
+    pub source: String,
+}
 /// Subject prefix that marks a refresh token; such a token grants no access by itself.
 const REFRESH_MARK: &str = "berth-refresh";
 
@@ -54,6 +91,19 @@ struct Claims<'a> {
     access: Vec<AccessEntry<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     typ: Option<&'static str>,
+    /// Refresh tokens: the credential source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src: Option<&'a str>,
+    /// Refresh tokens: base64url of the credential binding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cred: Option<String>,
+}
+
+/// The claims of a verified refresh token that the binding needs.
+#[derive(serde::Deserialize)]
+struct RefreshClaims {
+    src: Option<String>,
+    cred: Option<String>,
 }
 
 /// Signs tokens for one service.
@@ -61,6 +111,7 @@ pub struct Issuer {
     issuer: String,
     service: String,
     lifetime: Duration,
+    refresh_lifetime: Duration,
     /// Oldest first; the last one signs, all verify.
     keys: Vec<SigningKey>,
     refresh: Verifier,
@@ -81,9 +132,39 @@ impl Issuer {
             issuer,
             service,
             lifetime,
+            refresh_lifetime: REFRESH_LIFETIME,
             keys,
             refresh,
         })
+    }
+
+    /// Set the refresh-token lifetime.
+    pub fn with_refresh_lifetime(mut self, lifetime: Duration) -> Issuer {
+        self.refresh_lifetime = lifetime;
+        self
+    }
+
+    /// Refresh-token lifetime.
+    pub fn refresh_lifetime(&self) -> Duration {
+        self.refresh_lifetime
+    }
+
+    /// The binding of `subject`'s credential under the key `binding_key`.
+    fn binding(binding_key: &[u8; 32], subject: &str, b: RefreshBinding<'_>) -> [u8; BINDING_LEN] {
+        let mac = hmac_sha256(
+            binding_key,
+            &[
+                b"v1\0",
+                &(subject.len() as u64).to_le_bytes(),
+                subject.as_bytes(),
+                &(b.source.len() as u64).to_le_bytes(),
+                b.source.as_bytes(),
+                b.credential,
+            ],
+        );
+        let mut out = [0u8; BINDING_LEN];
+        out.copy_from_slice(&mac[..BINDING_LEN]);
+        out
     }
 
     /// The service tokens are for.
@@ -122,9 +203,14 @@ impl Issuer {
         jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|e| e.to_string())
     }
 
-    /// Issue an access token for `subject` (empty for anonymous) granting `access`, and a
-    /// refresh token when `offline` is set.
-    pub fn issue(&self, subject: &str, access: &[Scope], offline: bool) -> Result<Issued, String> {
+    /// Issue an access token for `subject` (empty for anonymous) granting `access`, and, when
+    /// `refresh` is given, a refresh token bound to that credential.
+    pub fn issue(
+        &self,
+        subject: &str,
+        access: &[Scope],
+        refresh: Option<RefreshBinding<'_>>,
+    ) -> Result<Issued, String> {
         let now = jsonwebtoken::get_current_timestamp();
         let entries = access
             .iter()
@@ -145,21 +231,31 @@ impl Issuer {
             jti: hex::encode(rand::random::<[u8; 16]>()),
             access: entries,
             typ: None,
+            src: None,
+            cred: None,
         };
         let token = self.sign(&claims)?;
-        let refresh_token = if offline && !subject.is_empty() {
-            let sub = format!("{REFRESH_MARK}:{subject}");
-            let rc = Claims {
-                sub: &sub,
-                exp: now + REFRESH_LIFETIME.as_secs(),
-                jti: hex::encode(rand::random::<[u8; 16]>()),
-                access: Vec::new(),
-                typ: Some("refresh"),
-                ..claims
-            };
-            Some(self.sign(&rc)?)
-        } else {
-            None
+        let refresh_token = match refresh {
+            Some(b) if !subject.is_empty() => {
+                let key = self.keys.last().ok_or("no signing key")?;
+                let sub = format!("{REFRESH_MARK}:{subject}");
+                let rc = Claims {
+                    sub: &sub,
+                    exp: now + self.refresh_lifetime.as_secs(),
+                    jti: hex::encode(rand::random::<[u8; 16]>()),
+                    access: Vec::new(),
+                    typ: Some("refresh"),
+                    src: Some(b.source),
+                    cred: Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Self::binding(
+                        &key.binding,
+                        subject,
+                        b,
+                    ))),
+                    ..claims
+                };
+                Some(self.sign(&rc)?)
+            }
+            _ => None,
         };
         let issued_at = time::OffsetDateTime::from_unix_timestamp(now as i64)
             .ok()
@@ -174,16 +270,57 @@ impl Issuer {
         })
     }
 
-    /// The user a refresh token was issued to.
-    pub fn refresh_subject(&self, refresh_token: &str) -> Result<String, VerifyError> {
-        let grant = self.refresh.verify_uncached(refresh_token)?;
-        grant
+    /// Check a refresh token: signature and times, then its credential binding against what
+    /// `credential(user, source)` says is stored now (`None`: the user is gone), compared in
+    /// constant time.
+    pub fn refresh(
+        &self,
+        refresh_token: &str,
+        credential: impl FnOnce(&str, &str) -> Option<Vec<u8>>,
+    ) -> Result<Refreshed, RefreshError> {
+        let grant = self
+            .refresh
+            .verify_uncached(refresh_token)
+            .map_err(RefreshError::Invalid)?;
+        let user = grant
             .subject
             .as_deref()
             .and_then(|s| s.strip_prefix(REFRESH_MARK))
             .and_then(|s| s.strip_prefix(':'))
             .map(str::to_owned)
-            .ok_or_else(|| VerifyError::Malformed("not a refresh token".into()))
+            .ok_or_else(|| RefreshError::Invalid(VerifyError::Malformed("not a refresh token".into())))?;
+        // The signature is verified: the payload can be read as it is.
+        let claims: RefreshClaims = refresh_token
+            .split('.')
+            .nth(1)
+            .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .ok_or_else(|| RefreshError::Invalid(VerifyError::Malformed("refresh token payload".into())))?;
+        let (Some(source), Some(cred)) = (claims.src, claims.cred) else {
+            return Err(RefreshError::Revoked);
+        };
+        let presented = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cred)
+            .map_err(|_| RefreshError::Revoked)?;
+        let kid = jsonwebtoken::decode_header(refresh_token).ok().and_then(|h| h.kid);
+        let key = match kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid == kid),
+            None => self.keys.last(),
+        }
+        .ok_or(RefreshError::Revoked)?;
+        let stored = credential(&user, &source).ok_or(RefreshError::Revoked)?;
+        let expected = Self::binding(
+            &key.binding,
+            &user,
+            RefreshBinding {
+                source: &source,
+                credential: &stored,
+            },
+        );
+        if !bool::from(expected.as_slice().ct_eq(presented.as_slice())) {
+            return Err(RefreshError::Revoked);
+        }
+        Ok(Refreshed { user, source })
     }
 
     /// The algorithm of the signing key.

@@ -5,7 +5,7 @@ pub mod keys;
 pub mod signing;
 pub mod verify;
 
-pub use issuer::{Issued, Issuer};
+pub use issuer::{Issued, Issuer, RefreshBinding, RefreshError, Refreshed};
 pub use keys::{KeySet, libtrust_kid, public_jwk, thumbprint};
 pub use signing::{KidFormat, SigningKey};
 pub use verify::{Grant, Verifier, VerifyError};

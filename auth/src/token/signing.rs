@@ -33,6 +33,29 @@ pub struct SigningKey {
     pub x5c: Option<String>,
     /// The PEM of the public key or certificate, so the registry can verify locally.
     pub public_pem: Vec<u8>,
+    /// Secret derived from the private key that keys the credential binding of refresh tokens
+    /// (see [`super::Issuer`]): stable as long as the key file is, never sent anywhere.
+    pub(crate) binding: [u8; 32],
+}
+
+/// HMAC-SHA256 (RFC 2104) over the concatenation of `parts`.
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    for p in parts {
+        inner.update(p);
+    }
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -122,6 +145,7 @@ impl SigningKey {
             }
             None => (None, pem_block("PUBLIC KEY", &spki).into_bytes()),
         };
+        let binding = hmac_sha256(&pkcs8, &[b"berth refresh-token credential binding v1"]);
         Ok(SigningKey {
             encoding,
             alg,
@@ -129,6 +153,7 @@ impl SigningKey {
             jwk,
             x5c,
             public_pem,
+            binding,
         })
     }
 
@@ -195,4 +220,24 @@ fn rsa_pkcs1_from_pkcs8(der: &[u8]) -> Option<Vec<u8>> {
     let (_, _alg, rest) = tlv(rest)?;
     let (tag, key, _) = tlv(rest)?;
     (tag == 0x04).then(|| key.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hmac_sha256;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", &[b"what do ya ", b"want for nothing?"])),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &[0xaa; 131],
+                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
 }

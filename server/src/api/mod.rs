@@ -225,7 +225,10 @@ async fn token_only(app: Arc<TokenApp>, req: Req) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let (kind, resp) = if path == server.path {
         let client = client_of(&req, &app.trusted_proxies);
-        ("token", token::issue(&app.access, server, client, req).await)
+        (
+            "token",
+            token::issue(&app.access, server, client, &app.body_limits, req).await,
+        )
     } else if path == token::JWKS_PATH {
         ("jwks", token::jwks(server))
     } else {
@@ -373,7 +376,10 @@ async fn answer_outside(
         ),
         (Outside::Ready, _) => ("readyz", readiness(app).await),
         (Outside::Metrics, _) => ("metrics", metrics_response(app).await),
-        (Outside::Token, Some(server)) => ("token", token::issue(&app.access, server, client, req).await),
+        (Outside::Token, Some(server)) => (
+            "token",
+            token::issue(&app.access, server, client, &app.config.body_limits, req).await,
+        ),
         (Outside::Jwks, Some(server)) => ("jwks", token::jwks(server)),
         (Outside::Token | Outside::Jwks, None) => ("invalid", Err(Kind::NotFound.into())),
     }
@@ -448,7 +454,7 @@ async fn handle_api(app: Arc<App>, req: Req) -> Response<Body> {
         Err(_) => ("invalid", None),
     };
     let mut user = None;
-    let result = match app.authn.identify(req.headers()).await {
+    let result = match app.authn.identify(req.headers(), client).await {
         Err(e) => Err(e),
         Ok(mut caller) => {
             caller.client = client;

@@ -1,15 +1,18 @@
 //! The built-in token server's endpoints: `GET`/`POST <path>` (default `/auth`) and
 //! `GET /.well-known/jwks.json`.
 
-use bytes::Bytes;
+use bytes::BytesMut;
+use futures_util::StreamExt as _;
 use http::{Method, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 
-use berth_auth::{BasicCredentials, Identity, Principal, Scope, grant};
+use berth_auth::token::RefreshBinding;
+use berth_auth::{BasicCredentials, CredentialSource, Identity, Principal, Scope, grant, merge_scopes};
+use berth_engine::RepoName;
 
-use super::{Body, Req, finish, full, header_str, json_response, response};
+use super::{Body, Req, finish, full, json_response, response};
 use crate::access::Access;
 use crate::authn::TokenServer;
+use crate::config::BodyLimits;
 use crate::error::{ApiError, Kind};
 
 /// Largest token request body.
@@ -37,8 +40,27 @@ fn pairs(raw: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn parse_request(req: Req) -> Result<TokenRequest, ApiError> {
-    let header_creds = header_str(req.headers(), header::AUTHORIZATION).and_then(BasicCredentials::from_header);
+/// A 401 with the token endpoint's Basic challenge.
+fn login_refused(challenge: &str, reason: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(Kind::Unauthorized)
+        .auth_failure(reason)
+        .message(message)
+        .header(header::WWW_AUTHENTICATE, challenge)
+}
+
+async fn parse_request(req: Req, challenge: &str, limits: &BodyLimits) -> Result<TokenRequest, ApiError> {
+    // An Authorization header that is not well-formed Basic is refused: answering it with an
+    // anonymous token would hide the client's mistake behind later 401s from the registry.
+    let header_creds = match req.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(BasicCredentials::from_header).ok_or_else(|| {
+            login_refused(
+                challenge,
+                "basic_malformed",
+                "the Authorization header is not valid Basic credentials (Basic base64(user:password))",
+            )
+        })?),
+    };
     let query = pairs(req.uri().query().unwrap_or("").as_bytes());
     let get = |list: &[(String, String)], k: &str| list.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     if req.method() == Method::GET {
@@ -54,11 +76,18 @@ async fn parse_request(req: Req) -> Result<TokenRequest, ApiError> {
             refresh_token: None,
         });
     }
-    let body: Bytes = Limited::new(req.into_body(), MAX_FORM)
-        .collect()
-        .await
-        .map_err(|e| bad_request(format!("reading the token request failed: {e}")))?
-        .to_bytes();
+    // Under the body limits like every body: a form that drips is cut, not waited for.
+    let mut body = BytesMut::new();
+    let mut frames = std::pin::pin!(crate::body::guarded(req.into_body(), *limits, |_| {}));
+    while let Some(data) = frames.next().await {
+        let data = data.map_err(|e| bad_request(format!("reading the token request failed: {e}")))?;
+        if body.len() + data.len() > MAX_FORM {
+            return Err(bad_request(format!(
+                "the token request is larger than {MAX_FORM} bytes"
+            )));
+        }
+        body.extend_from_slice(&data);
+    }
     let form = pairs(&body);
     let grant_type = get(&form, "grant_type").unwrap_or_default();
     let (credentials, refresh_token) = match grant_type.as_str() {
@@ -87,17 +116,37 @@ async fn parse_request(req: Req) -> Result<TokenRequest, ApiError> {
     })
 }
 
+/// The scopes of a request (each `scope` value may hold several, space-separated), checked
+/// and merged: a repository scope must name a valid repository (a name the registry would
+/// refuse is a client mistake, answered 400 rather than with a token that silently grants
+/// nothing), and scopes naming the same resource become one with the union of their actions.
+fn requested_scopes(values: &[String]) -> Result<Vec<Scope>, ApiError> {
+    let mut parsed = Vec::new();
+    for raw in values.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
+        let wanted: Scope = raw.parse().map_err(|e| bad_request(format!("scope {raw:?}: {e}")))?;
+        if wanted.resource_type == "repository"
+            && let Err(e) = wanted.name.parse::<RepoName>()
+        {
+            return Err(bad_request(format!("scope {raw:?}: {e}")));
+        }
+        parsed.push(wanted);
+    }
+    Ok(merge_scopes(parsed))
+}
+
 /// Answer a token request.
 pub(super) async fn issue(
     access: &Access,
     server: &TokenServer,
     client: Option<std::net::IpAddr>,
+    limits: &BodyLimits,
     req: Req,
 ) -> Result<Response<Body>, ApiError> {
     if req.method() != Method::GET && req.method() != Method::POST {
         return Err(ApiError::new(Kind::MethodNotAllowed).message("the token endpoint takes GET or POST"));
     }
-    let r = parse_request(req).await?;
+    let challenge = format!("Basic realm=\"{}\"", server.issuer.service().replace('"', ""));
+    let r = parse_request(req, &challenge, limits).await?;
     let service = r.service.ok_or_else(|| {
         bad_request(format!(
             "Missing service parameter: add service={} to the token request",
@@ -110,31 +159,36 @@ pub(super) async fn issue(
             server.issuer.service()
         )));
     }
-    let challenge = format!("Basic realm=\"{}\"", server.issuer.service().replace('"', ""));
     let identity: Option<Identity> = match (&r.credentials, &r.refresh_token) {
         (Some(c), _) => {
-            let Some(id) = server.users.verify(c).await else {
+            let Some(id) = server.users.verify(c, client).await? else {
                 tracing::info!(user = %c.user, "token request refused: unknown user or wrong password");
-                return Err(ApiError::new(Kind::Unauthorized)
-                    .auth_failure("token_request_invalid_credentials")
-                    .message("invalid username or password")
-                    .header(header::WWW_AUTHENTICATE, &challenge));
+                return Err(login_refused(
+                    &challenge,
+                    "token_request_invalid_credentials",
+                    "invalid username or password",
+                ));
             };
             Some(id)
         }
         (None, Some(t)) => {
-            let user = server.issuer.refresh_subject(t).map_err(|e| {
-                tracing::info!(reason = %e, "refresh token refused");
-                ApiError::new(Kind::Unauthorized)
-                    .auth_failure("token_request_invalid_refresh")
-                    .message(format!("invalid refresh token: {e}"))
-            })?;
-            let Some(id) = server.users.lookup(&user) else {
-                return Err(ApiError::new(Kind::Unauthorized)
-                    .auth_failure("token_request_invalid_refresh")
-                    .message("the refresh token's user no longer exists"));
-            };
-            Some(id)
+            let mut found = None;
+            server
+                .issuer
+                .refresh(t, |user, source| {
+                    let (id, stored) = server.users.credential(user, CredentialSource::parse(source)?)?;
+                    found = Some(id);
+                    Some(stored)
+                })
+                .map_err(|e| {
+                    tracing::info!(reason = %e, "refresh token refused");
+                    login_refused(
+                        &challenge,
+                        "token_request_invalid_refresh",
+                        format!("invalid refresh token: {e}"),
+                    )
+                })?;
+            found
         }
         (None, None) => None,
     };
@@ -145,17 +199,28 @@ pub(super) async fn issue(
         client,
     };
     let mut granted = Vec::new();
-    for raw in r.scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
-        let wanted: Scope = raw.parse().map_err(|e| bad_request(format!("scope {raw:?}: {e}")))?;
+    for wanted in requested_scopes(&r.scopes)? {
         let g = grant(access.rules(), &who, &wanted);
         if g.actions.len() < wanted.actions.len() {
             tracing::info!(user = user.as_deref().unwrap_or("-"), requested = %wanted, granted = %g, "token grants less than requested");
         }
         granted.push(g);
     }
+    // A refresh token is bound to the credential as it is stored now (see docs/auth.md).
+    let stored = match (&identity, r.offline) {
+        (Some(id), true) => server.users.credential(&id.user, id.source()),
+        _ => None,
+    };
+    let binding = match (&identity, &stored) {
+        (Some(id), Some((_, credential))) => Some(RefreshBinding {
+            source: id.source().as_str(),
+            credential,
+        }),
+        _ => None,
+    };
     let issued = server
         .issuer
-        .issue(user.as_deref().unwrap_or(""), &granted, r.offline)
+        .issue(user.as_deref().unwrap_or(""), &granted, binding)
         .map_err(|e| {
             tracing::error!(error = %e, "signing a token failed");
             ApiError::new(Kind::Internal)

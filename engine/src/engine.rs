@@ -7,18 +7,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
+use crate::descriptor::Descriptor;
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::error::{Error, Result};
+use crate::error::{Error, MetaError, Result};
 use crate::group::Group;
 use crate::hot::{Generation, Hot};
 use crate::io::{self, AppendError};
 use crate::layout::Layout;
 use crate::manifest::{self, ManifestError};
 use crate::meta::{Meta, NewManifest, StoredManifest};
-use crate::name::{Reference, RepoName, UploadId};
+use crate::name::{Reference, RepoName, Tag, UploadId};
+use crate::page::Page;
 use crate::upload::{SessionState, Uploads};
 use crate::upload_caps::UploadLimits;
 
@@ -182,7 +183,7 @@ impl Engine {
         let meta = self.meta.clone();
         tokio::task::spawn_blocking(move || f(&meta))
             .await
-            .map_err(|e| Error::Meta(e.to_string()))?
+            .map_err(|e| Error::Meta(MetaError::TaskLost(e.to_string())))?
     }
 
     /// Whether the engine can serve: the metadata store answers and the storage directory takes
@@ -411,7 +412,11 @@ impl Engine {
                         group.run(
                             job,
                             |jobs| commit_blobs(m, &jobs),
-                            || Err(Error::Meta("the group commit of this blob failed".into())),
+                            || {
+                                Err(Error::Meta(MetaError::Shared(
+                                    "the group commit of this blob failed".into(),
+                                )))
+                            },
                         )
                     });
                 if let Err(e) = placed {
@@ -455,7 +460,7 @@ impl Engine {
     /// under the blob's commit lock only when no record names it at that moment.
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
         let mut report = GcReport::default();
-        let (repos, _) = self.meta(|m| m.catalog(None, usize::MAX, &|_| true)).await?;
+        let repos = self.meta(|m| m.catalog(None, usize::MAX, &|_| true)).await?.items;
         let grace = opts.grace.as_secs();
         for repo in repos {
             let r = repo.clone();
@@ -539,17 +544,14 @@ impl Engine {
             });
         }
         let referrer = info.subject.as_ref().map(|s| {
-            let mut desc = Map::new();
-            desc.insert("mediaType".into(), json!(info.media_type));
-            desc.insert("digest".into(), json!(digest.to_string()));
-            desc.insert("size".into(), json!(bytes.len()));
-            if let Some(at) = &info.artifact_type {
-                desc.insert("artifactType".into(), json!(at));
-            }
-            if let Some(a) = &info.annotations {
-                desc.insert("annotations".into(), Value::Object(a.clone()));
-            }
-            (s.clone(), serde_json::to_vec(&desc).unwrap_or_default())
+            let desc = Descriptor {
+                media_type: info.media_type.clone(),
+                digest: digest.clone(),
+                size: bytes.len() as u64,
+                artifact_type: info.artifact_type.clone(),
+                annotations: info.annotations.clone(),
+            };
+            (s.clone(), desc)
         });
         let (r, d, reference) = (repo.clone(), digest.clone(), reference.clone());
         let subject = info.subject.clone();
@@ -623,7 +625,7 @@ impl Engine {
     // ---- listings ----
 
     /// A page of a repository's tags, sorted. Unknown repository → [`Error::NameUnknown`].
-    pub async fn tags(&self, repo: &RepoName, last: Option<String>, n: usize) -> Result<(Vec<String>, bool)> {
+    pub async fn tags(&self, repo: &RepoName, last: Option<String>, n: usize) -> Result<Page<Tag>> {
         let r = repo.clone();
         self.meta(move |m| {
             if !m.repo_exists(&r)? {
@@ -635,12 +637,12 @@ impl Engine {
     }
 
     /// A page of repository names, sorted.
-    pub async fn catalog(&self, last: Option<String>, n: usize) -> Result<(Vec<String>, bool)> {
+    pub async fn catalog(&self, last: Option<String>, n: usize) -> Result<Page<RepoName>> {
         self.meta(move |m| m.catalog(last.as_deref(), n, &|_| true)).await
     }
 
     /// A page of the repository names for which `keep` holds (e.g. those a caller may read).
-    pub async fn catalog_filtered<F>(&self, last: Option<String>, n: usize, keep: F) -> Result<(Vec<String>, bool)>
+    pub async fn catalog_filtered<F>(&self, last: Option<String>, n: usize, keep: F) -> Result<Page<RepoName>>
     where
         F: Fn(&str) -> bool + Send + 'static,
     {
@@ -654,13 +656,12 @@ impl Engine {
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<Vec<Value>> {
+    ) -> Result<Vec<Descriptor>> {
         let (r, s) = (repo.clone(), subject.clone());
-        let raw = self.meta(move |m| m.referrers(&r, &s)).await?;
-        Ok(raw
-            .iter()
-            .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
-            .filter(|d| artifact_type.is_none_or(|at| d.get("artifactType").and_then(Value::as_str) == Some(at)))
+        let all = self.meta(move |m| m.referrers(&r, &s)).await?;
+        Ok(all
+            .into_iter()
+            .filter(|d| artifact_type.is_none_or(|at| d.artifact_type.as_deref() == Some(at)))
             .collect())
     }
 }

@@ -83,7 +83,7 @@ pub enum Error {
     },
     /// Metadata store failure.
     #[error("metadata store error: {0}")]
-    Meta(String),
+    Meta(MetaError),
     /// A cap on open upload sessions refuses a new one.
     #[error("too many open upload sessions for this {}: the limit is {limit}", cap.as_str())]
     TooManyUploads {
@@ -99,9 +99,30 @@ impl From<rusqlite::Error> for Error {
         match e.sqlite_error_code() {
             // The disk is full: the same answer as a full disk under a blob.
             Some(rusqlite::ErrorCode::DiskFull) => Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)),
-            _ => Error::Meta(e.to_string()),
+            _ => Error::Meta(MetaError::Database(e.to_string())),
         }
     }
+}
+
+/// Why the metadata store failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// The database refused or failed a statement (its message).
+    #[error("{0}")]
+    Database(String),
+    /// A stored record cannot be read back (what, and why).
+    #[error("a damaged record: {0}")]
+    Corrupt(String),
+    /// The work ran on a task that was lost (it panicked or the runtime is shutting down).
+    #[error("the metadata task was lost: {0}")]
+    TaskLost(String),
+    /// Importing the records of an older Berth's store failed.
+    #[error("{0}")]
+    Import(String),
+    /// An operation shared with other callers (a group commit) failed before this caller's part
+    /// could run.
+    #[error("{0}")]
+    Shared(String),
 }
 
 /// Engine result.
@@ -117,7 +138,7 @@ impl Error {
                 None => std::io::Error::new(e.kind(), e.to_string()),
             }),
             Error::Meta(m) => Error::Meta(m.clone()),
-            other => Error::Meta(other.to_string()),
+            other => Error::Meta(MetaError::Shared(other.to_string())),
         }
     }
 }

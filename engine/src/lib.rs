@@ -11,6 +11,7 @@
 //!   renames it into place and syncs the directory before the blob is linked.
 //! - Links, tags, manifests and referrers are records in an embedded transactional store.
 
+pub mod descriptor;
 pub mod digest;
 pub mod engine;
 pub mod error;
@@ -21,13 +22,16 @@ pub mod layout;
 pub mod manifest;
 pub mod meta;
 pub mod name;
+pub mod page;
 pub mod upload;
 pub mod upload_caps;
 
+pub use descriptor::Descriptor;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{BlobStream, ByteRange, ChunkRange, Engine, GcOptions, GcReport, PushedManifest};
-pub use error::{Error, ParseError, Result};
+pub use error::{Error, MetaError, ParseError, Result};
 pub use io::engine_name as io_engine;
 pub use meta::StoredManifest;
 pub use name::{Reference, RepoName, Tag, UploadId};
+pub use page::Page;
 pub use upload_caps::{UploadCap, UploadLimits};

@@ -80,6 +80,12 @@ impl FromStr for RepoName {
     }
 }
 
+impl AsRef<str> for RepoName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -118,6 +124,12 @@ impl FromStr for Tag {
         } else {
             Err(ParseError::Tag)
         }
+    }
+}
+
+impl AsRef<str> for Tag {
+    fn as_ref(&self) -> &str {
+        &self.0
     }
 }
 

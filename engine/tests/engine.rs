@@ -19,6 +19,10 @@ fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
 }
 
+fn names<T: AsRef<str>>(items: &[T]) -> Vec<&str> {
+    items.iter().map(AsRef::as_ref).collect()
+}
+
 async fn read_all(e: &Engine, d: &Digest, start: u64, len: u64) -> Vec<u8> {
     use futures_util::StreamExt;
     let mut s = e.blob_read(d, ByteRange { start, len }).await.unwrap();
@@ -359,9 +363,12 @@ async fn manifests_tags_and_referrers() {
     assert_eq!(sig.subject.as_ref(), Some(&pushed.digest));
     let refs = e.referrers(&r, &pushed.digest, None).await.unwrap();
     assert_eq!(refs.len(), 1);
-    assert_eq!(refs[0]["digest"], sig.digest.to_string());
-    assert_eq!(refs[0]["artifactType"], "application/x-sig");
-    assert_eq!(refs[0]["annotations"]["k"], "v");
+    assert_eq!(refs[0].digest, sig.digest);
+    assert_eq!(refs[0].artifact_type.as_deref(), Some("application/x-sig"));
+    assert_eq!(refs[0].annotations.as_ref().unwrap()["k"], "v");
+    let listed = serde_json::to_value(&refs[0]).unwrap();
+    assert_eq!(listed["digest"], sig.digest.to_string());
+    assert_eq!(listed["artifactType"], "application/x-sig");
     assert!(
         e.referrers(&r, &pushed.digest, Some("application/other"))
             .await
@@ -373,13 +380,12 @@ async fn manifests_tags_and_referrers() {
     for t in ["b", "a", "c"] {
         e.manifest_put(&r, &t.parse().unwrap(), ct, body.clone()).await.unwrap();
     }
-    assert_eq!(
-        e.tags(&r, None, 2).await.unwrap(),
-        (vec!["a".to_string(), "b".into()], true)
-    );
-    let (rest, more) = e.tags(&r, Some("b".into()), 10).await.unwrap();
-    assert_eq!(rest, vec!["c", "sig", "v1"]);
-    assert!(!more);
+    let first = e.tags(&r, None, 2).await.unwrap();
+    assert_eq!(names(&first.items), ["a", "b"]);
+    assert!(first.more);
+    let rest = e.tags(&r, Some("b".into()), 10).await.unwrap();
+    assert_eq!(names(&rest.items), ["c", "sig", "v1"]);
+    assert!(!rest.more);
     assert!(matches!(
         e.tags(&repo("nothing"), None, 10).await,
         Err(Error::NameUnknown(_))
@@ -399,7 +405,7 @@ async fn manifests_tags_and_referrers() {
     e.manifest_delete(&r, &Reference::Digest(pushed.digest.clone()))
         .await
         .unwrap();
-    let (left, _) = e.tags(&r, None, 10).await.unwrap();
+    let left = e.tags(&r, None, 10).await.unwrap().items;
     assert!(left.is_empty(), "{left:?}");
     assert!(matches!(
         e.manifest_get(&r, &"v1".parse().unwrap()).await,
@@ -439,11 +445,10 @@ async fn catalog_lists_repositories_with_content() {
     for name in ["z/z", "a", "m/n/o"] {
         push(&e, &repo(name), name.as_bytes()).await;
     }
-    assert_eq!(e.catalog(None, 10).await.unwrap().0, vec!["a", "m/n/o", "z/z"]);
-    assert_eq!(
-        e.catalog(Some("a".into()), 1).await.unwrap(),
-        (vec!["m/n/o".to_string()], true)
-    );
+    assert_eq!(names(&e.catalog(None, 10).await.unwrap().items), ["a", "m/n/o", "z/z"]);
+    let page = e.catalog(Some("a".into()), 1).await.unwrap();
+    assert_eq!(names(&page.items), ["m/n/o"]);
+    assert!(page.more);
 }
 
 proptest! {

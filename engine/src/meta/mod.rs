@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::descriptor::Descriptor;
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, MetaError, Result};
 use crate::io::walindex::{WalHeader, WalIndexHead};
 use crate::name::{RepoName, Tag};
+use crate::page::Page;
 
 /// How long a statement waits for another process's write transaction before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -94,7 +96,7 @@ pub struct NewManifest<'a> {
     /// Manifests that must be in the repository.
     pub children: &'a [Digest],
     /// Subject and the referrer descriptor to index under it.
-    pub referrer: Option<(&'a Digest, Vec<u8>)>,
+    pub referrer: Option<(&'a Digest, Descriptor)>,
 }
 
 /// The metadata store.
@@ -267,7 +269,7 @@ impl Meta {
     }
 
     /// Up to `n` tags after `last`, sorted by bytes; the flag says whether more remain.
-    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<(Vec<String>, bool)> {
+    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Page<Tag>> {
         self.read(|t| {
             let mut stmt =
                 t.0.prepare_cached("SELECT tag FROM tags WHERE repo = ?1 AND tag > ?2 ORDER BY tag LIMIT ?3")?;
@@ -279,7 +281,7 @@ impl Meta {
 
     /// Up to `n` repository names after `last` for which `keep` holds, sorted by bytes; the flag
     /// says whether more remain.
-    pub fn catalog(&self, last: Option<&str>, n: usize, keep: &dyn Fn(&str) -> bool) -> Result<(Vec<String>, bool)> {
+    pub fn catalog(&self, last: Option<&str>, n: usize, keep: &dyn Fn(&str) -> bool) -> Result<Page<RepoName>> {
         self.read(|t| {
             let mut stmt =
                 t.0.prepare_cached("SELECT name FROM repos WHERE name > ?1 ORDER BY name")?;
@@ -288,14 +290,22 @@ impl Meta {
         })
     }
 
-    /// Descriptor JSON of every manifest in `repo` whose subject is `subject`.
-    pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Vec<u8>>> {
+    /// The descriptor of every manifest in `repo` whose subject is `subject`, by digest.
+    pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>> {
         self.read(|t| {
             let mut stmt = t
                 .0
                 .prepare_cached("SELECT descriptor FROM referrers WHERE repo = ?1 AND subject = ?2 ORDER BY digest")?;
-            let rows = stmt.query_map(params![repo.as_str(), subject.to_string()], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<Vec<u8>>>>()?)
+            let rows = stmt.query_map(params![repo.as_str(), subject.to_string()], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for raw in rows {
+                // A damaged descriptor hides that one referrer, not the whole list.
+                match serde_json::from_slice(&raw?) {
+                    Ok(d) => out.push(d),
+                    Err(e) => tracing::warn!(repo = %repo, subject = %subject, error = %e, "skipping a damaged referrer descriptor"),
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -304,7 +314,7 @@ impl Meta {
     /// — directly, through an index, or as a referrer of a reached manifest — go first. Then
     /// blob links that no remaining manifest references go. Anything linked or pushed less than
     /// `grace_secs` ago stays (and keeps what it references). `dry_run` rolls everything back.
-    pub fn gc_repo(&self, repo: &str, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {
+    pub fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {
         self.write_if(
             |t| t.gc_repo(repo, grace_secs, untagged),
             |out| !dry_run && out.skipped.is_none(),
@@ -312,24 +322,28 @@ impl Meta {
     }
 }
 
-/// Take rows up to `n` that `keep` accepts; the flag says whether another accepted row follows.
-fn page(
+/// Take rows up to `n` that `keep` accepts, parsed; the page says whether another accepted row
+/// follows. A stored name that does not parse is a damaged record.
+fn page<T: std::str::FromStr>(
     rows: impl Iterator<Item = rusqlite::Result<String>>,
     n: usize,
     keep: impl Fn(&str) -> bool,
-) -> Result<(Vec<String>, bool)> {
-    let mut out = Vec::new();
+) -> Result<Page<T>> {
+    let mut items = Vec::new();
     for row in rows {
         let name = row?;
         if !keep(&name) {
             continue;
         }
-        if out.len() == n {
-            return Ok((out, true));
+        if items.len() == n {
+            return Ok(Page { items, more: true });
         }
-        out.push(name);
+        let item = name
+            .parse()
+            .map_err(|_| Error::Meta(MetaError::Corrupt(format!("a stored name {name:?} is not valid"))))?;
+        items.push(item);
     }
-    Ok((out, false))
+    Ok(Page { items, more: false })
 }
 
 impl Tx<'_> {
@@ -446,6 +460,8 @@ impl Tx<'_> {
                 .execute(params![repo, tag.as_str(), d])?;
         }
         if let Some((subject, descriptor)) = &m.referrer {
+            let descriptor =
+                serde_json::to_vec(descriptor).map_err(|e| Error::Meta(MetaError::Corrupt(e.to_string())))?;
             self.0
                 .prepare_cached(
                     "INSERT OR REPLACE INTO referrers(repo, subject, digest, descriptor) VALUES (?1, ?2, ?3, ?4)",
@@ -510,7 +526,8 @@ impl Tx<'_> {
             .exists([repo])?)
     }
 
-    fn gc_repo(&self, repo: &str, grace_secs: u64, untagged: bool) -> Result<RepoGc> {
+    fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool) -> Result<RepoGc> {
+        let repo = repo.as_str();
         use std::collections::{HashMap, HashSet};
         let now = now_secs();
         let young = |t: i64| now.saturating_sub(t) < grace_secs as i64;
@@ -533,7 +550,10 @@ impl Tx<'_> {
                 let d: String = row.get(0)?;
                 let pushed: i64 = row.get(1)?;
                 let mt: String = row.get(2)?;
-                let bytes = row.get_ref(3)?.as_blob().map_err(|e| Error::Meta(e.to_string()))?;
+                let bytes = row
+                    .get_ref(3)?
+                    .as_blob()
+                    .map_err(|e| Error::Meta(MetaError::Corrupt(format!("a manifest's bytes: {e}"))))?;
                 let info = match crate::manifest::parse(Some(&mt), bytes) {
                     Ok(i) => i,
                     Err(e) => {

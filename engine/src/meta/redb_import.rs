@@ -7,7 +7,7 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use rusqlite::{Transaction, params};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MetaError, Result};
 
 const BLOBS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("blobs");
 const REPO_BLOBS: TableDefinition<&str, u64> = TableDefinition::new("repo_blobs");
@@ -25,7 +25,7 @@ fn split(key: &str) -> Vec<&str> {
 }
 
 fn err(e: impl std::fmt::Display) -> Error {
-    Error::Meta(format!("importing meta.redb: {e}"))
+    Error::Meta(MetaError::Import(format!("importing meta.redb: {e}")))
 }
 
 /// Import `legacy` into the new tables unless that was done before.
@@ -38,10 +38,10 @@ pub(super) fn import_once(tx: &Transaction<'_>, legacy: &Path) -> Result<()> {
         return Ok(());
     }
     let db = redb::Database::open(legacy).map_err(|e| {
-        Error::Meta(format!(
+        Error::Meta(MetaError::Import(format!(
             "cannot open {} to import it ({e}); if an older berth still runs on this storage, stop it first",
             legacy.display()
-        ))
+        )))
     })?;
     let r = db.begin_read().map_err(err)?;
     macro_rules! rows {
@@ -174,7 +174,8 @@ mod tests {
         assert_eq!(&m.bytes[..], b"{}");
         assert_eq!(meta.repo_blob(&repo, &blob.parse().unwrap()).unwrap(), Some(5));
         assert_eq!(meta.blob_stats().unwrap(), (1, 5));
-        assert_eq!(meta.catalog(None, 10, &|_| true).unwrap().0, vec!["lib/app".to_owned()]);
+        let listed = meta.catalog(None, 10, &|_| true).unwrap().items;
+        assert_eq!(listed, vec!["lib/app".parse::<crate::RepoName>().unwrap()]);
         drop(meta);
         // Opening again neither imports twice nor fails without the old file.
         let meta = Meta::open(&dir.path().join("meta.db")).unwrap();

@@ -6,7 +6,7 @@ use http::{Response, StatusCode, header};
 use serde_json::json;
 
 use berth_engine::manifest::OCI_INDEX;
-use berth_engine::{Digest, RepoName};
+use berth_engine::{Digest, Page, RepoName};
 
 use super::{App, Body, Req, finish, full, json_response, query, response};
 use crate::access::Caller;
@@ -39,22 +39,23 @@ fn with_link(status: StatusCode, body: &serde_json::Value, next: Option<String>)
     Ok(resp)
 }
 
-fn next_link(path: &str, n: usize, items: &[String], more: bool) -> Option<String> {
-    let last = items.last().filter(|_| more)?;
-    let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+fn next_link<T: AsRef<str>>(path: &str, n: usize, page: &Page<T>) -> Option<String> {
+    let last = page.next_after()?;
+    let last: String = form_urlencoded::byte_serialize(last.as_ref().as_bytes()).collect();
     Some(format!("<{path}?n={n}&last={last}>; rel=\"next\""))
 }
 
 pub(super) async fn tags(app: &App, repo: &RepoName, req: &Req) -> Result<Response<Body>, ApiError> {
     let (n, last) = page_params(app, &query(req.uri()))?;
-    let (tags, more) = app.engine.tags(repo, last, n).await?;
-    let next = next_link(&format!("/v2/{repo}/tags/list"), n, &tags, more);
+    let page = app.engine.tags(repo, last, n).await?;
+    let next = next_link(&format!("/v2/{repo}/tags/list"), n, &page);
+    let tags: Vec<&str> = page.items.iter().map(|t| t.as_str()).collect();
     with_link(StatusCode::OK, &json!({"name": repo.as_str(), "tags": tags}), next)
 }
 
 pub(super) async fn catalog(app: &App, caller: &Caller, req: &Req) -> Result<Response<Body>, ApiError> {
     let (n, last) = page_params(app, &query(req.uri()))?;
-    let (repos, more) = if app.access.filters_catalog_for(caller) {
+    let page = if app.access.filters_catalog_for(caller) {
         // Only the repositories the caller may pull.
         let (access, caller) = (app.access.clone(), caller.clone());
         app.engine
@@ -63,7 +64,8 @@ pub(super) async fn catalog(app: &App, caller: &Caller, req: &Req) -> Result<Res
     } else {
         app.engine.catalog(last, n).await?
     };
-    let next = next_link("/v2/_catalog", n, &repos, more);
+    let next = next_link("/v2/_catalog", n, &page);
+    let repos: Vec<&str> = page.items.iter().map(|r| r.as_str()).collect();
     with_link(StatusCode::OK, &json!({"repositories": repos}), next)
 }
 

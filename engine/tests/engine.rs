@@ -843,7 +843,7 @@ fn the_io_engine_asked_for_is_the_one_that_serves() {
 /// setting is the one in effect, so that the pass with it off does not quietly pair.
 #[test]
 fn paired_hashing_follows_its_setting() {
-    use berth_engine::io::sha256x2;
+    use berth_engine::digest::sha256x2;
     match std::env::var("BERTH_IO_HASH_PAIRS").as_deref() {
         Ok("off") => assert!(!sha256x2::available()),
         _ => assert_eq!(sha256x2::available(), sha256x2::supported()),

@@ -199,7 +199,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         auth = authn.mode(),
         access_rules = access.rules().is_some(),
         io = berth_engine::io_engine(),
-        hash_pairs = berth_engine::io::sha256x2::available(),
+        hash_pairs = berth_engine::digest::sha256x2::available(),
         "berth {} listening", env!("CARGO_PKG_VERSION")
     );
     if cfg.read_only {

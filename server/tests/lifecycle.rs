@@ -61,7 +61,7 @@ async fn the_io_settings_asked_for_are_the_ones_that_serve() {
     let pairs = std::env::var("BERTH_IO_HASH_PAIRS").map_or(true, |v| v != "off");
     assert_eq!(
         fields["hash_pairs"],
-        pairs && berth_engine::io::sha256x2::supported(),
+        pairs && berth_engine::digest::sha256x2::supported(),
         "{line}"
     );
 }

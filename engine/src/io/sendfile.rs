@@ -38,7 +38,7 @@ pub(super) struct MappedChunk {
 impl MappedChunk {
     /// `map` holds the bytes of `file` from `offset`.
     pub(super) fn new(map: memmap2::Mmap, file: &Arc<File>, offset: u64) -> MappedChunk {
-        let recorded = super::SENDFILE.on() && !map.is_empty();
+        let recorded = super::settings::SENDFILE.on() && !map.is_empty();
         if recorded {
             let entry = Entry {
                 len: map.len(),

@@ -18,7 +18,7 @@ use core::arch::x86_64::{
 /// Whether paired hashing serves: this CPU has what [`compress_pair`] needs ([`supported`]) and
 /// `BERTH_IO_HASH_PAIRS` is not `off` (checked once).
 pub fn available() -> bool {
-    supported() && super::HASH_PAIRS.on()
+    supported() && crate::io::HASH_PAIRS.on()
 }
 
 /// Whether this CPU has the extensions [`compress_pair`] is compiled for (checked once),

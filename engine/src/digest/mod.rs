@@ -1,5 +1,7 @@
 //! Content digests (`sha256:<hex>`, `sha512:<hex>`) and the incremental hasher behind them.
 
+pub mod sha256x2;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -170,11 +172,11 @@ impl Hasher {
 
     /// Feed `a_bytes` to `a` and `b_bytes` to `b`, as two [`Hasher::update`] calls would, but
     /// with the whole blocks the two share in length hashed side by side on this thread
-    /// ([`crate::io::sha256x2`]): about 1.7–1.9 times the rate of hashing them one after the
+    /// ([`sha256x2`]): about 1.7–1.9 times the rate of hashing them one after the
     /// other, where the CPU has the SHA extensions and `BERTH_IO_HASH_PAIRS` is not `off`.
     /// Otherwise (or for SHA-512) it is the two calls.
     pub fn update_pair(a: &mut Hasher, a_bytes: &[u8], b: &mut Hasher, b_bytes: &[u8]) {
-        let pairing = if crate::io::sha256x2::available() {
+        let pairing = if sha256x2::available() {
             Pairing::Interleaved
         } else {
             Pairing::Separate
@@ -206,7 +208,7 @@ impl Hasher {
             if n > 0 && buffered(ha) == 0 && buffered(hb) == 0 {
                 let (mut sa, mut sb) = (ha.serialize(), hb.serialize());
                 let (mut wa, mut wb) = (state_words(&sa), state_words(&sb));
-                if crate::io::sha256x2::compress_pair(&mut wa, &a_bytes[..n], &mut wb, &b_bytes[..n]) {
+                if sha256x2::compress_pair(&mut wa, &a_bytes[..n], &mut wb, &b_bytes[..n]) {
                     let blocks = (n / SHA256_BLOCK) as u64;
                     set_state(&mut sa, &wa, blocks);
                     set_state(&mut sb, &wb, blocks);
@@ -273,7 +275,7 @@ impl Hasher {
 /// How [`Hasher::update_pair`] hashes two SHA-256 messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pairing {
-    /// The whole blocks the two share in length side by side ([`crate::io::sha256x2`]), where
+    /// The whole blocks the two share in length side by side ([`sha256x2`]), where
     /// the CPU has the SHA extensions (else as `Separate`).
     Interleaved,
     /// One after the other, each by `sha2` (the portable path).
@@ -422,7 +424,7 @@ mod tests {
                 assert_eq!(ha.finish().hex(), want_a, "{pairing:?}, message {i} beside {j}");
                 assert_eq!(hb.finish().hex(), want_b, "{pairing:?}, message {j} beside {i}");
             }
-            let interleaved = pairing == Pairing::Interleaved && crate::io::sha256x2::supported();
+            let interleaved = pairing == Pairing::Interleaved && sha256x2::supported();
             assert_eq!(
                 paired > 0,
                 interleaved,
@@ -588,7 +590,7 @@ mod tests {
     /// restored states between updates; whatever `BERTH_IO_HASH_PAIRS` says.
     #[test]
     fn interleaved_pairs_hash_random_messages_as_sha2_does() {
-        if !crate::io::sha256x2::supported() {
+        if !sha256x2::supported() {
             eprintln!(
                 "this CPU has no SHA extensions: the interleaved path cannot run here (the portable one is tested)"
             );

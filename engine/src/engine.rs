@@ -17,9 +17,10 @@ use crate::hot::{Generation, Hot};
 use crate::io::{self, AppendError};
 use crate::layout::Layout;
 use crate::manifest::{self, ManifestError};
-use crate::meta::{Meta, NewManifest, StoredManifest};
+use crate::meta::{Meta, SqliteStore, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
+use crate::store::{ManifestRecord, MetaStore};
 use crate::upload::{SessionState, Uploads};
 use crate::upload_caps::UploadLimits;
 
@@ -100,7 +101,7 @@ pub struct GcReport {
 /// The storage engine.
 pub struct Engine {
     layout: Layout,
-    meta: Arc<Meta>,
+    store: SqliteStore,
     uploads: Uploads,
     /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
     _lock: std::fs::File,
@@ -151,7 +152,7 @@ impl Engine {
         Ok(Engine {
             uploads: Uploads::new(layout.clone(), UploadLimits::default()),
             layout,
-            meta: Arc::new(meta),
+            store: SqliteStore::new(meta),
             _lock: lock,
             hot: Hot::new(),
             commits: Arc::new(Group::default()),
@@ -175,23 +176,20 @@ impl Engine {
         self.layout.root()
     }
 
+    /// Run `f` on the SQLite store itself: for the operations that place or remove a blob
+    /// file inside a metadata transaction, which are not behind [`MetaStore`] yet.
     async fn meta<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&Meta) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || f(&meta))
-            .await
-            .map_err(|e| Error::Meta(MetaError::TaskLost(e.to_string())))?
+        self.store.run(f).await
     }
 
     /// Whether the engine can serve: the metadata store answers and the storage directory takes
     /// a write. The error says which check failed.
     pub async fn ready(&self) -> std::result::Result<(), String> {
-        self.meta(|m| m.check())
-            .await
-            .map_err(|e| format!("metadata store: {e}"))?;
+        self.store.check().await.map_err(|e| format!("metadata store: {e}"))?;
         let probe = self.layout.uploads_dir().join(".ready-probe");
         io::write_atomic(probe.clone(), b"ok".to_vec())
             .await
@@ -203,14 +201,15 @@ impl Engine {
 
     /// Size of a blob the repository links.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        let (r, d) = (repo.clone(), digest.clone());
         let load = async {
-            self.meta(move |m| m.repo_blob(&r, &d))
+            self.store
+                .repo_blob(repo, digest)
                 .await?
                 .ok_or_else(|| Error::BlobUnknown(digest.clone()))
         };
         let key = (repo.clone(), digest.clone());
-        self.hot.get_or_load(&self.meta, Generation::blobs, key, load).await
+        let token = self.store.change_token();
+        self.hot.get_or_load(token, Generation::blobs, key, load).await
     }
 
     /// Read `range` of a blob (the caller has checked it against the size).
@@ -250,20 +249,7 @@ impl Engine {
     /// Link an existing blob into `repo` from `from`, or from any repository when `from` is
     /// `None`. Returns false when the blob is not available there.
     pub async fn blob_mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
-        let (r, d, f) = (repo.clone(), digest.clone(), from.cloned());
-        self.meta(move |m| {
-            m.write(|tx| {
-                let size = match &f {
-                    Some(f) => tx.repo_blob(f, &d)?,
-                    None => tx.blob(&d)?,
-                };
-                match size {
-                    Some(size) => tx.link_blob(&r, &d, size).map(|()| true),
-                    None => Ok(false),
-                }
-            })
-        })
-        .await
+        self.store.mount_blob(repo, digest, from).await
     }
 
     // ---- uploads ----
@@ -450,7 +436,7 @@ impl Engine {
     /// Number of stored blobs and their total size in bytes (reads every blob record: for
     /// metrics, not for hot paths).
     pub async fn storage_stats(&self) -> Result<(u64, u64)> {
-        self.meta(|m| m.blob_stats()).await
+        self.store.blob_stats().await
     }
 
     /// Delete what no manifest references: blob links nobody's manifest needs (and blob files
@@ -460,7 +446,7 @@ impl Engine {
     /// under the blob's commit lock only when no record names it at that moment.
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
         let mut report = GcReport::default();
-        let repos = self.meta(|m| m.catalog(None, usize::MAX, &|_| true)).await?.items;
+        let repos = self.store.catalog(None, usize::MAX, Arc::new(|_| true)).await?.items;
         let grace = opts.grace.as_secs();
         for repo in repos {
             let r = repo.clone();
@@ -553,68 +539,47 @@ impl Engine {
             };
             (s.clone(), desc)
         });
-        let (r, d, reference) = (repo.clone(), digest.clone(), reference.clone());
         let subject = info.subject.clone();
-        self.meta(move |m| {
-            let tag = match &reference {
-                Reference::Tag(t) => Some(t),
-                Reference::Digest(_) => None,
-            };
-            m.put_manifest(NewManifest {
-                repo: &r,
-                digest: &d,
-                media_type: &info.media_type,
-                bytes: &bytes,
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.clone()),
+            Reference::Digest(_) => None,
+        };
+        self.store
+            .put_manifest(ManifestRecord {
+                repo: repo.clone(),
+                digest: digest.clone(),
+                media_type: info.media_type,
+                bytes,
                 tag,
-                blobs: &info.blobs,
-                children: &info.children,
-                referrer: referrer.as_ref().map(|(s, desc)| (s, desc.clone())),
+                blobs: info.blobs,
+                children: info.children,
+                referrer,
             })
-        })
-        .await?;
+            .await?;
         Ok(PushedManifest { digest, subject })
     }
 
     /// A manifest by tag or digest.
     pub async fn manifest_get(&self, repo: &RepoName, reference: &Reference) -> Result<Arc<StoredManifest>> {
-        let (r, re) = (repo.clone(), reference.clone());
         let load = async {
             let m = self
-                .meta(move |m| {
-                    let digest = match &re {
-                        Reference::Digest(d) => Some(d.clone()),
-                        Reference::Tag(t) => m.resolve_tag(&r, t)?,
-                    };
-                    match digest {
-                        Some(d) => m.manifest(&r, &d),
-                        None => Ok(None),
-                    }
-                })
+                .store
+                .manifest(repo, reference)
                 .await?
                 .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
             Ok(Arc::new(m))
         };
         let key = (repo.clone(), reference.clone());
-        self.hot.get_or_load(&self.meta, Generation::manifests, key, load).await
+        let token = self.store.change_token();
+        self.hot.get_or_load(token, Generation::manifests, key, load).await
     }
 
     /// Delete by digest (the manifest and every tag pointing at it) or by tag (the tag only).
     pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
-        let (r, re) = (repo.clone(), reference.clone());
-        let found = self
-            .meta(move |m| match &re {
-                Reference::Tag(t) => m.delete_tag(&r, t),
-                Reference::Digest(d) => m.write(|tx| {
-                    let Some(stored) = tx.manifest(&r, d)? else {
-                        return Ok(false);
-                    };
-                    let subject = manifest::parse(Some(&stored.media_type), &stored.bytes)
-                        .ok()
-                        .and_then(|i| i.subject);
-                    tx.delete_manifest(&r, d, subject.as_ref())
-                }),
-            })
-            .await?;
+        let found = match reference {
+            Reference::Tag(t) => self.store.delete_tag(repo, t).await?,
+            Reference::Digest(d) => self.store.delete_manifest(repo, d).await?,
+        };
         if found {
             Ok(())
         } else {
@@ -626,27 +591,20 @@ impl Engine {
 
     /// A page of a repository's tags, sorted. Unknown repository → [`Error::NameUnknown`].
     pub async fn tags(&self, repo: &RepoName, last: Option<String>, n: usize) -> Result<Page<Tag>> {
-        let r = repo.clone();
-        self.meta(move |m| {
-            if !m.repo_exists(&r)? {
-                return Err(Error::NameUnknown(r.to_string()));
-            }
-            m.tags(&r, last.as_deref(), n)
-        })
-        .await
+        self.store.tags(repo, last, n).await
     }
 
     /// A page of repository names, sorted.
     pub async fn catalog(&self, last: Option<String>, n: usize) -> Result<Page<RepoName>> {
-        self.meta(move |m| m.catalog(last.as_deref(), n, &|_| true)).await
+        self.store.catalog(last, n, Arc::new(|_| true)).await
     }
 
     /// A page of the repository names for which `keep` holds (e.g. those a caller may read).
     pub async fn catalog_filtered<F>(&self, last: Option<String>, n: usize, keep: F) -> Result<Page<RepoName>>
     where
-        F: Fn(&str) -> bool + Send + 'static,
+        F: Fn(&str) -> bool + Send + Sync + 'static,
     {
-        self.meta(move |m| m.catalog(last.as_deref(), n, &keep)).await
+        self.store.catalog(last, n, Arc::new(keep)).await
     }
 
     /// Descriptors of the manifests in `repo` whose subject is `subject`, optionally only those
@@ -657,8 +615,7 @@ impl Engine {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Descriptor>> {
-        let (r, s) = (repo.clone(), subject.clone());
-        let all = self.meta(move |m| m.referrers(&r, &s)).await?;
+        let all = self.store.referrers(repo, subject).await?;
         Ok(all
             .into_iter()
             .filter(|d| artifact_type.is_none_or(|at| d.artifact_type.as_deref() == Some(at)))

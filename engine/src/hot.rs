@@ -2,8 +2,8 @@
 //! kept in memory, so a hit costs a map lookup instead of a metadata query on the blocking pool.
 //!
 //! Coherence: every lookup first checks whether the database changed since the cache was
-//! filled ([`Meta::data_version`], which sees commits of every connection and every process
-//! sharing the storage); if it did, the whole generation is dropped. An answer read from the
+//! filled (the metadata store's [`ChangeToken`], which sees commits of every connection and
+//! every process sharing the storage); if it did, the whole generation is dropped. An answer read from the
 //! database is added to the generation that was current when the lookup began, so an answer
 //! that a concurrent commit made stale lands in a generation already replaced, never in the
 //! live one.
@@ -16,17 +16,18 @@ use parking_lot::Mutex;
 
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::meta::{DataVersion, Meta, StoredManifest};
+use crate::meta::StoredManifest;
 use crate::name::{Reference, RepoName};
+use crate::store::ChangeToken;
 
 /// Most bytes of manifests one generation keeps (beyond it, answers are not added).
 const MAX_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
 /// Most entries one generation keeps.
 const MAX_ENTRIES: usize = 200_000;
 
-/// One generation: valid while the database's data version is `version` (`None`: never).
+/// One generation: valid while the store's change token is `version` (`None`: never).
 pub struct Generation {
-    version: Option<DataVersion>,
+    version: Option<ChangeToken>,
     blobs: Table<(RepoName, Digest), u64>,
     manifests: Table<(RepoName, Reference), Arc<StoredManifest>>,
     entries: AtomicUsize,
@@ -49,7 +50,7 @@ impl<K, V> Table<K, V> {
 }
 
 impl Generation {
-    fn new(version: Option<DataVersion>) -> Generation {
+    fn new(version: Option<ChangeToken>) -> Generation {
         Generation {
             version,
             blobs: Table::new(|_| 0),
@@ -91,10 +92,11 @@ impl Hot {
         }
     }
 
-    /// The generation valid now: the current one, or a new, empty one when the database changed
-    /// since it was made. `None` when the database cannot tell (the caller reads it instead).
-    fn generation(&self, meta: &Meta) -> Option<Arc<Generation>> {
-        let version = Some(meta.data_version().ok()?);
+    /// The generation valid at `token`: the current one, or a new, empty one when the store
+    /// changed since it was made. `None` when the store cannot tell (the caller reads it
+    /// instead).
+    fn generation(&self, token: Option<ChangeToken>) -> Option<Arc<Generation>> {
+        let version = Some(token?);
         let mut cur = self.current.lock();
         if cur.version != version {
             *cur = Arc::new(Generation::new(version));
@@ -107,7 +109,7 @@ impl Hot {
     /// stale is never added to a live generation). Failures are not remembered.
     pub async fn get_or_load<K, V>(
         &self,
-        meta: &Meta,
+        token: Option<ChangeToken>,
         table: fn(&Generation) -> &Table<K, V>,
         key: K,
         load: impl Future<Output = Result<V>>,
@@ -116,7 +118,7 @@ impl Hot {
         K: Eq + Hash,
         V: Clone,
     {
-        let generation = self.generation(meta);
+        let generation = self.generation(token);
         if let Some(v) = generation.as_ref().and_then(|g| table(g).map.pin().get(&key).cloned()) {
             return Ok(v);
         }

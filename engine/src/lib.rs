@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod meta;
 pub mod name;
 pub mod page;
+pub mod store;
 pub mod upload;
 pub mod upload_caps;
 
@@ -34,4 +35,5 @@ pub use io::engine_name as io_engine;
 pub use meta::StoredManifest;
 pub use name::{Reference, RepoName, Tag, UploadId};
 pub use page::Page;
+pub use store::MetaStore;
 pub use upload_caps::{UploadCap, UploadLimits};

@@ -9,6 +9,9 @@
 //! sleeping busy handler; readers take connections from a small pool and never block writers.
 
 mod redb_import;
+mod store;
+
+pub use store::SqliteStore;
 
 use std::path::{Path, PathBuf};
 

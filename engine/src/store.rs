@@ -1,0 +1,119 @@
+//! The storage seam: the interface the engine uses for metadata records, so that the embedded
+//! SQLite store (the default) and a shared database (scale-out) can stand behind it. Each
+//! operation is one call, dispatched once per request, never per body frame.
+//!
+//! What is here so far: every metadata operation that touches no blob file — blob lookups and
+//! mounts, manifests, tags, listings, referrers, the change token the caches use, and the
+//! per-repository sweep of garbage collection. The operations that must run a blob store's step
+//! inside their transaction (a blob's commit, its removal) are still made on the SQLite store
+//! directly (see docs/architecture.md, "The storage seam").
+//!
+//! Every implementation passes the suite in `engine/tests/meta_suite.rs`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::descriptor::Descriptor;
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::meta::{RepoGc, StoredManifest};
+use crate::name::{Reference, RepoName, Tag};
+use crate::page::Page;
+
+/// A value that changes whenever any writer (of any process or replica) has committed: equal
+/// tokens mean no change in between. Caches keyed on it stay coherent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeToken(pub(crate) crate::meta::DataVersion);
+
+/// A manifest to record.
+#[derive(Debug, Clone)]
+pub struct ManifestRecord {
+    /// Repository.
+    pub repo: RepoName,
+    /// Digest of `bytes`.
+    pub digest: Digest,
+    /// Media type to serve.
+    pub media_type: String,
+    /// The exact bytes pushed.
+    pub bytes: Bytes,
+    /// Tag to point at it.
+    pub tag: Option<Tag>,
+    /// Blobs that must be linked in the repository.
+    pub blobs: Vec<Digest>,
+    /// Manifests that must be in the repository.
+    pub children: Vec<Digest>,
+    /// Subject and the referrer descriptor to index under it.
+    pub referrer: Option<(Digest, Descriptor)>,
+}
+
+/// Which repository names a catalog page may show.
+pub type CatalogFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The metadata store.
+pub trait MetaStore: Send + Sync + 'static {
+    /// Whether the store answers.
+    fn check(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// The current change token, without waiting; `None` when the store cannot tell (callers
+    /// then read instead of trusting a cache).
+    fn change_token(&self) -> Option<ChangeToken>;
+
+    /// Size of a blob if `repo` links it.
+    fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// Link a blob into `repo` when `from` links it (any repository when `None`); false when
+    /// it is not there.
+    fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Number of blobs and their total size in bytes (for metrics).
+    fn blob_stats(&self) -> impl Future<Output = Result<(u64, u64)>> + Send;
+
+    /// Record a manifest, its links to blobs and children, its tag and its referrer entry, in
+    /// one transaction. Fails with `ManifestBlobUnknown` when a blob or child is missing.
+    fn put_manifest(&self, m: ManifestRecord) -> impl Future<Output = Result<()>> + Send;
+
+    /// A manifest of `repo` by tag or digest.
+    fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> impl Future<Output = Result<Option<StoredManifest>>> + Send;
+
+    /// Remove a tag (the manifest stays); false when there was none.
+    fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Remove a manifest from `repo` with every tag pointing at it and its referrer entry;
+    /// false when `repo` has no such manifest.
+    fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> impl Future<Output = Result<bool>> + Send;
+
+    /// A page of `repo`'s tags after `last`, sorted; `NameUnknown` when the repository has
+    /// no content.
+    fn tags(&self, repo: &RepoName, last: Option<String>, n: usize) -> impl Future<Output = Result<Page<Tag>>> + Send;
+
+    /// A page of repository names after `last` for which `keep` holds, sorted.
+    fn catalog(
+        &self,
+        last: Option<String>,
+        n: usize,
+        keep: CatalogFilter,
+    ) -> impl Future<Output = Result<Page<RepoName>>> + Send;
+
+    /// Descriptors of the manifests in `repo` whose subject is `subject`, by digest.
+    fn referrers(&self, repo: &RepoName, subject: &Digest) -> impl Future<Output = Result<Vec<Descriptor>>> + Send;
+
+    /// Sweep one repository for garbage collection (see [`crate::meta::Meta::gc_repo`]).
+    fn gc_repo(
+        &self,
+        repo: &RepoName,
+        grace_secs: u64,
+        untagged: bool,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<RepoGc>> + Send;
+}

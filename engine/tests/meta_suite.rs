@@ -1,0 +1,294 @@
+//! The metadata store suite: what every [`MetaStore`] implementation must do, run against each
+//! of them (today the embedded SQLite store; the shared database joins it). Each check is a
+//! generic function over the store, so a new implementation gets the whole suite by adding one
+//! line per check to its module below.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use berth_engine::meta::Meta;
+use berth_engine::meta::SqliteStore;
+use berth_engine::store::ManifestRecord;
+use berth_engine::{Algorithm, Descriptor, Digest, Error, MetaStore, Reference, RepoName, Tag};
+
+fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+fn tag(s: &str) -> Tag {
+    s.parse().unwrap()
+}
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// An image index with no children: a manifest that needs no blobs, so the suite can record
+/// manifests through the interface alone. `salt` makes each one distinct.
+fn record(r: &str, salt: &str, tag_name: Option<&str>) -> ManifestRecord {
+    let bytes = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[],"annotations":{{"salt":"{salt}"}}}}"#
+    ));
+    ManifestRecord {
+        repo: repo(r),
+        digest: Digest::of(Algorithm::Sha256, &bytes),
+        media_type: INDEX.into(),
+        bytes,
+        tag: tag_name.map(tag),
+        blobs: Vec::new(),
+        children: Vec::new(),
+        referrer: None,
+    }
+}
+
+/// A manifest naming `subject`, with its referrer descriptor.
+fn referrer(r: &str, salt: &str, subject: &Digest, artifact_type: &str) -> ManifestRecord {
+    let bytes = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[],"artifactType":"{artifact_type}","subject":{{"mediaType":"{INDEX}","digest":"{subject}","size":1}},"annotations":{{"salt":"{salt}"}}}}"#
+    ));
+    let digest = Digest::of(Algorithm::Sha256, &bytes);
+    let desc = Descriptor {
+        media_type: INDEX.into(),
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+        artifact_type: Some(artifact_type.into()),
+        annotations: None,
+    };
+    ManifestRecord {
+        referrer: Some((subject.clone(), desc)),
+        digest,
+        bytes,
+        ..record(r, salt, None)
+    }
+}
+
+fn names<T: AsRef<str>>(items: &[T]) -> Vec<&str> {
+    items.iter().map(AsRef::as_ref).collect()
+}
+
+async fn manifests_by_tag_and_digest<M: MetaStore>(s: &M) {
+    let r = repo("suite/manifests");
+    let m1 = record("suite/manifests", "one", Some("v1"));
+    s.put_manifest(m1.clone()).await.unwrap();
+    let by_tag = s.manifest(&r, &Reference::Tag(tag("v1"))).await.unwrap().unwrap();
+    assert_eq!(by_tag.digest, m1.digest);
+    assert_eq!(by_tag.bytes, m1.bytes);
+    assert_eq!(by_tag.media_type, INDEX);
+    let by_digest = s
+        .manifest(&r, &Reference::Digest(m1.digest.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_digest.bytes, m1.bytes);
+    // The tag moves to a new manifest; the old one stays by digest.
+    let m2 = record("suite/manifests", "two", Some("v1"));
+    s.put_manifest(m2.clone()).await.unwrap();
+    let moved = s.manifest(&r, &Reference::Tag(tag("v1"))).await.unwrap().unwrap();
+    assert_eq!(moved.digest, m2.digest);
+    assert!(
+        s.manifest(&r, &Reference::Digest(m1.digest.clone()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Another repository sees none of it.
+    let other = repo("suite/other");
+    assert!(s.manifest(&other, &Reference::Tag(tag("v1"))).await.unwrap().is_none());
+    assert!(
+        s.manifest(&other, &Reference::Digest(m1.digest.clone()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Deleting the tag keeps the manifest; deleting the manifest removes its tags.
+    assert!(s.delete_tag(&r, &tag("v1")).await.unwrap());
+    assert!(!s.delete_tag(&r, &tag("v1")).await.unwrap());
+    assert!(
+        s.manifest(&r, &Reference::Digest(m2.digest.clone()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    s.put_manifest(record("suite/manifests", "two", Some("again")))
+        .await
+        .unwrap();
+    assert!(s.delete_manifest(&r, &m2.digest).await.unwrap());
+    assert!(!s.delete_manifest(&r, &m2.digest).await.unwrap());
+    assert!(s.manifest(&r, &Reference::Tag(tag("again"))).await.unwrap().is_none());
+}
+
+async fn manifests_need_their_content<M: MetaStore>(s: &M) {
+    let missing = Digest::of(Algorithm::Sha256, b"not stored");
+    let mut m = record("suite/needs", "blob", Some("v1"));
+    m.blobs = vec![missing.clone()];
+    assert!(matches!(s.put_manifest(m).await, Err(Error::ManifestBlobUnknown(d)) if d == missing));
+    let mut m = record("suite/needs", "child", Some("v1"));
+    m.children = vec![missing.clone()];
+    assert!(matches!(s.put_manifest(m).await, Err(Error::ManifestBlobUnknown(d)) if d == missing));
+    // Nothing of the refused pushes was kept.
+    let r = repo("suite/needs");
+    assert!(s.manifest(&r, &Reference::Tag(tag("v1"))).await.unwrap().is_none());
+    // A child that is in the repository is accepted.
+    let child = record("suite/needs", "the child", None);
+    s.put_manifest(child.clone()).await.unwrap();
+    let mut parent = record("suite/needs", "parent", Some("v2"));
+    parent.children = vec![child.digest.clone()];
+    s.put_manifest(parent).await.unwrap();
+}
+
+async fn tag_and_catalog_pages<M: MetaStore>(s: &M) {
+    let r = repo("suite/pages");
+    for t in ["b", "a", "d", "c"] {
+        s.put_manifest(record("suite/pages", t, Some(t))).await.unwrap();
+    }
+    let first = s.tags(&r, None, 2).await.unwrap();
+    assert_eq!(names(&first.items), ["a", "b"]);
+    assert!(first.more);
+    assert_eq!(first.next_after().map(AsRef::as_ref), Some("b"));
+    let rest = s.tags(&r, Some("b".into()), 10).await.unwrap();
+    assert_eq!(names(&rest.items), ["c", "d"]);
+    assert!(!rest.more);
+    assert!(matches!(
+        s.tags(&repo("suite/none"), None, 10).await,
+        Err(Error::NameUnknown(_))
+    ));
+    for name in ["suite/pages-z", "suite/pages-m"] {
+        s.put_manifest(record(name, name, Some("t"))).await.unwrap();
+    }
+    let all = s.catalog(None, usize::MAX, Arc::new(|_| true)).await.unwrap();
+    let listed = names(&all.items);
+    let pos = |n: &str| listed.iter().position(|x| *x == n).unwrap();
+    assert!(pos("suite/pages") < pos("suite/pages-m") && pos("suite/pages-m") < pos("suite/pages-z"));
+    let page = s
+        .catalog(
+            Some("suite/pages".into()),
+            1,
+            Arc::new(|n: &str| n.starts_with("suite/pages")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&page.items), ["suite/pages-m"]);
+    assert!(page.more);
+    let filtered = s
+        .catalog(None, 10, Arc::new(|n: &str| n.ends_with("-z")))
+        .await
+        .unwrap();
+    assert_eq!(names(&filtered.items), ["suite/pages-z"]);
+    assert!(!filtered.more);
+}
+
+async fn referrers_follow_their_manifests<M: MetaStore>(s: &M) {
+    let r = repo("suite/referrers");
+    let subject = record("suite/referrers", "subject", Some("v1"));
+    s.put_manifest(subject.clone()).await.unwrap();
+    let sig = referrer("suite/referrers", "sig", &subject.digest, "application/x.sig");
+    let sbom = referrer("suite/referrers", "sbom", &subject.digest, "application/x.sbom");
+    s.put_manifest(sig.clone()).await.unwrap();
+    s.put_manifest(sbom.clone()).await.unwrap();
+    let listed = s.referrers(&r, &subject.digest).await.unwrap();
+    let mut want = vec![sig.digest.clone(), sbom.digest.clone()];
+    want.sort_by_key(|d| d.to_string());
+    assert_eq!(listed.iter().map(|d| d.digest.clone()).collect::<Vec<_>>(), want);
+    assert!(
+        listed
+            .iter()
+            .any(|d| d.artifact_type.as_deref() == Some("application/x.sig"))
+    );
+    assert!(
+        s.referrers(&repo("suite/elsewhere"), &subject.digest)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Deleting a referrer removes its entry (the store finds it through the subject it names).
+    assert!(s.delete_manifest(&r, &sig.digest).await.unwrap());
+    let listed = s.referrers(&r, &subject.digest).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].digest, sbom.digest);
+}
+
+async fn the_change_token_moves_with_every_write<M: MetaStore>(s: &M) {
+    let Some(before) = s.change_token() else {
+        // A store that cannot tell must say so every time: its caches are then bypassed.
+        assert!(s.change_token().is_none());
+        return;
+    };
+    assert_eq!(s.change_token(), Some(before), "no write, no change");
+    s.put_manifest(record("suite/token", "x", Some("v1"))).await.unwrap();
+    let after = s.change_token();
+    assert_ne!(after, Some(before));
+    assert!(s.delete_tag(&repo("suite/token"), &tag("v1")).await.unwrap());
+    assert_ne!(s.change_token(), after);
+}
+
+async fn blobs_unknown_to_the_store<M: MetaStore>(s: &M) {
+    s.check().await.unwrap();
+    let d = Digest::of(Algorithm::Sha256, b"never stored");
+    let r = repo("suite/blobs");
+    assert_eq!(s.repo_blob(&r, &d).await.unwrap(), None);
+    assert!(!s.mount_blob(&r, &d, None).await.unwrap());
+    assert!(!s.mount_blob(&r, &d, Some(&repo("suite/source"))).await.unwrap());
+    let (n, bytes) = s.blob_stats().await.unwrap();
+    assert!(bytes == 0 || n > 0);
+}
+
+async fn gc_sweeps_untagged_manifests_only_past_the_grace<M: MetaStore>(s: &M) {
+    let r = repo("suite/gc");
+    let kept = record("suite/gc", "kept", Some("v1"));
+    let loose = record("suite/gc", "loose", None);
+    s.put_manifest(kept.clone()).await.unwrap();
+    s.put_manifest(loose.clone()).await.unwrap();
+    // Within the grace period nothing goes.
+    let young = s.gc_repo(&r, 3600, true, false).await.unwrap();
+    assert!(young.manifests.is_empty(), "{young:?}");
+    // A dry run reports without removing.
+    let dry = s.gc_repo(&r, 0, true, true).await.unwrap();
+    assert_eq!(dry.manifests, vec![loose.digest.clone()]);
+    assert!(
+        s.manifest(&r, &Reference::Digest(loose.digest.clone()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let swept = s.gc_repo(&r, 0, true, false).await.unwrap();
+    assert_eq!(swept.manifests, vec![loose.digest.clone()]);
+    assert!(
+        s.manifest(&r, &Reference::Digest(loose.digest.clone()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.manifest(&r, &Reference::Tag(tag("v1"))).await.unwrap().is_some());
+}
+
+/// The embedded SQLite store.
+mod sqlite {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.db")).unwrap();
+        (dir, SqliteStore::new(meta))
+    }
+
+    macro_rules! suite {
+        ($($check:ident),* $(,)?) => {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let (_dir, s) = store();
+                    super::$check(&s).await;
+                }
+            )*
+        };
+    }
+
+    suite!(
+        manifests_by_tag_and_digest,
+        manifests_need_their_content,
+        tag_and_catalog_pages,
+        referrers_follow_their_manifests,
+        the_change_token_moves_with_every_write,
+        blobs_unknown_to_the_store,
+        gc_sweeps_untagged_manifests_only_past_the_grace,
+    );
+}

@@ -1,18 +1,17 @@
 //! The engine: every operation the registry offers, in domain types.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::sync::mpsc;
 
+use crate::blob_store::BlobStore;
+pub use crate::blob_store::BlobStream;
 use crate::descriptor::Descriptor;
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::error::{Error, MetaError, Result};
-use crate::group::Group;
+use crate::error::{Error, Result};
+use crate::fs_blobs::FsBlobs;
 use crate::hot::{Generation, Hot};
 use crate::io::{self, AppendError};
 use crate::layout::Layout;
@@ -20,7 +19,7 @@ use crate::manifest::{self, ManifestError};
 use crate::meta::{Meta, SqliteStore, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
-use crate::store::{ManifestRecord, MetaStore};
+use crate::store::{BlobLink, ManifestRecord, MetaStore};
 use crate::upload::{SessionState, Uploads};
 use crate::upload_caps::UploadLimits;
 
@@ -40,19 +39,6 @@ pub struct ChunkRange {
     pub start: u64,
     /// Last byte.
     pub end: u64,
-}
-
-/// A stream of blob bytes; its memory use does not grow with the blob.
-pub struct BlobStream {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-}
-
-impl Stream for BlobStream {
-    type Item = std::io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
 }
 
 /// Result of a manifest push.
@@ -102,23 +88,11 @@ pub struct GcReport {
 pub struct Engine {
     layout: Layout,
     store: SqliteStore,
+    blobs: FsBlobs,
     uploads: Uploads,
     /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
     _lock: std::fs::File,
     hot: Hot,
-    /// Blob commits of concurrent uploads, grouped into shared metadata transactions.
-    commits: Arc<Group<BlobCommit, Result<()>>>,
-}
-
-/// A verified upload to move into the blob store and link into a repository.
-struct BlobCommit {
-    data: std::path::PathBuf,
-    dest: std::path::PathBuf,
-    repo: RepoName,
-    digest: Digest,
-    size: u64,
-    /// Whether the data was synced before the commit was queued.
-    synced: bool,
 }
 
 impl Engine {
@@ -151,11 +125,11 @@ impl Engine {
         })?;
         Ok(Engine {
             uploads: Uploads::new(layout.clone(), UploadLimits::default()),
+            blobs: FsBlobs::new(layout.clone()),
             layout,
             store: SqliteStore::new(meta),
             _lock: lock,
             hot: Hot::new(),
-            commits: Arc::new(Group::default()),
         })
     }
 
@@ -176,25 +150,11 @@ impl Engine {
         self.layout.root()
     }
 
-    /// Run `f` on the SQLite store itself: for the operations that place or remove a blob
-    /// file inside a metadata transaction, which are not behind [`MetaStore`] yet.
-    async fn meta<T, F>(&self, f: F) -> Result<T>
-    where
-        F: FnOnce(&Meta) -> Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.store.run(f).await
-    }
-
     /// Whether the engine can serve: the metadata store answers and the storage directory takes
     /// a write. The error says which check failed.
     pub async fn ready(&self) -> std::result::Result<(), String> {
         self.store.check().await.map_err(|e| format!("metadata store: {e}"))?;
-        let probe = self.layout.uploads_dir().join(".ready-probe");
-        io::write_atomic(probe.clone(), b"ok".to_vec())
-            .await
-            .map_err(|e| format!("storage not writable ({}): {e}", self.layout.root().display()))?;
-        io::remove_file(probe).await.map_err(|e| format!("storage: {e}"))
+        self.blobs.probe().await.map_err(|e| format!("blob store: {e}"))
     }
 
     // ---- blobs ----
@@ -214,31 +174,13 @@ impl Engine {
 
     /// Read `range` of a blob (the caller has checked it against the size).
     pub async fn blob_read(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
-        let rx = io::blob_range(self.layout.blob(digest), range.start, range.len)
-            .await
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::BlobUnknown(digest.clone())
-                } else {
-                    Error::Io(e)
-                }
-            })?;
-        Ok(BlobStream { rx })
+        self.blobs.read(digest, range).await
     }
 
     /// Unlink a blob from a repository; its file goes when no repository links it any more
     /// (in the same metadata transaction, so no process's upload of it interleaves).
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let (r, d, path) = (repo.clone(), digest.clone(), self.layout.blob(digest));
-        let found = self
-            .meta(move |m| {
-                m.write(|tx| match tx.unlink_blob(&r, &d)? {
-                    None => Ok(false),
-                    Some(true) => io::remove_file_now(&path).map(|()| true).map_err(Error::Io),
-                    Some(false) => Ok(true),
-                })
-            })
-            .await?;
+        let found = self.store.unlink_blob(repo, digest, self.blobs.removal(digest)).await?;
         if found {
             Ok(())
         } else {
@@ -331,92 +273,25 @@ impl Engine {
         }
         let size = state.offset;
         let file = state.file.take().ok_or(Error::UploadUnknown)?;
-        let (file, committed) = self.commit_blob(file, repo, id, digest, size).await;
+        let checkpoint = self.uploads.checkpoint_bytes(&session, size, &state.hasher)?;
+        let link = BlobLink {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            size,
+        };
+        let staged = self.blobs.stage(file, id, digest, checkpoint);
+        let committed = self.store.commit_blob(link, staged).await;
+        drop(state);
         if let Err(e) = committed {
-            // Leave the session as it was, so that the client can try the PUT again.
-            let data_left = io::file_len(self.layout.upload_data(id)).await?.is_some();
-            if !data_left {
-                drop(state);
+            // The session is left as it was (its checkpoint restored), so that the client can
+            // try the PUT again, unless the failure took its data.
+            if io::file_len(self.layout.upload_data(id)).await?.is_none() {
                 self.uploads.remove(id).await?;
-                return Err(e);
-            }
-            self.uploads.checkpoint(&session, size, &state.hasher).await?;
-            match file {
-                Some(f) => state.file = Some(f),
-                None => {
-                    // The file was lost with a failed blocking task: a later request of this
-                    // or any process takes the session up again from the checkpoint.
-                    drop(state);
-                    self.uploads.forget(id);
-                }
             }
             return Err(e);
         }
-        drop(state);
         self.uploads.forget(id);
         Ok(size)
-    }
-
-    /// Move a verified upload into the blob store and link it into `repo`, in one trip to the
-    /// blocking pool (each trip costs thread wake-ups, which showed as a tenth of a small push's
-    /// server CPU): retire the session's checkpoint, so that no process continues the session
-    /// once its data becomes the blob; sync the data; then rename it into place and link it in
-    /// a metadata transaction shared with the other uploads committing at that moment (see
-    /// [`commit_blobs`]), so no process's garbage collection removes the file between the two;
-    /// then, with the session's file closed, remove its directory. Hands `file` back when the
-    /// commit failed, so that the session can go on.
-    async fn commit_blob(
-        &self,
-        file: io::UploadFile,
-        repo: &RepoName,
-        id: UploadId,
-        digest: &Digest,
-        size: u64,
-    ) -> (Option<io::UploadFile>, Result<()>) {
-        let (repo, digest) = (repo.clone(), digest.clone());
-        let (dest, state, data, dir) = (
-            self.layout.blob(&digest),
-            self.layout.upload_state(id),
-            self.layout.upload_data(id),
-            self.layout.upload_dir(id),
-        );
-        let group = self.commits.clone();
-        let done = self
-            .meta(move |m| {
-                let placed = io::remove_file_now(&state)
-                    .and_then(|()| file.sync_for_commit(&dest))
-                    .map_err(Error::Io)
-                    .and_then(|synced| {
-                        let job = BlobCommit {
-                            data,
-                            dest,
-                            repo,
-                            digest,
-                            size,
-                            synced,
-                        };
-                        group.run(
-                            job,
-                            |jobs| commit_blobs(m, &jobs),
-                            || {
-                                Err(Error::Meta(MetaError::Shared(
-                                    "the group commit of this blob failed".into(),
-                                )))
-                            },
-                        )
-                    });
-                if let Err(e) = placed {
-                    return Ok((Some(file), Err(e)));
-                }
-                drop(file);
-                if let Err(e) = io::remove_dir_all_now(&dir) {
-                    // The blob is stored; the reaper removes the leftover session later.
-                    tracing::warn!(error = %e, dir = %dir.display(), "could not remove a committed upload session");
-                }
-                Ok((None, Ok(())))
-            })
-            .await;
-        done.unwrap_or_else(|e| (None, Err(e)))
     }
 
     /// Cancel a session and delete what it received.
@@ -449,10 +324,7 @@ impl Engine {
         let repos = self.store.catalog(None, usize::MAX, Arc::new(|_| true)).await?.items;
         let grace = opts.grace.as_secs();
         for repo in repos {
-            let r = repo.clone();
-            let res = self
-                .meta(move |m| m.gc_repo(&r, grace, opts.untagged, opts.dry_run))
-                .await?;
+            let res = self.store.gc_repo(&repo, grace, opts.untagged, opts.dry_run).await?;
             report.repositories += 1;
             if let Some(why) = res.skipped {
                 report.skipped.push(format!("{repo}: {why}"));
@@ -468,9 +340,8 @@ impl Engine {
                 }
             }
         }
-        for f in io::list_blob_files(self.layout.blobs_dir()).await? {
-            let Ok(digest) = f.name.parse::<Digest>() else { continue };
-            if f.age_secs >= grace && self.remove_unrecorded(&digest, opts.dry_run).await? {
+        for f in self.blobs.list().await? {
+            if f.age_secs >= grace && self.remove_unrecorded(&f.digest, opts.dry_run).await? {
                 report.stray_files += 1;
                 report.stray_bytes += f.size;
             }
@@ -478,23 +349,11 @@ impl Engine {
         Ok(report)
     }
 
-    /// Whether no repository links the blob; its file is then removed unless `dry_run`, in the
-    /// same metadata transaction, so that no process's upload of it interleaves.
+    /// Whether no repository links the blob; its data is then removed unless `dry_run`, in the
+    /// metadata store's transaction, so that no process's upload of it interleaves.
     async fn remove_unrecorded(&self, digest: &Digest, dry_run: bool) -> Result<bool> {
-        let (d, path) = (digest.clone(), self.layout.blob(digest));
-        if dry_run {
-            return Ok(self.meta(move |m| m.blob(&d)).await?.is_none());
-        }
-        self.meta(move |m| {
-            m.write(|tx| {
-                if tx.blob(&d)?.is_some() {
-                    return Ok(false);
-                }
-                io::remove_file_now(&path)?;
-                Ok(true)
-            })
-        })
-        .await
+        let remove = (!dry_run).then(|| self.blobs.removal(digest));
+        self.store.remove_unrecorded(digest, remove).await
     }
 
     /// Number of upload sessions this process holds.
@@ -620,38 +479,6 @@ impl Engine {
             .into_iter()
             .filter(|d| artifact_type.is_none_or(|at| d.artifact_type.as_deref() == Some(at)))
             .collect())
-    }
-}
-
-/// Commit a group of verified uploads in one metadata transaction: each is renamed into place
-/// and linked inside its own savepoint (a failure undoes that blob's link alone), the
-/// directories that received renames are synced — each once — and the transaction commits with
-/// one WAL sync for the group. Durability keeps its order for every blob: data synced (before
-/// the job was queued), rename synced, then the link committed. One result per job, in order;
-/// when the transaction itself fails, every job fails with its error.
-fn commit_blobs(m: &Meta, jobs: &[BlobCommit]) -> Vec<Result<()>> {
-    let mut results = Vec::with_capacity(jobs.len());
-    let committed = m.write(|tx| {
-        results.clear();
-        let mut dirs = Vec::new();
-        for j in jobs {
-            let placed = tx.savepoint(|tx| {
-                let dir = io::place_blob(&j.data, &j.dest, j.synced)?;
-                tx.link_blob(&j.repo, &j.digest, j.size)?;
-                Ok(dir)
-            });
-            results.push(placed.map(|dir| dirs.extend(dir)));
-        }
-        dirs.sort_unstable();
-        dirs.dedup();
-        for d in &dirs {
-            io::sync_dir(d)?;
-        }
-        Ok(())
-    });
-    match committed {
-        Ok(()) => results,
-        Err(e) => jobs.iter().map(|_| Err(e.replicate())).collect(),
     }
 }
 

@@ -11,10 +11,12 @@
 //!   renames it into place and syncs the directory before the blob is linked.
 //! - Links, tags, manifests and referrers are records in an embedded transactional store.
 
+pub mod blob_store;
 pub mod descriptor;
 pub mod digest;
 pub mod engine;
 pub mod error;
+pub mod fs_blobs;
 mod group;
 pub mod hot;
 pub mod io;
@@ -27,6 +29,7 @@ pub mod store;
 pub mod upload;
 pub mod upload_caps;
 
+pub use blob_store::BlobStore;
 pub use descriptor::Descriptor;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{BlobStream, ByteRange, ChunkRange, Engine, GcOptions, GcReport, PushedManifest};

@@ -2,15 +2,17 @@
 //! SQLite store (the default) and a shared database (scale-out) can stand behind it. Each
 //! operation is one call, dispatched once per request, never per body frame.
 //!
-//! What is here so far: every metadata operation that touches no blob file — blob lookups and
-//! mounts, manifests, tags, listings, referrers, the change token the caches use, and the
-//! per-repository sweep of garbage collection. The operations that must run a blob store's step
-//! inside their transaction (a blob's commit, its removal) are still made on the SQLite store
-//! directly (see docs/architecture.md, "The storage seam").
+//! It holds every metadata operation: blob lookups and mounts, manifests, tags, listings,
+//! referrers, the change token the caches use, the per-repository sweep of garbage collection,
+//! and the operations that run a blob store's step inside their transaction — a blob's commit
+//! ([`MetaStore::commit_blob`] with a [`StagedBlob`]) and its removal (with a [`Removal`]) — so
+//! that no process commits a blob while another removes it (see docs/architecture.md, "The
+//! storage seam").
 //!
 //! Every implementation passes the suite in `engine/tests/meta_suite.rs`.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -48,6 +50,46 @@ pub struct ManifestRecord {
     pub referrer: Option<(Digest, Descriptor)>,
 }
 
+/// A verified blob to link into a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobLink {
+    /// Repository that receives the link.
+    pub repo: RepoName,
+    /// The blob's digest, checked against its bytes.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A verified upload on its way into the blob store, handed to [`MetaStore::commit_blob`]. The
+/// store calls, on one blocking thread: [`prepare`](StagedBlob::prepare) before its
+/// transaction; the returned [`Placement`] inside it; then [`finish`](StagedBlob::finish)
+/// once the outcome is known.
+pub trait StagedBlob: Send + 'static {
+    /// Work before the transaction: make the data durable. Returns the step that puts the data
+    /// at the blob's location.
+    fn prepare(&mut self) -> Result<Box<dyn Placement>>;
+
+    /// Release what the upload held; `committed` says whether the blob is now recorded.
+    fn finish(self: Box<Self>, committed: bool);
+}
+
+/// The blob store's step inside the metadata transaction that links a blob: it runs while no
+/// other process can commit or remove the same digest.
+pub trait Placement: Send + 'static {
+    /// Put the data at the blob's location (or drop it, when the blob is stored already).
+    /// Returns a directory whose entries must be made durable before the transaction commits;
+    /// the store flushes each such directory once per transaction.
+    fn place(&self) -> Result<Option<PathBuf>>;
+
+    /// Make a directory that [`place`](Placement::place) returned durable.
+    fn flush(&self, dir: &Path) -> Result<()>;
+}
+
+/// The blob store's step that removes a blob's data, run by the metadata store when no
+/// repository links the blob any more, before any process can commit the digest again.
+pub type Removal = Box<dyn FnOnce() -> Result<()> + Send>;
+
 /// Which repository names a catalog page may show.
 pub type CatalogFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -71,6 +113,27 @@ pub trait MetaStore: Send + Sync + 'static {
         digest: &Digest,
         from: Option<&RepoName>,
     ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Size of a blob if any repository links it.
+    fn blob(&self, digest: &Digest) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// Link a verified upload into a repository, placing its data with the blob store's step
+    /// inside the same transaction (see [`StagedBlob`]). When the step fails nothing is linked
+    /// and the error is returned. Concurrent commits may share one transaction.
+    fn commit_blob(&self, link: BlobLink, staged: Box<dyn StagedBlob>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Unlink a blob from `repo`; when no repository links it any more, `remove` deletes its
+    /// data before any process can commit the digest again. False when `repo` did not link it.
+    fn unlink_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        remove: Removal,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Whether no repository links the blob; when none does and `remove` is given, it deletes
+    /// the data before any process can commit the digest again (without `remove`: a dry run).
+    fn remove_unrecorded(&self, digest: &Digest, remove: Option<Removal>) -> impl Future<Output = Result<bool>> + Send;
 
     /// Number of blobs and their total size in bytes (for metrics).
     fn blob_stats(&self) -> impl Future<Output = Result<(u64, u64)>> + Send;

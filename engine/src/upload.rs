@@ -278,6 +278,11 @@ impl Uploads {
         Ok(cp.offset)
     }
 
+    /// A session's checkpoint for `offset` and `hasher`, as [`Uploads::checkpoint`] writes it.
+    pub fn checkpoint_bytes(&self, session: &Session, offset: u64, hasher: &Hasher) -> Result<Vec<u8>> {
+        checkpoint_bytes(session, offset, hasher)
+    }
+
     /// Persist offset and hash state after a request (with the session still taken).
     pub async fn checkpoint(&self, session: &Session, offset: u64, hasher: &Hasher) -> Result<()> {
         let bytes = checkpoint_bytes(session, offset, hasher)?;

@@ -3,13 +3,14 @@
 //! generic function over the store, so a new implementation gets the whole suite by adding one
 //! line per check to its module below.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use berth_engine::meta::Meta;
 use berth_engine::meta::SqliteStore;
-use berth_engine::store::ManifestRecord;
+use berth_engine::store::{BlobLink, ManifestRecord, Placement, Removal, StagedBlob};
 use berth_engine::{Algorithm, Descriptor, Digest, Error, MetaStore, Reference, RepoName, Tag};
 
 fn repo(s: &str) -> RepoName {
@@ -260,6 +261,194 @@ async fn gc_sweeps_untagged_manifests_only_past_the_grace<M: MetaStore>(s: &M) {
     assert!(s.manifest(&r, &Reference::Tag(tag("v1"))).await.unwrap().is_some());
 }
 
+/// What a fake blob store's steps were asked to do, in order.
+#[derive(Clone, Default)]
+struct Steps(Arc<Mutex<Vec<String>>>);
+
+impl Steps {
+    fn push(&self, s: &str) {
+        self.0.lock().unwrap().push(s.to_string());
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+    fn removal(&self, fail: bool) -> Removal {
+        let steps = self.clone();
+        Box::new(move || {
+            steps.push("remove");
+            if fail {
+                return Err(Error::Io(std::io::Error::other("removal refused")));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A staged upload whose steps record themselves; `fail` names the step that fails.
+struct FakeStaged {
+    steps: Steps,
+    fail: Option<&'static str>,
+}
+
+struct FakePlacement {
+    steps: Steps,
+    fail: bool,
+}
+
+fn refused(step: &str) -> Error {
+    Error::Io(std::io::Error::other(format!("{step} refused")))
+}
+
+impl StagedBlob for FakeStaged {
+    fn prepare(&mut self) -> berth_engine::Result<Box<dyn Placement>> {
+        self.steps.push("prepare");
+        if self.fail == Some("prepare") {
+            return Err(refused("prepare"));
+        }
+        Ok(Box::new(FakePlacement {
+            steps: self.steps.clone(),
+            fail: self.fail == Some("place"),
+        }))
+    }
+
+    fn finish(self: Box<Self>, committed: bool) {
+        self.steps
+            .push(if committed { "finish:committed" } else { "finish:failed" });
+    }
+}
+
+impl Placement for FakePlacement {
+    fn place(&self) -> berth_engine::Result<Option<PathBuf>> {
+        self.steps.push("place");
+        if self.fail {
+            return Err(refused("place"));
+        }
+        Ok(None)
+    }
+
+    fn flush(&self, _dir: &Path) -> berth_engine::Result<()> {
+        self.steps.push("flush");
+        Ok(())
+    }
+}
+
+fn staged(steps: &Steps, fail: Option<&'static str>) -> Box<dyn StagedBlob> {
+    Box::new(FakeStaged {
+        steps: steps.clone(),
+        fail,
+    })
+}
+
+fn link(r: &str, content: &[u8]) -> BlobLink {
+    BlobLink {
+        repo: repo(r),
+        digest: Digest::of(Algorithm::Sha256, content),
+        size: content.len() as u64,
+    }
+}
+
+async fn a_commit_places_then_links<M: MetaStore>(s: &M) {
+    let steps = Steps::default();
+    let l = link("suite/commit", b"layer one");
+    s.commit_blob(l.clone(), staged(&steps, None)).await.unwrap();
+    assert_eq!(steps.take(), ["prepare", "place", "finish:committed"]);
+    assert_eq!(s.repo_blob(&l.repo, &l.digest).await.unwrap(), Some(l.size));
+    assert_eq!(s.blob(&l.digest).await.unwrap(), Some(l.size));
+    // Committing the same blob again (another upload of the same bytes) keeps one record.
+    let (n_before, bytes_before) = s.blob_stats().await.unwrap();
+    s.commit_blob(l.clone(), staged(&steps, None)).await.unwrap();
+    assert_eq!(s.blob_stats().await.unwrap(), (n_before, bytes_before));
+    // A manifest may now reference it.
+    let mut m = record("suite/commit", "uses-layer", Some("v1"));
+    m.blobs = vec![l.digest.clone()];
+    s.put_manifest(m).await.unwrap();
+}
+
+async fn a_failed_commit_links_nothing<M: MetaStore>(s: &M) {
+    for step in ["prepare", "place"] {
+        let steps = Steps::default();
+        let l = link("suite/commit-fails", step.as_bytes());
+        let err = s.commit_blob(l.clone(), staged(&steps, Some(step))).await.unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        let want: &[&str] = if step == "prepare" {
+            &["prepare", "finish:failed"]
+        } else {
+            &["prepare", "place", "finish:failed"]
+        };
+        assert_eq!(steps.take(), want);
+        assert_eq!(s.repo_blob(&l.repo, &l.digest).await.unwrap(), None);
+        assert_eq!(s.blob(&l.digest).await.unwrap(), None);
+    }
+}
+
+async fn concurrent_commits_each_get_their_own_result<M: MetaStore + Clone>(s: &M) {
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let steps = Steps::default();
+            let l = link("suite/group", format!("blob {i}").as_bytes());
+            let fail = (i % 4 == 0).then_some("place");
+            let res = s.commit_blob(l.clone(), staged(&steps, fail)).await;
+            (i, l, res.is_ok(), steps.take())
+        }));
+    }
+    for t in tasks {
+        let (i, l, ok, steps) = t.await.unwrap();
+        assert_eq!(ok, i % 4 != 0, "blob {i}");
+        assert_eq!(
+            steps.last().map(String::as_str),
+            Some(if ok { "finish:committed" } else { "finish:failed" })
+        );
+        let linked = s.repo_blob(&l.repo, &l.digest).await.unwrap();
+        assert_eq!(linked.is_some(), ok, "blob {i}");
+    }
+}
+
+async fn the_last_unlink_removes_the_data<M: MetaStore>(s: &M) {
+    let steps = Steps::default();
+    let l = link("suite/unlink-a", b"shared layer");
+    let other = repo("suite/unlink-b");
+    s.commit_blob(l.clone(), staged(&steps, None)).await.unwrap();
+    assert!(s.mount_blob(&other, &l.digest, Some(&l.repo)).await.unwrap());
+    steps.take();
+    // Another repository still links it: its data stays.
+    assert!(s.unlink_blob(&l.repo, &l.digest, steps.removal(false)).await.unwrap());
+    assert!(steps.take().is_empty());
+    assert_eq!(s.repo_blob(&l.repo, &l.digest).await.unwrap(), None);
+    assert_eq!(s.blob(&l.digest).await.unwrap(), Some(l.size));
+    // Not linked there any more.
+    assert!(!s.unlink_blob(&l.repo, &l.digest, steps.removal(false)).await.unwrap());
+    assert!(steps.take().is_empty());
+    // A removal that fails leaves the link in place.
+    assert!(s.unlink_blob(&other, &l.digest, steps.removal(true)).await.is_err());
+    assert_eq!(steps.take(), ["remove"]);
+    assert_eq!(s.repo_blob(&other, &l.digest).await.unwrap(), Some(l.size));
+    // The last link goes with its data.
+    assert!(s.unlink_blob(&other, &l.digest, steps.removal(false)).await.unwrap());
+    assert_eq!(steps.take(), ["remove"]);
+    assert_eq!(s.blob(&l.digest).await.unwrap(), None);
+}
+
+async fn only_unrecorded_data_is_removed<M: MetaStore>(s: &M) {
+    let steps = Steps::default();
+    let l = link("suite/stray", b"recorded");
+    s.commit_blob(l.clone(), staged(&steps, None)).await.unwrap();
+    steps.take();
+    assert!(
+        !s.remove_unrecorded(&l.digest, Some(steps.removal(false)))
+            .await
+            .unwrap()
+    );
+    assert!(!s.remove_unrecorded(&l.digest, None).await.unwrap());
+    assert!(steps.take().is_empty());
+    let stray = Digest::of(Algorithm::Sha256, b"left by a crash");
+    assert!(s.remove_unrecorded(&stray, None).await.unwrap(), "a dry run reports it");
+    assert!(steps.take().is_empty());
+    assert!(s.remove_unrecorded(&stray, Some(steps.removal(false))).await.unwrap());
+    assert_eq!(steps.take(), ["remove"]);
+}
+
 /// The embedded SQLite store.
 mod sqlite {
     use super::*;
@@ -273,7 +462,7 @@ mod sqlite {
     macro_rules! suite {
         ($($check:ident),* $(,)?) => {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $check() {
                     let (_dir, s) = store();
                     super::$check(&s).await;
@@ -290,5 +479,10 @@ mod sqlite {
         the_change_token_moves_with_every_write,
         blobs_unknown_to_the_store,
         gc_sweeps_untagged_manifests_only_past_the_grace,
+        a_commit_places_then_links,
+        a_failed_commit_links_nothing,
+        concurrent_commits_each_get_their_own_result,
+        the_last_unlink_removes_the_data,
+        only_unrecorded_data_is_removed,
     );
 }

@@ -6,26 +6,37 @@ use std::sync::Arc;
 use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
+use crate::group::Group;
 use crate::manifest;
 use crate::meta::{Meta, NewManifest, RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag};
 use crate::page::Page;
-use crate::store::{CatalogFilter, ChangeToken, ManifestRecord, MetaStore};
+use crate::store::{BlobLink, CatalogFilter, ChangeToken, ManifestRecord, MetaStore, Placement, Removal, StagedBlob};
+
+/// A blob commit waiting for its group's transaction.
+struct Commit {
+    link: BlobLink,
+    placement: Box<dyn Placement>,
+}
 
 /// SQLite (WAL) as the metadata store.
 #[derive(Clone)]
 pub struct SqliteStore {
     meta: Arc<Meta>,
+    /// Blob commits of concurrent uploads, grouped into shared transactions.
+    commits: Arc<Group<Commit, Result<()>>>,
 }
 
 impl SqliteStore {
     /// The store over an open database.
     pub fn new(meta: Meta) -> SqliteStore {
-        SqliteStore { meta: Arc::new(meta) }
+        SqliteStore {
+            meta: Arc::new(meta),
+            commits: Arc::new(Group::default()),
+        }
     }
 
-    /// The database itself, for the operations that run a blob file's step inside a
-    /// transaction (commits and removals of blobs).
+    /// The database itself.
     pub fn meta(&self) -> &Arc<Meta> {
         &self.meta
     }
@@ -69,6 +80,63 @@ impl MetaStore for SqliteStore {
                     Some(size) => tx.link_blob(&r, &d, size).map(|()| true),
                     None => Ok(false),
                 }
+            })
+        })
+        .await
+    }
+
+    async fn blob(&self, digest: &Digest) -> Result<Option<u64>> {
+        let d = digest.clone();
+        self.run(move |m| m.blob(&d)).await
+    }
+
+    /// In one trip to the blocking pool (each trip costs thread wake-ups, which showed as a
+    /// tenth of a small push's server CPU): prepare, then queue for the group's transaction
+    /// ([`commit_group`]), then finish.
+    async fn commit_blob(&self, link: BlobLink, mut staged: Box<dyn StagedBlob>) -> Result<()> {
+        let group = self.commits.clone();
+        self.run(move |m| {
+            let done = staged.prepare().and_then(|placement| {
+                group.run(
+                    Commit { link, placement },
+                    |jobs| commit_group(m, &jobs),
+                    || {
+                        Err(Error::Meta(MetaError::Shared(
+                            "the group commit of this blob failed".into(),
+                        )))
+                    },
+                )
+            });
+            staged.finish(done.is_ok());
+            done
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest, remove: Removal) -> Result<bool> {
+        let (r, d) = (repo.clone(), digest.clone());
+        self.run(move |m| {
+            m.write(|tx| match tx.unlink_blob(&r, &d)? {
+                None => Ok(false),
+                Some(true) => remove().map(|()| true),
+                Some(false) => Ok(true),
+            })
+        })
+        .await
+    }
+
+    async fn remove_unrecorded(&self, digest: &Digest, remove: Option<Removal>) -> Result<bool> {
+        let d = digest.clone();
+        self.run(move |m| {
+            let Some(remove) = remove else {
+                return Ok(m.blob(&d)?.is_none());
+            };
+            m.write(|tx| {
+                if tx.blob(&d)?.is_some() {
+                    return Ok(false);
+                }
+                remove()?;
+                Ok(true)
             })
         })
         .await
@@ -156,5 +224,37 @@ impl MetaStore for SqliteStore {
     async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {
         let r = repo.clone();
         self.run(move |m| m.gc_repo(&r, grace_secs, untagged, dry_run)).await
+    }
+}
+
+/// Commit a group of blobs in one transaction: each is placed and linked inside its own
+/// savepoint (a failure undoes that blob's link alone), the directories the placements name are
+/// flushed — each once — and the transaction commits with one WAL sync for the group. Durability
+/// keeps its order for every blob: data durable (before the job was queued), placement durable,
+/// then the link committed. One result per job, in order; when the transaction itself fails,
+/// every job fails with its error.
+fn commit_group(m: &Meta, jobs: &[Commit]) -> Vec<Result<()>> {
+    let mut results = Vec::with_capacity(jobs.len());
+    let committed = m.write(|tx| {
+        results.clear();
+        let mut flush: Vec<(std::path::PathBuf, usize)> = Vec::new();
+        for (i, j) in jobs.iter().enumerate() {
+            let placed = tx.savepoint(|tx| {
+                let dir = j.placement.place()?;
+                tx.link_blob(&j.link.repo, &j.link.digest, j.link.size)?;
+                Ok(dir)
+            });
+            results.push(placed.map(|dir| flush.extend(dir.map(|d| (d, i)))));
+        }
+        flush.sort_unstable();
+        flush.dedup_by(|a, b| a.0 == b.0);
+        for (dir, i) in &flush {
+            jobs[*i].placement.flush(dir)?;
+        }
+        Ok(())
+    });
+    match committed {
+        Ok(()) => results,
+        Err(e) => jobs.iter().map(|_| Err(e.replicate())).collect(),
     }
 }

@@ -9,19 +9,20 @@ use futures_util::Stream;
 use crate::blob_store::BlobStore;
 pub use crate::blob_store::BlobStream;
 use crate::descriptor::Descriptor;
-use crate::digest::{Algorithm, Digest, Hasher};
+use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::fs_blobs::FsBlobs;
+use crate::fs_uploads::FsUploads;
 use crate::hot::{Generation, Hot};
-use crate::io::{self, AppendError};
+use crate::io;
 use crate::layout::Layout;
 use crate::manifest::{self, ManifestError};
 use crate::meta::{Meta, SqliteStore, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
-use crate::store::{BlobLink, ManifestRecord, MetaStore};
-use crate::upload::{SessionState, Uploads};
+use crate::store::{ManifestRecord, MetaStore};
 use crate::upload_caps::UploadLimits;
+use crate::upload_store::{Chunk, UploadStore};
 
 /// A byte range of a blob: first byte and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +90,7 @@ pub struct Engine {
     layout: Layout,
     store: SqliteStore,
     blobs: FsBlobs,
-    uploads: Uploads,
+    uploads: FsUploads,
     /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
     _lock: std::fs::File,
     hot: Hot,
@@ -124,7 +125,7 @@ impl Engine {
             _ => Error::Io(e),
         })?;
         Ok(Engine {
-            uploads: Uploads::new(layout.clone(), UploadLimits::default()),
+            uploads: FsUploads::new(layout.clone(), UploadLimits::default()),
             blobs: FsBlobs::new(layout.clone()),
             layout,
             store: SqliteStore::new(meta),
@@ -136,13 +137,13 @@ impl Engine {
     /// The same engine with other caps on open upload sessions (before any session is
     /// started; the defaults are [`UploadLimits::default`]).
     pub fn with_upload_limits(mut self, limits: UploadLimits) -> Engine {
-        self.uploads = Uploads::new(self.layout.clone(), limits);
+        self.uploads = FsUploads::new(self.layout.clone(), limits);
         self
     }
 
     /// The caps on open upload sessions.
     pub fn upload_limits(&self) -> UploadLimits {
-        self.uploads.caps().limits()
+        self.uploads.limits()
     }
 
     /// The storage root.
@@ -205,12 +206,12 @@ impl Engine {
     /// Start an upload session of `owner` (the user, or the client's address when anonymous),
     /// unless a cap on open sessions refuses it ([`Error::TooManyUploads`]).
     pub async fn upload_start_as(&self, repo: &RepoName, owner: &str) -> Result<UploadId> {
-        Ok(self.uploads.start(repo, owner).await?.id)
+        self.uploads.start(repo, owner).await
     }
 
     /// Bytes an upload session has received (by the requests that finished).
     pub async fn upload_offset(&self, repo: &RepoName, id: UploadId) -> Result<u64> {
-        self.uploads.status(repo, id).await
+        self.uploads.offset(repo, id).await
     }
 
     /// Append a request body to a session. With `range`, the chunk must start at the current
@@ -229,11 +230,8 @@ impl Engine {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let session = self.uploads.get(repo, id).await?;
-        let mut state = self.uploads.lock(&session).await?;
-        append(&mut state, range, length, body).await?;
-        self.uploads.checkpoint(&session, state.offset, &state.hasher).await?;
-        Ok(state.offset)
+        let chunk = Chunk { range, length, body };
+        self.uploads.append(repo, id, chunk).await
     }
 
     /// Append an optional last chunk, check the digest, and commit the blob durably. On a digest
@@ -252,55 +250,16 @@ impl Engine {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let session = self.uploads.get(repo, id).await?;
-        let mut state = self.uploads.lock(&session).await?;
-        let (before_offset, before_hasher) = (state.offset, state.hasher.clone());
-        append(&mut state, range, length, body).await?;
-        let actual = if digest.algorithm() == state.hasher.algorithm() {
-            state.hasher.finish()
-        } else {
-            let fresh = Hasher::new(digest.algorithm());
-            state.file()?.rehash(state.offset, fresh).await?.finish()
-        };
-        if &actual != digest {
-            state.file()?.truncate(before_offset).await?;
-            state.offset = before_offset;
-            state.hasher = before_hasher;
-            return Err(Error::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
-        let size = state.offset;
-        let file = state.file.take().ok_or(Error::UploadUnknown)?;
-        let checkpoint = self.uploads.checkpoint_bytes(&session, size, &state.hasher)?;
-        let link = BlobLink {
-            repo: repo.clone(),
-            digest: digest.clone(),
-            size,
-        };
-        let staged = self.blobs.stage(file, id, digest, checkpoint);
-        let committed = self.store.commit_blob(link, staged).await;
-        drop(state);
-        if let Err(e) = committed {
-            // The session is left as it was (its checkpoint restored), so that the client can
-            // try the PUT again, unless the failure took its data.
-            if io::file_len(self.layout.upload_data(id)).await?.is_none() {
-                self.uploads.remove(id).await?;
-            }
-            return Err(e);
-        }
-        self.uploads.forget(id);
-        Ok(size)
+        let chunk = Chunk { range, length, body };
+        let store = &self.store;
+        self.uploads
+            .finish(repo, id, digest, chunk, |link, staged| store.commit_blob(link, staged))
+            .await
     }
 
     /// Cancel a session and delete what it received.
     pub async fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<()> {
-        let session = self.uploads.get(repo, id).await?;
-        let mut state = self.uploads.lock(&session).await?;
-        state.file = None;
-        drop(state);
-        self.uploads.remove(id).await
+        self.uploads.cancel(repo, id).await
     }
 
     /// Remove upload sessions idle for longer than `timeout`.
@@ -358,7 +317,7 @@ impl Engine {
 
     /// Number of upload sessions this process holds.
     pub fn uploads_in_progress(&self) -> usize {
-        self.uploads.len()
+        self.uploads.in_progress()
     }
 
     // ---- manifests ----
@@ -480,46 +439,4 @@ impl Engine {
             .filter(|d| artifact_type.is_none_or(|at| d.artifact_type.as_deref() == Some(at)))
             .collect())
     }
-}
-
-/// Append a body to a locked session, enforcing a declared chunk range.
-async fn append<S, E>(state: &mut SessionState, range: Option<ChunkRange>, length: Option<u64>, body: S) -> Result<()>
-where
-    S: Stream<Item = std::result::Result<Bytes, E>> + Send,
-    E: std::fmt::Display,
-{
-    if let Some(r) = range {
-        if r.start != state.offset {
-            return Err(Error::RangeMismatch {
-                start: r.start,
-                offset: state.offset,
-            });
-        }
-        if r.end < r.start {
-            return Err(Error::RangeMismatch {
-                start: r.start,
-                offset: state.offset,
-            });
-        }
-    }
-    let mut hasher = state.hasher.clone();
-    let length = range.map(|r| r.end - r.start + 1).or(length);
-    let written = match state.file()?.append(state.offset, &mut hasher, length, body).await {
-        Ok(n) => n,
-        Err(AppendError::Body(e)) => return Err(Error::Body(e)),
-        Err(AppendError::Io(e)) => return Err(Error::Io(e)),
-    };
-    if let Some(r) = range {
-        let declared = r.end - r.start + 1;
-        if written != declared {
-            state.file()?.truncate(state.offset).await?;
-            return Err(Error::SizeMismatch {
-                declared,
-                actual: written,
-            });
-        }
-    }
-    state.hasher = hasher;
-    state.offset += written;
-    Ok(())
 }

@@ -1,0 +1,307 @@
+//! The upload session suite: what every [`UploadStore`] implementation must do, run against each
+//! of them (today the filesystem's sessions; the shared database's join them). Each check is a
+//! generic function over the store; the commit step it is given stands in for the metadata
+//! store and records what it was handed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+
+use berth_engine::store::{BlobLink, StagedBlob};
+use berth_engine::upload_store::Chunk;
+use berth_engine::{Algorithm, ChunkRange, Digest, Error, RepoName, UploadLimits, UploadStore};
+
+fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+type Body = futures_util::stream::Iter<std::vec::IntoIter<Result<Bytes, std::io::Error>>>;
+
+/// A body of `data` in frames of `frame` bytes.
+fn body(data: &[u8], frame: usize) -> Body {
+    let frames: Vec<_> = data
+        .chunks(frame.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    stream::iter(frames)
+}
+
+fn chunk(data: &[u8], range: Option<(u64, u64)>) -> Chunk<Body> {
+    Chunk {
+        range: range.map(|(start, end)| ChunkRange { start, end }),
+        length: Some(data.len() as u64),
+        body: body(data, 4093),
+    }
+}
+
+fn empty() -> Chunk<Body> {
+    Chunk {
+        range: None,
+        length: Some(0),
+        body: body(&[], 1),
+    }
+}
+
+/// Some bytes that are not all alike.
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// What the commit step was handed.
+#[derive(Clone, Default)]
+struct Committed(Arc<Mutex<Vec<BlobLink>>>);
+
+impl Committed {
+    /// A commit step that stores the blob (prepare, place, finish) and records its link, or
+    /// fails after preparing, before placing, when `fail`.
+    fn step(
+        &self,
+        fail: bool,
+    ) -> impl FnOnce(BlobLink, Box<dyn StagedBlob>) -> std::future::Ready<berth_engine::Result<()>> {
+        let seen = self.0.clone();
+        move |link, mut staged| {
+            let done = staged.prepare().and_then(|p| {
+                if fail {
+                    // The transaction failed before the placement ran.
+                    return Err(Error::Io(std::io::Error::other("commit refused")));
+                }
+                p.place().map(|_| ())
+            });
+            staged.finish(done.is_ok());
+            if done.is_ok() {
+                seen.lock().unwrap().push(link);
+            }
+            std::future::ready(done)
+        }
+    }
+    fn links(&self) -> Vec<BlobLink> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+async fn chunks_of_any_size_make_the_blob<U: UploadStore>(u: &U) {
+    let r = repo("suite/chunks");
+    let data = bytes(3 * 1024 * 1024 + 17, 1);
+    let id = u.start(&r, "user:alice").await.unwrap();
+    assert_eq!(u.offset(&r, id).await.unwrap(), 0);
+    let mut at = 0usize;
+    for size in [1usize, 4096, 1 << 20, 12345, 999_999] {
+        let end = (at + size).min(data.len());
+        let part = &data[at..end];
+        let range = Some((at as u64, end as u64 - 1));
+        assert_eq!(u.append(&r, id, chunk(part, range)).await.unwrap(), end as u64);
+        assert_eq!(u.offset(&r, id).await.unwrap(), end as u64);
+        at = end;
+    }
+    let digest = Digest::of(Algorithm::Sha256, &data);
+    let c = Committed::default();
+    let size = u
+        .finish(&r, id, &digest, chunk(&data[at..], None), c.step(false))
+        .await
+        .unwrap();
+    assert_eq!(size, data.len() as u64);
+    assert_eq!(
+        c.links(),
+        [BlobLink {
+            repo: r.clone(),
+            digest,
+            size
+        }]
+    );
+    assert!(
+        matches!(u.offset(&r, id).await, Err(Error::UploadUnknown)),
+        "the session ended"
+    );
+}
+
+async fn a_chunk_out_of_order_is_refused_and_changes_nothing<U: UploadStore>(u: &U) {
+    let r = repo("suite/order");
+    let data = bytes(10_000, 2);
+    let id = u.start(&r, "").await.unwrap();
+    u.append(&r, id, chunk(&data[..6000], Some((0, 5999)))).await.unwrap();
+    // A retried earlier chunk, and one past the end.
+    for range in [(0, 5999), (7000, 9999)] {
+        let (s, e) = (range.0 as usize, range.1 as usize);
+        let err = u.append(&r, id, chunk(&data[s..=e], Some(range))).await.unwrap_err();
+        assert!(
+            matches!(err, Error::RangeMismatch { offset: 6000, .. }),
+            "{range:?}: {err:?}"
+        );
+        assert_eq!(u.offset(&r, id).await.unwrap(), 6000);
+    }
+    // A chunk shorter than it declared.
+    let err = u
+        .append(&r, id, chunk(&data[6000..7000], Some((6000, 7999))))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SizeMismatch { .. }), "{err:?}");
+    assert_eq!(u.offset(&r, id).await.unwrap(), 6000);
+    u.append(&r, id, chunk(&data[6000..], Some((6000, 9999))))
+        .await
+        .unwrap();
+    let c = Committed::default();
+    let digest = Digest::of(Algorithm::Sha256, &data);
+    u.finish(&r, id, &digest, empty(), c.step(false)).await.unwrap();
+    assert_eq!(c.links().len(), 1);
+}
+
+async fn a_wrong_digest_leaves_the_session_as_it_was<U: UploadStore>(u: &U) {
+    let r = repo("suite/digest");
+    let data = bytes(70_000, 3);
+    let id = u.start(&r, "").await.unwrap();
+    u.append(&r, id, chunk(&data[..50_000], None)).await.unwrap();
+    let c = Committed::default();
+    let wrong = Digest::of(Algorithm::Sha256, b"something else");
+    let err = u
+        .finish(&r, id, &wrong, chunk(&data[50_000..], None), c.step(false))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
+    assert!(c.links().is_empty());
+    assert_eq!(u.offset(&r, id).await.unwrap(), 50_000, "the last chunk was not kept");
+    let digest = Digest::of(Algorithm::Sha256, &data);
+    u.finish(&r, id, &digest, chunk(&data[50_000..], None), c.step(false))
+        .await
+        .unwrap();
+    assert_eq!(c.links().len(), 1);
+}
+
+async fn a_failed_commit_keeps_the_session<U: UploadStore>(u: &U) {
+    let r = repo("suite/commit-fails");
+    let data = bytes(40_000, 4);
+    let id = u.start(&r, "").await.unwrap();
+    let digest = Digest::of(Algorithm::Sha256, &data);
+    let c = Committed::default();
+    let err = u
+        .finish(&r, id, &digest, chunk(&data, None), c.step(true))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("commit refused"), "{err}");
+    assert_eq!(u.offset(&r, id).await.unwrap(), data.len() as u64);
+    u.finish(&r, id, &digest, empty(), c.step(false)).await.unwrap();
+    assert_eq!(c.links()[0].size, data.len() as u64);
+}
+
+async fn sessions_belong_to_their_repository<U: UploadStore>(u: &U) {
+    let (r, other) = (repo("suite/mine"), repo("suite/theirs"));
+    let id = u.start(&r, "").await.unwrap();
+    assert!(matches!(u.offset(&other, id).await, Err(Error::UploadUnknown)));
+    assert!(matches!(
+        u.append(&other, id, chunk(b"x", None)).await,
+        Err(Error::UploadUnknown)
+    ));
+    assert_eq!(u.offset(&r, id).await.unwrap(), 0);
+}
+
+async fn a_cancelled_session_is_gone<U: UploadStore>(u: &U) {
+    let r = repo("suite/cancel");
+    let id = u.start(&r, "").await.unwrap();
+    u.append(&r, id, chunk(b"some bytes", None)).await.unwrap();
+    let open = u.in_progress();
+    u.cancel(&r, id).await.unwrap();
+    assert_eq!(u.in_progress(), open - 1);
+    assert!(matches!(u.offset(&r, id).await, Err(Error::UploadUnknown)));
+    assert!(matches!(u.cancel(&r, id).await, Err(Error::UploadUnknown)));
+}
+
+async fn idle_sessions_are_reaped<U: UploadStore>(u: &U) {
+    let r = repo("suite/reap");
+    let id = u.start(&r, "").await.unwrap();
+    u.append(&r, id, chunk(b"idle", None)).await.unwrap();
+    assert_eq!(u.reap(Duration::from_secs(3600)).await.unwrap(), 0);
+    // Idle times are counted in whole seconds: 2.1 s is past a 1 s timeout whatever the rounding.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(u.reap(Duration::from_secs(1)).await.unwrap() >= 1);
+    assert!(matches!(u.offset(&r, id).await, Err(Error::UploadUnknown)));
+}
+
+/// Run against a store made with `per_owner` 2, `per_repository` 3, `total` 4.
+async fn caps_refuse_sessions_beyond_them<U: UploadStore>(u: &U) {
+    let (a, b) = (repo("suite/caps-a"), repo("suite/caps-b"));
+    let mine = [
+        u.start(&a, "user:alice").await.unwrap(),
+        u.start(&a, "user:alice").await.unwrap(),
+    ];
+    let err = u.start(&a, "user:alice").await.unwrap_err();
+    assert!(matches!(err, Error::TooManyUploads { .. }), "{err:?}");
+    // Others are not refused for alice's sessions, up to the repository's cap.
+    u.start(&a, "user:bob").await.unwrap();
+    assert!(matches!(
+        u.start(&a, "user:carol").await,
+        Err(Error::TooManyUploads { .. })
+    ));
+    u.start(&b, "user:carol").await.unwrap();
+    assert!(matches!(
+        u.start(&b, "user:dave").await,
+        Err(Error::TooManyUploads { .. })
+    ));
+    // An ended session gives its place back.
+    u.cancel(&a, mine[0]).await.unwrap();
+    u.start(&a, "user:alice").await.unwrap();
+}
+
+/// The filesystem's sessions.
+mod fs {
+    use super::*;
+    use berth_engine::fs_uploads::FsUploads;
+    use berth_engine::layout::Layout;
+
+    fn store(limits: UploadLimits) -> (tempfile::TempDir, FsUploads) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        std::fs::create_dir_all(layout.uploads_dir()).unwrap();
+        std::fs::create_dir_all(layout.blobs_dir()).unwrap();
+        (dir, FsUploads::new(layout, limits))
+    }
+
+    macro_rules! suite {
+        ($($check:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let (_dir, u) = store(UploadLimits::default());
+                    super::$check(&u).await;
+                }
+            )*
+        };
+    }
+
+    suite!(
+        chunks_of_any_size_make_the_blob,
+        a_chunk_out_of_order_is_refused_and_changes_nothing,
+        a_wrong_digest_leaves_the_session_as_it_was,
+        a_failed_commit_keeps_the_session,
+        sessions_belong_to_their_repository,
+        a_cancelled_session_is_gone,
+        idle_sessions_are_reaped,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caps_refuse_sessions_beyond_them() {
+        let limits = UploadLimits {
+            per_owner: 2,
+            per_repository: 3,
+            total: 4,
+        };
+        let (_dir, u) = store(limits);
+        super::caps_refuse_sessions_beyond_them(&u).await;
+    }
+
+    /// The committed data is the blob, at its content-addressed path.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_committed_data_is_at_the_blob_path() {
+        let (dir, u) = store(UploadLimits::default());
+        let r = repo("suite/path");
+        let data = bytes(123_456, 9);
+        let id = u.start(&r, "").await.unwrap();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        u.finish(&r, id, &digest, chunk(&data, None), Committed::default().step(false))
+            .await
+            .unwrap();
+        let layout = Layout::new(dir.path());
+        assert_eq!(std::fs::read(layout.blob(&digest)).unwrap(), data);
+        assert!(!layout.upload_dir(id).exists(), "the session's directory went");
+    }
+}

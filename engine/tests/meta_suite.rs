@@ -3,6 +3,8 @@
 //! generic function over the store, so a new implementation gets the whole suite by adding one
 //! line per check to its module below.
 
+mod support;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -276,6 +278,38 @@ mod sqlite {
                 #[tokio::test]
                 async fn $check() {
                     let (_dir, s) = store();
+                    super::$check(&s).await;
+                }
+            )*
+        };
+    }
+
+    suite!(
+        manifests_by_tag_and_digest,
+        manifests_need_their_content,
+        tag_and_catalog_pages,
+        referrers_follow_their_manifests,
+        the_change_token_moves_with_every_write,
+        blobs_unknown_to_the_store,
+        gc_sweeps_untagged_manifests_only_past_the_grace,
+    );
+}
+
+/// PostgreSQL, on a throwaway server this test binary starts (one database per check).
+mod postgres {
+    use berth_engine::postgres::PgStore;
+
+    async fn store() -> PgStore {
+        let settings = crate::support::postgres::shared().database().await;
+        PgStore::connect(&settings).await.unwrap()
+    }
+
+    macro_rules! suite {
+        ($($check:ident),* $(,)?) => {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let s = store().await;
                     super::$check(&s).await;
                 }
             )*

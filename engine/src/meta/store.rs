@@ -10,7 +10,7 @@ use crate::manifest;
 use crate::meta::{Meta, NewManifest, RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag};
 use crate::page::Page;
-use crate::store::{CatalogFilter, ChangeToken, ManifestRecord, MetaStore};
+use crate::store::{CatalogFilter, ChangeToken, ManifestRecord, MetaStore, TokenValue};
 
 /// SQLite (WAL) as the metadata store.
 #[derive(Clone)]
@@ -49,7 +49,10 @@ impl MetaStore for SqliteStore {
     }
 
     fn change_token(&self) -> Option<ChangeToken> {
-        self.meta.data_version().ok().map(ChangeToken)
+        self.meta
+            .data_version()
+            .ok()
+            .map(|v| ChangeToken(TokenValue::Sqlite(v)))
     }
 
     async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {

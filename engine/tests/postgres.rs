@@ -370,3 +370,67 @@ async fn wrong_settings_are_named() {
 
     PgStore::connect(&good).await.expect("the right settings connect");
 }
+
+/// Mounts out of a repository racing the sweep that unlinks the blob there, on two stores: the
+/// blob's reference count always equals its links, and a blob reported orphaned is linked nowhere.
+#[tokio::test]
+async fn mounts_racing_a_sweep_keep_the_counts_right() {
+    let s = shared().database().await;
+    let a = PgStore::connect(&s).await.unwrap();
+    let b = PgStore::connect(&s).await.unwrap();
+    let db = raw(&s).await;
+    for round in 0..5 {
+        let blob = Digest::of(Algorithm::Sha256, format!("layer {round}").as_bytes());
+        let d = blob.to_string();
+        db.execute("INSERT INTO blobs(digest, size, refs) VALUES ($1, 3, 1)", &[&d])
+            .await
+            .unwrap();
+        db.execute(
+            "INSERT INTO repo_blobs(repo, digest, size, linked) VALUES ('race/src', $1, 3, 0)",
+            &[&d],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "INSERT INTO repos(name) VALUES ('race/src') ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await
+        .unwrap();
+        let src: RepoName = "race/src".parse().unwrap();
+        let mounts = async {
+            let mut ok = 0;
+            for i in 0..8 {
+                let dst: RepoName = format!("race/dst{round}-{i}").parse().unwrap();
+                if a.mount_blob(&dst, &blob, Some(&src)).await.unwrap() {
+                    ok += 1;
+                }
+            }
+            ok
+        };
+        let sweep = async {
+            tokio::time::sleep(Duration::from_millis(2 * round)).await;
+            b.gc_repo(&src, 0, true, false).await.unwrap()
+        };
+        let (mounted, swept) = tokio::join!(mounts, sweep);
+        println!("round {round}: {mounted} of 8 mounts before the sweep unlinked the source");
+        let links: i64 = db
+            .query_one("SELECT count(*) FROM repo_blobs WHERE digest = $1", &[&d])
+            .await
+            .unwrap()
+            .get(0);
+        let refs: Option<i64> = db
+            .query_opt("SELECT refs FROM blobs WHERE digest = $1", &[&d])
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        assert_eq!(refs.unwrap_or(0), links, "round {round}: refs match links");
+        assert_eq!(links, mounted, "round {round}: the source link went, the mounts stayed");
+        let orphaned = swept.orphans.iter().any(|(o, _)| *o == blob);
+        assert_eq!(
+            orphaned,
+            mounted == 0,
+            "round {round}: orphaned only when nothing mounted it"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 
-use super::store::{NOW, digest, forget_repo_if_empty, remove_manifest, row, rows, unlink_blob};
+use super::records::{NOW, digest, forget_repo_if_empty, remove_manifest, row, rows, unlink_blob};
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::meta::RepoGc;

@@ -4,8 +4,8 @@
 //!   the errors of a refused connection, each naming the setting to fix.
 //! - [`migrate`]: versioned schema migrations, applied at start-up under an advisory lock.
 //! - `listen`: the change token, from `LISTEN`/`NOTIFY`.
-//! - `store`: the [`MetaStore`](crate::store::MetaStore) operations; `gc`: the sweep of one
-//!   repository.
+//! - `store`: the [`MetaStore`](crate::store::MetaStore) operations; `records`: the statements
+//!   they share; `gc`: the sweep of one repository.
 //!
 //! Writes that touch one repository run in one transaction holding a transaction-level
 //! advisory lock on the repository's name, so that pushes, deletions and the garbage
@@ -17,6 +17,7 @@ mod error;
 mod gc;
 mod listen;
 pub mod migrate;
+mod records;
 pub mod settings;
 mod store;
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install the system packages the tests need when they are missing (Debian; run as root, as CI does):
-# the end-to-end, deployment and reference-registry steps use real clients and servers. Does nothing
+# the end-to-end, deployment and reference-registry steps use real clients and servers, and the
+# engine's PostgreSQL tests start a throwaway PostgreSQL server of their own (initdb, pg_ctl). Does nothing
 # when everything is present. scripts/test.sh runs it first, so the test command works on a fresh
 # machine by itself; TEST_NO_INSTALL=1 skips it.
 set -euo pipefail
 
 # package:command pairs; a package is installed when dpkg says so and its command is on PATH.
 REQUIRED=(skopeo:skopeo umoci:umoci docker.io:dockerd docker-registry:docker-registry apache2-utils:htpasswd
-  jq:jq curl:curl docker-compose:docker-compose binutils:readelf openssl:openssl)
+  jq:jq curl:curl docker-compose:docker-compose binutils:readelf openssl:openssl
+  postgresql:pg_lsclusters)
 
 missing=()
 for pair in "${REQUIRED[@]}"; do

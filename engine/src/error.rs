@@ -110,6 +110,13 @@ pub enum MetaError {
     /// The database refused or failed a statement (its message).
     #[error("{0}")]
     Database(String),
+    /// The database cannot be reached right now (connection refused or lost, the server
+    /// shutting down, no connection free in time): worth retrying, a 503 at the edge.
+    #[error("the metadata database is unavailable: {0}")]
+    Unavailable(String),
+    /// A setting of the database connection is wrong (the message names it).
+    #[error("{0}")]
+    Settings(String),
     /// A stored record cannot be read back (what, and why).
     #[error("a damaged record: {0}")]
     Corrupt(String),

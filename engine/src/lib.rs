@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod meta;
 pub mod name;
 pub mod page;
+pub mod postgres;
 pub mod store;
 pub mod upload;
 pub mod upload_caps;

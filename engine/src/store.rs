@@ -25,9 +25,20 @@ use crate::name::{Reference, RepoName, Tag};
 use crate::page::Page;
 
 /// A value that changes whenever any writer (of any process or replica) has committed: equal
-/// tokens mean no change in between. Caches keyed on it stay coherent.
+/// tokens mean no change in between. Caches keyed on it stay coherent. Tokens of different
+/// stores are never compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChangeToken(pub(crate) crate::meta::DataVersion);
+pub struct ChangeToken(pub(crate) TokenValue);
+
+/// What a [`ChangeToken`] holds, by the store that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TokenValue {
+    /// SQLite's data version (read from its WAL index).
+    Sqlite(crate::meta::DataVersion),
+    /// A counter of changes seen (a shared database's notifications and this process's own
+    /// commits).
+    Counter(u64),
+}
 
 /// A manifest to record.
 #[derive(Debug, Clone)]

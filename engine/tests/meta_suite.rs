@@ -3,6 +3,8 @@
 //! generic function over the store, so a new implementation gets the whole suite by adding one
 //! line per check to its module below.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -465,6 +467,43 @@ mod sqlite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $check() {
                     let (_dir, s) = store();
+                    super::$check(&s).await;
+                }
+            )*
+        };
+    }
+
+    suite!(
+        manifests_by_tag_and_digest,
+        manifests_need_their_content,
+        tag_and_catalog_pages,
+        referrers_follow_their_manifests,
+        the_change_token_moves_with_every_write,
+        blobs_unknown_to_the_store,
+        gc_sweeps_untagged_manifests_only_past_the_grace,
+        a_commit_places_then_links,
+        a_failed_commit_links_nothing,
+        concurrent_commits_each_get_their_own_result,
+        the_last_unlink_removes_the_data,
+        only_unrecorded_data_is_removed,
+    );
+}
+
+/// PostgreSQL, on a throwaway server this test binary starts (one database per check).
+mod postgres {
+    use berth_engine::postgres::PgStore;
+
+    async fn store() -> PgStore {
+        let settings = crate::support::postgres::shared().database().await;
+        PgStore::connect(&settings).await.unwrap()
+    }
+
+    macro_rules! suite {
+        ($($check:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let s = store().await;
                     super::$check(&s).await;
                 }
             )*

@@ -11,7 +11,9 @@ use crate::manifest;
 use crate::meta::{Meta, NewManifest, RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag};
 use crate::page::Page;
-use crate::store::{BlobLink, CatalogFilter, ChangeToken, ManifestRecord, MetaStore, Placement, Removal, StagedBlob};
+use crate::store::{
+    BlobLink, CatalogFilter, ChangeToken, ManifestRecord, MetaStore, Placement, Removal, StagedBlob, TokenValue,
+};
 
 /// A blob commit waiting for its group's transaction.
 struct Commit {
@@ -60,7 +62,10 @@ impl MetaStore for SqliteStore {
     }
 
     fn change_token(&self) -> Option<ChangeToken> {
-        self.meta.data_version().ok().map(ChangeToken)
+        self.meta
+            .data_version()
+            .ok()
+            .map(|v| ChangeToken(TokenValue::Sqlite(v)))
     }
 
     async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {

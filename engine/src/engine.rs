@@ -18,8 +18,10 @@ use crate::io;
 use crate::layout::Layout;
 use crate::manifest::{self, ManifestError};
 use crate::meta::{Meta, SqliteStore, StoredManifest};
+use crate::metadata::Metadata;
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
+use crate::postgres::{PgSettings, PgStore};
 use crate::store::{ManifestRecord, MetaStore};
 use crate::upload_caps::UploadLimits;
 use crate::upload_store::{Chunk, UploadStore};
@@ -85,10 +87,22 @@ pub struct GcReport {
     pub skipped: Vec<String>,
 }
 
+/// A storage bound to a shared database, opened without it.
+#[derive(Debug)]
+struct DatabaseBound(String);
+
+impl std::fmt::Display for DatabaseBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DatabaseBound {}
+
 /// The storage engine.
 pub struct Engine {
     layout: Layout,
-    store: SqliteStore,
+    store: Metadata,
     blobs: FsBlobs,
     uploads: FsUploads,
     /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
@@ -109,29 +123,83 @@ impl Engine {
         Engine::open_with(root.into(), true).await
     }
 
+    /// Open the storage rooted at `root` for its blobs and upload sessions, with the metadata in
+    /// the shared PostgreSQL database `db` (its schema migrated first, one process at a time).
+    /// `exclusive` as for [`Engine::open_exclusive`], for the directory.
+    pub async fn open_shared(root: impl Into<std::path::PathBuf>, db: &PgSettings, exclusive: bool) -> Result<Engine> {
+        let (layout, lock, _) = Engine::open_dir(root.into(), exclusive, false).await?;
+        let store = PgStore::connect(db).await?;
+        let (binding, name) = (layout.database_binding(), db.name());
+        io::blocking(move || match std::fs::read_to_string(&binding) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                io::write_atomic_now(&binding, format!("postgresql {name}\n").as_bytes())
+            }
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(Engine::assemble(layout, lock, Metadata::Postgres(store)))
+    }
+
     async fn open_with(root: std::path::PathBuf, exclusive: bool) -> Result<Engine> {
+        let (layout, lock, meta) = Engine::open_dir(root, exclusive, true).await?;
+        let meta = meta.ok_or_else(|| Error::Io(std::io::Error::other("the metadata database was not opened")))?;
+        Ok(Engine::assemble(layout, lock, Metadata::Sqlite(SqliteStore::new(meta))))
+    }
+
+    /// Create the storage directories, take the storage lock, and open the SQLite database when
+    /// `sqlite`.
+    async fn open_dir(
+        root: std::path::PathBuf,
+        exclusive: bool,
+        sqlite: bool,
+    ) -> Result<(Layout, std::fs::File, Option<Meta>)> {
         let layout = Layout::new(root);
         let l = layout.clone();
         let (lock, meta) = io::blocking(move || {
             io::create_dir_all(&l.blobs_dir())?;
             io::create_dir_all(&l.uploads_dir())?;
             let lock = io::lock_storage(&l.lock(), exclusive)?;
-            let meta = Meta::open(&l.meta()).map_err(std::io::Error::other)?;
+            if sqlite && let Ok(bound) = std::fs::read_to_string(l.database_binding()) {
+                return Err(std::io::Error::other(DatabaseBound(format!(
+                    "{} keeps its metadata in a shared database ({}), not in SQLite: set database.enabled and the other database.* settings to open it (or remove {} if that database is gone for good)",
+                    l.root().display(),
+                    bound.trim(),
+                    l.database_binding().display()
+                ))));
+            }
+            let meta = if sqlite {
+                Some(Meta::open(&l.meta()).map_err(std::io::Error::other)?)
+            } else {
+                None
+            };
             Ok((lock, meta))
         })
         .await
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => Error::StorageInUse { exclusive },
-            _ => Error::Io(e),
+            _ => match e.get_ref().and_then(|i| i.downcast_ref::<DatabaseBound>()) {
+                Some(DatabaseBound(m)) => Error::Meta(crate::error::MetaError::Settings(m.clone())),
+                None => Error::Io(e),
+            },
         })?;
-        Ok(Engine {
+        Ok((layout, lock, meta))
+    }
+
+    fn assemble(layout: Layout, lock: std::fs::File, store: Metadata) -> Engine {
+        Engine {
             uploads: FsUploads::new(layout.clone(), UploadLimits::default()),
             blobs: FsBlobs::new(layout.clone()),
             layout,
-            store: SqliteStore::new(meta),
+            store,
             _lock: lock,
             hot: Hot::new(),
-        })
+        }
+    }
+
+    /// Which metadata store the engine uses (`sqlite` or `postgresql`).
+    pub fn metadata_kind(&self) -> &'static str {
+        self.store.kind()
     }
 
     /// The same engine with other caps on open upload sessions (before any session is

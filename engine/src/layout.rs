@@ -4,6 +4,8 @@
 //! <root>/
 //!   berth.lock                         flock: shared while serving, exclusive for `berth gc`
 //!   meta.db (+ -wal, -shm)             metadata (SQLite): links, tags, manifests, referrers
+//!   metadata-database                  instead of meta.db: names the shared database that holds
+//!                                      this storage's metadata (database.enabled)
 //!   blobs/<alg>/<hex[0..2]>/<hex>      blob bytes, one file per digest for all repositories
 //!   uploads/<uuid>/data                bytes received so far for an upload session
 //!   uploads/<uuid>/state               checkpoint: repository, offset, hash state
@@ -37,6 +39,12 @@ impl Layout {
     /// The metadata database file.
     pub fn meta(&self) -> PathBuf {
         self.root.join("meta.db")
+    }
+
+    /// The file that binds the storage to a shared database: while it exists, the storage
+    /// does not open with SQLite (whose empty records would make every blob look unreferenced).
+    pub fn database_binding(&self) -> PathBuf {
+        self.root.join("metadata-database")
     }
 
     /// The lock file: shared by serving processes, exclusive for offline maintenance.

@@ -24,6 +24,7 @@ pub mod io;
 pub mod layout;
 pub mod manifest;
 pub mod meta;
+pub mod metadata;
 pub mod name;
 pub mod page;
 pub mod postgres;

@@ -503,3 +503,30 @@ async fn a_commit_racing_a_removal_is_fenced_and_retryable() {
     pusher.commit_blob(link.clone(), Box::new(Placed)).await.unwrap();
     assert_eq!(gc.repo_blob(&repo, &link.digest).await.unwrap(), Some(7));
 }
+
+/// A storage whose metadata is in a shared database is bound to it: opened without the
+/// database (SQLite, which would hold no records and so make every blob look unreferenced to
+/// garbage collection), it refuses, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_bound_to_a_database_does_not_open_without_it() {
+    let s = shared().database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = berth_engine::Engine::open_shared(dir.path(), &s, false).await.unwrap();
+    assert_eq!(engine.metadata_kind(), "postgresql");
+    drop(engine);
+    let bound = std::fs::read_to_string(dir.path().join("metadata-database")).unwrap();
+    assert!(bound.contains(&s.dbname) && !bound.contains(&s.password), "{bound}");
+    for exclusive in [false, true] {
+        let open = if exclusive {
+            berth_engine::Engine::open_exclusive(dir.path()).await
+        } else {
+            berth_engine::Engine::open(dir.path()).await
+        };
+        let err = open.err().expect("opened with SQLite");
+        assert!(matches!(err, Error::Meta(MetaError::Settings(_))), "{err:?}");
+        assert!(err.to_string().contains("database.enabled"), "{err}");
+    }
+    assert!(!dir.path().join("meta.db").exists(), "no SQLite database was made");
+    // With the database it opens again.
+    berth_engine::Engine::open_shared(dir.path(), &s, true).await.unwrap();
+}

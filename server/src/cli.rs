@@ -175,25 +175,48 @@ fn raise_open_files_limit() {
 /// Threads of the blocking pool (file I/O, syncs, metadata); `BERTH_BLOCKING_THREADS` overrides.
 pub const BLOCKING_THREADS: usize = 32;
 
+/// The engine over the configured storage: the directory, with its metadata in SQLite there or
+/// in the shared database (`database.enabled`).
+async fn open_engine(cfg: &Config, exclusive: bool) -> berth_engine::Result<Engine> {
+    match (&cfg.database, exclusive) {
+        (Some(db), _) => Engine::open_shared(&cfg.root, db, exclusive).await,
+        (None, false) => Engine::open(&cfg.root).await,
+        (None, true) => Engine::open_exclusive(&cfg.root).await,
+    }
+}
+
+/// What start-up says when the storage does not open: the setting to look at.
+fn open_error(cfg: &Config, e: &berth_engine::Error) -> String {
+    use berth_engine::{Error, MetaError};
+    match e {
+        // The message names the setting already.
+        Error::Meta(MetaError::Settings(m)) => format!("cannot open the storage: {m}"),
+        Error::Meta(MetaError::Unavailable(m)) if cfg.database.is_some() => {
+            format!("cannot reach the database (database.host, database.port): {m}")
+        }
+        Error::Meta(_) if cfg.database.is_some() => format!("cannot use the database (database.*): {e}"),
+        _ => format!(
+            "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
+            cfg.root.display()
+        ),
+    }
+}
+
 /// `berth serve`: the registry.
 pub async fn serve(cfg: Config) -> Result<(), String> {
     raise_open_files_limit();
     let (authn, access) = security(&cfg)?;
     let tls = tls(&cfg)?;
-    let engine = Engine::open(&cfg.root)
+    let engine = open_engine(&cfg, false)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
-                cfg.root.display()
-            )
-        })?
+        .map_err(|e| open_error(&cfg, &e))?
         .with_upload_limits(cfg.upload_limits);
     let listener = bind(cfg.addr, "http.addr / REGISTRY_HTTP_ADDR").await?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         addr = %local,
         storage = %cfg.root.display(),
+        metadata = engine.metadata_kind(),
         config = %cfg.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into()),
         delete = cfg.delete_enabled,
         auth = authn.mode(),
@@ -289,16 +312,13 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
 /// `berth gc`: collect garbage in the storage of a stopped registry (a running one collects
 /// online with storage.maintenance.gc.enabled).
 pub async fn gc(cfg: Config, grace: Option<std::time::Duration>, untagged: bool, dry_run: bool) -> Result<(), String> {
-    let engine = Engine::open_exclusive(&cfg.root).await.map_err(|e| {
+    let engine = open_engine(&cfg, true).await.map_err(|e| {
         let hint = if matches!(e, berth_engine::Error::StorageInUse { .. }) {
             ": stop every berth on it first, or let them collect online (storage.maintenance.gc.enabled: true)"
         } else {
             ""
         };
-        format!(
-            "cannot open storage at {} (storage.filesystem.rootdirectory): {e}{hint}",
-            cfg.root.display()
-        )
+        format!("{}{hint}", open_error(&cfg, &e))
     })?;
     let opts = berth_engine::GcOptions {
         grace: grace.unwrap_or(cfg.gc.grace),

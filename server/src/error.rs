@@ -59,6 +59,9 @@ pub enum Kind {
     InvalidRequest,
     /// Storage is full.
     StorageFull,
+    /// A storage service (the shared database, the object store) cannot answer now, or a blob
+    /// is being deleted; the client may retry.
+    Unavailable,
     /// Anything else; details are logged, not sent.
     Internal,
 }
@@ -156,6 +159,11 @@ impl Kind {
                 "UNKNOWN",
                 StatusCode::INSUFFICIENT_STORAGE,
                 "the registry's storage is full",
+            ),
+            Unavailable => (
+                "UNAVAILABLE",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the registry's storage cannot answer now; retry later",
             ),
             Internal => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
         }
@@ -262,6 +270,10 @@ impl From<berth_auth::Throttled> for ApiError {
     }
 }
 
+/// `Retry-After` (seconds) when a storage service cannot answer: a restarting database or a
+/// blob's deletion is over in moments.
+const UNAVAILABLE_RETRY_AFTER: &str = "1";
+
 /// The Range header value for an upload that has `offset` bytes.
 pub fn upload_range(offset: u64) -> String {
     format!("0-{}", offset.saturating_sub(1))
@@ -305,6 +317,12 @@ impl From<EngineError> for ApiError {
                 tracing::error!(error = %e, "storage full");
                 Kind::StorageFull.into()
             }
+            EngineError::Meta(berth_engine::MetaError::Unavailable(m)) => {
+                tracing::warn!(error = %m, "storage unavailable");
+                ApiError::new(Kind::Unavailable)
+                    .message(m)
+                    .header(header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER)
+            }
             e @ (EngineError::Io(_) | EngineError::Meta(_) | EngineError::StorageInUse { .. }) => {
                 tracing::error!(error = %e, "internal error");
                 Kind::Internal.into()
@@ -316,6 +334,20 @@ impl From<EngineError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unavailable_storage_is_a_503_to_retry() {
+        let e = ApiError::from(EngineError::Meta(berth_engine::MetaError::Unavailable(
+            "blob sha256:ab is being deleted by garbage collection; push it again".into(),
+        )));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v: Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains("push it again"));
+        assert!(e.headers.iter().any(|(h, v)| h == header::RETRY_AFTER && v == "1"));
+        let e = ApiError::from(EngineError::Meta(berth_engine::MetaError::Database("x".into())));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn body_has_spec_shape() {

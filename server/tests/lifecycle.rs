@@ -396,12 +396,14 @@ async fn garbage_collection_online_and_offline() {
     // Offline: `berth gc` refuses a storage a running berth holds, then works once it stops.
     let loose2 = reg.push_blob("gc/app", b"another loose blob").await;
     let storage = reg.storage();
+    let database = reg.database_env();
     let gc = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
             .arg("gc")
             .args(args)
             .args(["--no-config-file", "--grace", "0s"])
             .env("REGISTRY_STORAGE_PATH", &storage)
+            .envs(database.iter().cloned())
             .env_remove("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED")
             .output()
             .unwrap()

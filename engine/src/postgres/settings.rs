@@ -9,8 +9,8 @@ use tokio_postgres::error::SqlState;
 
 use crate::error::{Error, MetaError};
 
-/// How the database is reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the database is reached. Its `Debug` shows no password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgSettings {
     /// Host name, IP address, or the directory of a Unix socket (starting with `/`).
     pub host: String,
@@ -28,6 +28,21 @@ pub struct PgSettings {
     pub connect_timeout: Duration,
     /// The connection pool.
     pub pool: PoolSettings,
+}
+
+impl std::fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &if self.password.is_empty() { "" } else { "(set)" })
+            .field("dbname", &self.dbname)
+            .field("sslmode", &self.sslmode)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("pool", &self.pool)
+            .finish()
+    }
 }
 
 /// The connection pool (`database.pool`).
@@ -71,6 +86,11 @@ fn settings_error(msg: String) -> Error {
 }
 
 impl PgSettings {
+    /// `host:port/dbname`, to name the database in messages and files (no credentials).
+    pub fn name(&self) -> String {
+        format!("{}:{}/{}", self.host, self.port, self.dbname)
+    }
+
     /// Check the settings and build the driver's configuration from them.
     pub(crate) fn config(&self) -> Result<tokio_postgres::Config, Error> {
         match self.sslmode.as_str() {
@@ -154,6 +174,17 @@ impl PgSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_no_password() {
+        let s = PgSettings {
+            password: "hunter2-secret".into(),
+            ..PgSettings::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("(set)"), "{shown}");
+    }
 
     #[test]
     fn only_disable_passes_as_sslmode_and_the_error_names_the_setting() {

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 mod access;
 mod auth;
+mod database;
 mod env;
 mod load;
 mod serving;
@@ -32,6 +33,7 @@ pub use tree::parse_duration;
 
 use access::access_control;
 use auth::{auth_config, throttle_settings};
+use database::database_settings;
 use env::{EnvOverrides, env_overrides};
 use serving::{listen_addr, metrics_settings, pagination, response_headers, tls_settings, trusted_proxy_list};
 use storage::gc_settings;
@@ -53,6 +55,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Storage root.
     pub root: PathBuf,
+    /// The shared database for the metadata (`database.enabled`); `None`: SQLite under the root.
+    pub database: Option<berth_engine::postgres::PgSettings>,
     /// Whether deletes are allowed.
     pub delete_enabled: bool,
     /// Log filter level.
@@ -196,6 +200,8 @@ pub fn from_tree(
     take(trusted_proxy_list(&tree).map(|t| trusted_proxies = t));
     let mut tls = None;
     take(tls_settings(&tree).map(|t| tls = t));
+    let mut database = None;
+    take(database_settings(&tree).map(|d| database = d));
     let (mut gc_interval, mut gc) = (None, berth_engine::GcOptions::default());
     take(gc_settings(&tree).map(|g| (gc_interval, gc) = g));
     let (mut header_timeout, mut body_timeout, mut max_requests) =
@@ -270,6 +276,7 @@ pub fn from_tree(
         body_timeout,
         max_requests,
         upload_limits,
+        database,
         body_limits,
         tls,
         metrics_path,

@@ -279,6 +279,33 @@ fn external_url() -> Option<String> {
 }
 
 /// Whether the tests run against an external registry (`BERTH_TEST_URL`).
+/// The throwaway PostgreSQL server of this test binary (the engine's test harness).
+#[path = "../../../engine/tests/support/postgres.rs"]
+pub mod postgres;
+
+/// Whether registries this binary starts keep their metadata in PostgreSQL
+/// (`BERTH_TEST_POSTGRES=1`): each gets a new database on a server this binary starts, and a
+/// registry sharing another's storage shares its database too.
+pub fn on_postgres() -> bool {
+    std::env::var("BERTH_TEST_POSTGRES").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
+/// `REGISTRY_DATABASE_*` settings for a new, empty database on this binary's PostgreSQL server.
+pub async fn database_env() -> Vec<(String, String)> {
+    let s = postgres::shared().database().await;
+    [
+        ("REGISTRY_DATABASE_ENABLED", "true".to_owned()),
+        ("REGISTRY_DATABASE_HOST", s.host),
+        ("REGISTRY_DATABASE_PORT", s.port.to_string()),
+        ("REGISTRY_DATABASE_USER", s.user),
+        ("REGISTRY_DATABASE_PASSWORD", s.password),
+        ("REGISTRY_DATABASE_DBNAME", s.dbname),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 pub fn is_external() -> bool {
     external_url().is_some()
 }
@@ -400,7 +427,10 @@ impl Registry {
         Registry::spawn_on(env, None).await
     }
 
-    async fn spawn_on(env: Vec<(String, String)>, shared: Option<PathBuf>) -> Registry {
+    async fn spawn_on(mut env: Vec<(String, String)>, shared: Option<PathBuf>) -> Registry {
+        if on_postgres() && shared.is_none() && !env.iter().any(|(k, _)| k == "REGISTRY_DATABASE_ENABLED") {
+            env.extend(database_env().await);
+        }
         let dir = tempfile::Builder::new()
             .prefix("berth-api-test")
             .tempdir()
@@ -422,6 +452,16 @@ impl Registry {
     /// (which this registry keeps: drop it last).
     pub async fn share(&self) -> Registry {
         Registry::spawn_on(self.env.clone(), Some(self.storage())).await
+    }
+
+    /// This registry's `REGISTRY_DATABASE_*` settings (none unless its metadata is in
+    /// PostgreSQL), for other commands on its storage.
+    pub fn database_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .filter(|(k, _)| k.starts_with("REGISTRY_DATABASE_"))
+            .cloned()
+            .collect()
     }
 
     /// The process id of the berth this test started (`None` against an external registry).
@@ -472,7 +512,20 @@ impl Registry {
             self.child = Some(child);
             self.base = format!("http://127.0.0.1:{port}");
             match self.wait_ready().await {
-                Ok(()) => return,
+                Ok(()) => {
+                    if self
+                        .env
+                        .iter()
+                        .any(|(k, v)| k == "REGISTRY_DATABASE_ENABLED" && v == "true")
+                    {
+                        let log = self.log_text();
+                        assert!(
+                            log.contains("postgresql"),
+                            "berth does not say it keeps its metadata in PostgreSQL:\n{log}"
+                        );
+                    }
+                    return;
+                }
                 Err(e) => {
                     last_err = e;
                     self.kill();

@@ -85,6 +85,8 @@ pub struct GcReport {
     pub stray_bytes: u64,
     /// Repositories left alone, with the reason.
     pub skipped: Vec<String>,
+    /// Nothing was done: another process sharing the metadata store is collecting.
+    pub elsewhere: bool,
 }
 
 /// A storage bound to a shared database, opened without it.
@@ -348,6 +350,10 @@ impl Engine {
     /// under the blob's commit lock only when no record names it at that moment.
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
         let mut report = GcReport::default();
+        let Some(_lease) = self.store.gc_lease().await? else {
+            report.elsewhere = true;
+            return Ok(report);
+        };
         let repos = self.store.catalog(None, usize::MAX, Arc::new(|_| true)).await?.items;
         let grace = opts.grace.as_secs();
         for repo in repos {

@@ -9,7 +9,7 @@ use crate::meta::{RepoGc, SqliteStore, StoredManifest};
 use crate::name::{Reference, RepoName, Tag};
 use crate::page::Page;
 use crate::postgres::PgStore;
-use crate::store::{BlobLink, CatalogFilter, ChangeToken, ManifestRecord, MetaStore, Removal, StagedBlob};
+use crate::store::{BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob};
 
 /// One of the metadata stores.
 #[derive(Clone)]
@@ -103,6 +103,10 @@ impl MetaStore for Metadata {
 
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>> {
         either!(self, s => s.referrers(repo, subject).await)
+    }
+
+    async fn gc_lease(&self) -> Result<Option<GcLease>> {
+        either!(self, s => s.gc_lease().await)
     }
 
     async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {

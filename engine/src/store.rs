@@ -101,6 +101,9 @@ pub trait Placement: Send + 'static {
 /// repository links the blob any more, before any process can commit the digest again.
 pub type Removal = Box<dyn FnOnce() -> Result<()> + Send>;
 
+/// The right to run garbage collection, held until dropped (see [`MetaStore::gc_lease`]).
+pub type GcLease = Box<dyn Send + Sync>;
+
 /// Which repository names a catalog page may show.
 pub type CatalogFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -181,6 +184,10 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Descriptors of the manifests in `repo` whose subject is `subject`, by digest.
     fn referrers(&self, repo: &RepoName, subject: &Digest) -> impl Future<Output = Result<Vec<Descriptor>>> + Send;
+
+    /// The lease of the one process that collects garbage at a time, or `None` while another
+    /// process holds it. A store whose every sweep is safe alongside others' may lease to all.
+    fn gc_lease(&self) -> impl Future<Output = Result<Option<GcLease>>> + Send;
 
     /// Sweep one repository for garbage collection (see [`crate::meta::Meta::gc_repo`]).
     fn gc_repo(

@@ -530,3 +530,31 @@ async fn a_storage_bound_to_a_database_does_not_open_without_it() {
     // With the database it opens again.
     berth_engine::Engine::open_shared(dir.path(), &s, true).await.unwrap();
 }
+
+/// One replica collects garbage at a time: the lease is exclusive across stores, and it goes
+/// with its holder (dropped, or the replica gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_at_a_time_holds_the_gc_lease() {
+    let s = shared().database().await;
+    let (a, b) = (PgStore::connect(&s).await.unwrap(), PgStore::connect(&s).await.unwrap());
+    let lease = a.gc_lease().await.unwrap().expect("the first asks, the first gets it");
+    assert!(b.gc_lease().await.unwrap().is_none(), "held elsewhere");
+    assert!(a.gc_lease().await.unwrap().is_none(), "not twice, even in one process");
+    // The engine over B finds the lease taken, and does nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = berth_engine::Engine::open_shared(dir.path(), &s, false).await.unwrap();
+    let report = engine.gc(berth_engine::GcOptions::default()).await.unwrap();
+    assert!(report.elsewhere && report.repositories == 0, "{report:?}");
+    drop(lease);
+    let t0 = Instant::now();
+    loop {
+        if let Some(l) = b.gc_lease().await.unwrap() {
+            drop(l);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "the lease did not come free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = engine.gc(berth_engine::GcOptions::default()).await.unwrap();
+    assert!(!report.elsewhere, "{report:?}");
+}

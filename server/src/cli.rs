@@ -330,6 +330,12 @@ pub async fn gc(cfg: Config, grace: Option<std::time::Duration>, untagged: bool,
         .gc(opts)
         .await
         .map_err(|e| format!("garbage collection failed: {e}"))?;
+    if r.elsewhere {
+        return Err(
+            "another berth is collecting garbage in this database now (online collection); try again when it is done"
+                .into(),
+        );
+    }
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
         "{verb}: {} untagged manifests, {} blob links, {} blobs ({} bytes), {} stray files ({} bytes) in {} repositories; grace {:?}{} ({:.1}s)",

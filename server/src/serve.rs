@@ -162,6 +162,9 @@ pub fn spawn_gc(app: Arc<App>) {
             tick.tick().await;
             let started = std::time::Instant::now();
             match app.engine.gc(opts).await {
+                Ok(r) if r.elsewhere => {
+                    tracing::info!("garbage collection left to the process that holds the collection lease");
+                }
                 Ok(r) => {
                     tracing::info!(
                         repositories = r.repositories,

@@ -12,7 +12,8 @@ use crate::meta::{Meta, NewManifest, RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag};
 use crate::page::Page;
 use crate::store::{
-    BlobLink, CatalogFilter, ChangeToken, ManifestRecord, MetaStore, Placement, Removal, StagedBlob, TokenValue,
+    BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Placement, Removal, StagedBlob,
+    TokenValue,
 };
 
 /// A blob commit waiting for its group's transaction.
@@ -224,6 +225,12 @@ impl MetaStore for SqliteStore {
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>> {
         let (r, s) = (repo.clone(), subject.clone());
         self.run(move |m| m.referrers(&r, &s)).await
+    }
+
+    /// Every process may collect: each repository's sweep is one SQLite transaction, and so is
+    /// each removal.
+    async fn gc_lease(&self) -> Result<Option<GcLease>> {
+        Ok(Some(Box::new(())))
     }
 
     async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {

@@ -16,12 +16,14 @@
 mod blobs;
 mod error;
 mod gc;
+mod leader;
 mod listen;
 pub mod migrate;
 mod records;
 pub mod settings;
 mod store;
 
+pub use leader::GC_LOCK;
 pub use listen::CHANNEL;
 pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migration};
 pub use settings::{PgSettings, PoolSettings};

@@ -16,7 +16,9 @@ use crate::error::{Error, MetaError, Result};
 use crate::meta::{RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag};
 use crate::page::Page;
-use crate::store::{BlobLink, CatalogFilter, ChangeToken, ManifestRecord, MetaStore, Removal, StagedBlob, TokenValue};
+use crate::store::{
+    BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob, TokenValue,
+};
 
 /// The first key of the two-key advisory locks on repository names ("brth").
 const REPO_LOCK_CLASS: i32 = 0x6272_7468;
@@ -337,6 +339,10 @@ impl MetaStore for PgStore {
             }
         }
         Ok(out)
+    }
+
+    async fn gc_lease(&self) -> Result<Option<GcLease>> {
+        self.gc_leader().await
     }
 
     async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {

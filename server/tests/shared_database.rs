@@ -9,6 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::{Value, json};
 
 fn env_of(settings: &[(String, String)]) -> Vec<(&str, &str)> {
     settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
@@ -145,4 +146,98 @@ async fn wrong_database_settings_stop_start_up_naming_the_setting() {
         assert!(err.contains(setting), "{var}={value}: {err}");
         assert!(!err.contains(&s.password), "the password is never printed: {err}");
     }
+}
+
+/// Online garbage collection every second on one replica (grace 1 s, untagged manifests too)
+/// while another takes pushes: every push whose manifest was acknowledged stays whole, and a
+/// push that lost a race to the collector fails with an error and succeeds when retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_on_one_replica_while_another_takes_pushes_loses_nothing_acknowledged() {
+    if is_external() {
+        return;
+    }
+    let mut env = database_env().await;
+    env.push(("REGISTRY_STORAGE_DELETE_ENABLED".into(), "true".into()));
+    let pusher = Registry::start_local(&env_of(&env)).await.unwrap();
+    let mut gc_env = env.clone();
+    for (k, v) in [
+        ("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "true"),
+        ("REGISTRY_STORAGE_MAINTENANCE_GC_INTERVAL", "1s"),
+        ("REGISTRY_STORAGE_MAINTENANCE_GC_GRACE", "1s"),
+        ("REGISTRY_STORAGE_MAINTENANCE_GC_UNTAGGED", "true"),
+    ] {
+        gc_env.push((k.into(), v.into()));
+    }
+    let collector = Registry::spawn_sharing(&pusher, &env_of(&gc_env)).await;
+    let repo = "gcrace/app";
+    let started = Instant::now();
+    let mut acknowledged = Vec::new();
+    let mut retried = 0;
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        // Untagged images for the collector to take, and tagged ones it must leave.
+        let tag = format!("t{i}");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let parts = pusher.push_image_parts(repo, 2, false).await;
+            let m = parts.oci_manifest(json!({}));
+            let r = pusher.put_manifest(repo, &tag, OCI_MANIFEST, &m).await;
+            if r.status == 201 {
+                acknowledged.push((tag.clone(), m));
+                break;
+            }
+            assert!(
+                matches!(r.status.as_u16(), 400 | 503),
+                "a push that lost a race gets an error to retry on: {} {}",
+                r.status,
+                r.text()
+            );
+            assert!(attempts < 5, "a retried push keeps failing: {}", r.text());
+            retried += 1;
+        }
+        pusher.push_image_parts(repo, 1, false).await; // blobs no manifest will name
+        if i % 3 == 0 {
+            // An untagged manifest, which the collector removes after the grace period.
+            let parts = pusher.push_image_parts(repo, 1, false).await;
+            let m = parts.oci_manifest(json!({"annotations": {"i": i.to_string()}}));
+            let d = sha256(&m);
+            pusher.put_manifest(repo, &d, OCI_MANIFEST, &m).await.expect(201);
+        }
+        i += 1;
+    }
+    // Let the collector run at least twice more past the grace period of the last pushes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = collector.log_text();
+    let removed: u64 = log
+        .lines()
+        .filter(|l| l.contains("garbage collection done"))
+        .filter_map(|l| l.split("blobs_removed=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        removed > 0,
+        "the collector removed nothing, so this raced nothing:\n{log}"
+    );
+    for (tag, m) in &acknowledged {
+        for reg in [&pusher, &collector] {
+            reg.assert_manifest(repo, tag, OCI_MANIFEST, m).await;
+            let v: Value = serde_json::from_slice(m).unwrap();
+            let layers = v["layers"].as_array().unwrap().iter();
+            for d in layers.chain(std::iter::once(&v["config"])) {
+                let digest = d["digest"].as_str().unwrap();
+                let r = reg.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+                r.expect(200);
+                assert_eq!(sha256(&r.body), digest, "blob {digest} of {tag} is intact");
+            }
+        }
+    }
+    eprintln!(
+        "{} pushes acknowledged and intact after online collection on the other replica removed {removed} blobs ({retried} retried)",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() >= 10,
+        "too few pushes to mean anything: {}",
+        acknowledged.len()
+    );
 }

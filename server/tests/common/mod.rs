@@ -454,6 +454,13 @@ impl Registry {
         Registry::spawn_on(self.env.clone(), Some(self.storage())).await
     }
 
+    /// A second berth process on `other`'s storage directory, with these settings instead of
+    /// `other`'s (`other` keeps the directory: drop it last).
+    pub async fn spawn_sharing(other: &Registry, env: &[(&str, &str)]) -> Registry {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Registry::spawn_on(env, Some(other.storage())).await
+    }
+
     /// This registry's `REGISTRY_DATABASE_*` settings (none unless its metadata is in
     /// PostgreSQL), for other commands on its storage.
     pub fn database_env(&self) -> Vec<(String, String)> {

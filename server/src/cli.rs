@@ -309,6 +309,48 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// `berth migrate`: the metadata of a stopped registry from SQLite into PostgreSQL.
+pub async fn migrate(cfg: Config) -> Result<(), String> {
+    let Some(db) = cfg.database.clone() else {
+        return Err("berth migrate copies the metadata into the database that database.* names: set database.enabled: true and its settings (or REGISTRY_DATABASE_*)".into());
+    };
+    let engine = Engine::open_exclusive(&cfg.root).await.map_err(|e| {
+        let hint = if matches!(e, berth_engine::Error::StorageInUse { .. }) {
+            ": stop every berth on it first"
+        } else {
+            ""
+        };
+        format!(
+            "cannot open storage at {} (storage.filesystem.rootdirectory): {e}{hint}",
+            cfg.root.display()
+        )
+    })?;
+    let started = std::time::Instant::now();
+    let r = engine
+        .migrate_metadata(&db, |r| {
+            eprintln!(
+                "berth migrate: {} blob links, {} manifests, {} tags copied",
+                r.links, r.manifests, r.tags
+            );
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "migration to {} failed: {e} (run berth migrate again to go on)",
+                db.name()
+            )
+        })?;
+    println!(
+        "copied {} blob links, {} manifests and {} tags into {} ({:.1}s); the storage now opens with database.enabled only",
+        r.links,
+        r.manifests,
+        r.tags,
+        db.name(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `berth gc`: collect garbage in the storage of a stopped registry (a running one collects
 /// online with storage.maintenance.gc.enabled).
 pub async fn gc(cfg: Config, grace: Option<std::time::Duration>, untagged: bool, dry_run: bool) -> Result<(), String> {

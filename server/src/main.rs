@@ -105,6 +105,13 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         grace: Option<std::time::Duration>,
     },
+    /// Copy the metadata of a stopped registry from its SQLite database into the PostgreSQL
+    /// database its configuration names (database.*), then bind the storage to it. Blobs stay
+    /// where they are. Run it again to finish an interrupted copy.
+    Migrate {
+        #[command(flatten)]
+        src: ConfigSource,
+    },
     /// Probe a running registry: GET the path over HTTP and exit 0 on 200, 1 otherwise. For
     /// container health checks in images without a shell or curl.
     Healthcheck {
@@ -155,6 +162,7 @@ fn main() {
             untagged,
             grace,
         } => cli::run_async(cli::gc(cli::load(&src), grace, untagged, dry_run)),
+        Command::Migrate { src } => cli::run_async(cli::migrate(cli::load(&src))),
         Command::Healthcheck { addr, path, timeout } => {
             cli::healthcheck(addr, &path, std::time::Duration::from_secs(timeout))
         }

@@ -241,3 +241,46 @@ async fn gc_on_one_replica_while_another_takes_pushes_loses_nothing_acknowledged
         acknowledged.len()
     );
 }
+
+/// `berth migrate` moves a stopped registry's metadata from SQLite into PostgreSQL; the
+/// registry then serves the same content from the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn berth_migrate_moves_a_registry_onto_postgres() {
+    if is_external() {
+        return;
+    }
+    let mut reg = Registry::start_local(&[("REGISTRY_DATABASE_ENABLED", "false")])
+        .await
+        .unwrap();
+    let repo = "migrate/app";
+    let (m1, _) = reg.push_image(repo, "v1").await;
+    let (m2, _) = reg.push_image(repo, "v2").await;
+    reg.stop();
+    let storage = reg.storage();
+    let migrate = |env: &[(String, String)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["migrate", "--no-config-file"])
+            .env("REGISTRY_STORAGE_PATH", &storage)
+            .envs(env.iter().cloned())
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("database.enabled"),
+        "{out:?}"
+    );
+    let db = database_env().await;
+    let out = migrate(&db);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("copied") && stdout.contains("2 tags"), "{stdout}");
+    for (k, v) in &db {
+        reg.set_env(k, v);
+    }
+    reg.restart().await;
+    reg.assert_manifest(repo, "v1", OCI_MANIFEST, &m1).await;
+    reg.assert_manifest(repo, "v2", OCI_MANIFEST, &m2).await;
+    assert!(reg.log_text().contains("postgresql"));
+}

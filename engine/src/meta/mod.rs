@@ -8,6 +8,7 @@
 //! ([`Meta::write`]). Within a process, one writer connection behind a mutex avoids SQLite's
 //! sleeping busy handler; readers take connections from a small pool and never block writers.
 
+mod export;
 mod redb_import;
 mod store;
 

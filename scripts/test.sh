@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, unit and integration tests, the release build, the
-# end-to-end test with skopeo and the Docker Engine, and the smoke test of the scale-out test services.
+# end-to-end test with skopeo and the Docker Engine, the smoke test of the scale-out test services, and the
+# scale-out test (three replicas on PostgreSQL behind haproxy).
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e services deploy k8s perf fuzz)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e services scaleout deploy k8s perf fuzz)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (scripts/install-deps.sh installs what is
 # missing, unless TEST_NO_INSTALL=1) and root. The services step needs haproxy, PostgreSQL and the
-# services venv (SeaweedFS and boto3 from PyPI), which scripts/install-deps.sh also installs.
+# services venv (SeaweedFS and boto3 from PyPI), which scripts/install-deps.sh also installs; the
+# scaleout step needs haproxy, PostgreSQL, skopeo, umoci and docker.io.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -96,6 +98,10 @@ step e2e env BERTH_BIN="$STATIC_BIN" bash scripts/e2e.sh
 # The services the scale-out tests start (SeaweedFS's S3, PostgreSQL, haproxy: scripts/lib/), each
 # checked for what those tests rely on.
 step services bash scripts/services-smoke.sh
+# Three replicas of the shipped binary on one storage directory and one PostgreSQL database behind
+# haproxy round robin: the API tests (the debug build of the test step), one upload spread over the
+# three, skopeo and docker through the balancer, and a replica killed during concurrent pushes.
+step scaleout env BERTH_BIN="$STATIC_BIN" bash scripts/scaleout.sh
 step deploy env BERTH_STATIC="$STATIC_BIN" bash scripts/deploy-test.sh
 step k8s env BERTH_BIN="$STATIC_BIN" bash scripts/validate-k8s.sh
 step perf bash scripts/perf-gate.sh

@@ -53,7 +53,12 @@ defaults
     timeout http-request 60s
     timeout http-keep-alive 60s
     timeout queue 60s
-    retries 0
+    # A request whose connection to a backend fails (a replica just killed, before the health
+    # checks notice) is sent to another backend: nothing of it reached the dead one, so this is
+    # safe for any method. Requests that reached a backend are never retried.
+    retries 2
+    option redispatch 1
+    retry-on conn-failure
 
 frontend berth
     bind 127.0.0.1:$port

@@ -29,6 +29,7 @@ pub mod migrate;
 pub mod name;
 pub mod page;
 pub mod postgres;
+mod reach;
 pub mod store;
 pub mod upload;
 pub mod upload_caps;

@@ -532,17 +532,12 @@ impl Tx<'_> {
 
     fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool) -> Result<RepoGc> {
         let repo = repo.as_str();
+        use crate::reach::{Refs, unreached};
         use std::collections::{HashMap, HashSet};
         let now = now_secs();
         let young = |t: i64| now.saturating_sub(t) < grace_secs as i64;
         let mut out = RepoGc::default();
         // Every manifest of the repository: what it references.
-        struct Refs {
-            blobs: Vec<Digest>,
-            children: Vec<String>,
-            subject: Option<String>,
-            young: bool,
-        }
         let mut manifests: HashMap<String, Refs> = HashMap::new();
         {
             let mut stmt = self.0.prepare_cached(
@@ -558,53 +553,23 @@ impl Tx<'_> {
                     .get_ref(3)?
                     .as_blob()
                     .map_err(|e| Error::Meta(MetaError::Corrupt(format!("a manifest's bytes: {e}"))))?;
-                let info = match crate::manifest::parse(Some(&mt), bytes) {
-                    Ok(i) => i,
+                match Refs::of(&mt, bytes, young(pushed)) {
+                    Ok(refs) => manifests.insert(d, refs),
                     Err(e) => {
                         out.skipped = Some(format!("manifest {d} cannot be read ({e}); nothing removed"));
                         return Ok(out);
                     }
                 };
-                manifests.insert(
-                    d,
-                    Refs {
-                        blobs: info.blobs,
-                        children: info.children.iter().map(|c| c.to_string()).collect(),
-                        subject: info.subject.map(|s| s.to_string()),
-                        young: young(pushed),
-                    },
-                );
             }
         }
         if untagged {
-            let mut reached: HashSet<String> = HashSet::new();
-            let mut todo: Vec<String> = self
+            let tagged: Vec<String> = self
                 .0
                 .prepare_cached("SELECT digest FROM tags WHERE repo = ?1")?
                 .query_map([repo], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            todo.extend(manifests.iter().filter(|(_, r)| r.young).map(|(d, _)| d.clone()));
-            loop {
-                while let Some(d) = todo.pop() {
-                    if let Some(r) = manifests.get(&d)
-                        && reached.insert(d.clone())
-                    {
-                        todo.extend(r.children.iter().cloned());
-                    }
-                }
-                // Referrers (signatures, SBOMs) of what is reached are reached too.
-                todo = manifests
-                    .iter()
-                    .filter(|(d, r)| !reached.contains(*d) && r.subject.as_ref().is_some_and(|s| reached.contains(s)))
-                    .map(|(d, _)| d.clone())
-                    .collect();
-                if todo.is_empty() {
-                    break;
-                }
-            }
-            let doomed: Vec<String> = manifests.keys().filter(|d| !reached.contains(*d)).cloned().collect();
-            for d in doomed {
-                let r = manifests.remove(&d).expect("listed above");
+            for d in unreached(&manifests, tagged) {
+                let r = manifests.remove(&d).expect("listed by unreached");
                 let subject = r.subject.as_deref().and_then(|s| s.parse::<Digest>().ok());
                 if self.remove_manifest_in(repo, &d, subject.as_ref())?
                     && let Ok(digest) = d.parse()

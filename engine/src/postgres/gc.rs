@@ -1,6 +1,6 @@
 //! Garbage collection of one repository, inside the caller's transaction (which holds the
 //! repository's lock, so no push or deletion of the repository interleaves). The rules are the
-//! embedded store's (see [`crate::meta::Meta::gc_repo`]): with `untagged`, manifests that no
+//! embedded store's, from one place ([`crate::reach`]): with `untagged`, manifests that no
 //! tag reaches — directly, through an index, or as a referrer of a reached manifest — go first;
 //! then blob links that no remaining manifest references. Anything linked or pushed less than
 //! `grace_secs` ago (by the database's clock) stays, with what it references.
@@ -13,47 +13,7 @@ use super::records::{NOW, digest, forget_repo_if_empty, remove_manifest, row, ro
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::meta::RepoGc;
-
-/// What one manifest of the repository references.
-struct Refs {
-    blobs: Vec<Digest>,
-    children: Vec<String>,
-    subject: Option<String>,
-    young: bool,
-}
-
-/// The manifests that nothing keeps: not tagged, not young, not reached from either through
-/// children, nor a referrer of anything reached.
-fn unreached(manifests: &HashMap<String, Refs>, tagged: Vec<String>) -> Vec<String> {
-    let mut reached: HashSet<&str> = HashSet::new();
-    let mut todo: Vec<&str> = tagged.iter().map(String::as_str).collect();
-    todo.extend(manifests.iter().filter(|(_, r)| r.young).map(|(d, _)| d.as_str()));
-    loop {
-        while let Some(d) = todo.pop() {
-            if let Some((key, r)) = manifests.get_key_value(d)
-                && reached.insert(key.as_str())
-            {
-                todo.extend(r.children.iter().map(String::as_str));
-            }
-        }
-        // Referrers (signatures, SBOMs) of what is reached are reached too.
-        todo = manifests
-            .iter()
-            .filter(|(d, r)| !reached.contains(d.as_str()) && r.subject.as_deref().is_some_and(|s| reached.contains(s)))
-            .map(|(d, _)| d.as_str())
-            .collect();
-        if todo.is_empty() {
-            break;
-        }
-    }
-    let mut out: Vec<String> = manifests
-        .keys()
-        .filter(|d| !reached.contains(d.as_str()))
-        .cloned()
-        .collect();
-    out.sort();
-    out
-}
+use crate::reach::{Refs, unreached};
 
 /// Sweep `repo` (see the module's comment).
 pub(super) async fn sweep(tx: &Transaction<'_>, repo: &str, grace_secs: u64, untagged: bool) -> Result<RepoGc> {
@@ -76,22 +36,13 @@ pub(super) async fn sweep(tx: &Transaction<'_>, repo: &str, grace_secs: u64, unt
         let d: String = r.get(0);
         let media_type: String = r.get(2);
         let bytes: &[u8] = r.get(3);
-        let info = match crate::manifest::parse(Some(&media_type), bytes) {
-            Ok(i) => i,
+        match Refs::of(&media_type, bytes, young(r.get(1))) {
+            Ok(refs) => manifests.insert(d, refs),
             Err(e) => {
                 out.skipped = Some(format!("manifest {d} cannot be read ({e}); nothing removed"));
                 return Ok(out);
             }
         };
-        manifests.insert(
-            d,
-            Refs {
-                blobs: info.blobs,
-                children: info.children.iter().map(Digest::to_string).collect(),
-                subject: info.subject.map(|s| s.to_string()),
-                young: young(r.get(1)),
-            },
-        );
     }
     if untagged {
         let tagged = rows(tx, "SELECT digest FROM tags WHERE repo = $1", &[&repo])
@@ -131,31 +82,4 @@ pub(super) async fn sweep(tx: &Transaction<'_>, repo: &str, grace_secs: u64, unt
     }
     forget_repo_if_empty(tx, repo).await?;
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refs(children: &[&str], subject: Option<&str>, young: bool) -> Refs {
-        Refs {
-            blobs: Vec::new(),
-            children: children.iter().map(|s| s.to_string()).collect(),
-            subject: subject.map(str::to_string),
-            young,
-        }
-    }
-
-    #[test]
-    fn tags_children_referrers_and_young_manifests_are_kept() {
-        let mut m = HashMap::new();
-        m.insert("index".to_string(), refs(&["child"], None, false));
-        m.insert("child".to_string(), refs(&[], None, false));
-        m.insert("sig".to_string(), refs(&[], Some("child"), false));
-        m.insert("sig-of-sig".to_string(), refs(&[], Some("sig"), false));
-        m.insert("new".to_string(), refs(&[], None, true));
-        m.insert("loose".to_string(), refs(&["child"], None, false));
-        m.insert("loose-sig".to_string(), refs(&[], Some("loose"), false));
-        assert_eq!(unreached(&m, vec!["index".into()]), ["loose", "loose-sig"]);
-    }
 }

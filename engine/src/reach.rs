@@ -1,0 +1,94 @@
+//! Which manifests of a repository garbage collection keeps — the one rule both metadata
+//! stores apply: a manifest stays when it is tagged, younger than the grace period, reached from
+//! one of those through an index's children, or a referrer (signature, SBOM) of a manifest that
+//! stays.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::digest::Digest;
+use crate::manifest::{self, ManifestError};
+
+/// What one manifest of the repository references.
+pub(crate) struct Refs {
+    /// Blobs it references.
+    pub(crate) blobs: Vec<Digest>,
+    /// Manifests it lists (an index's children).
+    pub(crate) children: Vec<String>,
+    /// The manifest it refers to (`subject`).
+    pub(crate) subject: Option<String>,
+    /// Pushed within the grace period.
+    pub(crate) young: bool,
+}
+
+impl Refs {
+    /// What the stored manifest `bytes` of `media_type` references.
+    pub(crate) fn of(media_type: &str, bytes: &[u8], young: bool) -> Result<Refs, ManifestError> {
+        let info = manifest::parse(Some(media_type), bytes)?;
+        Ok(Refs {
+            blobs: info.blobs,
+            children: info.children.iter().map(Digest::to_string).collect(),
+            subject: info.subject.map(|s| s.to_string()),
+            young,
+        })
+    }
+}
+
+/// The manifests that nothing keeps: not tagged, not young, not reached from either through
+/// children, nor a referrer of anything reached.
+pub(crate) fn unreached(manifests: &HashMap<String, Refs>, tagged: Vec<String>) -> Vec<String> {
+    let mut reached: HashSet<&str> = HashSet::new();
+    let mut todo: Vec<&str> = tagged.iter().map(String::as_str).collect();
+    todo.extend(manifests.iter().filter(|(_, r)| r.young).map(|(d, _)| d.as_str()));
+    loop {
+        while let Some(d) = todo.pop() {
+            if let Some((key, r)) = manifests.get_key_value(d)
+                && reached.insert(key.as_str())
+            {
+                todo.extend(r.children.iter().map(String::as_str));
+            }
+        }
+        // Referrers (signatures, SBOMs) of what is reached are reached too.
+        todo = manifests
+            .iter()
+            .filter(|(d, r)| !reached.contains(d.as_str()) && r.subject.as_deref().is_some_and(|s| reached.contains(s)))
+            .map(|(d, _)| d.as_str())
+            .collect();
+        if todo.is_empty() {
+            break;
+        }
+    }
+    let mut out: Vec<String> = manifests
+        .keys()
+        .filter(|d| !reached.contains(d.as_str()))
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(children: &[&str], subject: Option<&str>, young: bool) -> Refs {
+        Refs {
+            blobs: Vec::new(),
+            children: children.iter().map(|s| s.to_string()).collect(),
+            subject: subject.map(str::to_string),
+            young,
+        }
+    }
+
+    #[test]
+    fn tags_children_referrers_and_young_manifests_are_kept() {
+        let mut m = HashMap::new();
+        m.insert("index".to_string(), refs(&["child"], None, false));
+        m.insert("child".to_string(), refs(&[], None, false));
+        m.insert("sig".to_string(), refs(&[], Some("child"), false));
+        m.insert("sig-of-sig".to_string(), refs(&[], Some("sig"), false));
+        m.insert("new".to_string(), refs(&[], None, true));
+        m.insert("loose".to_string(), refs(&["child"], None, false));
+        m.insert("loose-sig".to_string(), refs(&[], Some("loose"), false));
+        assert_eq!(unreached(&m, vec!["index".into()]), ["loose", "loose-sig"]);
+    }
+}

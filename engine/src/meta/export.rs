@@ -24,48 +24,59 @@ fn digest(s: &str) -> Result<Digest> {
 pub type Cursor = Option<(String, String)>;
 
 impl Meta {
-    /// Up to `n` blob links after `after`, by (repository, digest): (repository, digest, size).
-    pub fn links_after(&self, after: &Cursor, n: usize) -> Result<Vec<(RepoName, Digest, u64)>> {
+    /// Up to `n` rows of `sql` after `after`: `sql` takes the cursor as ?1, ?2 and the count as
+    /// ?3; `row` reads one row, `parse` validates it.
+    fn page<R, T>(
+        &self,
+        sql: &str,
+        after: &Cursor,
+        n: usize,
+        row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+        parse: impl Fn(R) -> Result<T>,
+    ) -> Result<Vec<T>> {
         let (r, k) = after.clone().unwrap_or_default();
         self.read(|tx| {
-            let mut stmt = tx.0.prepare_cached(
-                "SELECT repo, digest, size FROM repo_blobs WHERE (repo, digest) > (?1, ?2)
-                 ORDER BY repo, digest LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![r, k, n as i64], |row| {
+            let mut stmt = tx.0.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![r, k, n as i64], row)?;
+            rows.map(|r| parse(r?)).collect()
+        })
+    }
+
+    /// Up to `n` blob links after `after`, by (repository, digest): (repository, digest, size).
+    pub fn links_after(&self, after: &Cursor, n: usize) -> Result<Vec<(RepoName, Digest, u64)>> {
+        self.page(
+            "SELECT repo, digest, size FROM repo_blobs WHERE (repo, digest) > (?1, ?2)
+             ORDER BY repo, digest LIMIT ?3",
+            after,
+            n,
+            |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, i64>(2)?,
                 ))
-            })?;
-            rows.map(|row| {
-                let (r, d, size) = row?;
-                Ok((repo(&r)?, digest(&d)?, size as u64))
-            })
-            .collect()
-        })
+            },
+            |(r, d, size)| Ok((repo(&r)?, digest(&d)?, size as u64)),
+        )
     }
 
     /// Up to `n` manifests after `after`, by (repository, digest).
     pub fn manifests_after(&self, after: &Cursor, n: usize) -> Result<Vec<(RepoName, StoredManifest)>> {
-        let (r, k) = after.clone().unwrap_or_default();
-        self.read(|tx| {
-            let mut stmt = tx.0.prepare_cached(
-                "SELECT rm.repo, m.digest, m.media_type, m.bytes FROM repo_manifests rm
-                 JOIN manifests m ON m.digest = rm.digest
-                 WHERE (rm.repo, rm.digest) > (?1, ?2) ORDER BY rm.repo, rm.digest LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![r, k, n as i64], |row| {
+        self.page(
+            "SELECT rm.repo, m.digest, m.media_type, m.bytes FROM repo_manifests rm
+             JOIN manifests m ON m.digest = rm.digest
+             WHERE (rm.repo, rm.digest) > (?1, ?2) ORDER BY rm.repo, rm.digest LIMIT ?3",
+            after,
+            n,
+            |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,
                     row.get::<_, Vec<u8>>(3)?,
                 ))
-            })?;
-            rows.map(|row| {
-                let (r, d, media_type, bytes) = row?;
+            },
+            |(r, d, media_type, bytes)| {
                 Ok((
                     repo(&r)?,
                     StoredManifest {
@@ -74,30 +85,24 @@ impl Meta {
                         bytes: bytes.into(),
                     },
                 ))
-            })
-            .collect()
-        })
+            },
+        )
     }
 
     /// Up to `n` tags after `after`, by (repository, tag): (repository, tag, digest).
     pub fn tags_after(&self, after: &Cursor, n: usize) -> Result<Vec<(RepoName, Tag, Digest)>> {
-        let (r, k) = after.clone().unwrap_or_default();
-        self.read(|tx| {
-            let mut stmt = tx.0.prepare_cached(
-                "SELECT repo, tag, digest FROM tags WHERE (repo, tag) > (?1, ?2) ORDER BY repo, tag LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![r, k, n as i64], |row| {
+        self.page(
+            "SELECT repo, tag, digest FROM tags WHERE (repo, tag) > (?1, ?2) ORDER BY repo, tag LIMIT ?3",
+            after,
+            n,
+            |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,
                 ))
-            })?;
-            rows.map(|row| {
-                let (r, t, d) = row?;
-                Ok((repo(&r)?, t.parse().map_err(|_| corrupt("tag", &t))?, digest(&d)?))
-            })
-            .collect()
-        })
+            },
+            |(r, t, d)| Ok((repo(&r)?, t.parse().map_err(|_| corrupt("tag", &t))?, digest(&d)?)),
+        )
     }
 }

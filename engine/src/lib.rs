@@ -30,6 +30,7 @@ pub mod name;
 pub mod page;
 pub mod postgres;
 mod reach;
+pub mod s3;
 pub mod store;
 pub mod upload;
 pub mod upload_caps;

@@ -2,12 +2,11 @@
 //! the local filesystem (the default) and an S3-compatible object store (scale-out) can stand
 //! behind it. Each operation is one call per request, never one per body frame.
 //!
-//! What is here so far: reading a range of a stored blob, the step that deletes a blob's data
-//! (run by the metadata store inside its transaction, see [`crate::store::Removal`]), listing
-//! what is stored (for garbage collection of data no record names) and the readiness probe.
-//! An upload's data and its placement at commit ([`crate::store::StagedBlob`]) are the
-//! filesystem store's own so far ([`crate::fs_blobs`]); they join this interface with the
-//! second implementation.
+//! It has reading a range of a stored blob, the step that deletes a blob's data (run by the
+//! metadata store inside its transaction, see [`crate::store::Removal`]), listing what is
+//! stored (for garbage collection of data no record names) and the readiness probe. An
+//! upload's data and its placement at commit ([`crate::store::StagedBlob`]) belong to each
+//! store's upload side ([`crate::fs_uploads`], [`crate::s3::uploads`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::digest::Digest;
 use crate::engine::ByteRange;
 use crate::error::Result;
+use crate::name::UploadId;
 use crate::store::Removal;
 
 /// A stream of blob bytes; its memory use does not grow with the blob.
@@ -42,11 +42,20 @@ impl Stream for BlobStream {
     }
 }
 
-/// Data at rest under a name that may be a blob's digest (not yet checked against any record).
+/// What names data at rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataName {
+    /// The digest its location spells (the filesystem store).
+    Digest(Digest),
+    /// The upload that stored it (an object store: see [`crate::store::BlobLink::object`]).
+    Object(UploadId),
+}
+
+/// Data at rest under a name (not yet checked against any record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredData {
-    /// The digest its location spells.
-    pub digest: Digest,
+    /// Its name.
+    pub name: DataName,
     /// Size in bytes.
     pub size: u64,
     /// Seconds since it was last written.
@@ -55,9 +64,14 @@ pub struct StoredData {
 
 /// The blob store.
 pub trait BlobStore: Send + Sync + 'static {
-    /// Stream `range` of a stored blob (the caller has checked it against the size);
-    /// `BlobUnknown` when its data is not there.
-    fn read(&self, digest: &Digest, range: ByteRange) -> impl Future<Output = Result<BlobStream>> + Send;
+    /// Stream `range` of a stored blob (the caller has checked it against the size), its data
+    /// the `object` its record names, if any; `BlobUnknown` when its data is not there.
+    fn read(
+        &self,
+        digest: &Digest,
+        object: Option<UploadId>,
+        range: ByteRange,
+    ) -> impl Future<Output = Result<BlobStream>> + Send;
 
     /// The step that deletes a blob's data (a blob already gone is not an error).
     fn removal(&self, digest: &Digest) -> Removal;

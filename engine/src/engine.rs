@@ -6,10 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
+use crate::backend::{Blobs, Uploads};
 use crate::blob_store::BlobStore;
 pub use crate::blob_store::BlobStream;
+use crate::blob_store::DataName;
 use crate::descriptor::Descriptor;
 use crate::digest::{Algorithm, Digest};
+use crate::error::ObjectStoreError;
 use crate::error::{Error, Result};
 use crate::fs_blobs::FsBlobs;
 use crate::fs_uploads::FsUploads;
@@ -22,6 +25,8 @@ use crate::metadata::Metadata;
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 use crate::postgres::{PgSettings, PgStore};
+use crate::s3::{S3Blobs, S3Client, S3Settings, S3Uploads};
+use crate::session_store::SessionRecords;
 use crate::store::{ManifestRecord, MetaStore};
 use crate::upload_caps::UploadLimits;
 use crate::upload_store::{Chunk, UploadStore};
@@ -103,13 +108,16 @@ impl std::error::Error for DatabaseBound {}
 
 /// The storage engine.
 pub struct Engine {
-    layout: Layout,
+    /// The storage directory (none when blobs are in an object store).
+    layout: Option<Layout>,
     store: Metadata,
-    blobs: FsBlobs,
-    uploads: FsUploads,
+    blobs: Blobs,
+    uploads: Uploads,
     /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
-    _lock: std::fs::File,
+    _lock: Option<std::fs::File>,
     hot: Hot,
+    /// Whether blob GETs may be answered with a redirect to the object store.
+    redirect: bool,
 }
 
 impl Engine {
@@ -141,6 +149,32 @@ impl Engine {
         })
         .await?;
         Ok(Engine::assemble(layout, lock, Metadata::Postgres(store)))
+    }
+
+    /// Open the blob store in the bucket `s3` names, with the metadata and upload sessions in
+    /// the shared PostgreSQL database `db` (its schema migrated first). No local directory is
+    /// used. Fails, naming the setting, when the bucket or the database cannot be used.
+    pub async fn open_s3(db: &PgSettings, s3: &S3Settings) -> Result<Engine> {
+        if let Some(p) = s3.problem() {
+            return Err(Error::ObjectStore(ObjectStoreError::Settings(p)));
+        }
+        let client = S3Client::new(s3)?;
+        client.check_bucket().await?;
+        let store = PgStore::connect(db).await?;
+        Ok(Engine {
+            layout: None,
+            uploads: Uploads::S3(S3Uploads::new(
+                client.clone(),
+                store.clone(),
+                s3.part_size,
+                UploadLimits::default(),
+            )),
+            blobs: Blobs::S3(S3Blobs::new(client)),
+            store: Metadata::Postgres(store),
+            _lock: None,
+            hot: Hot::new(),
+            redirect: s3.redirect,
+        })
     }
 
     async fn open_with(root: std::path::PathBuf, exclusive: bool) -> Result<Engine> {
@@ -190,12 +224,13 @@ impl Engine {
 
     fn assemble(layout: Layout, lock: std::fs::File, store: Metadata) -> Engine {
         Engine {
-            uploads: FsUploads::new(layout.clone(), UploadLimits::default()),
-            blobs: FsBlobs::new(layout.clone()),
-            layout,
+            uploads: Uploads::Fs(FsUploads::new(layout.clone(), UploadLimits::default())),
+            blobs: Blobs::Fs(FsBlobs::new(layout.clone())),
+            layout: Some(layout),
             store,
-            _lock: lock,
+            _lock: Some(lock),
             hot: Hot::new(),
+            redirect: false,
         }
     }
 
@@ -221,8 +256,10 @@ impl Engine {
                 report.failed.join("; ")
             ))));
         }
-        let (binding, name) = (self.layout.database_binding(), db.name());
-        io::blocking(move || io::write_atomic_now(&binding, format!("postgresql {name}\n").as_bytes())).await?;
+        if let Some(layout) = &self.layout {
+            let (binding, name) = (layout.database_binding(), db.name());
+            io::blocking(move || io::write_atomic_now(&binding, format!("postgresql {name}\n").as_bytes())).await?;
+        }
         Ok(report)
     }
 
@@ -234,7 +271,11 @@ impl Engine {
     /// The same engine with other caps on open upload sessions (before any session is
     /// started; the defaults are [`UploadLimits::default`]).
     pub fn with_upload_limits(mut self, limits: UploadLimits) -> Engine {
-        self.uploads = FsUploads::new(self.layout.clone(), limits);
+        self.uploads = match (self.uploads, &self.layout) {
+            (Uploads::S3(s), _) => Uploads::S3(s.with_limits(limits)),
+            (Uploads::Fs(_), Some(layout)) => Uploads::Fs(FsUploads::new(layout.clone(), limits)),
+            (fs, None) => fs,
+        };
         self
     }
 
@@ -243,9 +284,14 @@ impl Engine {
         self.uploads.limits()
     }
 
-    /// The storage root.
-    pub fn root(&self) -> &std::path::Path {
-        self.layout.root()
+    /// The storage directory (`None` when blobs are in an object store).
+    pub fn root(&self) -> Option<&std::path::Path> {
+        self.layout.as_ref().map(Layout::root)
+    }
+
+    /// Which blob store the engine uses (`filesystem` or `s3`).
+    pub fn blob_store_kind(&self) -> &'static str {
+        self.blobs.kind()
     }
 
     /// Whether the engine can serve: the metadata store answers and the storage directory takes
@@ -272,7 +318,23 @@ impl Engine {
 
     /// Read `range` of a blob (the caller has checked it against the size).
     pub async fn blob_read(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
-        self.blobs.read(digest, range).await
+        let object = match &self.blobs {
+            Blobs::Fs(_) => None,
+            Blobs::S3(_) => self.store.blob_object(digest).await?,
+        };
+        self.blobs.read(digest, object, range).await
+    }
+
+    /// A URL the client can fetch the blob's bytes from directly (a presigned URL of its object),
+    /// when the blob store gives one and redirects are on.
+    pub async fn blob_url(&self, digest: &Digest) -> Result<Option<String>> {
+        let Blobs::S3(s3) = &self.blobs else {
+            return Ok(None);
+        };
+        if !self.redirect {
+            return Ok(None);
+        }
+        Ok(self.store.blob_object(digest).await?.map(|o| s3.url(o)))
     }
 
     /// Unlink a blob from a repository; its file goes when no repository links it any more
@@ -401,7 +463,14 @@ impl Engine {
             }
         }
         for f in self.blobs.list().await? {
-            if f.age_secs >= grace && self.remove_unrecorded(&f.digest, opts.dry_run).await? {
+            if f.age_secs < grace {
+                continue;
+            }
+            let removed = match &f.name {
+                DataName::Digest(d) => self.remove_unrecorded(d, opts.dry_run).await?,
+                DataName::Object(id) => self.remove_unnamed_object(*id, opts.dry_run).await?,
+            };
+            if removed {
                 report.stray_files += 1;
                 report.stray_bytes += f.size;
             }
@@ -414,6 +483,22 @@ impl Engine {
     async fn remove_unrecorded(&self, digest: &Digest, dry_run: bool) -> Result<bool> {
         let remove = (!dry_run).then(|| self.blobs.removal(digest));
         self.store.remove_unrecorded(digest, remove).await
+    }
+
+    /// Whether no record names the object (no blob, no upload session); it is then removed
+    /// unless `dry_run`. Objects are named by the upload that stored them, and only that upload
+    /// can come to name one, so what no record names after the grace period stays unnamed.
+    async fn remove_unnamed_object(&self, id: UploadId, dry_run: bool) -> Result<bool> {
+        let (Blobs::S3(s3), Metadata::Postgres(pg)) = (&self.blobs, &self.store) else {
+            return Ok(false);
+        };
+        if pg.object_in_use(id).await? {
+            return Ok(false);
+        }
+        if !dry_run {
+            s3.delete(id).await?;
+        }
+        Ok(true)
     }
 
     /// Number of upload sessions this process holds.

@@ -84,6 +84,9 @@ pub enum Error {
     /// Metadata store failure.
     #[error("metadata store error: {0}")]
     Meta(MetaError),
+    /// Object store failure.
+    #[error("object store error: {0}")]
+    ObjectStore(ObjectStoreError),
     /// A cap on open upload sessions refuses a new one.
     #[error("too many open upload sessions for this {}: the limit is {limit}", cap.as_str())]
     TooManyUploads {
@@ -130,6 +133,32 @@ pub enum MetaError {
     /// could run.
     #[error("{0}")]
     Shared(String),
+}
+
+/// Why the object store failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectStoreError {
+    /// The store cannot be reached right now, or answered that it is busy or failing (5xx):
+    /// worth retrying, a 503 at the edge.
+    #[error("the object store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused a request (its status, and what it said).
+    #[error("{detail}")]
+    Refused {
+        /// HTTP status of the answer.
+        status: u16,
+        /// The request, the status, the store's error code and message.
+        detail: String,
+    },
+    /// There is no such object.
+    #[error("no object {0}")]
+    NotFound(String),
+    /// A setting of the object store is wrong (the message names it).
+    #[error("{0}")]
+    Settings(String),
+    /// Anything else (the message says what).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Engine result.

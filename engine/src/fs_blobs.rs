@@ -4,14 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::blob_store::{BlobStore, BlobStream, StoredData};
+use crate::blob_store::{BlobStore, BlobStream, DataName, StoredData};
 use crate::digest::Digest;
 use crate::engine::ByteRange;
 use crate::error::{Error, Result};
 use crate::io::{self, UploadFile};
 use crate::layout::Layout;
 use crate::name::UploadId;
-use crate::store::{Placement, Removal, StagedBlob};
+use crate::store::{Outcome, Placement, Removal, StagedBlob};
 
 /// Blob files under a storage root.
 #[derive(Clone, Debug)]
@@ -44,7 +44,7 @@ impl FsBlobs {
 }
 
 impl BlobStore for FsBlobs {
-    async fn read(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
+    async fn read(&self, digest: &Digest, _object: Option<UploadId>, range: ByteRange) -> Result<BlobStream> {
         let rx = io::blob_range(self.layout.blob(digest), range.start, range.len)
             .await
             .map_err(|e| {
@@ -59,7 +59,7 @@ impl BlobStore for FsBlobs {
 
     fn removal(&self, digest: &Digest) -> Removal {
         let path = self.layout.blob(digest);
-        Box::new(move || io::remove_file_now(&path).map_err(Error::Io))
+        Box::new(move |_| io::remove_file_now(&path).map_err(Error::Io))
     }
 
     async fn list(&self) -> Result<Vec<StoredData>> {
@@ -69,7 +69,7 @@ impl BlobStore for FsBlobs {
             .filter_map(|f| {
                 let digest = f.name.parse::<Digest>().ok()?;
                 Some(StoredData {
-                    digest,
+                    name: DataName::Digest(digest),
                     size: f.size,
                     age_secs: f.age_secs,
                 })
@@ -111,8 +111,8 @@ impl StagedBlob for FsStaged {
         }))
     }
 
-    fn finish(mut self: Box<Self>, committed: bool) {
-        if !committed {
+    fn finish(mut self: Box<Self>, outcome: Outcome) {
+        if outcome == Outcome::Failed {
             if self.data.exists()
                 && let Err(e) = io::write_atomic_now(&self.state, &self.checkpoint)
             {

@@ -98,6 +98,7 @@ impl UploadStore for FsUploads {
             repo: repo.clone(),
             digest: digest.clone(),
             size,
+            object: None,
         };
         let committed = commit(link, self.blobs.stage(file, id, digest, checkpoint)).await;
         drop(state);

@@ -11,6 +11,7 @@
 //!   renames it into place and syncs the directory before the blob is linked.
 //! - Links, tags, manifests and referrers are records in an embedded transactional store.
 
+pub mod backend;
 pub mod blob_store;
 pub mod descriptor;
 pub mod digest;
@@ -31,6 +32,7 @@ pub mod page;
 pub mod postgres;
 mod reach;
 pub mod s3;
+pub mod session_store;
 pub mod store;
 pub mod upload;
 pub mod upload_caps;
@@ -40,7 +42,7 @@ pub use blob_store::BlobStore;
 pub use descriptor::Descriptor;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{BlobStream, ByteRange, ChunkRange, Engine, GcOptions, GcReport, PushedManifest};
-pub use error::{Error, MetaError, ParseError, Result};
+pub use error::{Error, MetaError, ObjectStoreError, ParseError, Result};
 pub use io::engine_name as io_engine;
 pub use meta::StoredManifest;
 pub use name::{Reference, RepoName, Tag, UploadId};

@@ -6,7 +6,7 @@ use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::meta::{RepoGc, SqliteStore, StoredManifest};
-use crate::name::{Reference, RepoName, Tag};
+use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 use crate::postgres::PgStore;
 use crate::store::{BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob};
@@ -55,6 +55,10 @@ impl MetaStore for Metadata {
 
     async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
         either!(self, s => s.mount_blob(repo, digest, from).await)
+    }
+
+    async fn blob_object(&self, digest: &Digest) -> Result<Option<UploadId>> {
+        either!(self, s => s.blob_object(digest).await)
     }
 
     async fn blob(&self, digest: &Digest) -> Result<Option<u64>> {

@@ -10,7 +10,7 @@ use crate::engine::manifest_record;
 use crate::error::{Error, Result};
 use crate::meta::Meta;
 use crate::name::Reference;
-use crate::store::{BlobLink, MetaStore, Placement, StagedBlob};
+use crate::store::{BlobLink, MetaStore, Outcome, Placement, StagedBlob};
 
 /// Rows read per page.
 const PAGE: usize = 500;
@@ -36,7 +36,7 @@ impl StagedBlob for InPlace {
     fn prepare(&mut self) -> Result<Box<dyn Placement>> {
         Ok(Box::new(InPlace))
     }
-    fn finish(self: Box<Self>, _committed: bool) {}
+    fn finish(self: Box<Self>, _outcome: Outcome) {}
 }
 
 impl Placement for InPlace {
@@ -76,7 +76,15 @@ pub async fn copy_metadata<M: MetaStore>(
         after = Some((r.to_string(), d.to_string()));
         for (repo, digest, size) in page {
             target
-                .commit_blob(BlobLink { repo, digest, size }, Box::new(InPlace))
+                .commit_blob(
+                    BlobLink {
+                        repo,
+                        digest,
+                        size,
+                        object: None,
+                    },
+                    Box::new(InPlace),
+                )
                 .await?;
             report.links += 1;
         }

@@ -21,7 +21,7 @@ use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::meta::{RepoGc, StoredManifest};
-use crate::name::{Reference, RepoName, Tag};
+use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 
 /// A value that changes whenever any writer (of any process or replica) has committed: equal
@@ -70,6 +70,21 @@ pub struct BlobLink {
     pub digest: Digest,
     /// Its size in bytes.
     pub size: u64,
+    /// The object its data is stored as, for a blob store that names data by the upload that
+    /// stored it rather than by digest (an object store); `None` for one that names it by
+    /// digest (the filesystem).
+    pub object: Option<UploadId>,
+}
+
+/// How a commit ended, for [`StagedBlob::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was linked.
+    Failed,
+    /// The blob is linked, stored as this upload's data.
+    Linked,
+    /// The blob is linked, but it was stored already: this upload's data is not used.
+    Duplicate,
 }
 
 /// A verified upload on its way into the blob store, handed to [`MetaStore::commit_blob`]. The
@@ -81,8 +96,8 @@ pub trait StagedBlob: Send + 'static {
     /// at the blob's location.
     fn prepare(&mut self) -> Result<Box<dyn Placement>>;
 
-    /// Release what the upload held; `committed` says whether the blob is now recorded.
-    fn finish(self: Box<Self>, committed: bool);
+    /// Release what the upload held, by how the commit ended.
+    fn finish(self: Box<Self>, outcome: Outcome);
 }
 
 /// The blob store's step inside the metadata transaction that links a blob: it runs while no
@@ -98,8 +113,9 @@ pub trait Placement: Send + 'static {
 }
 
 /// The blob store's step that removes a blob's data, run by the metadata store when no
-/// repository links the blob any more, before any process can commit the digest again.
-pub type Removal = Box<dyn FnOnce() -> Result<()> + Send>;
+/// repository links the blob any more, before any process can commit the digest again. It is
+/// given the object the record named ([`BlobLink::object`]).
+pub type Removal = Box<dyn FnOnce(Option<UploadId>) -> Result<()> + Send>;
 
 /// The right to run garbage collection, held until dropped (see [`MetaStore::gc_lease`]).
 pub type GcLease = Box<dyn Send + Sync>;
@@ -130,6 +146,10 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Size of a blob if any repository links it.
     fn blob(&self, digest: &Digest) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// The object a stored blob's data is ([`BlobLink::object`]); `None` when the blob is not
+    /// stored or its data is named by its digest.
+    fn blob_object(&self, digest: &Digest) -> impl Future<Output = Result<Option<UploadId>>> + Send;
 
     /// Link a verified upload into a repository, placing its data with the blob store's step
     /// inside the same transaction (see [`StagedBlob`]). When the step fails nothing is linked

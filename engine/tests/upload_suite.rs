@@ -1,7 +1,9 @@
 //! The upload session suite: what every [`UploadStore`] implementation must do, run against each
-//! of them (today the filesystem's sessions; the shared database's join them). Each check is a
-//! generic function over the store; the commit step it is given stands in for the metadata
-//! store and records what it was handed.
+//! of them: the filesystem's sessions, and the object store's (SeaweedFS, with the session rows
+//! in PostgreSQL). Each check is a generic function over the store; the commit step it is given
+//! stands in for the metadata store and records what it was handed.
+
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream;
 
-use berth_engine::store::{BlobLink, StagedBlob};
+use berth_engine::store::{BlobLink, Outcome, StagedBlob};
 use berth_engine::upload_store::Chunk;
 use berth_engine::{Algorithm, ChunkRange, Digest, Error, RepoName, UploadLimits, UploadStore};
 
@@ -69,7 +71,7 @@ impl Committed {
                 }
                 p.place().map(|_| ())
             });
-            staged.finish(done.is_ok());
+            staged.finish(if done.is_ok() { Outcome::Linked } else { Outcome::Failed });
             if done.is_ok() {
                 seen.lock().unwrap().push(link);
             }
@@ -107,7 +109,8 @@ async fn chunks_of_any_size_make_the_blob<U: UploadStore>(u: &U) {
         [BlobLink {
             repo: r.clone(),
             digest,
-            size
+            size,
+            object: c.links()[0].object,
         }]
     );
     assert!(
@@ -303,5 +306,143 @@ mod fs {
         let layout = Layout::new(dir.path());
         assert_eq!(std::fs::read(layout.blob(&digest)).unwrap(), data);
         assert!(!layout.upload_dir(id).exists(), "the session's directory went");
+    }
+}
+
+/// The object store's sessions: SeaweedFS for the parts, PostgreSQL for the rows.
+mod s3 {
+    use super::*;
+    use berth_engine::postgres::PgStore;
+    use berth_engine::s3::{S3Client, S3Uploads, blobs::object_key};
+
+    /// The smallest part S3 accepts, so that a few MiB make several parts.
+    const PART: u64 = 5 << 20;
+
+    async fn store(limits: UploadLimits) -> (S3Client, S3Uploads<PgStore>) {
+        let db = crate::support::postgres::shared().database().await;
+        let pg = PgStore::connect(&db).await.unwrap();
+        let root = format!("suite-{}", berth_engine::UploadId::random());
+        let client = S3Client::new(&crate::support::seaweedfs::shared().settings(&root)).unwrap();
+        client.check_bucket().await.unwrap();
+        (client.clone(), S3Uploads::new(client, pg, PART, limits))
+    }
+
+    macro_rules! suite {
+        ($($check:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let (_c, u) = store(UploadLimits::default()).await;
+                    super::$check(&u).await;
+                }
+            )*
+        };
+    }
+
+    suite!(
+        chunks_of_any_size_make_the_blob,
+        a_chunk_out_of_order_is_refused_and_changes_nothing,
+        a_wrong_digest_leaves_the_session_as_it_was,
+        a_failed_commit_keeps_the_session,
+        sessions_belong_to_their_repository,
+        a_cancelled_session_is_gone,
+        idle_sessions_are_reaped,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caps_refuse_sessions_beyond_them() {
+        let limits = UploadLimits {
+            per_owner: 2,
+            per_repository: 3,
+            total: 4,
+        };
+        let (_c, u) = store(limits).await;
+        super::caps_refuse_sessions_beyond_them(&u).await;
+    }
+
+    async fn read_all(c: &S3Client, key: &str, len: u64) -> Vec<u8> {
+        let mut rx = c.get(key, 0, len).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(b) = rx.recv().await {
+            out.extend_from_slice(&b.unwrap());
+        }
+        out
+    }
+
+    /// Chunks that cross part boundaries anywhere (one byte, less than a part, more than a
+    /// part) make parts of the fixed size and a tail; the completed object is the blob.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_across_part_boundaries_make_the_object() {
+        let (c, u) = store(UploadLimits::default()).await;
+        let r = repo("suite/parts");
+        let data = bytes((2 * PART + PART / 3) as usize, 7);
+        let id = u.start(&r, "").await.unwrap();
+        let mut at = 0usize;
+        for size in [1usize, (PART - 1) as usize, 3, (PART + 12345) as usize] {
+            let part = &data[at..at + size];
+            let range = Some((at as u64, (at + size) as u64 - 1));
+            assert_eq!(u.append(&r, id, chunk(part, range)).await.unwrap(), (at + size) as u64);
+            at += size;
+        }
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let links = Committed::default();
+        let size = u
+            .finish(&r, id, &digest, chunk(&data[at..], None), links.step(false))
+            .await
+            .unwrap();
+        assert_eq!(size, data.len() as u64);
+        let link = &links.links()[0];
+        assert_eq!(link.object, Some(id), "the record names the session's object");
+        let stored = read_all(&c, &object_key(id), size).await;
+        assert!(stored == data, "the object holds the blob's bytes");
+    }
+
+    /// A blob smaller than a part is stored with one PUT, no multipart upload.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_blob_is_one_object() {
+        let (c, u) = store(UploadLimits::default()).await;
+        let r = repo("suite/small");
+        let data = bytes(1000, 8);
+        let id = u.start(&r, "").await.unwrap();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        u.finish(&r, id, &digest, chunk(&data, None), Committed::default().step(false))
+            .await
+            .unwrap();
+        assert_eq!(read_all(&c, &object_key(id), 1000).await, data);
+        assert!(
+            c.pending_uploads("").await.unwrap().is_empty(),
+            "no multipart upload was left"
+        );
+    }
+
+    /// Two stores (two replicas) race for the same offset: one wins, the other is refused
+    /// with the session's offset, and the session goes on from the winner's bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_chunks_for_one_offset_one_wins() {
+        let db = crate::support::postgres::shared().database().await;
+        let root = format!("race-{}", berth_engine::UploadId::random());
+        let settings = crate::support::seaweedfs::shared().settings(&root);
+        let replica = || async {
+            let pg = PgStore::connect(&db).await.unwrap();
+            S3Uploads::new(S3Client::new(&settings).unwrap(), pg, PART, UploadLimits::default())
+        };
+        let (a, b) = (replica().await, replica().await);
+        let r = repo("suite/race");
+        let data = bytes(3 << 20, 9);
+        let id = a.start(&r, "").await.unwrap();
+        let range = Some((0, data.len() as u64 - 1));
+        let (ra, rb) = tokio::join!(
+            a.append(&r, id, chunk(&data, range)),
+            b.append(&r, id, chunk(&data, range))
+        );
+        let won = [ra.is_ok(), rb.is_ok()];
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{ra:?} {rb:?}");
+        let lost = if won[0] { rb } else { ra };
+        assert!(matches!(lost, Err(Error::RangeMismatch { start: 0, .. })), "{lost:?}");
+        assert_eq!(b.offset(&r, id).await.unwrap(), data.len() as u64);
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        b.finish(&r, id, &digest, empty(), Committed::default().step(false))
+            .await
+            .unwrap();
     }
 }

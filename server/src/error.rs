@@ -317,13 +317,17 @@ impl From<EngineError> for ApiError {
                 tracing::error!(error = %e, "storage full");
                 Kind::StorageFull.into()
             }
-            EngineError::Meta(berth_engine::MetaError::Unavailable(m)) => {
+            EngineError::Meta(berth_engine::MetaError::Unavailable(m))
+            | EngineError::ObjectStore(berth_engine::ObjectStoreError::Unavailable(m)) => {
                 tracing::warn!(error = %m, "storage unavailable");
                 ApiError::new(Kind::Unavailable)
                     .message(m)
                     .header(header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER)
             }
-            e @ (EngineError::Io(_) | EngineError::Meta(_) | EngineError::StorageInUse { .. }) => {
+            e @ (EngineError::Io(_)
+            | EngineError::Meta(_)
+            | EngineError::ObjectStore(_)
+            | EngineError::StorageInUse { .. }) => {
                 tracing::error!(error = %e, "internal error");
                 Kind::Internal.into()
             }
@@ -346,6 +350,15 @@ mod tests {
         assert!(v["errors"][0]["message"].as_str().unwrap().contains("push it again"));
         assert!(e.headers.iter().any(|(h, v)| h == header::RETRY_AFTER && v == "1"));
         let e = ApiError::from(EngineError::Meta(berth_engine::MetaError::Database("x".into())));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let e = ApiError::from(EngineError::ObjectStore(berth_engine::ObjectStoreError::Unavailable(
+            "GET blobs/x: connection refused".into(),
+        )));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let e = ApiError::from(EngineError::ObjectStore(berth_engine::ObjectStoreError::Refused {
+            status: 403,
+            detail: "PUT blobs/x: 403 AccessDenied".into(),
+        }));
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 

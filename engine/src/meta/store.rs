@@ -9,10 +9,10 @@ use crate::error::{Error, MetaError, Result};
 use crate::group::Group;
 use crate::manifest;
 use crate::meta::{Meta, NewManifest, RepoGc, StoredManifest};
-use crate::name::{Reference, RepoName, Tag};
+use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 use crate::store::{
-    BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Placement, Removal, StagedBlob,
+    BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Outcome, Placement, Removal, StagedBlob,
     TokenValue,
 };
 
@@ -100,6 +100,12 @@ impl MetaStore for SqliteStore {
     /// tenth of a small push's server CPU): prepare, then queue for the group's transaction
     /// ([`commit_group`]), then finish.
     async fn commit_blob(&self, link: BlobLink, mut staged: Box<dyn StagedBlob>) -> Result<()> {
+        if link.object.is_some() {
+            staged.finish(Outcome::Failed);
+            return Err(Error::Meta(MetaError::Settings(
+                "blobs in an object store need the shared database (database.enabled)".into(),
+            )));
+        }
         let group = self.commits.clone();
         self.run(move |m| {
             let done = staged.prepare().and_then(|placement| {
@@ -113,7 +119,7 @@ impl MetaStore for SqliteStore {
                     },
                 )
             });
-            staged.finish(done.is_ok());
+            staged.finish(if done.is_ok() { Outcome::Linked } else { Outcome::Failed });
             done
         })
         .await
@@ -124,7 +130,7 @@ impl MetaStore for SqliteStore {
         self.run(move |m| {
             m.write(|tx| match tx.unlink_blob(&r, &d)? {
                 None => Ok(false),
-                Some(true) => remove().map(|()| true),
+                Some(true) => remove(None).map(|()| true),
                 Some(false) => Ok(true),
             })
         })
@@ -141,11 +147,16 @@ impl MetaStore for SqliteStore {
                 if tx.blob(&d)?.is_some() {
                     return Ok(false);
                 }
-                remove()?;
+                remove(None)?;
                 Ok(true)
             })
         })
         .await
+    }
+
+    async fn blob_object(&self, _digest: &Digest) -> Result<Option<UploadId>> {
+        // SQLite keeps the blobs of the filesystem store, which names data by digest.
+        Ok(None)
     }
 
     async fn blob_stats(&self) -> Result<(u64, u64)> {

@@ -16,7 +16,7 @@ use super::records::{exec, forget_repo_if_empty, link_blob, row, size};
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::name::RepoName;
-use crate::store::{BlobLink, Removal, StagedBlob};
+use crate::store::{BlobLink, Outcome, Removal, StagedBlob};
 
 /// The first key of the two-key advisory locks on digests ("blob").
 const BLOB_LOCK_CLASS: i32 = 0x626c_6f62;
@@ -45,6 +45,16 @@ async fn state(tx: &Transaction<'_>, d: &str) -> Result<Option<String>> {
         .map(|r| r.get(0)))
 }
 
+/// The object id a row names.
+fn object_id(object: Option<String>) -> Result<Option<crate::name::UploadId>> {
+    object
+        .map(|o| {
+            o.parse()
+                .map_err(|_| Error::Meta(MetaError::Corrupt(format!("a stored object id {o:?} is not valid"))))
+        })
+        .transpose()
+}
+
 fn being_deleted(d: &str) -> Error {
     Error::Meta(MetaError::Unavailable(format!(
         "blob {d} is being deleted by garbage collection; push it again"
@@ -63,6 +73,17 @@ impl PgStore {
         Ok(found.map(|r| size(r.get(0))))
     }
 
+    pub(super) async fn object_of(&self, digest: &Digest) -> Result<Option<crate::name::UploadId>> {
+        let c = self.client().await?;
+        let found = row(
+            &c,
+            "SELECT object FROM blobs WHERE digest = $1 AND state = 'live'",
+            &[&digest.to_string()],
+        )
+        .await?;
+        object_id(found.and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
     pub(super) async fn commit_staged(&self, link: BlobLink, staged: Box<dyn StagedBlob>) -> Result<()> {
         let (staged, prepared) = blocking(move || {
             let mut staged = staged;
@@ -74,12 +95,17 @@ impl PgStore {
             Ok(placement) => self.link_placed(&link, placement).await,
             Err(e) => Err(e),
         };
-        let ok = done.is_ok();
-        blocking(move || staged.finish(ok)).await?;
-        done
+        let outcome = match done {
+            Ok(true) => Outcome::Duplicate,
+            Ok(false) => Outcome::Linked,
+            Err(_) => Outcome::Failed,
+        };
+        blocking(move || staged.finish(outcome)).await?;
+        done.map(|_| ())
     }
 
-    async fn link_placed(&self, link: &BlobLink, placement: Box<dyn crate::store::Placement>) -> Result<()> {
+    /// Link a placed blob; whether it was stored already.
+    async fn link_placed(&self, link: &BlobLink, placement: Box<dyn crate::store::Placement>) -> Result<bool> {
         let (r, d) = (link.repo.as_str(), link.digest.to_string());
         let mut c = self.client().await?;
         let tx = self.begin(&mut c, r).await?;
@@ -98,8 +124,10 @@ impl PgStore {
         placed?;
         let size =
             i64::try_from(link.size).map_err(|_| Error::Meta(MetaError::Database("blob size out of range".into())))?;
-        link_blob(&tx, r, &d, size).await?;
-        self.commit(tx, r).await
+        let object = link.object.map(|o| o.to_string());
+        let existed = link_blob(&tx, r, &d, size, object.as_deref()).await?;
+        self.commit(tx, r).await?;
+        Ok(existed)
     }
 
     pub(super) async fn unlink_fenced(&self, repo: &RepoName, digest: &Digest, remove: Removal) -> Result<bool> {
@@ -130,14 +158,16 @@ impl PgStore {
             return Ok(true);
         }
         // The last link: fence the digest, let go of the database, then remove the data.
-        exec(
+        let object = row(
             &tx,
-            "UPDATE blobs SET state = 'deleting', refs = 0 WHERE digest = $1",
+            "UPDATE blobs SET state = 'deleting', refs = 0 WHERE digest = $1 RETURNING object",
             &[&d],
         )
-        .await?;
+        .await?
+        .and_then(|r| r.get::<_, Option<String>>(0));
         self.commit(tx, r).await?;
-        let removed = blocking(remove).await?;
+        let object = object_id(object)?;
+        let removed = blocking(move || remove(object)).await?;
         let tx = self.begin(&mut c, r).await?;
         lock_digest(&tx, &d).await?;
         match removed {
@@ -149,7 +179,7 @@ impl PgStore {
             Err(e) => {
                 // The data is still there: the link comes back, and the fence goes.
                 exec(&tx, "UPDATE blobs SET state = 'live' WHERE digest = $1", &[&d]).await?;
-                link_blob(&tx, r, &d, size).await?;
+                link_blob(&tx, r, &d, size, None).await?;
                 self.commit(tx, r).await?;
                 Err(e)
             }
@@ -164,6 +194,9 @@ impl PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         lock_digest(&tx, &d).await?;
+        let object = row(&tx, "SELECT object FROM blobs WHERE digest = $1", &[&d])
+            .await?
+            .and_then(|r| r.get::<_, Option<String>>(0));
         match state(&tx, &d).await?.as_deref() {
             Some("live") => return Ok(false),
             Some(_) => {}
@@ -177,7 +210,8 @@ impl PgStore {
             }
         }
         tx.commit().await?;
-        let removed = blocking(remove).await?;
+        let object = object_id(object)?;
+        let removed = blocking(move || remove(object)).await?;
         // Whether or not the data went, no record names it: the fence goes (a failed removal
         // is tried again by the next collection).
         let tx = c.transaction().await?;

@@ -73,6 +73,29 @@ ALTER TABLE blobs ADD COLUMN state TEXT NOT NULL DEFAULT 'live'
 "#,
         backward_compatible: true,
     },
+    Migration {
+        version: 3,
+        description: "blobs in an object store: blobs.object, upload_sessions, upload_pieces",
+        sql: r#"
+ALTER TABLE blobs ADD COLUMN object TEXT COLLATE "C";
+CREATE INDEX blobs_by_object ON blobs(object) WHERE object IS NOT NULL;
+CREATE TABLE upload_sessions(
+  id TEXT COLLATE "C" PRIMARY KEY, repo TEXT COLLATE "C" NOT NULL, owner TEXT COLLATE "C" NOT NULL,
+  started BIGINT NOT NULL, touched BIGINT NOT NULL,
+  received BIGINT NOT NULL DEFAULT 0, hash_state BYTEA NOT NULL,
+  multipart TEXT, etags TEXT[] NOT NULL DEFAULT '{}', tail BIGINT NOT NULL DEFAULT 0,
+  stored BOOLEAN NOT NULL DEFAULT false,
+  writer TEXT, lease_until TIMESTAMPTZ);
+CREATE INDEX upload_sessions_by_owner ON upload_sessions(owner);
+CREATE INDEX upload_sessions_by_repo ON upload_sessions(repo);
+CREATE INDEX upload_sessions_by_touched ON upload_sessions(touched);
+CREATE TABLE upload_pieces(
+  id TEXT COLLATE "C" NOT NULL REFERENCES upload_sessions(id) ON DELETE CASCADE,
+  start BIGINT NOT NULL, bytes BYTEA NOT NULL,
+  PRIMARY KEY(id, start));
+"#,
+        backward_compatible: true,
+    },
 ];
 
 /// What a migration run found and did.

@@ -20,6 +20,7 @@ mod leader;
 mod listen;
 pub mod migrate;
 mod records;
+mod sessions;
 pub mod settings;
 mod store;
 

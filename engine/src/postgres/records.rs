@@ -38,8 +38,15 @@ pub(super) fn size(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// Link a blob of `size` bytes into `repo` (refreshing the link's time when it is there).
-pub(super) async fn link_blob(tx: &Transaction<'_>, repo: &str, d: &str, size: i64) -> Result<()> {
+/// Link a blob of `size` bytes into `repo` (refreshing the link's time when it is there), its
+/// data stored as `object` when the blob is new. Returns whether the blob was stored already.
+pub(super) async fn link_blob(
+    tx: &Transaction<'_>,
+    repo: &str,
+    d: &str,
+    size: i64,
+    object: Option<&str>,
+) -> Result<bool> {
     let added = exec(
         tx,
         &format!(
@@ -55,22 +62,25 @@ pub(super) async fn link_blob(tx: &Transaction<'_>, repo: &str, d: &str, size: i
             &[&repo, &d],
         )
         .await?;
-        return Ok(());
+        return Ok(true);
     }
-    exec(
+    // xmax is 0 in a row this statement inserted, and set in one it updated.
+    let existed = row(
         tx,
-        "INSERT INTO blobs(digest, size, refs) VALUES ($1, $2, 1)
-         ON CONFLICT(digest) DO UPDATE SET refs = blobs.refs + 1",
-        &[&d, &size],
+        "INSERT INTO blobs(digest, size, refs, object) VALUES ($1, $2, 1, $3)
+         ON CONFLICT(digest) DO UPDATE SET refs = blobs.refs + 1
+         RETURNING xmax <> 0",
+        &[&d, &size, &object],
     )
-    .await?;
+    .await?
+    .is_some_and(|r| r.get::<_, bool>(0));
     exec(
         tx,
         "INSERT INTO repos(name) VALUES ($1) ON CONFLICT DO NOTHING",
         &[&repo],
     )
     .await?;
-    Ok(())
+    Ok(existed)
 }
 
 /// Remove manifest `d` from `repo` with its tags and referrer entry; false when it was not there.

@@ -14,7 +14,7 @@ use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::meta::{RepoGc, StoredManifest};
-use crate::name::{Reference, RepoName, Tag};
+use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 use crate::store::{
     BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob, TokenValue,
@@ -106,13 +106,17 @@ impl MetaStore for PgStore {
         let Some(source) = source else {
             return Ok(false);
         };
-        link_blob(&tx, r, &d, source.get(0)).await?;
+        link_blob(&tx, r, &d, source.get(0), None).await?;
         self.commit(tx, r).await?;
         Ok(true)
     }
 
     async fn blob(&self, digest: &Digest) -> Result<Option<u64>> {
         self.blob_size(digest).await
+    }
+
+    async fn blob_object(&self, digest: &Digest) -> Result<Option<UploadId>> {
+        self.object_of(digest).await
     }
 
     async fn commit_blob(&self, link: BlobLink, staged: Box<dyn StagedBlob>) -> Result<()> {

@@ -149,7 +149,10 @@ mod tests {
             ..S3Settings::default()
         };
         let shown = format!("{s:?}");
-        assert!(!shown.contains("very-secret") && !shown.contains("tok-secret"), "{shown}");
+        assert!(
+            !shown.contains("very-secret") && !shown.contains("tok-secret"),
+            "{shown}"
+        );
         assert_eq!(s.problem(), None);
         let p = |f: fn(&mut S3Settings)| {
             let mut t = s.clone();

@@ -178,6 +178,12 @@ pub const BLOCKING_THREADS: usize = 32;
 /// The engine over the configured storage: the directory, with its metadata in SQLite there or
 /// in the shared database (`database.enabled`).
 async fn open_engine(cfg: &Config, exclusive: bool) -> berth_engine::Result<Engine> {
+    if cfg.s3.is_some() {
+        // Until the S3 blob store is wired here: never put blobs under the root instead.
+        return Err(berth_engine::Error::Meta(berth_engine::MetaError::Settings(
+            "storage.s3: the S3 blob store is not in this build yet; use storage.filesystem.rootdirectory".into(),
+        )));
+    }
     match (&cfg.database, exclusive) {
         (Some(db), _) => Engine::open_shared(&cfg.root, db, exclusive).await,
         (None, false) => Engine::open(&cfg.root).await,

@@ -47,6 +47,10 @@ pub(super) fn env_overrides(
             ));
             continue;
         }
+        if name == "REGISTRY_STORAGE" {
+            // The storage driver (filesystem or s3), read with the s3 section (s3.rs).
+            continue;
+        }
         if name == "REGISTRY_AUTH_TYPE" {
             auth_type = Some(value.trim().to_ascii_lowercase());
             continue;

@@ -5,7 +5,8 @@
 //! [`from_tree`] is that function, here with [`Config`]. Beside it: `settings` (the table of every
 //! setting), `load` (which file is read, its YAML), `env` (the variables onto the tree), `tree`
 //! (typed reads out of the raw tree), and a file a section: `auth`, `serving` (`http.*` and
-//! `pagination.*`), `storage`, `access`, and `unsupported` (what Berth ignores or refuses).
+//! `pagination.*`), `storage`, `database`, `s3` (`storage.s3.*`), `access`, and `unsupported`
+//! (what Berth ignores or refuses).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,6 +20,7 @@ mod auth;
 mod database;
 mod env;
 mod load;
+mod s3;
 mod serving;
 mod settings;
 mod storage;
@@ -35,6 +37,7 @@ use access::access_control;
 use auth::{auth_config, throttle_settings};
 use database::database_settings;
 use env::{EnvOverrides, env_overrides};
+use s3::s3_settings;
 use serving::{listen_addr, metrics_settings, pagination, response_headers, tls_settings, trusted_proxy_list};
 use storage::gc_settings;
 use tree::{get_bool, get_duration, get_str, get_usize};
@@ -57,6 +60,9 @@ pub struct Config {
     pub root: PathBuf,
     /// The shared database for the metadata (`database.enabled`); `None`: SQLite under the root.
     pub database: Option<berth_engine::postgres::PgSettings>,
+    /// The blobs in S3-compatible object storage (`storage.s3`, or `REGISTRY_STORAGE=s3`);
+    /// `None`: the filesystem driver, under `root`. When set, `database` is set too.
+    pub s3: Option<berth_engine::s3::S3Settings>,
     /// Whether deletes are allowed.
     pub delete_enabled: bool,
     /// Log filter level.
@@ -202,6 +208,8 @@ pub fn from_tree(
     take(tls_settings(&tree).map(|t| tls = t));
     let mut database = None;
     take(database_settings(&tree).map(|d| database = d));
+    let mut s3 = None;
+    take(s3_settings(&tree, env, &mut warnings).map(|s| s3 = s));
     let (mut gc_interval, mut gc) = (None, berth_engine::GcOptions::default());
     take(gc_settings(&tree).map(|g| (gc_interval, gc) = g));
     let (mut header_timeout, mut body_timeout, mut max_requests) =
@@ -277,6 +285,7 @@ pub fn from_tree(
         max_requests,
         upload_limits,
         database,
+        s3,
         body_limits,
         tls,
         metrics_path,
@@ -337,8 +346,13 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("pagination.maxlimit"), "{e}");
+        let e = load_str("storage: {gcs: {bucket: b}}", &[]).unwrap_err().0;
+        assert!(
+            e.starts_with("storage.gcs: this storage driver is not available"),
+            "{e}"
+        );
         let e = load_str("storage: {s3: {bucket: b}}", &[]).unwrap_err().0;
-        assert!(e.contains("storage.s3"), "{e}");
+        assert!(e.contains("storage.s3 needs database.enabled"), "{e}");
         let e = load_str("", &[("REGISTRY_UPLOAD_TIMEOUT", "soon")]).unwrap_err().0;
         assert!(e.contains("REGISTRY_UPLOAD_TIMEOUT"), "{e}");
     }

@@ -21,7 +21,6 @@ const IGNORED_SECTIONS: &[&str] = &[
     "reporting",
     "middleware",
     "storage.cache",
-    "storage.redirect",
     "storage.tag",
     "http.relativeurls",
     "http.tls.ciphersuites",
@@ -65,6 +64,10 @@ pub(super) fn unsupported(tree: &Value) -> Result<(), ConfigError> {
     }
 }
 
+/// The parts of `storage` that are not a driver Berth lacks: its two drivers and the common
+/// sections.
+const STORAGE_SECTIONS: &[&str] = &["filesystem", "s3", "delete", "maintenance", "redirect", "cache", "tag"];
+
 /// Warn about settings Berth does not read; refuse storage drivers it does not have.
 pub(super) fn unknown_leaves(tree: &Value, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
     let mut all = Vec::new();
@@ -77,14 +80,11 @@ pub(super) fn unknown_leaves(tree: &Value, warnings: &mut Vec<String>) -> Result
         if ignored {
             warnings.push(format!("{leaf}: not used by Berth, ignored"));
         } else if !known {
-            if leaf.starts_with("storage.")
-                && !leaf.starts_with("storage.filesystem")
-                && !leaf.starts_with("storage.delete")
-                && !leaf.starts_with("storage.maintenance")
+            if let Some(driver) = leaf.strip_prefix("storage.").map(|l| l.split('.').next().unwrap_or(""))
+                && !STORAGE_SECTIONS.contains(&driver)
             {
-                let driver = leaf.split('.').nth(1).unwrap_or("");
                 return Err(ConfigError(format!(
-                    "storage.{driver}: this storage driver is not available in this version of Berth; use storage.filesystem.rootdirectory"
+                    "storage.{driver}: this storage driver is not available in this version of Berth; use storage.filesystem.rootdirectory or storage.s3"
                 )));
             }
             warnings.push(format!("{leaf}: unknown setting, ignored (see docs/configuration.md)"));

@@ -178,11 +178,14 @@ pub const BLOCKING_THREADS: usize = 32;
 /// The engine over the configured storage: the directory, with its metadata in SQLite there or
 /// in the shared database (`database.enabled`).
 async fn open_engine(cfg: &Config, exclusive: bool) -> berth_engine::Result<Engine> {
-    if cfg.s3.is_some() {
-        // Until the S3 blob store is wired here: never put blobs under the root instead.
-        return Err(berth_engine::Error::Meta(berth_engine::MetaError::Settings(
-            "storage.s3: the S3 blob store is not in this build yet; use storage.filesystem.rootdirectory".into(),
-        )));
+    if let Some(s3) = &cfg.s3 {
+        // The configuration refuses storage.s3 without database.enabled.
+        let Some(db) = &cfg.database else {
+            return Err(berth_engine::Error::Meta(berth_engine::MetaError::Settings(
+                "storage.s3 needs database.enabled: true".into(),
+            )));
+        };
+        return Engine::open_s3(db, s3).await;
     }
     match (&cfg.database, exclusive) {
         (Some(db), _) => Engine::open_shared(&cfg.root, db, exclusive).await,
@@ -193,10 +196,16 @@ async fn open_engine(cfg: &Config, exclusive: bool) -> berth_engine::Result<Engi
 
 /// What start-up says when the storage does not open: the setting to look at.
 fn open_error(cfg: &Config, e: &berth_engine::Error) -> String {
-    use berth_engine::{Error, MetaError};
+    use berth_engine::{Error, MetaError, ObjectStoreError};
     match e {
         // The message names the setting already.
-        Error::Meta(MetaError::Settings(m)) => format!("cannot open the storage: {m}"),
+        Error::Meta(MetaError::Settings(m)) | Error::ObjectStore(ObjectStoreError::Settings(m)) => {
+            format!("cannot open the storage: {m}")
+        }
+        Error::ObjectStore(ObjectStoreError::Unavailable(m)) => {
+            format!("cannot reach the object store (storage.s3.regionendpoint): {m}")
+        }
+        Error::ObjectStore(_) => format!("cannot use the object store (storage.s3.*): {e}"),
         Error::Meta(MetaError::Unavailable(m)) if cfg.database.is_some() => {
             format!("cannot reach the database (database.host, database.port): {m}")
         }
@@ -205,6 +214,17 @@ fn open_error(cfg: &Config, e: &berth_engine::Error) -> String {
             "cannot open storage at {} (storage.filesystem.rootdirectory): {e}",
             cfg.root.display()
         ),
+    }
+}
+
+/// Where the blobs are, for the start-up line.
+fn storage_shown(cfg: &Config) -> String {
+    match &cfg.s3 {
+        Some(s3) => format!(
+            "s3 bucket {} at {} (root {:?})",
+            s3.bucket, s3.endpoint, s3.root_directory
+        ),
+        None => cfg.root.display().to_string(),
     }
 }
 
@@ -221,7 +241,8 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         addr = %local,
-        storage = %cfg.root.display(),
+        storage = %storage_shown(&cfg),
+        blobs = engine.blob_store_kind(),
         metadata = engine.metadata_kind(),
         config = %cfg.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into()),
         delete = cfg.delete_enabled,
@@ -317,6 +338,9 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
 
 /// `berth migrate`: the metadata of a stopped registry from SQLite into PostgreSQL.
 pub async fn migrate(cfg: Config) -> Result<(), String> {
+    if cfg.s3.is_some() {
+        return Err("berth migrate copies a filesystem registry's metadata into PostgreSQL with its blobs staying on the filesystem; copying blobs into S3 (storage.s3) is not available yet: run it with storage.filesystem.rootdirectory".into());
+    }
     let Some(db) = cfg.database.clone() else {
         return Err("berth migrate copies the metadata into the database that database.* names: set database.enabled: true and its settings (or REGISTRY_DATABASE_*)".into());
     };

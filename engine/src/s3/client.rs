@@ -468,6 +468,8 @@ impl S3Client {
                     query.push(("key-marker", key_marker.as_str()));
                     query.push(("upload-id-marker", id_marker.as_str()));
                 }
+                // The signer takes the parameters in canonical (sorted) order.
+                query.sort_unstable();
                 rusty_s3::signing::sign(
                     &jiff::Timestamp::now(),
                     rusty_s3::Method::Get,

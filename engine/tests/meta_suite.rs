@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use berth_engine::meta::Meta;
 use berth_engine::meta::SqliteStore;
-use berth_engine::store::{BlobLink, ManifestRecord, Placement, Removal, StagedBlob};
+use berth_engine::store::{BlobLink, ManifestRecord, Outcome, Placement, Removal, StagedBlob};
 use berth_engine::{Algorithm, Descriptor, Digest, Error, MetaStore, Reference, RepoName, Tag};
 
 fn repo(s: &str) -> RepoName {
@@ -276,7 +276,7 @@ impl Steps {
     }
     fn removal(&self, fail: bool) -> Removal {
         let steps = self.clone();
-        Box::new(move || {
+        Box::new(move |_| {
             steps.push("remove");
             if fail {
                 return Err(Error::Io(std::io::Error::other("removal refused")));
@@ -313,9 +313,12 @@ impl StagedBlob for FakeStaged {
         }))
     }
 
-    fn finish(self: Box<Self>, committed: bool) {
-        self.steps
-            .push(if committed { "finish:committed" } else { "finish:failed" });
+    fn finish(self: Box<Self>, outcome: Outcome) {
+        self.steps.push(if outcome == Outcome::Failed {
+            "finish:failed"
+        } else {
+            "finish:committed"
+        });
     }
 }
 
@@ -346,6 +349,7 @@ fn link(r: &str, content: &[u8]) -> BlobLink {
         repo: repo(r),
         digest: Digest::of(Algorithm::Sha256, content),
         size: content.len() as u64,
+        object: None,
     }
 }
 

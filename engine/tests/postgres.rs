@@ -442,7 +442,7 @@ impl berth_engine::store::StagedBlob for Placed {
     fn prepare(&mut self) -> berth_engine::Result<Box<dyn berth_engine::store::Placement>> {
         Ok(Box::new(Placed))
     }
-    fn finish(self: Box<Self>, _committed: bool) {}
+    fn finish(self: Box<Self>, _outcome: berth_engine::store::Outcome) {}
 }
 
 impl berth_engine::store::Placement for Placed {
@@ -467,11 +467,12 @@ async fn a_commit_racing_a_removal_is_fenced_and_retryable() {
         repo: repo.clone(),
         digest: Digest::of(Algorithm::Sha256, b"a layer"),
         size: 7,
+        object: None,
     };
     gc.commit_blob(link.clone(), Box::new(Placed)).await.unwrap();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let removal: berth_engine::store::Removal = Box::new(move || {
+    let removal: berth_engine::store::Removal = Box::new(move |_| {
         started_tx.send(()).unwrap();
         go_rx.recv().unwrap();
         Ok(())

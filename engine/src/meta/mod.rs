@@ -68,6 +68,10 @@ pub struct RepoGc {
     pub links: Vec<(Digest, u64)>,
     /// Blobs no repository links any more: their files may go (digest, size).
     pub orphans: Vec<(Digest, u64)>,
+    /// The objects of those blobs, for a blob store that names data by the upload that stored
+    /// it ([`crate::store::BlobLink::object`]): no record names them any more, and none can
+    /// again (a new upload of the digest stores a new object).
+    pub orphan_objects: Vec<crate::name::UploadId>,
     /// Set when a stored manifest could not be read: nothing of the repository was removed.
     pub skipped: Option<String>,
 }

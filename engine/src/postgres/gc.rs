@@ -72,10 +72,16 @@ pub(super) async fn sweep(tx: &Transaction<'_>, repo: &str, grace_secs: u64, unt
         if referenced.contains(&d) || young(r.get(1)) {
             continue;
         }
-        if let Some((size, last)) = unlink_blob(tx, repo, &d).await? {
+        if let Some((size, last, object)) = unlink_blob(tx, repo, &d).await? {
             let digest = digest(&d)?;
             if last {
                 out.orphans.push((digest.clone(), size));
+            }
+            if let Some(o) = object {
+                let id = o
+                    .parse()
+                    .map_err(|_| Error::Meta(MetaError::Corrupt(format!("a stored object id {o:?} is not valid"))))?;
+                out.orphan_objects.push(id);
             }
             out.links.push((digest, size));
         }

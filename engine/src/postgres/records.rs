@@ -109,7 +109,13 @@ pub(super) async fn remove_manifest(tx: &Transaction<'_>, repo: &str, d: &str) -
 }
 
 /// Remove `repo`'s link to blob `d`: (size, whether it was the last link), or `None`.
-pub(super) async fn unlink_blob(tx: &Transaction<'_>, repo: &str, d: &str) -> Result<Option<(u64, bool)>> {
+/// Unlink a blob from `repo`: its size, whether that was the last link (the blob's row is then
+/// gone), and the object the row named.
+pub(super) async fn unlink_blob(
+    tx: &Transaction<'_>,
+    repo: &str,
+    d: &str,
+) -> Result<Option<(u64, bool, Option<String>)>> {
     if exec(
         tx,
         "DELETE FROM repo_blobs WHERE repo = $1 AND digest = $2",
@@ -122,19 +128,19 @@ pub(super) async fn unlink_blob(tx: &Transaction<'_>, repo: &str, d: &str) -> Re
     }
     let Some(r) = row(
         tx,
-        "UPDATE blobs SET refs = refs - 1 WHERE digest = $1 RETURNING size, refs",
+        "UPDATE blobs SET refs = refs - 1 WHERE digest = $1 RETURNING size, refs, object",
         &[&d],
     )
     .await?
     else {
-        return Ok(Some((0, true)));
+        return Ok(Some((0, true, None)));
     };
-    let (size, refs): (i64, i64) = (r.get(0), r.get(1));
+    let (size, refs, object): (i64, i64, Option<String>) = (r.get(0), r.get(1), r.get(2));
     let last = refs <= 0;
     if last {
         exec(tx, "DELETE FROM blobs WHERE digest = $1", &[&d]).await?;
     }
-    Ok(Some((self::size(size), last)))
+    Ok(Some((self::size(size), last, object.filter(|_| last))))
 }
 
 /// Drop `repo` from the catalog when it links nothing any more.

@@ -50,9 +50,14 @@ pub struct PendingUpload {
     pub age_secs: u64,
 }
 
-/// A bucket, with its credentials and an HTTP client. Cheap to clone.
+/// A bucket, with its credentials and an HTTP client. Cheap to clone (clones share one
+/// connection pool).
 #[derive(Clone)]
 pub struct S3Client {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
     http: Client<Https, Full<Bytes>>,
     bucket: Bucket,
     creds: Credentials,
@@ -64,8 +69,8 @@ pub struct S3Client {
 impl std::fmt::Debug for S3Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Client")
-            .field("bucket", &self.bucket.name())
-            .field("root", &self.root)
+            .field("bucket", &self.inner.bucket.name())
+            .field("root", &self.inner.root)
             .finish_non_exhaustive()
     }
 }
@@ -105,35 +110,37 @@ impl S3Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
         Ok(S3Client {
-            http,
-            bucket,
-            creds,
-            root: s.root_directory.trim_matches('/').to_owned(),
-            storage_class: s.storage_class.clone(),
-            presign_expiry: s.presign_expiry,
+            inner: std::sync::Arc::new(Inner {
+                http,
+                bucket,
+                creds,
+                root: s.root_directory.trim_matches('/').to_owned(),
+                storage_class: s.storage_class.clone(),
+                presign_expiry: s.presign_expiry,
+            }),
         })
     }
 
     /// The bucket's name.
     pub fn bucket(&self) -> &str {
-        self.bucket.name()
+        self.inner.bucket.name()
     }
 
     /// The full key of `key` (below the root directory).
     fn full(&self, key: &str) -> String {
-        if self.root.is_empty() {
+        if self.inner.root.is_empty() {
             key.to_owned()
         } else {
-            format!("{}/{key}", self.root)
+            format!("{}/{key}", self.inner.root)
         }
     }
 
     /// `key` with the root directory taken off, when it is under it.
     fn relative<'k>(&self, key: &'k str) -> Option<&'k str> {
-        if self.root.is_empty() {
+        if self.inner.root.is_empty() {
             Some(key)
         } else {
-            key.strip_prefix(&self.root)?.strip_prefix('/')
+            key.strip_prefix(&self.inner.root)?.strip_prefix('/')
         }
     }
 
@@ -192,32 +199,35 @@ impl S3Client {
             .header(http::header::CONTENT_LENGTH, body.len())
             .body(Full::new(body))
             .map_err(|e| Error::ObjectStore(ObjectStoreError::Failed(format!("{what}: {e}"))))?;
-        let resp = self.http.request(req).await.map_err(|e| unreachable(what, &e))?;
+        let resp = self.inner.http.request(req).await.map_err(|e| unreachable(what, &e))?;
         Ok(resp.into_parts())
     }
 
     /// Whether the bucket answers signed requests (a start-up and readiness check): the error
     /// says what is wrong, naming the setting.
     pub async fn check_bucket(&self) -> Result<()> {
-        let what = format!("bucket {}", self.bucket.name());
-        let url = || self.bucket.head_bucket(Some(&self.creds)).sign(SIGNED_FOR);
+        let what = format!("bucket {}", self.inner.bucket.name());
+        let url = || self.inner.bucket.head_bucket(Some(&self.inner.creds)).sign(SIGNED_FOR);
         match self.call(&what, Method::HEAD, url, &[], Bytes::new()).await {
             Ok(_) => Ok(()),
             Err(Error::ObjectStore(ObjectStoreError::Refused { status, .. })) => {
                 let why = match status {
                     404 => format!(
                         "storage.s3.bucket: the bucket {:?} does not exist at this endpoint; create it first",
-                        self.bucket.name()
+                        self.inner.bucket.name()
                     ),
                     403 | 401 => format!(
                         "storage.s3.accesskey / storage.s3.secretkey: the store refused them for bucket {:?} (403: wrong key or secret, or no access to the bucket)",
-                        self.bucket.name()
+                        self.inner.bucket.name()
                     ),
                     301 | 400 => format!(
                         "storage.s3.region: the store answered {status} for bucket {:?}: the bucket is in another region, or the endpoint wants other addressing (storage.s3.forcepathstyle)",
-                        self.bucket.name()
+                        self.inner.bucket.name()
                     ),
-                    s => format!("the store answered {s} to a HEAD of bucket {:?}", self.bucket.name()),
+                    s => format!(
+                        "the store answered {s} to a HEAD of bucket {:?}",
+                        self.inner.bucket.name()
+                    ),
                 };
                 Err(Error::ObjectStore(ObjectStoreError::Settings(why)))
             }
@@ -229,8 +239,8 @@ impl S3Client {
     pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let full = self.full(key);
         let url = || {
-            let mut a = self.bucket.put_object(Some(&self.creds), &full);
-            if let Some(c) = &self.storage_class {
+            let mut a = self.inner.bucket.put_object(Some(&self.inner.creds), &full);
+            if let Some(c) = &self.inner.storage_class {
                 a.headers_mut().insert("x-amz-storage-class", c.clone());
             }
             a.sign(SIGNED_FOR)
@@ -242,7 +252,8 @@ impl S3Client {
     }
 
     fn class_header(&self) -> Vec<(&'static str, String)> {
-        self.storage_class
+        self.inner
+            .storage_class
             .iter()
             .map(|c| ("x-amz-storage-class", c.clone()))
             .collect()
@@ -251,7 +262,12 @@ impl S3Client {
     /// A whole small object, `None` when there is none.
     pub async fn get_small(&self, key: &str) -> Result<Option<Bytes>> {
         let full = self.full(key);
-        let url = || self.bucket.get_object(Some(&self.creds), &full).sign(SIGNED_FOR);
+        let url = || {
+            self.inner
+                .bucket
+                .get_object(Some(&self.inner.creds), &full)
+                .sign(SIGNED_FOR)
+        };
         match self
             .call(&format!("GET {full}"), Method::GET, url, &[], Bytes::new())
             .await
@@ -270,7 +286,11 @@ impl S3Client {
         let range = format!("bytes={start}-{}", start + len.max(1) - 1);
         let mut attempt = 1;
         let (parts, body) = loop {
-            let url = self.bucket.get_object(Some(&self.creds), &full).sign(SIGNED_FOR);
+            let url = self
+                .inner
+                .bucket
+                .get_object(Some(&self.inner.creds), &full)
+                .sign(SIGNED_FOR);
             match self
                 .send(&what, Method::GET, url, &[("range", range.clone())], Bytes::new())
                 .await
@@ -323,15 +343,21 @@ impl S3Client {
 
     /// A presigned URL of the object, valid for the configured expiry.
     pub fn presign_get(&self, key: &str) -> url::Url {
-        self.bucket
-            .get_object(Some(&self.creds), &self.full(key))
-            .sign(self.presign_expiry)
+        self.inner
+            .bucket
+            .get_object(Some(&self.inner.creds), &self.full(key))
+            .sign(self.inner.presign_expiry)
     }
 
     /// Delete an object (one already gone is not an error).
     pub async fn delete(&self, key: &str) -> Result<()> {
         let full = self.full(key);
-        let url = || self.bucket.delete_object(Some(&self.creds), &full).sign(SIGNED_FOR);
+        let url = || {
+            self.inner
+                .bucket
+                .delete_object(Some(&self.inner.creds), &full)
+                .sign(SIGNED_FOR)
+        };
         match self
             .call(&format!("DELETE {full}"), Method::DELETE, url, &[], Bytes::new())
             .await
@@ -346,8 +372,11 @@ impl S3Client {
         let full = self.full(key);
         let what = format!("CreateMultipartUpload {full}");
         let url = || {
-            let mut a = self.bucket.create_multipart_upload(Some(&self.creds), &full);
-            if let Some(c) = &self.storage_class {
+            let mut a = self
+                .inner
+                .bucket
+                .create_multipart_upload(Some(&self.inner.creds), &full);
+            if let Some(c) = &self.inner.storage_class {
                 a.headers_mut().insert("x-amz-storage-class", c.clone());
             }
             a.sign(SIGNED_FOR)
@@ -364,8 +393,9 @@ impl S3Client {
         let full = self.full(key);
         let what = format!("UploadPart {n} of {full}");
         let url = || {
-            self.bucket
-                .upload_part(Some(&self.creds), &full, n, upload_id)
+            self.inner
+                .bucket
+                .upload_part(Some(&self.inner.creds), &full, n, upload_id)
                 .sign(SIGNED_FOR)
         };
         let (parts, _) = self.call(&what, Method::PUT, url, &[], data).await?;
@@ -382,8 +412,8 @@ impl S3Client {
     pub async fn complete_multipart(&self, key: &str, upload_id: &str, etags: &[String]) -> Result<()> {
         let full = self.full(key);
         let what = format!("CompleteMultipartUpload {full}");
-        let action = self.bucket.complete_multipart_upload(
-            Some(&self.creds),
+        let action = self.inner.bucket.complete_multipart_upload(
+            Some(&self.inner.creds),
             &full,
             upload_id,
             etags.iter().map(String::as_str),
@@ -402,8 +432,9 @@ impl S3Client {
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         let full = self.full(key);
         let url = || {
-            self.bucket
-                .abort_multipart_upload(Some(&self.creds), &full, upload_id)
+            self.inner
+                .bucket
+                .abort_multipart_upload(Some(&self.inner.creds), &full, upload_id)
                 .sign(SIGNED_FOR)
         };
         let what = format!("AbortMultipartUpload {full}");
@@ -422,7 +453,7 @@ impl S3Client {
         let mut token: Option<String> = None;
         loop {
             let url = || {
-                let mut a = ListObjectsV2::new(&self.bucket, Some(&self.creds));
+                let mut a = ListObjectsV2::new(&self.inner.bucket, Some(&self.inner.creds));
                 a.with_prefix(Cow::Borrowed(full.as_str()));
                 a.with_max_keys(1000);
                 if let Some(t) = &token {
@@ -473,11 +504,11 @@ impl S3Client {
                 rusty_s3::signing::sign(
                     &jiff::Timestamp::now(),
                     rusty_s3::Method::Get,
-                    self.bucket.base_url().clone(),
-                    self.creds.key(),
-                    self.creds.secret(),
-                    self.creds.token(),
-                    self.bucket.region(),
+                    self.inner.bucket.base_url().clone(),
+                    self.inner.creds.key(),
+                    self.inner.creds.secret(),
+                    self.inner.creds.token(),
+                    self.inner.bucket.region(),
                     SIGNED_FOR.as_secs(),
                     query.into_iter(),
                     std::iter::empty(),

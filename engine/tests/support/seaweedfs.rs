@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ pub struct Server {
     pub bucket: String,
     /// The region to sign for.
     pub region: String,
+    /// Kills the server once the test process is gone (kept, never waited for).
+    _watchdog: Option<Child>,
 }
 
 static SHARED: LazyLock<Server> = LazyLock::new(Server::start);
@@ -68,19 +70,20 @@ impl Server {
                 .unwrap_or_else(|| panic!("{k} missing from seaweedfs.env"))
                 .to_owned()
         };
-        let server = Server {
+        let mut server = Server {
             endpoint: format!("http://127.0.0.1:{}", get("SW_S3_PORT")),
             access_key: get("SW_ACCESS_KEY"),
             secret_key: get("SW_SECRET_KEY"),
             bucket: get("SW_BUCKET"),
             region: get("SW_REGION"),
             dir,
+            _watchdog: None,
         };
-        server.spawn_watchdog();
+        server._watchdog = Some(server.spawn_watchdog());
         server
     }
 
-    fn spawn_watchdog(&self) {
+    fn spawn_watchdog(&self) -> Child {
         let script = format!(
             "while [ -e /proc/{pid} ]; do sleep 0.5; done; \
              source '{lib}' && seaweedfs_teardown '{dir}'; rm -rf '{dir}'",
@@ -96,7 +99,7 @@ impl Server {
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
-            .expect("cannot start the SeaweedFS watchdog");
+            .expect("cannot start the SeaweedFS watchdog")
     }
 
     /// Settings for this server, every key under `root` (one root per test keeps tests apart).

@@ -14,16 +14,6 @@ use crate::range::{RangeRequest, parse_range};
 pub(super) async fn get(app: &App, repo: &RepoName, digest: &Digest, req: &Req) -> Result<Response<Body>, ApiError> {
     let size = app.engine.blob_size(repo, digest).await?;
     let head = req.method() == http::Method::HEAD;
-    if !head && let Some(url) = app.engine.blob_url(digest).await? {
-        // The object store serves the bytes (and the Range) itself.
-        return finish(
-            response(StatusCode::TEMPORARY_REDIRECT)
-                .header(header::LOCATION, url)
-                .header("docker-content-digest", digest.to_string())
-                .header(header::CONTENT_LENGTH, 0),
-            empty(),
-        );
-    }
     let base = response(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header("docker-content-digest", digest.to_string())
@@ -52,6 +42,16 @@ pub(super) async fn get(app: &App, repo: &RepoName, digest: &Digest, req: &Req) 
     };
     if head || range.len == 0 {
         return finish(builder, empty());
+    }
+    if let Some(url) = app.engine.blob_url(digest).await? {
+        // The object store serves the bytes (and the Range, which the client sends again).
+        return finish(
+            response(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, url)
+                .header("docker-content-digest", digest.to_string())
+                .header(header::CONTENT_LENGTH, 0),
+            empty(),
+        );
     }
     let stream = app.engine.blob_read(digest, range).await?;
     let body = BodyExt::boxed(StreamBody::new(stream.map(|r| r.map(Frame::data))));

@@ -1,0 +1,193 @@
+//! The engine on an S3 bucket (SeaweedFS, SigV4 enforced) with its metadata in PostgreSQL: what
+//! only this pair does — the blob's record names its object, reads and presigned URLs reach it,
+//! a duplicate upload's object is deleted, garbage collection deletes unreferenced blobs' objects
+//! and objects no record names, expired sessions abort their multipart uploads, and a wrong
+//! setting stops start-up naming it.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use berth_engine::s3::{S3Client, S3Settings};
+use berth_engine::{Algorithm, ByteRange, Digest, Engine, Error, GcOptions, RepoName};
+
+fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+fn body(data: &[u8]) -> futures_util::stream::Iter<std::vec::IntoIter<Result<Bytes, Infallible>>> {
+    let frames: Vec<_> = data.chunks(65_536).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    futures_util::stream::iter(frames)
+}
+
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed)).collect()
+}
+
+/// An engine on its own root directory in the shared bucket and its own database.
+async fn engine(part_size: u64) -> (Engine, S3Settings, S3Client) {
+    let db = support::postgres::shared().database().await;
+    let root = format!("engine-{}", berth_engine::UploadId::random());
+    let s3 = S3Settings {
+        part_size,
+        ..support::seaweedfs::shared().settings(&root)
+    };
+    let e = Engine::open_s3(&db, &s3).await.unwrap();
+    (e, s3.clone(), S3Client::new(&s3).unwrap())
+}
+
+async fn push(e: &Engine, r: &RepoName, data: &[u8]) -> Digest {
+    let id = e.upload_start(r).await.unwrap();
+    let d = Digest::of(Algorithm::Sha256, data);
+    e.upload_finish(r, id, &d, None, Some(data.len() as u64), body(data))
+        .await
+        .unwrap();
+    d
+}
+
+async fn read(e: &Engine, d: &Digest, start: u64, len: u64) -> Vec<u8> {
+    let mut s = e.blob_read(d, ByteRange { start, len }).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(b) = futures_util::StreamExt::next(&mut s).await {
+        out.extend_from_slice(&b.unwrap());
+    }
+    out
+}
+
+async fn objects(c: &S3Client) -> usize {
+    c.list("blobs/").await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_objects_read_by_range_and_by_presigned_url() {
+    let (e, _, c) = engine(5 << 20).await;
+    assert_eq!((e.blob_store_kind(), e.metadata_kind()), ("s3", "postgresql"));
+    assert!(e.root().is_none(), "no local directory is used");
+    e.ready().await.unwrap();
+    let r = repo("s3/app");
+    let data = bytes((11 << 20) + 3, 1);
+    let d = push(&e, &r, &data).await;
+    assert_eq!(e.blob_size(&r, &d).await.unwrap(), data.len() as u64);
+    assert_eq!(read(&e, &d, 0, data.len() as u64).await, data);
+    assert_eq!(
+        read(&e, &d, (5 << 20) - 2, 10).await,
+        &data[(5 << 20) - 2..(5 << 20) + 8]
+    );
+    let url = e.blob_url(&d).await.unwrap().expect("redirects are on by default");
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    assert_eq!(objects(&c).await, 1);
+    // The same bytes pushed again (another repository): linked, and the second object deleted.
+    let other = repo("s3/other");
+    push(&e, &other, &data).await;
+    let mut left = 0;
+    for _ in 0..50 {
+        left = objects(&c).await;
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 1, "the duplicate upload's object was deleted");
+    assert_eq!(e.blob_size(&other, &d).await.unwrap(), data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_deletes_unreferenced_objects() {
+    let (e, _, c) = engine(5 << 20).await;
+    let r = repo("s3/gc");
+    let first = push(&e, &r, b"no manifest needs this blob, so it goes").await;
+    let d = push(&e, &r, &bytes(100_000, 2)).await;
+    // An object no record names (as a crash between completing an upload and recording it
+    // leaves), and an object of an open session, which stays.
+    let stray = berth_engine::UploadId::random();
+    c.put(&format!("blobs/{stray}"), Bytes::from_static(b"stray"))
+        .await
+        .unwrap();
+    let open = e.upload_start(&r).await.unwrap();
+    c.put(&format!("blobs/{open}"), Bytes::from_static(b"in progress"))
+        .await
+        .unwrap();
+    assert_eq!(objects(&c).await, 4);
+    let report = e
+        .gc(GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((report.blobs, report.stray_files), (2, 1), "{report:?}");
+    assert!(matches!(e.blob_size(&r, &d).await, Err(Error::BlobUnknown(_))));
+    assert!(matches!(e.blob_size(&r, &first).await, Err(Error::BlobUnknown(_))));
+    let left: Vec<String> = c.list("blobs/").await.unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(
+        left,
+        [format!("blobs/{open}")],
+        "only the open session's object is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_blob_takes_its_object_and_expired_sessions_abort_their_parts() {
+    let (e, _, c) = engine(5 << 20).await;
+    let r = repo("s3/delete");
+    let d = push(&e, &r, &bytes(3000, 3)).await;
+    e.blob_delete(&r, &d).await.unwrap();
+    assert_eq!(objects(&c).await, 0);
+    // A session with one stored part (and a tail), then left idle.
+    let id = e.upload_start(&r).await.unwrap();
+    let data = bytes((6 << 20) + 5, 4);
+    e.upload_append(&r, id, None, Some(data.len() as u64), body(&data))
+        .await
+        .unwrap();
+    assert_eq!(c.pending_uploads("").await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(e.reap_uploads(Duration::from_secs(1)).await.unwrap(), 1);
+    assert!(
+        c.pending_uploads("").await.unwrap().is_empty(),
+        "the multipart upload was aborted"
+    );
+    assert!(matches!(e.upload_offset(&r, id).await, Err(Error::UploadUnknown)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_settings_stop_start_up_naming_the_setting() {
+    let db = support::postgres::shared().database().await;
+    let good = support::seaweedfs::shared().settings("settings");
+    let cases: [(S3Settings, &str); 3] = [
+        (
+            S3Settings {
+                secret_key: "not-the-secret".into(),
+                ..good.clone()
+            },
+            "storage.s3.secretkey",
+        ),
+        (
+            S3Settings {
+                bucket: "no-such-bucket".into(),
+                ..good.clone()
+            },
+            "storage.s3.bucket",
+        ),
+        (
+            S3Settings {
+                endpoint: "http://127.0.0.1:9".into(),
+                ..good.clone()
+            },
+            "unavailable",
+        ),
+    ];
+    for (s, named) in cases {
+        let err = match Engine::open_s3(&db, &s).await {
+            Ok(_) => panic!("opened with {s:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(named), "{named}: {err}");
+        assert!(
+            !err.contains(&good.secret_key) && !err.contains("not-the-secret"),
+            "{err}"
+        );
+    }
+}

@@ -92,6 +92,8 @@ pub struct GcReport {
     pub skipped: Vec<String>,
     /// Nothing was done: another process sharing the metadata store is collecting.
     pub elsewhere: bool,
+    /// Unfinished multipart uploads that no upload session names, aborted (an object store).
+    pub stray_uploads: usize,
 }
 
 /// A storage bound to a shared database, opened without it.
@@ -482,6 +484,9 @@ impl Engine {
                 report.stray_bytes += f.size;
             }
         }
+        if let Blobs::S3(s3) = &self.blobs {
+            report.stray_uploads = self.abort_unnamed_uploads(s3, grace, opts.dry_run).await?;
+        }
         Ok(report)
     }
 
@@ -506,6 +511,26 @@ impl Engine {
             s3.delete(id).await?;
         }
         Ok(true)
+    }
+
+    /// Abort the multipart uploads older than `grace_secs` that no upload session names (left
+    /// when a session's row went without its upload: a crash between the two, or a row removed
+    /// by hand); returns how many.
+    async fn abort_unnamed_uploads(&self, s3: &S3Blobs, grace_secs: u64, dry_run: bool) -> Result<usize> {
+        let Metadata::Postgres(pg) = &self.store else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for (id, upload) in s3.pending_uploads().await? {
+            if upload.age_secs < grace_secs || pg.object_in_use(id).await? {
+                continue;
+            }
+            if !dry_run {
+                s3.abort(id, &upload.upload_id).await?;
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Number of upload sessions this process holds.

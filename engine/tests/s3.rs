@@ -127,6 +127,31 @@ async fn garbage_collection_deletes_unreferenced_objects() {
         [format!("blobs/{open}")],
         "only the open session's object is left"
     );
+    // A multipart upload no session names (its row gone without it), and one of an open
+    // session: the first is aborted, the second stays.
+    let lost = berth_engine::UploadId::random();
+    let lost_upload = c.create_multipart(&format!("blobs/{lost}")).await.unwrap();
+    let kept_upload = c.create_multipart(&format!("blobs/{open}")).await.unwrap();
+    let report = e
+        .gc(GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.stray_uploads, 1, "{report:?}");
+    let pending: Vec<String> = c
+        .pending_uploads("blobs/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.upload_id)
+        .collect();
+    assert_eq!(
+        pending,
+        [kept_upload],
+        "the upload no session names ({lost_upload}) was aborted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

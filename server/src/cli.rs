@@ -410,13 +410,18 @@ pub async fn gc(cfg: Config, grace: Option<std::time::Duration>, untagged: bool,
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
-        "{verb}: {} untagged manifests, {} blob links, {} blobs ({} bytes), {} stray files ({} bytes) in {} repositories; grace {:?}{} ({:.1}s)",
+        "{verb}: {} untagged manifests, {} blob links, {} blobs ({} bytes), {} stray files ({} bytes){} in {} repositories; grace {:?}{} ({:.1}s)",
         r.manifests,
         r.links,
         r.blobs,
         r.bytes,
         r.stray_files,
         r.stray_bytes,
+        if r.stray_uploads > 0 {
+            format!(", {} stray multipart uploads", r.stray_uploads)
+        } else {
+            String::new()
+        },
         r.repositories,
         opts.grace,
         if opts.untagged {

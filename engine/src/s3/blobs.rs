@@ -4,7 +4,7 @@
 
 use tokio::runtime::Handle;
 
-use super::client::S3Client;
+use super::client::{PendingUpload, S3Client};
 use crate::blob_store::{BlobStore, BlobStream, DataName, StoredData};
 use crate::digest::Digest;
 use crate::engine::ByteRange;
@@ -35,6 +35,24 @@ impl S3Blobs {
     /// Delete an object (one already gone is not an error).
     pub async fn delete(&self, object: UploadId) -> Result<()> {
         self.client.delete(&object_key(object)).await
+    }
+
+    /// The unfinished multipart uploads of blob objects, by the upload session that started
+    /// them.
+    pub async fn pending_uploads(&self) -> Result<Vec<(UploadId, PendingUpload)>> {
+        let pending = self.client.pending_uploads(BLOBS_PREFIX).await?;
+        Ok(pending
+            .into_iter()
+            .filter_map(|p| {
+                let id = p.key.strip_prefix(BLOBS_PREFIX)?.parse::<UploadId>().ok()?;
+                Some((id, p))
+            })
+            .collect())
+    }
+
+    /// Abort the multipart upload `upload_id` of `object`.
+    pub async fn abort(&self, object: UploadId, upload_id: &str) -> Result<()> {
+        self.client.abort_multipart(&object_key(object), upload_id).await
     }
 
     /// A presigned URL of a blob's object, for a redirect.

@@ -13,6 +13,10 @@
 #   5. SIGKILL of replica 2 during 8 concurrent skopeo pushes (haproxy health-checking /v2/): every
 #      acknowledged push is then pullable and byte-identical, every failed one succeeds when retried;
 #      replica 2 restarted on the same storage and database serves what was pushed meanwhile
+#   6. (s3 only) SeaweedFS killed, then PostgreSQL stopped: readiness fails naming what is down,
+#      pushes get 503 UNAVAILABLE with Retry-After, blob HEADs keep answering from the database
+#      while S3 is down; after each restart every replica is ready again, pushes succeed and what
+#      was pushed before is intact
 #
 # Environment:
 #   BERTH_BIN               the berth binary (CI: the static dist build). Unset: cargo build --release.
@@ -591,3 +595,85 @@ done
 rm -f "$WORK/m.json" "$WORK/blob"
 ok "restarted replica 2 serves scale/kill-1:v1 (manifest and its 4 blobs, on its own port) from the shared storage and database"
 step_passed
+
+# ---------------------------------------------------------------------------------------------------- 6
+if [[ $STORAGE_KIND == s3 ]]; then
+  step "6. SeaweedFS killed and PostgreSQL stopped under the replicas, then restarted"
+  O="$WORK/outage"
+  mkdir -p "$O"
+  # push_blob NAME: a monolithic push (POST with ?digest=) of a fresh 1 MiB blob through the balancer;
+  # prints the status, headers in $O/NAME.h, body in $O/NAME.body; the blob's digest in $O/NAME.digest.
+  push_blob() {
+    local name=$1 d
+    head -c 1M /dev/urandom >"$O/$name.bin"
+    d=sha256:$(sha256_of "$O/$name.bin")
+    echo "$d" >"$O/$name.digest"
+    curl -sS -o "$O/$name.body" -D "$O/$name.h" -w '%{http_code}' -X POST -H 'Content-Type: application/octet-stream' \
+      --data-binary "@$O/$name.bin" "$HAPROXY_URL/v2/scale/outage/blobs/uploads/?digest=$d" || echo 000
+  }
+  # expect_unavailable NAME WHAT: push_blob NAME answers 503 UNAVAILABLE with Retry-After.
+  expect_unavailable() {
+    local code
+    code=$(push_blob "$1")
+    [[ $code == 503 ]] || die "push while $2 is down: status $code, expected 503: $(head -c 300 "$O/$1.body")"
+    jq -e '.errors[0].code == "UNAVAILABLE"' "$O/$1.body" >/dev/null || die "push while $2 is down: body $(head -c 300 "$O/$1.body")"
+    [[ -n $(hdr "$O/$1.h" Retry-After) ]] || die "push while $2 is down: no Retry-After header"
+  }
+  # readiness_is CODE PATTERN: every replica's /readyz answers CODE, its body matching PATTERN.
+  readiness_is() {
+    local want=$1 pattern=$2 n code
+    for n in $(seq 1 "$NREP"); do
+      code=$(curl -sS -o "$O/ready-$n" -w '%{http_code}' --max-time 20 "http://127.0.0.1:${REP_PORT[n]}/readyz") || code=000
+      [[ $code == "$want" ]] && grep -Eq "$pattern" "$O/ready-$n" || return 1
+    done
+  }
+  # wait_ready SECONDS: until every replica is ready again.
+  wait_ready() {
+    local deadline=$((SECONDS + $1))
+    until readiness_is 200 ready; do
+      ((SECONDS < deadline)) || die "the replicas were not all ready $1 s after the restart: $(cat "$O"/ready-* | tr '\n' ' ')"
+      sleep 0.5
+    done
+  }
+  before=$(push_blob before)
+  [[ $before == 201 ]] || die "push before the outage: status $before"
+  seaweedfs_kill "$WORK/s3"
+  readiness_is 503 'blob store' || die "with SeaweedFS down, /readyz is not 503 naming the blob store: $(cat "$O"/ready-* | tr '\n' ' ')"
+  ok "SeaweedFS down: every replica's /readyz is 503 ($(jq -r .reason "$O/ready-1" | cut -c1-120))"
+  expect_unavailable during-s3 SeaweedFS
+  ok "a push while SeaweedFS is down: 503 UNAVAILABLE with Retry-After"
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -I "$HAPROXY_URL/v2/scale/outage/blobs/$(cat "$O/before.digest")")
+  [[ $code == 200 ]] || die "HEAD of a stored blob while SeaweedFS is down: $code (it is answered from the database)"
+  ok "HEAD of a stored blob while SeaweedFS is down: 200, from the database"
+  t0=$EPOCHREALTIME
+  seaweedfs_restart "$WORK/s3" || die "SeaweedFS did not restart"
+  wait_ready 30
+  ok "every replica ready again $(secs_since "$t0")s after SeaweedFS was restarted"
+  after=$(push_blob after-s3)
+  [[ $after == 201 ]] || die "push after SeaweedFS came back: status $after: $(head -c 300 "$O/after-s3.body")"
+  for name in before after-s3; do
+    curl -fsSL -o "$O/$name.back" "$HAPROXY_URL/v2/scale/outage/blobs/$(cat "$O/$name.digest")" || die "GET $name blob failed"
+    cmp -s "$O/$name.bin" "$O/$name.back" || die "the $name blob came back different"
+  done
+  verify_pushed 1
+  ok "pushes succeed again; the blobs pushed before and after, and scale/kill-1:v1, are intact"
+  postgres_stop "$WORK/pg"
+  readiness_is 503 'metadata store' || die "with PostgreSQL down, /readyz is not 503 naming the metadata store: $(cat "$O"/ready-* | tr '\n' ' ')"
+  ok "PostgreSQL down: every replica's /readyz is 503 ($(jq -r .reason "$O/ready-1" | cut -c1-120))"
+  expect_unavailable during-pg PostgreSQL
+  ok "a push while PostgreSQL is down: 503 UNAVAILABLE with Retry-After"
+  t0=$EPOCHREALTIME
+  postgres_restart "$WORK/pg" || die "PostgreSQL did not restart"
+  wait_ready 30
+  ok "every replica ready again $(secs_since "$t0")s after PostgreSQL was restarted"
+  after=$(push_blob after-pg)
+  [[ $after == 201 ]] || die "push after PostgreSQL came back: status $after: $(head -c 300 "$O/after-pg.body")"
+  for name in before after-s3 after-pg; do
+    curl -fsSL -o "$O/$name.back" "$HAPROXY_URL/v2/scale/outage/blobs/$(cat "$O/$name.digest")" || die "GET $name blob failed"
+    cmp -s "$O/$name.bin" "$O/$name.back" || die "the $name blob came back different"
+  done
+  verify_pushed 2
+  ok "pushes succeed again; everything pushed before, during recovery and after is intact"
+  rm -rf "$O"
+  step_passed
+fi

@@ -169,6 +169,7 @@ impl Engine {
                 client.clone(),
                 store.clone(),
                 s3.part_size,
+                s3.upload_memory,
                 UploadLimits::default(),
             )),
             blobs: Blobs::S3(S3Blobs::new(client)),

@@ -324,7 +324,7 @@ mod s3 {
         let root = format!("suite-{}", berth_engine::UploadId::random());
         let client = S3Client::new(&crate::support::seaweedfs::shared().settings(&root)).unwrap();
         client.check_bucket().await.unwrap();
-        (client.clone(), S3Uploads::new(client, pg, PART, limits))
+        (client.clone(), S3Uploads::new(client, pg, PART, 4 * PART, limits))
     }
 
     macro_rules! suite {
@@ -397,6 +397,45 @@ mod s3 {
         assert!(stored == data, "the object holds the blob's bytes");
     }
 
+    /// Eight uploads of three parts each at once, with room for only two part buffers: they
+    /// wait for room in turn and all complete, each with its own bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_beyond_the_memory_budget_wait_and_complete() {
+        let db = crate::support::postgres::shared().database().await;
+        let pg = PgStore::connect(&db).await.unwrap();
+        let root = format!("budget-{}", berth_engine::UploadId::random());
+        let client = S3Client::new(&crate::support::seaweedfs::shared().settings(&root)).unwrap();
+        let u = std::sync::Arc::new(S3Uploads::new(
+            client.clone(),
+            pg,
+            PART,
+            2 * PART,
+            UploadLimits::default(),
+        ));
+        let r = repo("suite/budget");
+        let tasks: Vec<_> = (0..8u8)
+            .map(|i| {
+                let (u, r) = (u.clone(), r.clone());
+                tokio::spawn(async move {
+                    let data = bytes((3 * PART) as usize - 7, i);
+                    let id = u.start(&r, "").await.unwrap();
+                    let digest = Digest::of(Algorithm::Sha256, &data);
+                    u.finish(&r, id, &digest, chunk(&data, None), Committed::default().step(false))
+                        .await
+                        .unwrap();
+                    (id, data)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (id, data) = tokio::time::timeout(Duration::from_secs(120), t)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(read_all(&client, &object_key(id), data.len() as u64).await == data);
+        }
+    }
+
     /// A blob smaller than a part is stored with one PUT, no multipart upload.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_small_blob_is_one_object() {
@@ -424,7 +463,13 @@ mod s3 {
         let settings = crate::support::seaweedfs::shared().settings(&root);
         let replica = || async {
             let pg = PgStore::connect(&db).await.unwrap();
-            S3Uploads::new(S3Client::new(&settings).unwrap(), pg, PART, UploadLimits::default())
+            S3Uploads::new(
+                S3Client::new(&settings).unwrap(),
+                pg,
+                PART,
+                4 * PART,
+                UploadLimits::default(),
+            )
         };
         let (a, b) = (replica().await, replica().await);
         let r = repo("suite/race");

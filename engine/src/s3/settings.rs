@@ -11,6 +11,8 @@ pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 /// The part size when none is set (distribution's default `chunksize`).
 pub const DEFAULT_PART_SIZE: u64 = 10 << 20;
+/// The memory for part buffers when none is set (`uploadmemory`).
+pub const DEFAULT_UPLOAD_MEMORY: u64 = 96 << 20;
 
 /// The object store's settings. Its `Debug` shows no secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -36,6 +38,10 @@ pub struct S3Settings {
     pub path_style: bool,
     /// Size of each multipart part but the last, in bytes (`chunksize`).
     pub part_size: u64,
+    /// Most bytes the part buffers of all upload requests of this process hold at once
+    /// (`uploadmemory`); a request whose next part finds no room waits for it (its client is
+    /// slowed by TCP flow control), so memory does not grow with the number of uploads.
+    pub upload_memory: u64,
     /// Do not verify the endpoint's TLS certificate (`skipverify`).
     pub skip_verify: bool,
     /// Storage class of new objects (`storageclass`), when not the bucket's default.
@@ -61,6 +67,7 @@ impl std::fmt::Debug for S3Settings {
             .field("root_directory", &self.root_directory)
             .field("path_style", &self.path_style)
             .field("part_size", &self.part_size)
+            .field("upload_memory", &self.upload_memory)
             .field("skip_verify", &self.skip_verify)
             .field("storage_class", &self.storage_class)
             .field("redirect", &self.redirect)
@@ -82,6 +89,7 @@ impl Default for S3Settings {
             root_directory: String::new(),
             path_style: false,
             part_size: DEFAULT_PART_SIZE,
+            upload_memory: DEFAULT_UPLOAD_MEMORY,
             skip_verify: false,
             storage_class: None,
             redirect: true,
@@ -131,6 +139,12 @@ impl S3Settings {
                 self.part_size
             ));
         }
+        if self.upload_memory < 2 * self.part_size {
+            return Some(format!(
+                "storage.s3.uploadmemory: {} bytes cannot hold two parts of storage.s3.chunksize ({} bytes each); raise it or lower the chunk size",
+                self.upload_memory, self.part_size
+            ));
+        }
         None
     }
 }
@@ -163,5 +177,6 @@ mod tests {
         assert!(p(|t| t.secret_key.clear()).contains("storage.s3.secretkey"));
         assert!(p(|t| t.part_size = 1 << 20).contains("storage.s3.chunksize"));
         assert!(p(|t| t.endpoint = "minio:9000".into()).contains("storage.s3.regionendpoint"));
+        assert!(p(|t| t.upload_memory = t.part_size).contains("storage.s3.uploadmemory"));
     }
 }

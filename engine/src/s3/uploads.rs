@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::blobs::object_key;
@@ -41,17 +42,54 @@ pub struct S3Uploads<R> {
     part_size: usize,
     limits: UploadLimits,
     open: Arc<AtomicUsize>,
+    memory: Memory,
+}
+
+/// The budget of part buffers, shared by every request of the process: room for one part is
+/// taken before a buffer starts to fill, and given back when its part is stored (or the
+/// request ends).
+#[derive(Clone)]
+struct Memory {
+    room: Arc<Semaphore>,
+    per_part: u32,
+}
+
+/// The budget's unit.
+const UNIT: u64 = 64 << 10;
+
+impl Memory {
+    fn new(total: u64, part_size: u64) -> Memory {
+        let per_part = part_size.div_ceil(UNIT).clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        let units = (total / UNIT)
+            .max(u64::from(per_part))
+            .min(Semaphore::MAX_PERMITS as u64) as usize;
+        Memory {
+            room: Arc::new(Semaphore::new(units)),
+            per_part,
+        }
+    }
+
+    /// Room for one part's buffer, once there is some.
+    async fn part(&self) -> Result<OwnedSemaphorePermit> {
+        self.room
+            .clone()
+            .acquire_many_owned(self.per_part)
+            .await
+            .map_err(|_| Error::ObjectStore(ObjectStoreError::Failed("the part buffers were closed".into())))
+    }
 }
 
 impl<R: SessionRecords + Clone> S3Uploads<R> {
-    /// Sessions in the bucket `client` reaches, rows in `records`, parts of `part_size` bytes.
-    pub fn new(client: S3Client, records: R, part_size: u64, limits: UploadLimits) -> S3Uploads<R> {
+    /// Sessions in the bucket `client` reaches, rows in `records`, parts of `part_size` bytes,
+    /// the part buffers of all requests within `memory` bytes (at least one part).
+    pub fn new(client: S3Client, records: R, part_size: u64, memory: u64, limits: UploadLimits) -> S3Uploads<R> {
         S3Uploads {
             client,
             records,
             part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
             limits,
             open: Arc::new(AtomicUsize::new(0)),
+            memory: Memory::new(memory, part_size),
         }
     }
 
@@ -118,6 +156,8 @@ impl<R: SessionRecords + Clone> S3Uploads<R> {
             tail_taken: false,
             inflight: None,
             hasher: row.hasher.clone(),
+            memory: &self.memory,
+            room: None,
         };
         if load_tail {
             w.take_tail().await?;
@@ -163,6 +203,7 @@ impl<R: SessionRecords + Clone> S3Uploads<R> {
             buf_start: w.buf_start,
             old_tail: w.old_tail,
             tail_taken: w.tail_taken,
+            _room: w.room.take(),
         })
     }
 
@@ -435,6 +476,8 @@ struct Cut {
     buf_start: u64,
     old_tail: u64,
     tail_taken: bool,
+    /// The budget's room for `buf`, held as long as it is.
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 impl SessionUpdate {
@@ -496,6 +539,9 @@ struct PartWriter<'a, R> {
     /// The part uploading while the next fills.
     inflight: Option<JoinHandle<Result<String>>>,
     hasher: Hasher,
+    memory: &'a Memory,
+    /// The budget's room for `buf`.
+    room: Option<OwnedSemaphorePermit>,
 }
 
 impl<R: SessionRecords> PartWriter<'_, R> {
@@ -508,6 +554,7 @@ impl<R: SessionRecords> PartWriter<'_, R> {
         if self.old_tail == 0 {
             return Ok(());
         }
+        self.make_room().await?;
         let pieces = self.records.session_pieces(self.id).await?;
         let mut buf = BytesMut::with_capacity(self.part_size.max(self.old_tail as usize + self.buf.len()));
         for p in &pieces {
@@ -527,11 +574,19 @@ impl<R: SessionRecords> PartWriter<'_, R> {
         Ok(())
     }
 
+    /// Room in the budget for the buffer, and the buffer's memory, once.
+    async fn make_room(&mut self) -> Result<()> {
+        if self.room.is_none() {
+            self.room = Some(self.memory.part().await?);
+            let want = self.part_size.saturating_add(UNIT as usize);
+            self.buf.reserve(want.saturating_sub(self.buf.len()));
+        }
+        Ok(())
+    }
+
     /// Add a frame; store every part it completes.
     async fn push(&mut self, frame: &[u8]) -> Result<()> {
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(self.part_size.min(frame.len().max(64 << 10)));
-        }
+        self.make_room().await?;
         self.buf.extend_from_slice(frame);
         loop {
             let pending = if self.tail_taken { 0 } else { self.old_tail as usize };
@@ -544,12 +599,16 @@ impl<R: SessionRecords> PartWriter<'_, R> {
             }
             let part = self.buf.split_to(self.part_size).freeze();
             self.buf_start += part.len() as u64;
-            self.send(part).await?;
+            // The room goes with the part, until it is stored; the rest of the buffer (less
+            // than a frame) waits for new room.
+            let room = self.room.take();
+            self.send(part, room).await?;
+            self.make_room().await?;
         }
     }
 
-    /// Store a full part, once the one before it is stored.
-    async fn send(&mut self, part: Bytes) -> Result<()> {
+    /// Store a full part, once the one before it is stored; `room` is let go when it is.
+    async fn send(&mut self, part: Bytes, room: Option<OwnedSemaphorePermit>) -> Result<()> {
         self.collect().await?;
         let multipart = match &self.multipart {
             Some(m) => m.clone(),
@@ -562,7 +621,9 @@ impl<R: SessionRecords> PartWriter<'_, R> {
         let n = part_number(self.parts_before + self.new_etags.len() + 1)?;
         let (client, key) = (self.client.clone(), self.key.clone());
         self.inflight = Some(tokio::spawn(async move {
-            client.upload_part(&key, &multipart, n, part).await
+            let stored = client.upload_part(&key, &multipart, n, part).await;
+            drop(room);
+            stored
         }));
         Ok(())
     }

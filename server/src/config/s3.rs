@@ -242,6 +242,7 @@ fn build(tree: &Value, env: &BTreeMap<String, String>, warnings: &mut Vec<String
     let root_directory =
         ok!(text("rootdirectory").and_then(|r| root_directory(r.as_deref().unwrap_or("")))).unwrap_or_default();
     let part_size = ok!(part_size(tree)).unwrap_or(d.part_size);
+    let upload_memory = ok!(byte_count(tree, "storage.s3.uploadmemory", d.upload_memory)).unwrap_or(d.upload_memory);
     let storage_class = ok!(text("storageclass").and_then(|c| storage_class(c.as_deref()))).flatten();
     let redirect = !ok!(get_bool(tree, "storage.redirect.disable", false)).unwrap_or(false);
     let presign_expiry = ok!(positive(
@@ -275,6 +276,7 @@ fn build(tree: &Value, env: &BTreeMap<String, String>, warnings: &mut Vec<String
         root_directory,
         path_style,
         part_size,
+        upload_memory,
         skip_verify,
         storage_class,
         redirect,
@@ -325,16 +327,7 @@ fn root_directory(raw: &str) -> Result<String, ConfigError> {
 /// `storage.s3.chunksize`: bytes, a number or a string of digits, within what S3 accepts.
 fn part_size(tree: &Value) -> Result<u64, ConfigError> {
     let path = "storage.s3.chunksize";
-    let what = "a number of bytes such as 10485760 (units such as 10MB are not accepted)";
-    let size = match get_path(tree, path) {
-        None => DEFAULT_PART_SIZE,
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| bad(path, what, &Value::Number(n.clone())))?,
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map_err(|_| bad(path, what, &Value::String(s.clone())))?,
-        Some(v) => return Err(bad(path, what, v)),
-    };
+    let size = byte_count(tree, path, DEFAULT_PART_SIZE)?;
     if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&size) {
         return Err(ConfigError(format!(
             "{path}{}: {size} bytes is outside what S3 accepts for a part ({MIN_PART_SIZE} to {MAX_PART_SIZE} bytes)",
@@ -342,6 +335,17 @@ fn part_size(tree: &Value) -> Result<u64, ConfigError> {
         )));
     }
     Ok(size)
+}
+
+/// A number of bytes at `path`: a number or a string of digits (no units).
+fn byte_count(tree: &Value, path: &str, default: u64) -> Result<u64, ConfigError> {
+    let what = "a number of bytes such as 10485760 (units such as 10MB are not accepted)";
+    match get_path(tree, path) {
+        None => Ok(default),
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| bad(path, what, &Value::Number(n.clone()))),
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| bad(path, what, &Value::String(s.clone()))),
+        Some(v) => Err(bad(path, what, v)),
+    }
 }
 
 /// `storage.s3.storageclass`: `None` for the bucket's default (`STANDARD`, or distribution's
@@ -436,6 +440,7 @@ mod tests {
     v4auth: true
     encrypt: false
     chunksize: 16777216
+    uploadmemory: '67108864'
     storageclass: REDUCED_REDUNDANCY
     presignexpiry: 5m
     connecttimeout: 2s
@@ -457,6 +462,7 @@ mod tests {
                 root_directory: "berth/registry".into(),
                 path_style: true,
                 part_size: 16 << 20,
+                upload_memory: 64 << 20,
                 skip_verify: false,
                 storage_class: Some("REDUCED_REDUNDANCY".into()),
                 redirect: false,
@@ -604,6 +610,11 @@ mod tests {
                 "storage.s3.chunksize (env REGISTRY_STORAGE_S3_CHUNKSIZE)",
             ),
             ("chunksize: 6442450944", "storage.s3.chunksize"),
+            (
+                "uploadmemory: 10485760",
+                "storage.s3.uploadmemory (env REGISTRY_STORAGE_S3_UPLOADMEMORY)",
+            ),
+            ("uploadmemory: 96MB", "storage.s3.uploadmemory"),
             ("rootdirectory: 'a/../b'", "storage.s3.rootdirectory"),
             ("rootdirectory: 'a//b'", "storage.s3.rootdirectory"),
             (

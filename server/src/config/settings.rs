@@ -136,6 +136,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Size in bytes of each multipart part but the last, from 5242880 to 5368709120; a number, no units.",
     },
     Setting {
+        path: "storage.s3.uploadmemory",
+        env: &["REGISTRY_STORAGE_S3_UPLOADMEMORY"],
+        default: "100663296",
+        doc: "Most bytes the part buffers of all uploads of one process hold at once (at least two parts); uploads beyond it wait for room.",
+    },
+    Setting {
         path: "storage.s3.storageclass",
         env: &["REGISTRY_STORAGE_S3_STORAGECLASS"],
         default: "STANDARD",

@@ -163,6 +163,7 @@ impl Engine {
         let client = S3Client::new(s3)?;
         client.check_bucket().await?;
         let store = PgStore::connect(db).await?;
+        bind_bucket(&client, &store, s3, db).await?;
         Ok(Engine {
             layout: None,
             uploads: Uploads::S3(S3Uploads::new(
@@ -616,6 +617,28 @@ impl Engine {
             .into_iter()
             .filter(|d| artifact_type.is_none_or(|at| d.artifact_type.as_deref() == Some(at)))
             .collect())
+    }
+}
+
+/// The object, under the root directory, that names the database a bucket's blobs belong to.
+const BUCKET_BINDING: &str = "berth-registry";
+
+/// Bind the bucket's root directory to the database (its registry id), or check that it is bound
+/// to this one: objects that another registry's records name would look unreferenced to this
+/// one's garbage collection, which would delete them.
+async fn bind_bucket(client: &S3Client, store: &PgStore, s3: &S3Settings, db: &PgSettings) -> Result<()> {
+    let id = store.registry_id().await?;
+    let line = format!("registry {id}\n");
+    match client.get_small(BUCKET_BINDING).await? {
+        None => client.put(BUCKET_BINDING, Bytes::from(line)).await,
+        Some(found) if found.as_ref() == line.as_bytes() => Ok(()),
+        Some(found) => Err(Error::ObjectStore(ObjectStoreError::Settings(format!(
+            "storage.s3.bucket {:?} under storage.s3.rootdirectory {:?} holds the blobs of another registry ({}), not of the one in database {} (registry {id}): point database.* at that registry's database, or give this one its own storage.s3.rootdirectory",
+            s3.bucket,
+            s3.root_directory,
+            String::from_utf8_lossy(&found).trim(),
+            db.name(),
+        )))),
     }
 }
 

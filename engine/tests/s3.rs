@@ -177,6 +177,32 @@ async fn a_deleted_blob_takes_its_object_and_expired_sessions_abort_their_parts(
     assert!(matches!(e.upload_offset(&r, id).await, Err(Error::UploadUnknown)));
 }
 
+/// A bucket's root directory belongs to the database that first used it: another registry's
+/// database is refused (its garbage collection would take this one's objects for strays), while
+/// every replica of the same registry opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_root_belongs_to_one_registry() {
+    let (first, root) = (
+        support::postgres::shared().database().await,
+        format!("bound-{}", berth_engine::UploadId::random()),
+    );
+    let s3 = support::seaweedfs::shared().settings(&root);
+    let a = Engine::open_s3(&first, &s3).await.unwrap();
+    let b = Engine::open_s3(&first, &s3).await.unwrap();
+    drop((a, b));
+    let other = support::postgres::shared().database().await;
+    let err = match Engine::open_s3(&other, &s3).await {
+        Ok(_) => panic!("another registry's database opened the bucket root"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("storage.s3.rootdirectory") && err.contains("another registry"),
+        "{err}"
+    );
+    let elsewhere = support::seaweedfs::shared().settings(&format!("{root}-2"));
+    Engine::open_s3(&other, &elsewhere).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_settings_stop_start_up_naming_the_setting() {
     let db = support::postgres::shared().database().await;

@@ -75,7 +75,7 @@ ALTER TABLE blobs ADD COLUMN state TEXT NOT NULL DEFAULT 'live'
     },
     Migration {
         version: 3,
-        description: "blobs in an object store: blobs.object, upload_sessions, upload_pieces",
+        description: "blobs in an object store: blobs.object, upload_sessions, upload_pieces, registry_identity",
         sql: r#"
 ALTER TABLE blobs ADD COLUMN object TEXT COLLATE "C";
 CREATE INDEX blobs_by_object ON blobs(object) WHERE object IS NOT NULL;
@@ -93,6 +93,9 @@ CREATE TABLE upload_pieces(
   id TEXT COLLATE "C" NOT NULL REFERENCES upload_sessions(id) ON DELETE CASCADE,
   start BIGINT NOT NULL, bytes BYTEA NOT NULL,
   PRIMARY KEY(id, start));
+CREATE TABLE registry_identity(
+  singleton BOOLEAN PRIMARY KEY DEFAULT true CONSTRAINT registry_identity_one CHECK (singleton),
+  id TEXT NOT NULL);
 "#,
         backward_compatible: true,
     },

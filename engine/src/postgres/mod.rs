@@ -103,6 +103,19 @@ impl PgStore {
         &self.inner.changes
     }
 
+    /// The registry's identity: a random id made once, when the first replica asks, and kept by
+    /// the database (an object store names the database it belongs to by it).
+    pub async fn registry_id(&self) -> Result<String> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO registry_identity(id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&crate::name::UploadId::random().to_string()],
+        )
+        .await?;
+        let row = c.query_one("SELECT id FROM registry_identity", &[]).await?;
+        Ok(row.get(0))
+    }
+
     /// Connections in the pool: (open, idle).
     pub fn pool_status(&self) -> (usize, usize) {
         let s = self.inner.pool.status();

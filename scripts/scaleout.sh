@@ -515,7 +515,7 @@ step_passed
 
 # ---------------------------------------------------------------------------------------------------- 5
 NCOPY=8
-# Big enough that the pushes are still under way when replica 2 dies, 1 s in (checked below).
+# Big enough that the pushes are still under way when replica 2 dies (checked below).
 KILL_LAYER_MIB=${SCALEOUT_KILL_LAYER_MIB:-16}
 step "5. SIGKILL of replica 2 during $NCOPY concurrent skopeo pushes (haproxy health-checked)"
 for i in $(seq 1 "$NCOPY"); do make_layout "$IMAGES/c$i" v1 3 "$KILL_LAYER_MIB"; done
@@ -532,7 +532,13 @@ for i in $(seq 1 "$NCOPY"); do
   COPY_PIDS[i]=$!
 done
 log "  $NCOPY skopeo copies started: pids ${COPY_PIDS[*]}"
-sleep 1
+# Kill as soon as replica 2 is taking part in the uploads (its log shows upload requests), so that
+# pushes are under way whatever the machine's speed; at most 3 s after the start.
+uploads_before=$(grep -c 'route="upload' "$(rep_log 2)" || true)
+deadline=$((SECONDS + 3))
+while (($(grep -c 'route="upload' "$(rep_log 2)" || true) < uploads_before + 2)) && ((SECONDS < deadline)); do
+  sleep 0.02
+done
 running=0
 for i in $(seq 1 "$NCOPY"); do kill -0 "${COPY_PIDS[i]}" 2>/dev/null && running=$((running + 1)); done
 kill -KILL "${REP_PID[2]}"

@@ -17,6 +17,9 @@
 #      pushes get 503 UNAVAILABLE with Retry-After, blob HEADs keep answering from the database
 #      while S3 is down; after each restart every replica is ready again, pushes succeed and what
 #      was pushed before is intact
+#   7. (s3 only) `berth gc --grace 0s` run three times alongside 8 concurrent skopeo pushes: every
+#      acknowledged push is intact, failed ones succeed on retry, the images pushed before are intact,
+#      and a blob no manifest references is gone
 #
 # Environment:
 #   BERTH_BIN               the berth binary (CI: the static dist build). Unset: cargo build --release.
@@ -681,5 +684,68 @@ if [[ $STORAGE_KIND == s3 ]]; then
   verify_pushed 2
   ok "pushes succeed again; everything pushed before, during recovery and after is intact"
   rm -rf "$O"
+  step_passed
+fi
+
+# ---------------------------------------------------------------------------------------------------- 7
+if [[ $STORAGE_KIND == s3 ]]; then
+  step "7. berth gc --grace 0s three times while 8 pushes run through the balancer"
+  G="$WORK/gc"
+  mkdir -p "$G"
+  head -c 1M /dev/urandom >"$G/orphan.bin"
+  od=sha256:$(sha256_of "$G/orphan.bin")
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/octet-stream' \
+    --data-binary "@$G/orphan.bin" "$HAPROXY_URL/v2/scale/gc-orphan/blobs/uploads/?digest=$od")
+  [[ $code == 201 ]] || die "push of a blob no manifest references: status $code"
+  gc_once() {
+    env REGISTRY_STORAGE=s3 "REGISTRY_STORAGE_S3_REGIONENDPOINT=$S3_ENDPOINT" "REGISTRY_STORAGE_S3_REGION=$S3_REGION" \
+      "REGISTRY_STORAGE_S3_BUCKET=$S3_BUCKET" "REGISTRY_STORAGE_S3_ACCESSKEY=$S3_ACCESS_KEY" \
+      "REGISTRY_STORAGE_S3_SECRETKEY=$S3_SECRET_KEY" REGISTRY_STORAGE_S3_FORCEPATHSTYLE=true \
+      REGISTRY_STORAGE_S3_ROOTDIRECTORY=scaleout REGISTRY_DATABASE_ENABLED=true REGISTRY_DATABASE_HOST="$PG_HOST" \
+      REGISTRY_DATABASE_PORT="$PG_PORT" REGISTRY_DATABASE_USER="$PG_USER" REGISTRY_DATABASE_PASSWORD="$PG_PASSWORD" \
+      REGISTRY_DATABASE_DBNAME="$PG_DB" "$BERTH_BIN" gc --no-config-file --grace 0s
+  }
+  forget_skopeo_cache
+  declare -A GC_RC=()
+  GC_PIDS=()
+  for i in $(seq 1 "$NCOPY"); do
+    timeout -k 10 "$CMD_TIMEOUT" skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false \
+      "oci:$IMAGES/c$i:v1" "docker://$REG/scale/gc-$i:v1" >"$LOGS/gc-push-$i.log" 2>&1 &
+    GC_PIDS[i]=$!
+  done
+  for k in 1 2 3; do
+    gc_once >"$LOGS/gc-$k.log" 2>&1 || die "berth gc run $k failed: $(tail -n 3 "$LOGS/gc-$k.log")"
+    log "  gc $k: $(grep -E 'removed' "$LOGS/gc-$k.log" | tail -n 1 | cut -c1-200)"
+  done
+  for i in $(seq 1 "$NCOPY"); do
+    rc=0
+    wait "${GC_PIDS[i]}" || rc=$?
+    GC_RC[$i]=$rc
+  done
+  acked=() failed=()
+  for i in $(seq 1 "$NCOPY"); do
+    if ((GC_RC[$i] == 0)); then acked+=("$i"); else failed+=("$i"); fi
+  done
+  log "  acknowledged: ${acked[*]:-none}; failed: ${failed[*]:-none}"
+  # verify_gc_pushed I: gc-I:v1 pulled back through the balancer equals image I, byte for byte.
+  verify_gc_pushed() {
+    forget_skopeo_cache
+    run "gc-pull-$1" skopeo copy --preserve-digests --src-tls-verify=false "docker://$REG/scale/gc-$1:v1" "oci:$IMAGES/gc-out-$1:v1"
+    ok "scale/gc-$1:v1: $(layouts_identical "$IMAGES/c$1" "$IMAGES/gc-out-$1" v1), byte-identical"
+    rm -rf "$IMAGES/gc-out-$1"
+  }
+  for i in "${acked[@]}"; do verify_gc_pushed "$i"; done
+  for i in "${failed[@]}"; do
+    log "  push $i failed alongside gc (exit ${GC_RC[$i]}): $(grep -v '^\s*$' "$LOGS/gc-push-$i.log" | tail -n 1 | cut -c1-200)"
+    forget_skopeo_cache
+    run "gc-retry-$i" skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false \
+      "oci:$IMAGES/c$i:v1" "docker://$REG/scale/gc-$i:v1"
+    verify_gc_pushed "$i"
+  done
+  verify_pushed 3
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -I "$HAPROXY_URL/v2/scale/gc-orphan/blobs/$od")
+  [[ $code == 404 ]] || die "the blob no manifest references is still there after gc --grace 0s (HEAD: $code)"
+  ok "${#acked[@]} acknowledged pushes intact, ${#failed[@]} failed ones pushed on retry and intact; scale/kill-3:v1 intact; the unreferenced blob is gone"
+  rm -rf "$G"
   step_passed
 fi

@@ -5,7 +5,7 @@
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e services scaleout scaleout-s3 deploy k8s perf fuzz)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e services scaleout scaleout-s3 deploy k8s compose perf fuzz)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (scripts/install-deps.sh installs what is
 # missing, unless TEST_NO_INSTALL=1) and root. The services step needs haproxy, PostgreSQL and the
@@ -107,5 +107,9 @@ step scaleout env BERTH_BIN="$STATIC_BIN" bash scripts/scaleout.sh
 step scaleout-s3 env BERTH_BIN="$STATIC_BIN" SCALEOUT_STORAGE=s3 bash scripts/scaleout.sh
 step deploy env BERTH_STATIC="$STATIC_BIN" bash scripts/deploy-test.sh
 step k8s env BERTH_BIN="$STATIC_BIN" bash scripts/validate-k8s.sh
+# The scale-out compose setup (deploy/scaleout: MinIO, PostgreSQL, 3 replicas, haproxy), checked
+# without starting it (its images cannot be pulled here): docker-compose's schema, haproxy -c, and
+# berth check-config of config.yml with the environment the compose file gives the replicas.
+step compose env BERTH_BIN="$STATIC_BIN" bash scripts/validate-compose.sh
 step perf bash scripts/perf-gate.sh
 step fuzz bash scripts/fuzz-smoke.sh

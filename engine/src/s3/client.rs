@@ -106,8 +106,13 @@ impl S3Client {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
+        // Vectored writes: a part's body is queued as it is, never copied. Without this, hyper
+        // flattens a body it cannot tell the connection writes vectored (the TLS-or-plain stream
+        // does not say) into the connection's buffer: a whole part copied, and a part-sized
+        // buffer kept by every pooled connection.
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .http1_writev(true)
             .build(https);
         Ok(S3Client {
             inner: std::sync::Arc::new(Inner {

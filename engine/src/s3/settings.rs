@@ -12,7 +12,7 @@ pub const MAX_PART_SIZE: u64 = 5 << 30;
 /// The part size when none is set (distribution's default `chunksize`).
 pub const DEFAULT_PART_SIZE: u64 = 10 << 20;
 /// The memory for part buffers when none is set (`uploadmemory`).
-pub const DEFAULT_UPLOAD_MEMORY: u64 = 96 << 20;
+pub const DEFAULT_UPLOAD_MEMORY: u64 = 48 << 20;
 
 /// The object store's settings. Its `Debug` shows no secret.
 #[derive(Clone, PartialEq, Eq)]

@@ -2,13 +2,14 @@
 //! of the shared database ([`SessionRecords`]), so that any replica continues any session.
 //!
 //! A request claims its session at the offset it declares, hashes the body as it streams and
-//! cuts it into parts of the configured size (one part uploading while the next fills: memory
-//! per request is at most two parts), keeps what is left after the last full part as a piece
+//! cuts it into parts of the configured size (up to three parts uploading while the next fills,
+//! each taking room in one memory budget shared by every request), keeps what is left after the last full part as a piece
 //! of the session's tail, and saves the new state (offset, hash state, parts' ETags, tail) as it
 //! lets the claim go. The multipart upload is started with the first full part; a blob smaller
 //! than one part is stored with one PUT. The last request completes the multipart upload in
 //! place, and the blob's record names the object: the blob is never copied or read back.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,6 +33,8 @@ use crate::upload_store::{Chunk, UploadStore};
 /// How long a request's claim on its session lasts unless renewed (it is renewed every third
 /// of this while the request streams; a replica that dies lets it lapse).
 pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// The most parts of one request uploading at once (each holds its room in the budget).
+const PARTS_IN_FLIGHT: usize = 3;
 /// The most parts S3 takes in one upload.
 const MAX_PARTS: usize = 10_000;
 
@@ -154,7 +157,7 @@ impl<R: SessionRecords + Clone> S3Uploads<R> {
             buf_start: row.offset,
             old_tail: row.tail,
             tail_taken: false,
-            inflight: None,
+            inflight: VecDeque::new(),
             hasher: row.hasher.clone(),
             memory: &self.memory,
             room: None,
@@ -536,8 +539,8 @@ struct PartWriter<'a, R> {
     old_tail: u64,
     /// Whether the pieces were taken into `buf`.
     tail_taken: bool,
-    /// The part uploading while the next fills.
-    inflight: Option<JoinHandle<Result<String>>>,
+    /// The parts uploading while the next fills, in order.
+    inflight: VecDeque<JoinHandle<Result<String>>>,
     hasher: Hasher,
     memory: &'a Memory,
     /// The budget's room for `buf`.
@@ -597,7 +600,13 @@ impl<R: SessionRecords> PartWriter<'_, R> {
                 self.take_tail().await?;
                 continue;
             }
-            let part = self.buf.split_to(self.part_size).freeze();
+            // The rest (less than a frame) is copied out: left a view of the part's memory, it
+            // would keep that memory after the part is stored, outside the budget, while this
+            // request waits for new room.
+            let mut whole = std::mem::take(&mut self.buf);
+            self.buf = BytesMut::from(&whole[self.part_size..]);
+            whole.truncate(self.part_size);
+            let part = whole.freeze();
             self.buf_start += part.len() as u64;
             // The room goes with the part, until it is stored; the rest of the buffer (less
             // than a frame) waits for new room.
@@ -607,9 +616,12 @@ impl<R: SessionRecords> PartWriter<'_, R> {
         }
     }
 
-    /// Store a full part, once the one before it is stored; `room` is let go when it is.
+    /// Store a full part, with at most [`PARTS_IN_FLIGHT`] of this request's parts uploading at
+    /// once; `room` is let go when it is stored.
     async fn send(&mut self, part: Bytes, room: Option<OwnedSemaphorePermit>) -> Result<()> {
-        self.collect().await?;
+        while self.inflight.len() >= PARTS_IN_FLIGHT {
+            self.collect().await?;
+        }
         let multipart = match &self.multipart {
             Some(m) => m.clone(),
             None => {
@@ -618,9 +630,9 @@ impl<R: SessionRecords> PartWriter<'_, R> {
                 m
             }
         };
-        let n = part_number(self.parts_before + self.new_etags.len() + 1)?;
+        let n = part_number(self.parts_before + self.new_etags.len() + self.inflight.len() + 1)?;
         let (client, key) = (self.client.clone(), self.key.clone());
-        self.inflight = Some(tokio::spawn(async move {
+        self.inflight.push_back(tokio::spawn(async move {
             let stored = client.upload_part(&key, &multipart, n, part).await;
             drop(room);
             stored
@@ -628,9 +640,9 @@ impl<R: SessionRecords> PartWriter<'_, R> {
         Ok(())
     }
 
-    /// Wait for the part in flight.
+    /// Wait for the oldest part in flight.
     async fn collect(&mut self) -> Result<()> {
-        if let Some(h) = self.inflight.take() {
+        if let Some(h) = self.inflight.pop_front() {
             let etag = h
                 .await
                 .map_err(|e| Error::ObjectStore(ObjectStoreError::Failed(format!("a part upload was lost: {e}"))))??;
@@ -639,15 +651,18 @@ impl<R: SessionRecords> PartWriter<'_, R> {
         Ok(())
     }
 
-    /// The body ended: wait for the last full part.
+    /// The body ended: wait for every part in flight.
     async fn settle(&mut self) -> Result<()> {
-        self.collect().await
+        while !self.inflight.is_empty() {
+            self.collect().await?;
+        }
+        Ok(())
     }
 
     /// The request failed: let the part in flight finish (its number is reused by the next
     /// request, which replaces it).
     async fn abandon(&mut self) {
-        if let Some(h) = self.inflight.take() {
+        while let Some(h) = self.inflight.pop_front() {
             let _ = h.await;
         }
     }
@@ -734,5 +749,24 @@ impl Placement for NoPlacement {
 
     fn flush(&self, _dir: &std::path::Path) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_budget_holds_as_many_parts_as_fit() {
+        let m = Memory::new(10 << 20, 5 << 20);
+        let a = m.part().await.unwrap();
+        let _b = m.part().await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(50), m.part()).await;
+        assert!(third.is_err(), "a third part fits in two parts' room");
+        drop(a);
+        tokio::time::timeout(Duration::from_millis(50), m.part())
+            .await
+            .expect("room given back")
+            .unwrap();
     }
 }

@@ -138,7 +138,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         path: "storage.s3.uploadmemory",
         env: &["REGISTRY_STORAGE_S3_UPLOADMEMORY"],
-        default: "100663296",
+        default: "50331648",
         doc: "Most bytes the part buffers of all uploads of one process hold at once (at least two parts); uploads beyond it wait for room.",
     },
     Setting {

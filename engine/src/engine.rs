@@ -239,20 +239,43 @@ impl Engine {
     }
 
     /// Copy this engine's metadata (it must be on SQLite, opened with
-    /// [`Engine::open_exclusive`]) into the PostgreSQL database `db`, then bind the storage to
-    /// that database. Fails, binding nothing, when some record could not be copied.
+    /// [`Engine::open_exclusive`]) into the PostgreSQL database `db` — and, with `s3`, its blob
+    /// files into that bucket, binding the bucket's root directory to the database — then bind
+    /// the storage to that database. Fails, binding the storage to nothing, when some record
+    /// could not be copied.
     pub async fn migrate_metadata(
         &self,
         db: &PgSettings,
+        s3: Option<&S3Settings>,
         progress: impl FnMut(&crate::migrate::CopyReport),
     ) -> Result<crate::migrate::CopyReport> {
-        let Metadata::Sqlite(source) = &self.store else {
+        let (Metadata::Sqlite(source), Some(layout)) = (&self.store, &self.layout) else {
             return Err(Error::Meta(crate::error::MetaError::Settings(
                 "the metadata is in a shared database already".into(),
             )));
         };
         let target = PgStore::connect(db).await?;
-        let report = crate::migrate::copy_metadata(source.meta(), &target, progress).await?;
+        let client = match s3 {
+            Some(s) => {
+                if let Some(p) = s.problem() {
+                    return Err(Error::ObjectStore(ObjectStoreError::Settings(p)));
+                }
+                let client = S3Client::new(s)?;
+                client.check_bucket().await?;
+                bind_bucket(&client, &target, s, db).await?;
+                Some((client, s.part_size))
+            }
+            None => None,
+        };
+        let blobs = match &client {
+            Some((client, part_size)) => crate::migrate::Blobs::ToS3 {
+                layout,
+                client,
+                part_size: *part_size,
+            },
+            None => crate::migrate::Blobs::InPlace,
+        };
+        let report = crate::migrate::copy_metadata(source.meta(), &target, &blobs, progress).await?;
         if !report.failed.is_empty() {
             return Err(Error::Meta(crate::error::MetaError::Corrupt(format!(
                 "{} records could not be copied: {}",
@@ -260,10 +283,8 @@ impl Engine {
                 report.failed.join("; ")
             ))));
         }
-        if let Some(layout) = &self.layout {
-            let (binding, name) = (layout.database_binding(), db.name());
-            io::blocking(move || io::write_atomic_now(&binding, format!("postgresql {name}\n").as_bytes())).await?;
-        }
+        let (binding, name) = (layout.database_binding(), db.name());
+        io::blocking(move || io::write_atomic_now(&binding, format!("postgresql {name}\n").as_bytes())).await?;
         Ok(report)
     }
 

@@ -1,8 +1,11 @@
 //! Copying a registry's metadata from its SQLite database into a shared PostgreSQL database
 //! (`berth migrate`), in pages, so that memory does not grow with the registry. Every step is
 //! idempotent, so an interrupted copy is finished by running it again. The blobs stay where
-//! they are; when the copy is complete the storage is bound to the database
-//! ([`crate::layout::Layout::database_binding`]) and no longer opens with SQLite.
+//! they are ([`Blobs::InPlace`]), or are copied into an S3 bucket ([`Blobs::ToS3`]): each
+//! blob file once, in parts, its SHA-256 checked as it is read, before its first link is
+//! recorded (a blob already recorded in the target is not copied again). When the copy is
+//! complete the storage is bound to the database ([`crate::layout::Layout::database_binding`])
+//! and no longer opens with SQLite.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +18,22 @@ use crate::store::{BlobLink, MetaStore, Outcome, Placement, StagedBlob};
 /// Rows read per page.
 const PAGE: usize = 500;
 
+/// Where the blobs of a copy go.
+pub enum Blobs<'a> {
+    /// They stay where they are (the same directory, now with its metadata in PostgreSQL).
+    InPlace,
+    /// Each blob file of the storage at `layout` is copied into the bucket `client` reaches,
+    /// in parts of `part_size` bytes.
+    ToS3 {
+        /// The source storage.
+        layout: &'a crate::layout::Layout,
+        /// The target bucket.
+        client: &'a crate::s3::S3Client,
+        /// The part size (`storage.s3.chunksize`).
+        part_size: u64,
+    },
+}
+
 /// What a copy did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopyReport {
@@ -24,6 +43,10 @@ pub struct CopyReport {
     pub manifests: u64,
     /// Tags copied.
     pub tags: u64,
+    /// Blob files copied into the object store.
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
     /// Manifests that could not be copied, with the reason (a child or blob missing in the
     /// source itself).
     pub failed: Vec<String>,
@@ -65,6 +88,7 @@ async fn read<T: Send + 'static>(
 pub async fn copy_metadata<M: MetaStore>(
     source: &std::sync::Arc<Meta>,
     target: &M,
+    blobs: &Blobs<'_>,
     mut progress: impl FnMut(&CopyReport),
 ) -> Result<CopyReport> {
     let mut report = CopyReport::default();
@@ -75,13 +99,28 @@ pub async fn copy_metadata<M: MetaStore>(
         let Some((r, d, _)) = page.last() else { break };
         after = Some((r.to_string(), d.to_string()));
         for (repo, digest, size) in page {
+            let object = match blobs {
+                Blobs::InPlace => None,
+                // A blob the target records already keeps its object (its link names none).
+                Blobs::ToS3 { .. } if target.blob(&digest).await?.is_some() => None,
+                Blobs::ToS3 {
+                    layout,
+                    client,
+                    part_size,
+                } => {
+                    let id = copy_blob(client, &layout.blob(&digest), &digest, size, *part_size).await?;
+                    report.blobs += 1;
+                    report.bytes += size;
+                    Some(id)
+                }
+            };
             target
                 .commit_blob(
                     BlobLink {
                         repo,
                         digest,
                         size,
-                        object: None,
+                        object,
                     },
                     Box::new(InPlace),
                 )
@@ -161,4 +200,83 @@ pub async fn copy_metadata<M: MetaStore>(
         progress(&report);
     }
     Ok(report)
+}
+
+/// Copy one blob file into the bucket as a new object (one PUT when it is smaller than a part,
+/// else a multipart upload of `part_size` parts read one at a time), checking its SHA-256 as it
+/// is read; returns the object's id. A file whose bytes do not match its digest is not copied
+/// and fails the migration, naming it.
+async fn copy_blob(
+    client: &crate::s3::S3Client,
+    path: &Path,
+    digest: &crate::digest::Digest,
+    size: u64,
+    part_size: u64,
+) -> Result<crate::name::UploadId> {
+    let id = crate::name::UploadId::random();
+    let key = crate::s3::blobs::object_key(id);
+    let mut file = HashedFile {
+        file: tokio::fs::File::open(path).await?,
+        hasher: crate::digest::Hasher::new(digest.algorithm()),
+    };
+    let part_size = usize::try_from(part_size).unwrap_or(usize::MAX);
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    if size <= part_size {
+        let data = file.read(size).await?;
+        check_copied(&file.hasher, digest, path)?;
+        client.put(&key, data).await?;
+        return Ok(id);
+    }
+    let upload = client.create_multipart(&key).await?;
+    let mut etags = Vec::new();
+    let mut left = size;
+    let copied: Result<()> = async {
+        while left > 0 {
+            let n = left.min(part_size);
+            let data = file.read(n).await?;
+            left -= n;
+            let number = u16::try_from(etags.len() + 1).map_err(|_| {
+                Error::Io(std::io::Error::other(
+                    "the blob needs more than 10000 parts: raise storage.s3.chunksize",
+                ))
+            })?;
+            etags.push(client.upload_part(&key, &upload, number, data).await?);
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = copied.and_then(|()| check_copied(&file.hasher, digest, path)) {
+        let _ = client.abort_multipart(&key, &upload).await;
+        return Err(e);
+    }
+    client.complete_multipart(&key, &upload, &etags).await?;
+    Ok(id)
+}
+
+/// A blob file read in parts, hashed as it is read.
+struct HashedFile {
+    file: tokio::fs::File,
+    hasher: crate::digest::Hasher,
+}
+
+impl HashedFile {
+    /// The next `n` bytes.
+    async fn read(&mut self, n: usize) -> Result<bytes::Bytes> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; n];
+        self.file.read_exact(&mut buf).await?;
+        self.hasher.update(&buf);
+        Ok(bytes::Bytes::from(buf))
+    }
+}
+
+fn check_copied(hasher: &crate::digest::Hasher, digest: &crate::digest::Digest, path: &Path) -> Result<()> {
+    let actual = hasher.finish();
+    if &actual == digest {
+        return Ok(());
+    }
+    Err(Error::Meta(crate::error::MetaError::Corrupt(format!(
+        "{} holds {actual}, not {digest}: the source storage is damaged; remove the blob (or restore it) and run berth migrate again",
+        path.display()
+    ))))
 }

@@ -634,7 +634,7 @@ async fn a_sqlite_registry_is_migrated_into_postgres() {
 
     let e = Engine::open_exclusive(dir.path()).await.unwrap();
     let mut pages = 0;
-    let first = e.migrate_metadata(&s, |_| pages += 1).await.unwrap();
+    let first = e.migrate_metadata(&s, None, |_| pages += 1).await.unwrap();
     assert!(pages > 0);
     assert_eq!((first.links, first.manifests, first.tags), (4, 3, 3), "{first:?}");
     drop(e);
@@ -644,7 +644,7 @@ async fn a_sqlite_registry_is_migrated_into_postgres() {
     let source = std::sync::Arc::new(berth_engine::meta::Meta::open(&dir.path().join("meta.db")).unwrap());
     let target = PgStore::connect(&s).await.unwrap();
     let stats = target.blob_stats().await.unwrap();
-    let again = berth_engine::migrate::copy_metadata(&source, &target, |_| {})
+    let again = berth_engine::migrate::copy_metadata(&source, &target, &berth_engine::migrate::Blobs::InPlace, |_| {})
         .await
         .unwrap();
     assert_eq!((again.links, again.manifests, again.tags), (4, 3, 3));

@@ -203,6 +203,66 @@ async fn a_bucket_root_belongs_to_one_registry() {
     Engine::open_s3(&other, &elsewhere).await.unwrap();
 }
 
+/// `berth migrate` into S3: a filesystem registry's blobs are copied into the bucket (a big one
+/// in parts), its records into PostgreSQL; the S3 engine then serves the same tags, manifests
+/// and bytes. Copying again (what the rerun of an interrupted migration does) copies no blob
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filesystem_registry_migrates_into_s3() {
+    let db = support::postgres::shared().database().await;
+    let s3 = S3Settings {
+        part_size: 5 << 20,
+        ..support::seaweedfs::shared().settings(&format!("migrate-{}", berth_engine::UploadId::random()))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Engine::open(dir.path()).await.unwrap();
+    let (app, other) = (repo("mig/app"), repo("mig/other"));
+    let big = bytes((11 << 20) + 9, 5);
+    let layer = push(&fs, &app, &big).await;
+    let config = push(&fs, &app, br#"{"architecture":"amd64","os":"linux"}"#).await;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":37}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{}}}]}}"#,
+        big.len()
+    );
+    let tag: berth_engine::Reference = "v1".parse().unwrap();
+    fs.manifest_put(
+        &app,
+        &tag,
+        Some("application/vnd.oci.image.manifest.v1+json"),
+        Bytes::from(manifest.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(fs.blob_mount(&other, &layer, Some(&app)).await.unwrap());
+    drop(fs);
+
+    let fs = Engine::open_exclusive(dir.path()).await.unwrap();
+    let report = fs.migrate_metadata(&db, Some(&s3), |_| {}).await.unwrap();
+    assert_eq!(
+        (report.links, report.manifests, report.tags, report.blobs),
+        (3, 1, 1, 2),
+        "{report:?}"
+    );
+    assert_eq!(report.bytes, big.len() as u64 + 37);
+    drop(fs);
+
+    let e = Engine::open_s3(&db, &s3).await.unwrap();
+    assert_eq!(e.manifest_get(&app, &tag).await.unwrap().bytes, manifest.as_bytes());
+    assert_eq!(read(&e, &layer, 0, big.len() as u64).await, big);
+    assert_eq!(e.blob_size(&other, &layer).await.unwrap(), big.len() as u64);
+    let c = S3Client::new(&s3).unwrap();
+    assert_eq!(objects(&c).await, 2, "one object per blob, not per link");
+    drop(e);
+
+    // The rerun of an interrupted migration: the storage is bound once the copy is complete,
+    // so unbind it to run the copy again; nothing is copied twice.
+    std::fs::remove_file(dir.path().join("metadata-database")).unwrap();
+    let fs = Engine::open_exclusive(dir.path()).await.unwrap();
+    let again = fs.migrate_metadata(&db, Some(&s3), |_| {}).await.unwrap();
+    assert_eq!((again.links, again.blobs), (3, 0), "{again:?}");
+    assert_eq!(objects(&c).await, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_settings_stop_start_up_naming_the_setting() {
     let db = support::postgres::shared().database().await;

@@ -336,31 +336,33 @@ pub async fn token_server(cfg: Config, addr: SocketAddr) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// `berth migrate`: the metadata of a stopped registry from SQLite into PostgreSQL.
-pub async fn migrate(cfg: Config) -> Result<(), String> {
-    if cfg.s3.is_some() {
-        return Err("berth migrate copies a filesystem registry's metadata into PostgreSQL with its blobs staying on the filesystem; copying blobs into S3 (storage.s3) is not available yet: run it with storage.filesystem.rootdirectory".into());
-    }
+/// `berth migrate`: the metadata of a stopped registry from SQLite into PostgreSQL, and its blob
+/// files into S3 when the configuration names a bucket.
+pub async fn migrate(cfg: Config, from: Option<std::path::PathBuf>) -> Result<(), String> {
     let Some(db) = cfg.database.clone() else {
         return Err("berth migrate copies the metadata into the database that database.* names: set database.enabled: true and its settings (or REGISTRY_DATABASE_*)".into());
     };
-    let engine = Engine::open_exclusive(&cfg.root).await.map_err(|e| {
+    let (root, setting) = match (&cfg.s3, from) {
+        (_, Some(dir)) => (dir, "--from"),
+        (None, None) => (cfg.root.clone(), "storage.filesystem.rootdirectory"),
+        (Some(_), None) => {
+            return Err("berth migrate into S3 (storage.s3) needs the filesystem registry to copy: name its root directory with --from DIR".into());
+        }
+    };
+    let engine = Engine::open_exclusive(&root).await.map_err(|e| {
         let hint = if matches!(e, berth_engine::Error::StorageInUse { .. }) {
             ": stop every berth on it first"
         } else {
             ""
         };
-        format!(
-            "cannot open storage at {} (storage.filesystem.rootdirectory): {e}{hint}",
-            cfg.root.display()
-        )
+        format!("cannot open storage at {} ({setting}): {e}{hint}", root.display())
     })?;
     let started = std::time::Instant::now();
     let r = engine
-        .migrate_metadata(&db, |r| {
+        .migrate_metadata(&db, cfg.s3.as_ref(), |r| {
             eprintln!(
-                "berth migrate: {} blob links, {} manifests, {} tags copied",
-                r.links, r.manifests, r.tags
+                "berth migrate: {} blob links, {} manifests, {} tags copied; {} blob files ({} bytes) into S3",
+                r.links, r.manifests, r.tags, r.blobs, r.bytes
             );
         })
         .await
@@ -370,13 +372,21 @@ pub async fn migrate(cfg: Config) -> Result<(), String> {
                 db.name()
             )
         })?;
+    let blobs = match &cfg.s3 {
+        Some(s3) => format!(
+            "; {} blob files ({} bytes) into bucket {} (root {:?})",
+            r.blobs, r.bytes, s3.bucket, s3.root_directory
+        ),
+        None => String::new(),
+    };
     println!(
-        "copied {} blob links, {} manifests and {} tags into {} ({:.1}s); the storage now opens with database.enabled only",
+        "copied {} blob links, {} manifests and {} tags into {}{blobs} ({:.1}s); {} now opens with database.enabled only",
         r.links,
         r.manifests,
         r.tags,
         db.name(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        root.display()
     );
     Ok(())
 }

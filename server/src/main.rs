@@ -107,10 +107,15 @@ enum Command {
     },
     /// Copy the metadata of a stopped registry from its SQLite database into the PostgreSQL
     /// database its configuration names (database.*), then bind the storage to it. Blobs stay
-    /// where they are. Run it again to finish an interrupted copy.
+    /// where they are, or, when the configuration names an S3 bucket (storage.s3), are copied
+    /// into it from the directory --from names. Run it again to finish an interrupted copy.
     Migrate {
         #[command(flatten)]
         src: ConfigSource,
+        /// The filesystem registry to copy (its storage.filesystem.rootdirectory); required
+        /// with storage.s3, else the configuration's root directory.
+        #[arg(long, value_name = "DIR")]
+        from: Option<std::path::PathBuf>,
     },
     /// Probe a running registry: GET the path over HTTP and exit 0 on 200, 1 otherwise. For
     /// container health checks in images without a shell or curl.
@@ -162,7 +167,7 @@ fn main() {
             untagged,
             grace,
         } => cli::run_async(cli::gc(cli::load(&src), grace, untagged, dry_run)),
-        Command::Migrate { src } => cli::run_async(cli::migrate(cli::load(&src))),
+        Command::Migrate { src, from } => cli::run_async(cli::migrate(cli::load(&src), from)),
         Command::Healthcheck { addr, path, timeout } => {
             cli::healthcheck(addr, &path, std::time::Duration::from_secs(timeout))
         }

@@ -764,7 +764,7 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_millis(50), m.part()).await;
         assert!(third.is_err(), "a third part fits in two parts' room");
         drop(a);
-        tokio::time::timeout(Duration::from_millis(50), m.part())
+        let _room = tokio::time::timeout(Duration::from_millis(50), m.part())
             .await
             .expect("room given back")
             .unwrap();

@@ -17,6 +17,10 @@
 #      pushes get 503 UNAVAILABLE with Retry-After, blob HEADs keep answering from the database
 #      while S3 is down; after each restart every replica is ready again, pushes succeed and what
 #      was pushed before is intact
+#   8. every replica restarted with token auth and the built-in token server (one signing key): a
+#      token and a refresh token from b1 work on b2 and b3, the refresh token gives a token on b3 that
+#      pushes through b1; each replica's /metrics counts its requests; then read-only mode on every
+#      replica refuses pushes (405) and serves pulls
 #   7. (s3 only) `berth gc --grace 0s` run three times alongside 8 concurrent skopeo pushes: every
 #      acknowledged push is intact, failed ones succeed on retry, the images pushed before are intact,
 #      and a blob no manifest references is gone
@@ -54,6 +58,7 @@ PASSED=()
 WORK=""
 REP_PID=() # index 1..3
 REP_PORT=()
+REPLICA_ENV=() # more settings for every replica started (step 8)
 DOCKER_MODE="" # "" = not set up, existing, private
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -137,7 +142,7 @@ start_replica() {
       "REGISTRY_STORAGE_S3_SECRETKEY=$S3_SECRET_KEY" REGISTRY_STORAGE_S3_FORCEPATHSTYLE=true
       REGISTRY_STORAGE_S3_ROOTDIRECTORY=scaleout "REGISTRY_STORAGE_REDIRECT_DISABLE=${REDIRECT_DISABLE:-false}")
   fi
-  env "${storage[@]}" REGISTRY_HTTP_ADDR="127.0.0.1:$port" REGISTRY_STORAGE_DELETE_ENABLED=true \
+  env "${storage[@]}" "${REPLICA_ENV[@]}" REGISTRY_HTTP_ADDR="127.0.0.1:$port" REGISTRY_STORAGE_DELETE_ENABLED=true \
     REGISTRY_DATABASE_ENABLED=true REGISTRY_DATABASE_HOST="$PG_HOST" REGISTRY_DATABASE_PORT="$PG_PORT" \
     REGISTRY_DATABASE_USER="$PG_USER" REGISTRY_DATABASE_PASSWORD="$PG_PASSWORD" REGISTRY_DATABASE_DBNAME="$PG_DB" \
     "$BERTH_BIN" serve --no-config-file >>"$(rep_log "$n")" 2>&1 &
@@ -145,7 +150,7 @@ start_replica() {
   local deadline=$((SECONDS + 30)) code
   while :; do
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$port/v2/" || true)
-    [[ $code == 200 ]] && break
+    [[ $code == 200 || ($code == 401 && ${#REPLICA_ENV[@]} -gt 0) ]] && break
     if ! kill -0 "${REP_PID[n]}" 2>/dev/null; then
       local rc=0
       wait "${REP_PID[n]}" || rc=$?
@@ -749,3 +754,63 @@ if [[ $STORAGE_KIND == s3 ]]; then
   rm -rf "$G"
   step_passed
 fi
+
+# ---------------------------------------------------------------------------------------------------- 8
+step "8. token auth, refresh tokens and metrics on every replica; read-only mode"
+A="$WORK/auth"
+mkdir -p "$A"
+run keygen "$BERTH_BIN" keygen --key "$A/token.pem" --cert "$A/token.crt"
+echo "alice-secret" | "$BERTH_BIN" htpasswd alice --cost 5 >"$A/htpasswd"
+for n in $(seq 1 "$NREP"); do stop_replica "$n"; done
+REPLICA_ENV=(REGISTRY_AUTH_TYPE=token "REGISTRY_AUTH_TOKEN_REALM=$HAPROXY_URL/auth" REGISTRY_AUTH_TOKEN_SERVICE=scaleout
+  REGISTRY_AUTH_TOKEN_ISSUER=scaleout REGISTRY_AUTH_TOKEN_SERVER_ENABLED=true "REGISTRY_AUTH_TOKEN_SERVER_KEY=$A/token.pem"
+  "REGISTRY_AUTH_TOKEN_SERVER_CERTIFICATE=$A/token.crt" "REGISTRY_AUTH_HTPASSWD=$A/htpasswd")
+for n in $(seq 1 "$NREP"); do start_replica "$n"; done
+rep() { echo "http://127.0.0.1:${REP_PORT[$1]}"; }
+# token_from N FORM...: POST the token form to replica N; prints the JSON answer.
+token_from() {
+  local n=$1
+  shift
+  curl -fsS -X POST "$(rep "$n")/auth" --data-urlencode service=scaleout --data-urlencode client_id=scaleout \
+    --data-urlencode 'scope=repository:scale/auth:pull,push' "$@"
+}
+code=$(curl -sS -o /dev/null -D "$A/anon.h" -w '%{http_code}' "$(rep 2)/v2/")
+[[ $code == 401 ]] || die "an anonymous GET /v2/ on b2 answered $code, expected 401"
+grep -qi "^www-authenticate: Bearer realm=\"$HAPROXY_URL/auth\"" "$A/anon.h" || die "b2's 401 has no Bearer challenge naming the realm"
+token_from 1 --data-urlencode grant_type=password --data-urlencode username=alice --data-urlencode password=alice-secret \
+  --data-urlencode access_type=offline >"$A/t1.json" || die "password login on b1 failed"
+tok=$(jq -r .token "$A/t1.json")
+refresh=$(jq -r '.refresh_token // empty' "$A/t1.json")
+[[ -n $tok && -n $refresh ]] || die "b1 gave no token or no refresh token: $(cut -c1-200 "$A/t1.json")"
+code=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $tok" "$(rep 2)/v2/")
+[[ $code == 200 ]] || die "b1's token on b2: GET /v2/ answered $code"
+head -c 100k /dev/urandom >"$A/blob"
+ad=sha256:$(sha256_of "$A/blob")
+code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $tok" -H 'Content-Type: application/octet-stream' \
+  --data-binary "@$A/blob" "$(rep 3)/v2/scale/auth/blobs/uploads/?digest=$ad")
+[[ $code == 201 ]] || die "b1's token on b3: push answered $code"
+token_from 3 --data-urlencode grant_type=refresh_token --data-urlencode "refresh_token=$refresh" >"$A/t3.json" ||
+  die "b3 refused the refresh token b1 issued"
+tok3=$(jq -r .token "$A/t3.json")
+code=$(curl -sS -o /dev/null -w '%{http_code}' -I -H "Authorization: Bearer $tok3" "$(rep 1)/v2/scale/auth/blobs/$ad")
+[[ $code == 200 ]] || die "the token b3 gave for b1's refresh token, on b1: HEAD blob answered $code"
+ok "a token and a refresh token from b1 work on b2 and b3; the token b3 traded for it works on b1"
+for n in $(seq 1 "$NREP"); do
+  m=$(curl -fsS -H "Authorization: Bearer $tok" "$(rep "$n")/metrics" || true)
+  grep -q '^berth_http_requests_total{' <<<"$m" || die "replica $n's /metrics has no berth_http_requests_total"
+done
+ok "every replica's /metrics counts its requests (berth_http_requests_total)"
+for n in $(seq 1 "$NREP"); do stop_replica "$n"; done
+REPLICA_ENV=(REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED=true)
+for n in $(seq 1 "$NREP"); do start_replica "$n"; done
+for n in $(seq 1 "$NREP"); do
+  code=$(curl -sS -o "$A/ro.body" -w '%{http_code}' -X POST -H 'Content-Length: 0' "$(rep "$n")/v2/scale/ro/blobs/uploads/")
+  [[ $code == 405 ]] && jq -e '.errors[0].code == "UNSUPPORTED"' "$A/ro.body" >/dev/null ||
+    die "read-only replica $n: a push answered $code $(head -c 200 "$A/ro.body")"
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -I "$(rep "$n")/v2/scale/auth/blobs/$ad")
+  [[ $code == 200 ]] || die "read-only replica $n: HEAD of a stored blob answered $code"
+done
+ok "read-only mode on every replica: pushes 405 UNSUPPORTED, pulls served"
+REPLICA_ENV=()
+rm -rf "$A"
+step_passed

@@ -21,6 +21,9 @@
 #      token and a refresh token from b1 work on b2 and b3, the refresh token gives a token on b3 that
 #      pushes through b1; each replica's /metrics counts its requests; then read-only mode on every
 #      replica refuses pushes (405) and serves pulls
+#   9. (s3 only) a stand-alone filesystem registry (SQLite) gets an image by skopeo, is stopped and
+#      copied with `berth migrate --from DIR` into the replicas' bucket and database; the image is then
+#      pulled through the balancer, byte for byte
 #   7. (s3 only) `berth gc --grace 0s` run three times alongside 8 concurrent skopeo pushes: every
 #      acknowledged push is intact, failed ones succeed on retry, the images pushed before are intact,
 #      and a blob no manifest references is gone
@@ -702,14 +705,16 @@ if [[ $STORAGE_KIND == s3 ]]; then
   code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/octet-stream' \
     --data-binary "@$G/orphan.bin" "$HAPROXY_URL/v2/scale/gc-orphan/blobs/uploads/?digest=$od")
   [[ $code == 201 ]] || die "push of a blob no manifest references: status $code"
-  gc_once() {
+  # berth_s3 ARGS...: a berth command on the replicas' bucket and database.
+  berth_s3() {
     env REGISTRY_STORAGE=s3 "REGISTRY_STORAGE_S3_REGIONENDPOINT=$S3_ENDPOINT" "REGISTRY_STORAGE_S3_REGION=$S3_REGION" \
       "REGISTRY_STORAGE_S3_BUCKET=$S3_BUCKET" "REGISTRY_STORAGE_S3_ACCESSKEY=$S3_ACCESS_KEY" \
       "REGISTRY_STORAGE_S3_SECRETKEY=$S3_SECRET_KEY" REGISTRY_STORAGE_S3_FORCEPATHSTYLE=true \
       REGISTRY_STORAGE_S3_ROOTDIRECTORY=scaleout REGISTRY_DATABASE_ENABLED=true REGISTRY_DATABASE_HOST="$PG_HOST" \
       REGISTRY_DATABASE_PORT="$PG_PORT" REGISTRY_DATABASE_USER="$PG_USER" REGISTRY_DATABASE_PASSWORD="$PG_PASSWORD" \
-      REGISTRY_DATABASE_DBNAME="$PG_DB" "$BERTH_BIN" gc --no-config-file --grace 0s
+      REGISTRY_DATABASE_DBNAME="$PG_DB" "$BERTH_BIN" "$@"
   }
+  gc_once() { berth_s3 gc --no-config-file --grace 0s; }
   forget_skopeo_cache
   declare -A GC_RC=()
   GC_PIDS=()
@@ -814,3 +819,34 @@ ok "read-only mode on every replica: pushes 405 UNSUPPORTED, pulls served"
 REPLICA_ENV=()
 rm -rf "$A"
 step_passed
+
+# ---------------------------------------------------------------------------------------------------- 9
+if [[ $STORAGE_KIND == s3 ]]; then
+  step "9. berth migrate --from a filesystem registry into the replicas' bucket and database"
+  L="$WORK/legacy"
+  mkdir -p "$L/storage"
+  lport=$(free_port) || die "no free port"
+  REGISTRY_HTTP_ADDR="127.0.0.1:$lport" REGISTRY_STORAGE_PATH="$L/storage" \
+    "$BERTH_BIN" serve --no-config-file >"$LOGS/legacy.log" 2>&1 &
+  lpid=$!
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$lport/v2/" 2>/dev/null && break; sleep 0.1; done
+  make_layout "$IMAGES/legacy" v1 2 8 # new layers: the bucket has none of them
+  forget_skopeo_cache
+  run legacy-push skopeo copy --preserve-digests --dest-tls-verify=false "oci:$IMAGES/legacy:v1" "docker://127.0.0.1:$lport/legacy/app:v1"
+  stop_pid "$lpid" "legacy registry" 10 || true
+  log "  \$ berth migrate --no-config-file --from $L/storage   (with the replicas' storage.s3 and database settings)"
+  berth_s3 migrate --no-config-file --from "$L/storage" >"$LOGS/legacy-migrate.log" 2>&1 ||
+    die "berth migrate failed: $(tail -n 5 "$LOGS/legacy-migrate.log")"
+  log "  $(tail -n 1 "$LOGS/legacy-migrate.log" | cut -c1-220)"
+  copied=$(tail -n 1 "$LOGS/legacy-migrate.log" | sed -n 's/.*; \([0-9]*\) blob files.*/\1/p')
+  [[ ${copied:-0} -ge 3 ]] || die "berth migrate copied ${copied:-no} blob files into the bucket, expected the image's 3 (config and 2 layers)"
+  forget_skopeo_cache
+  run legacy-pull skopeo copy --preserve-digests --src-tls-verify=false "docker://$REG/legacy/app:v1" "oci:$IMAGES/legacy-out:v1"
+  ok "legacy/app:v1 after berth migrate, through the balancer: $(layouts_identical "$IMAGES/legacy" "$IMAGES/legacy-out" v1), byte-identical"
+  REGISTRY_HTTP_ADDR="127.0.0.1:$lport" REGISTRY_STORAGE_PATH="$L/storage" timeout 10 \
+    "$BERTH_BIN" serve --no-config-file >"$LOGS/legacy-again.log" 2>&1 && die "the migrated directory still opens with SQLite"
+  grep -q 'database' "$LOGS/legacy-again.log" || die "the migrated directory's refusal does not name the database: $(tail -n 2 "$LOGS/legacy-again.log")"
+  ok "the migrated directory refuses to open without its database"
+  rm -rf "$L" "$IMAGES/legacy-out" "$IMAGES/legacy"
+  step_passed
+fi

@@ -242,7 +242,9 @@ fn build(tree: &Value, env: &BTreeMap<String, String>, warnings: &mut Vec<String
     let root_directory =
         ok!(text("rootdirectory").and_then(|r| root_directory(r.as_deref().unwrap_or("")))).unwrap_or_default();
     let part_size = ok!(part_size(tree)).unwrap_or(d.part_size);
-    let upload_memory = ok!(byte_count(tree, "storage.s3.uploadmemory", d.upload_memory)).unwrap_or(d.upload_memory);
+    // Unset, it holds at least two parts of whatever chunk size is set.
+    let memory_default = d.upload_memory.max(part_size.saturating_mul(2));
+    let upload_memory = ok!(byte_count(tree, "storage.s3.uploadmemory", memory_default)).unwrap_or(memory_default);
     let storage_class = ok!(text("storageclass").and_then(|c| storage_class(c.as_deref()))).flatten();
     let redirect = !ok!(get_bool(tree, "storage.redirect.disable", false)).unwrap_or(false);
     let presign_expiry = ok!(positive(
@@ -541,6 +543,11 @@ mod tests {
             ("r", 32 << 20, true)
         );
         assert_eq!((s.presign_expiry.as_secs(), s.connect_timeout.as_secs()), (3600, 10));
+        assert_eq!(
+            s.upload_memory,
+            64 << 20,
+            "unset, it holds two parts of the chunk size set"
+        );
         assert!(!s.redirect);
         // REGISTRY_STORAGE_S3_* alone is a storage.s3 section too; REGISTRY_STORAGE=filesystem
         // chooses the filesystem driver.

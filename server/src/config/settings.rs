@@ -138,7 +138,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         path: "storage.s3.uploadmemory",
         env: &["REGISTRY_STORAGE_S3_UPLOADMEMORY"],
-        default: "50331648",
+        default: "50331648 (48 MiB), or 2 × chunksize when that is more",
         doc: "Most bytes the part buffers of all uploads of one process hold at once (at least two parts); uploads beyond it wait for room.",
     },
     Setting {

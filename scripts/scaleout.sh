@@ -583,12 +583,13 @@ log "  acknowledged: ${acked[*]:-none}; failed: ${failed[*]:-none}"
 for i in "${failed[@]}"; do
   log "  copy $i failed (exit ${COPY_RC[$i]}): $(grep -v '^\s*$' "$LOGS/kill-push-$i.log" | tail -n 1 | cut -c1-300)"
 done
-# verify_pushed I: kill-I:v1 pulled back through the balancer equals image I, byte for byte.
+# verify_pushed I [NAME]: scale/NAME-I:v1 (NAME: kill) pulled back through the balancer equals image I,
+# byte for byte.
 verify_pushed() {
-  local i=$1
+  local i=$1 name=${2:-kill}
   forget_skopeo_cache
-  run "kill-pull-$i" skopeo copy --preserve-digests --src-tls-verify=false "docker://$REG/scale/kill-$i:v1" "oci:$IMAGES/out-$i:v1"
-  ok "scale/kill-$i:v1: $(layouts_identical "$IMAGES/c$i" "$IMAGES/out-$i" v1), byte-identical"
+  run "$name-pull-$i" skopeo copy --preserve-digests --src-tls-verify=false "docker://$REG/scale/$name-$i:v1" "oci:$IMAGES/out-$i:v1"
+  ok "scale/$name-$i:v1: $(layouts_identical "$IMAGES/c$i" "$IMAGES/out-$i" v1), byte-identical"
   rm -rf "$IMAGES/out-$i"
 }
 for i in "${acked[@]}"; do verify_pushed "$i"; done
@@ -737,20 +738,13 @@ if [[ $STORAGE_KIND == s3 ]]; then
     if ((GC_RC[$i] == 0)); then acked+=("$i"); else failed+=("$i"); fi
   done
   log "  acknowledged: ${acked[*]:-none}; failed: ${failed[*]:-none}"
-  # verify_gc_pushed I: gc-I:v1 pulled back through the balancer equals image I, byte for byte.
-  verify_gc_pushed() {
-    forget_skopeo_cache
-    run "gc-pull-$1" skopeo copy --preserve-digests --src-tls-verify=false "docker://$REG/scale/gc-$1:v1" "oci:$IMAGES/gc-out-$1:v1"
-    ok "scale/gc-$1:v1: $(layouts_identical "$IMAGES/c$1" "$IMAGES/gc-out-$1" v1), byte-identical"
-    rm -rf "$IMAGES/gc-out-$1"
-  }
-  for i in "${acked[@]}"; do verify_gc_pushed "$i"; done
+  for i in "${acked[@]}"; do verify_pushed "$i" gc; done
   for i in "${failed[@]}"; do
     log "  push $i failed alongside gc (exit ${GC_RC[$i]}): $(grep -v '^\s*$' "$LOGS/gc-push-$i.log" | tail -n 1 | cut -c1-200)"
     forget_skopeo_cache
     run "gc-retry-$i" skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false \
       "oci:$IMAGES/c$i:v1" "docker://$REG/scale/gc-$i:v1"
-    verify_gc_pushed "$i"
+    verify_pushed "$i" gc
   done
   verify_pushed 3
   code=$(curl -sS -o /dev/null -w '%{http_code}' -I "$HAPROXY_URL/v2/scale/gc-orphan/blobs/$od")
@@ -810,7 +804,7 @@ REPLICA_ENV=(REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED=true)
 for n in $(seq 1 "$NREP"); do start_replica "$n"; done
 for n in $(seq 1 "$NREP"); do
   code=$(curl -sS -o "$A/ro.body" -w '%{http_code}' -X POST -H 'Content-Length: 0' "$(rep "$n")/v2/scale/ro/blobs/uploads/")
-  [[ $code == 405 ]] && jq -e '.errors[0].code == "UNSUPPORTED"' "$A/ro.body" >/dev/null ||
+  { [[ $code == 405 ]] && jq -e '.errors[0].code == "UNSUPPORTED"' "$A/ro.body" >/dev/null; } ||
     die "read-only replica $n: a push answered $code $(head -c 200 "$A/ro.body")"
   code=$(curl -sS -o /dev/null -w '%{http_code}' -I "$(rep "$n")/v2/scale/auth/blobs/$ad")
   [[ $code == 200 ]] || die "read-only replica $n: HEAD of a stored blob answered $code"

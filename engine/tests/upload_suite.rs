@@ -245,13 +245,50 @@ async fn caps_refuse_sessions_beyond_them<U: UploadStore>(u: &U) {
     u.start(&a, "user:alice").await.unwrap();
 }
 
+/// Every check above as a test of the module it is used in, whose `async fn store(limits)`
+/// makes the store under test (with what must live as long as it). The caps check runs with
+/// `per_owner` 2, `per_repository` 3, `total` 4.
+macro_rules! suite {
+    () => {
+        suite!(@each
+            chunks_of_any_size_make_the_blob,
+            a_chunk_out_of_order_is_refused_and_changes_nothing,
+            a_wrong_digest_leaves_the_session_as_it_was,
+            a_failed_commit_keeps_the_session,
+            sessions_belong_to_their_repository,
+            a_cancelled_session_is_gone,
+            idle_sessions_are_reaped,
+        );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn caps_refuse_sessions_beyond_them() {
+            let limits = UploadLimits {
+                per_owner: 2,
+                per_repository: 3,
+                total: 4,
+            };
+            let (_keep, u) = store(limits).await;
+            super::caps_refuse_sessions_beyond_them(&u).await;
+        }
+    };
+    (@each $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let (_keep, u) = store(UploadLimits::default()).await;
+                super::$check(&u).await;
+            }
+        )*
+    };
+}
+
 /// The filesystem's sessions.
 mod fs {
     use super::*;
     use berth_engine::fs_uploads::FsUploads;
     use berth_engine::layout::Layout;
 
-    fn store(limits: UploadLimits) -> (tempfile::TempDir, FsUploads) {
+    async fn store(limits: UploadLimits) -> (tempfile::TempDir, FsUploads) {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path());
         std::fs::create_dir_all(layout.uploads_dir()).unwrap();
@@ -259,43 +296,12 @@ mod fs {
         (dir, FsUploads::new(layout, limits))
     }
 
-    macro_rules! suite {
-        ($($check:ident),* $(,)?) => {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let (_dir, u) = store(UploadLimits::default());
-                    super::$check(&u).await;
-                }
-            )*
-        };
-    }
-
-    suite!(
-        chunks_of_any_size_make_the_blob,
-        a_chunk_out_of_order_is_refused_and_changes_nothing,
-        a_wrong_digest_leaves_the_session_as_it_was,
-        a_failed_commit_keeps_the_session,
-        sessions_belong_to_their_repository,
-        a_cancelled_session_is_gone,
-        idle_sessions_are_reaped,
-    );
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn caps_refuse_sessions_beyond_them() {
-        let limits = UploadLimits {
-            per_owner: 2,
-            per_repository: 3,
-            total: 4,
-        };
-        let (_dir, u) = store(limits);
-        super::caps_refuse_sessions_beyond_them(&u).await;
-    }
+    suite!();
 
     /// The committed data is the blob, at its content-addressed path.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_committed_data_is_at_the_blob_path() {
-        let (dir, u) = store(UploadLimits::default());
+        let (dir, u) = store(UploadLimits::default()).await;
         let r = repo("suite/path");
         let data = bytes(123_456, 9);
         let id = u.start(&r, "").await.unwrap();
@@ -327,38 +333,7 @@ mod s3 {
         (client.clone(), S3Uploads::new(client, pg, PART, 4 * PART, limits))
     }
 
-    macro_rules! suite {
-        ($($check:ident),* $(,)?) => {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let (_c, u) = store(UploadLimits::default()).await;
-                    super::$check(&u).await;
-                }
-            )*
-        };
-    }
-
-    suite!(
-        chunks_of_any_size_make_the_blob,
-        a_chunk_out_of_order_is_refused_and_changes_nothing,
-        a_wrong_digest_leaves_the_session_as_it_was,
-        a_failed_commit_keeps_the_session,
-        sessions_belong_to_their_repository,
-        a_cancelled_session_is_gone,
-        idle_sessions_are_reaped,
-    );
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn caps_refuse_sessions_beyond_them() {
-        let limits = UploadLimits {
-            per_owner: 2,
-            per_repository: 3,
-            total: 4,
-        };
-        let (_c, u) = store(limits).await;
-        super::caps_refuse_sessions_beyond_them(&u).await;
-    }
+    suite!();
 
     async fn read_all(c: &S3Client, key: &str, len: u64) -> Vec<u8> {
         let mut rx = c.get(key, 0, len).await.unwrap();

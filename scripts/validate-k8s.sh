@@ -372,6 +372,9 @@ FILE_SETTINGS = [
     "auth.token.publickey",
     "auth.token.server.key",
     "auth.token.server.certificate",
+    "database.sslrootcert",
+    "database.sslcert",
+    "database.sslkey",
 ]
 
 

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
 
+use super::tls::Tls;
 use crate::error::{Error, MetaError, Result};
 
 /// The notification channel of committed writes (the payload names the repository).
@@ -57,12 +58,12 @@ struct Session {
     driver: JoinHandle<()>,
 }
 
-async fn listen(config: &tokio_postgres::Config, timeout: Duration, changes: &Arc<Changes>) -> Result<Session> {
-    let (client, mut conn) = tokio::time::timeout(timeout, config.connect(NoTls))
-        .await
-        .map_err(|_| Error::Meta(MetaError::Unavailable("no answer from PostgreSQL in time".into())))??;
-    let seen = changes.clone();
-    let driver = tokio::spawn(async move {
+/// Drive the listening connection: count its notifications until it is lost.
+fn drive<S>(mut conn: Connection<Socket, S>, seen: Arc<Changes>) -> JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(_))) => seen.bump(),
@@ -75,7 +76,30 @@ async fn listen(config: &tokio_postgres::Config, timeout: Duration, changes: &Ar
             }
         }
         seen.set_listening(false);
-    });
+    })
+}
+
+async fn listen(
+    config: &tokio_postgres::Config,
+    tls: &Tls,
+    timeout: Duration,
+    changes: &Arc<Changes>,
+) -> Result<Session> {
+    let late = || Error::Meta(MetaError::Unavailable("no answer from PostgreSQL in time".into()));
+    let (client, driver) = match tls {
+        Tls::Off => {
+            let (client, conn) = tokio::time::timeout(timeout, config.connect(NoTls))
+                .await
+                .map_err(|_| late())??;
+            (client, drive(conn, changes.clone()))
+        }
+        Tls::On(connector) => {
+            let (client, conn) = tokio::time::timeout(timeout, config.connect(connector.clone()))
+                .await
+                .map_err(|_| late())??;
+            (client, drive(conn, changes.clone()))
+        }
+    };
     if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         driver.abort();
         return Err(e.into());
@@ -93,10 +117,11 @@ async fn listen(config: &tokio_postgres::Config, timeout: Duration, changes: &Ar
 /// background; the task ends when it is aborted.
 pub(crate) async fn start(
     config: tokio_postgres::Config,
+    tls: Tls,
     timeout: Duration,
     changes: Arc<Changes>,
 ) -> Result<JoinHandle<()>> {
-    let first = listen(&config, timeout, &changes).await?;
+    let first = listen(&config, &tls, timeout, &changes).await?;
     Ok(tokio::spawn(async move {
         let mut session = first;
         loop {
@@ -104,7 +129,7 @@ pub(crate) async fn start(
             changes.set_listening(false);
             let mut backoff = Duration::from_millis(50);
             session = loop {
-                match listen(&config, timeout, &changes).await {
+                match listen(&config, &tls, timeout, &changes).await {
                     Ok(s) => {
                         tracing::info!("listening for metadata changes again");
                         break s;

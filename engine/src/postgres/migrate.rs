@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use super::settings::PgSettings;
+use super::tls::Tls;
 use crate::error::{Error, MetaError, Result};
 
 /// The advisory lock key (one `bigint`) held while migrating: "berthmig" in ASCII.
@@ -204,10 +205,22 @@ pub(crate) fn overall_timeout(settings: &PgSettings) -> Duration {
     settings.connect_timeout + Duration::from_secs(1)
 }
 
-/// Connect without TLS (the only mode so far), driving the connection on a task; the error names
-/// the setting to fix.
-pub(crate) async fn open(settings: &PgSettings, config: &tokio_postgres::Config) -> Result<Client> {
-    let attempt = tokio::time::timeout(overall_timeout(settings), config.connect(NoTls)).await;
+/// Connect (with TLS as `tls` says), driving the connection on a task; the error names the
+/// setting to fix.
+pub(crate) async fn open(settings: &PgSettings, config: &tokio_postgres::Config, tls: &Tls) -> Result<Client> {
+    match tls {
+        Tls::Off => connect(settings, config, NoTls).await,
+        Tls::On(connector) => connect(settings, config, connector.clone()).await,
+    }
+}
+
+/// One connection, driven on a task.
+async fn connect<T>(settings: &PgSettings, config: &tokio_postgres::Config, tls: T) -> Result<Client>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let attempt = tokio::time::timeout(overall_timeout(settings), config.connect(tls)).await;
     let (client, conn) = match attempt {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return Err(settings.connect_error(&e)),

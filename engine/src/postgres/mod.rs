@@ -2,6 +2,8 @@
 //!
 //! - [`settings`]: the `database` settings (as GitLab's container registry names them) and
 //!   the errors of a refused connection, each naming the setting to fix.
+//! - `tls`: TLS to the server (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, libpq's meanings),
+//!   one connector shared by every connection.
 //! - [`migrate`]: versioned schema migrations, applied at start-up under an advisory lock.
 //! - `listen`: the change token, from `LISTEN`/`NOTIFY`.
 //! - `store`: the [`MetaStore`](crate::store::MetaStore) operations; `records`: the statements
@@ -23,11 +25,12 @@ mod records;
 mod sessions;
 pub mod settings;
 mod store;
+mod tls;
 
 pub use leader::GC_LOCK;
 pub use listen::CHANNEL;
 pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migration};
-pub use settings::{PgSettings, PoolSettings};
+pub use settings::{PgSettings, PoolSettings, SslMode};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +38,8 @@ use std::time::Duration;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
+
+use tls::Tls;
 
 use crate::error::{Error, MetaError, Result};
 use listen::Changes;
@@ -67,7 +72,8 @@ impl Drop for Inner {
 /// One connection outside the pool (for migrations), driven on a task.
 pub(crate) async fn connect_once(settings: &PgSettings) -> Result<Client> {
     let config = settings.config()?;
-    migrate::open(settings, &config).await
+    let tls = tls::connector(settings)?;
+    migrate::open(settings, &config, &tls).await
 }
 
 impl PgStore {
@@ -76,13 +82,16 @@ impl PgStore {
     /// setting when the server cannot be reached or refuses the login or the database.
     pub async fn connect(settings: &PgSettings) -> Result<PgStore> {
         let config = settings.config()?;
+        // The TLS files are read once; every connection (migrations, pool, listener, and the
+        // garbage collection leader, from the pool) uses this connector.
+        let tls = tls::connector(settings)?;
         {
-            let mut client = migrate::open(settings, &config).await?;
+            let mut client = migrate::open(settings, &config, &tls).await?;
             migrate::run(&mut client, MIGRATIONS).await?;
         }
-        let pool = pool(settings, config.clone())?;
+        let pool = pool(settings, config.clone(), tls.clone())?;
         let changes = Arc::new(Changes::default());
-        let listener = listen::start(config, migrate::overall_timeout(settings), changes.clone()).await?;
+        let listener = listen::start(config, tls, migrate::overall_timeout(settings), changes.clone()).await?;
         let reaper = tokio::spawn(reap(pool.clone(), settings.pool.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -116,6 +125,17 @@ impl PgStore {
         Ok(row.get(0))
     }
 
+    /// The TLS version of a pooled connection (`TLSv1.3`…), as the server reports it in
+    /// `pg_stat_ssl`; `None` when it is plain.
+    pub async fn tls_version(&self) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let row = c
+            .query_one("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await?;
+        let ssl: bool = row.get(0);
+        Ok(if ssl { row.get(1) } else { None })
+    }
+
     /// Connections in the pool: (open, idle).
     pub fn pool_status(&self) -> (usize, usize) {
         let s = self.inner.pool.status();
@@ -123,16 +143,16 @@ impl PgStore {
     }
 }
 
-fn pool(settings: &PgSettings, config: tokio_postgres::Config) -> Result<Pool> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            // A connection the server closed is noticed without a round trip; one that fails
-            // later fails its statement, which the caller sees as unavailable.
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+fn pool(settings: &PgSettings, config: tokio_postgres::Config, tls: Tls) -> Result<Pool> {
+    let manager_config = ManagerConfig {
+        // A connection the server closed is noticed without a round trip; one that fails
+        // later fails its statement, which the caller sees as unavailable.
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls {
+        Tls::Off => Manager::from_config(config, NoTls, manager_config),
+        Tls::On(connector) => Manager::from_config(config, connector, manager_config),
+    };
     let timeout = Some(migrate::overall_timeout(settings));
     let mut builder = Pool::builder(manager)
         .max_size(settings.pool.max_open)

@@ -6,6 +6,11 @@
 //! user `berth-pg` (created when missing). The binaries are found on `PATH` or under
 //! `/usr/lib/postgresql/*/bin`; when they are missing the test fails, saying so.
 //!
+//! [`Server::start_tls`] starts one with `ssl = on`: a server certificate for `localhost` only
+//! (made with rcgen, by a test CA that also signs a client certificate), and a `pg_hba.conf`
+//! that lets the `berth` roles in over TLS only (`hostssl`; the superuser the harness sets up
+//! with keeps a plain `host` line); the plain server is as it was.
+//!
 //! [`shared`] starts one server per test binary. A static is never dropped, so every server also
 //! has a watchdog process that stops it (`pg_ctl stop -m immediate`) and removes its directory
 //! once the test process is gone, whatever way it ends; a server owned by a test ([`Server::start`])
@@ -32,6 +37,91 @@ pub const USER: &str = "berth";
 pub const PASSWORD: &str = "berth-test-password";
 /// The system user the server runs as when the tests run as root.
 const RUN_AS: &str = "berth-pg";
+/// On a TLS server: the role that must also present a client certificate
+/// (`clientcert=verify-ca`); its password is [`PASSWORD`].
+pub const CERT_USER: &str = "berth_cert";
+
+/// The certificates of a TLS server, as the client side sees them (files readable by the test).
+pub struct Pki {
+    /// The CA that signed the server's certificate and [`Pki::client_cert`].
+    pub ca: PathBuf,
+    /// A CA that signed nothing the server has.
+    pub other_ca: PathBuf,
+    /// A client certificate (CN `berth_cert`) signed by [`Pki::ca`].
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+    /// A client certificate signed by [`Pki::other_ca`], which the server does not trust.
+    pub untrusted_cert: PathBuf,
+    /// Its key.
+    pub untrusted_key: PathBuf,
+    dir: tempfile::TempDir,
+    server_cert: String,
+    server_key: String,
+    ca_pem: String,
+}
+
+fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+fn leaf(
+    names: &[&str],
+    cn: &str,
+    usage: rcgen::ExtendedKeyUsagePurpose,
+    by: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![usage];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, by).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::Builder::new().prefix("berth-pki-").tempdir().unwrap();
+        let ca_one = ca("berth test CA");
+        let ca_two = ca("another test CA");
+        // The server's certificate names localhost only: a connection to 127.0.0.1 does not
+        // match it (verify-full), and one to localhost does.
+        let (server_cert, server_key) = leaf(
+            &["localhost"],
+            "localhost",
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            &ca_one,
+        );
+        let (client_cert, client_key) = leaf(&[], CERT_USER, rcgen::ExtendedKeyUsagePurpose::ClientAuth, &ca_one);
+        let (untrusted_cert, untrusted_key) = leaf(&[], CERT_USER, rcgen::ExtendedKeyUsagePurpose::ClientAuth, &ca_two);
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        Pki {
+            ca: write("ca.crt", &ca_one.pem()),
+            other_ca: write("other-ca.crt", &ca_two.pem()),
+            client_cert: write("client.crt", &client_cert),
+            client_key: write("client.key", &client_key),
+            untrusted_cert: write("untrusted.crt", &untrusted_cert),
+            untrusted_key: write("untrusted.key", &untrusted_key),
+            ca_pem: ca_one.pem(),
+            server_cert,
+            server_key,
+            dir,
+        }
+    }
+
+    /// The directory of the files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
 
 /// A running server.
 pub struct Server {
@@ -41,6 +131,8 @@ pub struct Server {
     dir: PathBuf,
     user: Option<(u32, u32)>,
     watchdog: Option<Child>,
+    /// The certificates, on a TLS server.
+    pub tls: Option<Pki>,
 }
 
 static SHARED: LazyLock<Server> = LazyLock::new(Server::start);
@@ -141,6 +233,16 @@ fn free_port() -> u16 {
 impl Server {
     /// Start a new server (and its watchdog).
     pub fn start() -> Server {
+        Server::start_with(None)
+    }
+
+    /// Start a new server with `ssl = on` that lets the `berth` roles in over TLS only, and
+    /// [`CERT_USER`] only with a client certificate signed by [`Pki::ca`].
+    pub fn start_tls() -> Server {
+        Server::start_with(Some(Pki::new()))
+    }
+
+    fn start_with(tls: Option<Pki>) -> Server {
         let bin = bin_dir();
         let user = server_user();
         let dir = tempfile::Builder::new().prefix("berth-pg-").tempdir().unwrap().keep();
@@ -155,6 +257,7 @@ impl Server {
             dir,
             user,
             watchdog: None,
+            tls,
         };
         server.watchdog = Some(server.spawn_watchdog());
         run(
@@ -174,9 +277,43 @@ impl Server {
             ]),
             "initdb",
         );
+        if let Some(pki) = &server.tls {
+            server.write_tls_files(pki);
+        }
         server.start_again();
         server.psql(&format!("CREATE ROLE {USER} LOGIN CREATEDB PASSWORD '{PASSWORD}'"));
+        if server.tls.is_some() {
+            server.psql(&format!("CREATE ROLE {CERT_USER} LOGIN PASSWORD '{PASSWORD}'"));
+        }
         server
+    }
+
+    /// The server's certificate, key and client CA, and a `pg_hba.conf` of `hostssl` lines for
+    /// the stores' roles.
+    fn write_tls_files(&self, pki: &Pki) {
+        use std::os::unix::fs::PermissionsExt;
+        let hba = format!(
+            "# The harness's superuser: the Unix socket, or plain TCP, to set up databases.\n\
+             local all postgres scram-sha-256\n\
+             host all postgres 127.0.0.1/32 scram-sha-256\n\
+             # The stores: TLS only; {CERT_USER} also with a client certificate.\n\
+             hostssl all {CERT_USER} 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n\
+             hostssl all {USER} 127.0.0.1/32 scram-sha-256\n"
+        );
+        for (name, text) in [
+            ("server.crt", pki.server_cert.as_str()),
+            ("server.key", pki.server_key.as_str()),
+            ("client-ca.crt", pki.ca_pem.as_str()),
+            ("data/pg_hba.conf", hba.as_str()),
+        ] {
+            let path = self.dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            // PostgreSQL refuses a key that others can read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            }
+        }
     }
 
     fn path(&self, name: &str) -> String {
@@ -218,12 +355,19 @@ impl Server {
 
     /// Start the server (again, after [`Server::stop_fast`]), on the same port.
     pub fn start_again(&self) {
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c max_connections=300",
             self.port,
             self.dir.display()
         );
+        if self.tls.is_some() {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key \
+                 -c ssl_ca_file={dir}/client-ca.crt",
+                dir = self.dir.display()
+            ));
+        }
         let started = self
             .as_server_user(&self.bin.join("pg_ctl"))
             .args([
@@ -302,6 +446,12 @@ impl Server {
 
     /// A new, empty database owned by the `berth` role, and the settings to reach it.
     pub async fn database(&self) -> PgSettings {
+        self.database_of(USER).await
+    }
+
+    /// A new, empty database owned by `user` (`berth` or [`CERT_USER`]), and the settings to
+    /// reach it as `user`.
+    pub async fn database_of(&self, user: &str) -> PgSettings {
         let name = format!("t{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
         let admin = self.settings("postgres");
         let (client, conn) = tokio_postgres::Config::new()
@@ -315,12 +465,15 @@ impl Server {
             .expect("cannot log in to the test server as its superuser");
         let driver = tokio::spawn(conn);
         client
-            .batch_execute(&format!("CREATE DATABASE {name} OWNER {USER}"))
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {user}"))
             .await
             .expect("CREATE DATABASE");
         drop(client);
         let _ = driver.await;
-        self.settings(&name)
+        PgSettings {
+            user: user.into(),
+            ..self.settings(&name)
+        }
     }
 }
 
@@ -335,6 +488,29 @@ impl Drop for Server {
             let _ = w.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Server {
+    /// The directory of the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A plain connection as the superuser to database `postgres` (also on a TLS server, whose
+    /// `pg_hba.conf` lets the superuser in without TLS), to look at the server's views.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .password(ADMIN_PASSWORD)
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("cannot log in to the test server as its superuser");
+        tokio::spawn(conn);
+        client
     }
 }
 

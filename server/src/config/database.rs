@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use berth_engine::postgres::{PgSettings, PoolSettings};
+use berth_engine::postgres::{PgSettings, PoolSettings, SslMode};
 
 use super::ConfigError;
-use super::tree::{bad, env_names, get_bool, get_duration, get_str, get_usize};
+use super::tree::{bad, env_names, get_bool, get_duration, get_file, get_str, get_usize};
 
 /// `database.*`: `None` unless `database.enabled`.
 pub(super) fn database_settings(tree: &Value) -> Result<Option<PgSettings>, ConfigError> {
@@ -31,7 +31,10 @@ pub(super) fn database_settings(tree: &Value) -> Result<Option<PgSettings>, Conf
         user: text("database.user", &d.user)?,
         password: text("database.password", &d.password)?,
         dbname: text("database.dbname", &d.dbname)?,
-        sslmode: text("database.sslmode", &d.sslmode)?.to_ascii_lowercase(),
+        sslmode: text("database.sslmode", &d.sslmode)?.trim().to_ascii_lowercase(),
+        sslrootcert: get_file(tree, "database.sslrootcert")?,
+        sslcert: get_file(tree, "database.sslcert")?,
+        sslkey: get_file(tree, "database.sslkey")?,
         connect_timeout: get_duration(tree, "database.connecttimeout", d.connect_timeout)?,
         pool: PoolSettings {
             max_open: get_usize(tree, "database.pool.maxopen", d.pool.max_open)?,
@@ -58,11 +61,27 @@ pub(super) fn database_settings(tree: &Value) -> Result<Option<PgSettings>, Conf
             "database.connecttimeout (env REGISTRY_DATABASE_CONNECTTIMEOUT) must be greater than 0".into(),
         ));
     }
-    if s.sslmode != "disable" {
+    if SslMode::from_name(&s.sslmode).is_none() {
         return Err(ConfigError(format!(
-            "database.sslmode (env REGISTRY_DATABASE_SSLMODE): {:?} is not available in this version of Berth (TLS to PostgreSQL is not built in); use disable, with PostgreSQL on a private network or a Unix socket",
+            "database.sslmode{}: {:?} is not a PostgreSQL sslmode; use disable, allow, prefer, require, verify-ca or verify-full",
+            env_names("database.sslmode"),
             s.sslmode
         )));
+    }
+    match (&s.sslcert, &s.sslkey) {
+        (Some(_), None) => {
+            return Err(ConfigError(format!(
+                "database.sslkey{} must be set with database.sslcert (the client certificate's private key)",
+                env_names("database.sslkey")
+            )));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError(format!(
+                "database.sslcert{} must be set with database.sslkey (the client certificate)",
+                env_names("database.sslcert")
+            )));
+        }
+        _ => {}
     }
     Ok(Some(s))
 }
@@ -118,7 +137,17 @@ mod tests {
         for (yaml, want) in [
             ("database: {enabled: true, port: 70000}", "database.port"),
             ("database: {enabled: true, port: 0}", "database.port"),
-            ("database: {enabled: true, sslmode: require}", "database.sslmode"),
+            ("database: {enabled: true, sslmode: bogus}", "database.sslmode"),
+            ("database: {enabled: true, sslmode: verify_full}", "database.sslmode"),
+            (
+                "database: {enabled: true, sslmode: require, sslcert: /tls/client.crt}",
+                "database.sslkey (env REGISTRY_DATABASE_SSLKEY) must be set",
+            ),
+            (
+                "database: {enabled: true, sslmode: require, sslkey: /tls/client.key}",
+                "database.sslcert (env REGISTRY_DATABASE_SSLCERT) must be set",
+            ),
+            ("database: {enabled: true, sslrootcert: 5}", "database.sslrootcert"),
             ("database: {enabled: true, host: ''}", "database.host"),
             ("database: {enabled: true, pool: {maxopen: 0}}", "database.pool.maxopen"),
             (
@@ -130,5 +159,59 @@ mod tests {
             let e = load_str(yaml, &[]).unwrap_err().0;
             assert!(e.contains(want), "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn tls_settings() {
+        let (c, _) = load_str("database: {enabled: true}", &[]).unwrap();
+        let d = c.database.unwrap();
+        assert_eq!(
+            (d.sslmode.as_str(), &d.sslrootcert, &d.sslcert, &d.sslkey),
+            ("disable", &None, &None, &None)
+        );
+        for mode in ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] {
+            let (c, w) = load_str(&format!("database: {{enabled: true, sslmode: {mode}}}"), &[]).unwrap();
+            assert!(w.is_empty(), "{mode}: {w:?}");
+            assert_eq!(c.database.unwrap().sslmode, mode);
+        }
+        let (c, w) = load_str(
+            "database: {enabled: true, host: db.internal, sslmode: Verify-Full, sslrootcert: /tls/ca.crt, sslcert: /tls/client.crt, sslkey: /tls/client.key}",
+            &[],
+        )
+        .unwrap();
+        assert!(w.is_empty(), "the TLS settings are known: {w:?}");
+        let d = c.database.unwrap();
+        assert_eq!(d.sslmode, "verify-full", "any case, as GitLab's");
+        assert_eq!(d.sslrootcert.as_deref(), Some(std::path::Path::new("/tls/ca.crt")));
+        assert_eq!(d.sslcert.as_deref(), Some(std::path::Path::new("/tls/client.crt")));
+        assert_eq!(d.sslkey.as_deref(), Some(std::path::Path::new("/tls/client.key")));
+        let (c, _) = load_str(
+            "",
+            &[
+                ("REGISTRY_DATABASE_ENABLED", "true"),
+                ("REGISTRY_DATABASE_SSLMODE", "verify-ca"),
+                ("REGISTRY_DATABASE_SSLROOTCERT", "/run/secrets/pg-ca.crt"),
+                ("REGISTRY_DATABASE_SSLCERT", "/run/secrets/pg.crt"),
+                ("REGISTRY_DATABASE_SSLKEY", "/run/secrets/pg.key"),
+            ],
+        )
+        .unwrap();
+        let d = c.database.unwrap();
+        assert_eq!(d.sslmode, "verify-ca");
+        assert_eq!(
+            (d.sslrootcert.unwrap(), d.sslcert.unwrap(), d.sslkey.unwrap()),
+            (
+                "/run/secrets/pg-ca.crt".into(),
+                "/run/secrets/pg.crt".into(),
+                "/run/secrets/pg.key".into()
+            )
+        );
+        // An empty variable counts as unset.
+        let (c, _) = load_str(
+            "database: {enabled: true, sslrootcert: /tls/ca.crt}",
+            &[("REGISTRY_DATABASE_SSLROOTCERT", "")],
+        )
+        .unwrap();
+        assert_eq!(c.database.unwrap().sslrootcert, None);
     }
 }

@@ -289,7 +289,25 @@ pub const SETTINGS: &[Setting] = &[
         path: "database.sslmode",
         env: &["REGISTRY_DATABASE_SSLMODE"],
         default: "disable",
-        doc: "Only disable in this version (TLS to PostgreSQL is not built in); any other mode stops start-up. Run PostgreSQL on a private network or a Unix socket.",
+        doc: "TLS to PostgreSQL, libpq's modes: disable (no TLS); allow and prefer (TLS when the server offers it, else plain; allow behaves as prefer, trying TLS first); require (TLS always, the certificate not checked unless sslrootcert is set); verify-ca (TLS, the certificate's chain verified against sslrootcert, or the system's roots without it); verify-full (verify-ca, and the certificate must name database.host). Ignored over a Unix socket, which has no TLS.",
+    },
+    Setting {
+        path: "database.sslrootcert",
+        env: &["REGISTRY_DATABASE_SSLROOTCERT"],
+        default: "(none)",
+        doc: "PEM file of the CA certificate(s) the server's certificate must chain to. Read at start-up. Used by verify-ca and verify-full (without it: the system's roots), and, when set, by require, prefer and allow too (as libpq does with a root file).",
+    },
+    Setting {
+        path: "database.sslcert",
+        env: &["REGISTRY_DATABASE_SSLCERT"],
+        default: "(none)",
+        doc: "PEM client certificate (chain, leaf first) for servers that ask for one (clientcert=verify-ca or verify-full, or cert authentication, in pg_hba.conf). Needs database.sslkey. Read at start-up.",
+    },
+    Setting {
+        path: "database.sslkey",
+        env: &["REGISTRY_DATABASE_SSLKEY"],
+        default: "(none)",
+        doc: "Unencrypted PEM private key of database.sslcert (PKCS#8, PKCS#1 or SEC1). Read at start-up; never logged.",
     },
     Setting {
         path: "database.connecttimeout",

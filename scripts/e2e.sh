@@ -29,9 +29,6 @@ read -r -a LAYER_MIB <<<"${E2E_LAYER_MIB:-40 35 30}"
 SKOPEO_CACHE=/var/lib/containers/cache/blob-info-cache-v1.boltdb # root's; other users' is under ~/.local/share
 
 T_START=$EPOCHREALTIME
-STEP="setup"
-STEP_T0=$EPOCHREALTIME
-PASSED=()
 SKIPPED=()
 REG_PID=""
 EXTRA_PIDS=() # auth-mode registries of step f
@@ -41,61 +38,11 @@ REG_LOG=""
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
-log() { printf '[e2e %s] %s\n' "$(date +%T)" "$*"; }
-ok() { log "  ok: $*"; }
-warn() { log "  WARNING: $*"; }
-die() {
-  log "FAIL: $*"
-  exit 1
-}
-
-secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-
-step() {
-  STEP=$1
-  STEP_T0=$EPOCHREALTIME
-  log "=== $STEP"
-}
-
-step_passed() {
-  local t
-  t=$(secs_since "$STEP_T0")
-  PASSED+=("$(printf '%-88s %7ss' "$STEP" "$t")")
-  log "=== passed: $STEP (${t}s)"
-  STEP=""
-}
-
-# run NAME CMD...: run CMD with its output in $LOGS/NAME.log; on failure print that log and fail.
-run() {
-  local name=$1
-  shift
-  log "  \$ $*"
-  local rc=0
-  timeout -k 10 "$E2E_CMD_TIMEOUT" "$@" >"$LOGS/$name.log" 2>&1 || rc=$?
-  if ((rc != 0)); then
-    ((rc == 124)) && log "  command timed out after ${E2E_CMD_TIMEOUT}s (E2E_CMD_TIMEOUT)"
-    log "  command failed (exit $rc): $*"
-    log "  --- last 40 lines of its output ($LOGS/$name.log):"
-    tail -n 40 "$LOGS/$name.log" | sed 's/^/  | /'
-    die "$name failed"
-  fi
-}
-
-need() {
-  local c
-  for c in "$@"; do
-    type -P "$c" >/dev/null 2>&1 || die "required command '$c' not found (Debian: apt-get install skopeo umoci docker.io jq curl)"
-  done
-}
-
-curl() { command curl --max-time "$E2E_CMD_TIMEOUT" "$@"; }
-docker() { timeout -k 10 "$E2E_CMD_TIMEOUT" docker "$@"; }
-
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-
-# Skopeo remembers which repositories hold which blobs and then mounts across repositories instead of
-# uploading; forget that before every copy so each push really uploads.
-forget_skopeo_cache() { rm -f "$SKOPEO_CACHE" "${XDG_DATA_HOME:-${HOME:-/nonexistent}/.local/share}/containers/cache/blob-info-cache-v1.boltdb"; }
+STEPS_TAG=e2e CMD_TIMEOUT=$E2E_CMD_TIMEOUT CMD_TIMEOUT_VAR=E2E_CMD_TIMEOUT STEP_WIDTH=88
+NEED_HINT="Debian: apt-get install skopeo umoci docker.io jq curl"
+# log ok warn die secs_since step step_passed run need curl docker sha256_of forget_skopeo_cache
+# shellcheck source=scripts/lib/steps.sh
+source "$ROOT/scripts/lib/steps.sh"
 
 # free_port and stop_pid
 # shellcheck source=scripts/lib/common.sh

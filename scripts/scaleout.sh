@@ -4,7 +4,10 @@
 # database, behind haproxy round robin (per request, no stickiness), exercised with real clients:
 #
 #   1. start PostgreSQL, the replicas (each on its own port, deletes enabled) and haproxy; each
-#      replica's log says it keeps its metadata in postgresql
+#      replica's log says it keeps its metadata in postgresql. With s3, PostgreSQL takes TLS
+#      connections only (hostssl), the replicas connect with sslmode verify-full and every one of
+#      their connections uses TLS (pg_stat_ssl), and every object is written with
+#      storage.s3.encrypt (SSE-S3; SeaweedFS runs with a key-encryption key)
 #   2. the server's API tests (server/tests/api_*.rs) through the balancer (BERTH_TEST_URL)
 #   3. one chunked upload whose POST, PATCHes, status GET and PUT land on different replicas (the
 #      three PATCHes on b1, b2 and b3), then the blob read back from every replica
@@ -55,9 +58,6 @@ STORAGE_KIND=${SCALEOUT_STORAGE:-filesystem}
 }
 
 T_START=$EPOCHREALTIME
-STEP="setup"
-STEP_T0=$EPOCHREALTIME
-PASSED=()
 WORK=""
 REP_PID=() # index 1..3
 REP_PORT=()
@@ -66,58 +66,10 @@ DOCKER_MODE="" # "" = not set up, existing, private
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
-log() { printf '[scaleout %s] %s\n' "$(date +%T)" "$*"; }
-ok() { log "  ok: $*"; }
-die() {
-  log "FAIL: $*"
-  exit 1
-}
-secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-step() {
-  STEP=$1
-  STEP_T0=$EPOCHREALTIME
-  log "=== $STEP"
-}
-step_passed() {
-  local t
-  t=$(secs_since "$STEP_T0")
-  PASSED+=("$(printf '%-80s %7ss' "$STEP" "$t")")
-  log "=== passed: $STEP (${t}s)"
-  STEP=""
-}
-
-# run NAME CMD...: run CMD with its output in $LOGS/NAME.log; on failure print that log and fail.
-run() {
-  local name=$1
-  shift
-  log "  \$ $*"
-  local rc=0
-  timeout -k 10 "$CMD_TIMEOUT" "$@" >"$LOGS/$name.log" 2>&1 || rc=$?
-  if ((rc != 0)); then
-    ((rc == 124)) && log "  command timed out after ${CMD_TIMEOUT}s (SCALEOUT_CMD_TIMEOUT)"
-    log "  command failed (exit $rc): $*"
-    log "  --- last 40 lines of its output ($LOGS/$name.log):"
-    tail -n 40 "$LOGS/$name.log" | sed 's/^/  | /'
-    die "$name failed"
-  fi
-}
-
-need() {
-  local c
-  for c in "$@"; do
-    type -P "$c" >/dev/null 2>&1 || die "required command '$c' not found (scripts/install-deps.sh installs what the tests need)"
-  done
-}
-
-curl() { command curl --max-time "$CMD_TIMEOUT" "$@"; }
-# shellcheck disable=SC2032 # the EXIT trap runs the docker binary through xargs on purpose
-docker() { timeout -k 10 "$CMD_TIMEOUT" docker "$@"; }
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-
-# Skopeo remembers which repositories hold which blobs and then mounts instead of uploading; forget that
-# before pushes so that each really uploads.
-forget_skopeo_cache() { rm -f "$SKOPEO_CACHE" "${XDG_DATA_HOME:-${HOME:-/nonexistent}/.local/share}/containers/cache/blob-info-cache-v1.boltdb"; }
-
+STEPS_TAG=scaleout CMD_TIMEOUT_VAR=SCALEOUT_CMD_TIMEOUT
+# log ok warn die secs_since step step_passed run need curl docker sha256_of forget_skopeo_cache
+# shellcheck source=scripts/lib/steps.sh
+source "$ROOT/scripts/lib/steps.sh"
 # shellcheck source=scripts/lib/common.sh
 source "$ROOT/scripts/lib/common.sh"
 # shellcheck source=scripts/lib/postgres.sh
@@ -140,14 +92,10 @@ start_replica() {
   # --no-config-file: Debian's docker-registry package installs /etc/docker/registry/config.yml.
   local -a storage=("REGISTRY_STORAGE_PATH=$STORE")
   if [[ $STORAGE_KIND == s3 ]]; then
-    storage=(REGISTRY_STORAGE=s3 "REGISTRY_STORAGE_S3_REGIONENDPOINT=$S3_ENDPOINT" "REGISTRY_STORAGE_S3_REGION=$S3_REGION"
-      "REGISTRY_STORAGE_S3_BUCKET=$S3_BUCKET" "REGISTRY_STORAGE_S3_ACCESSKEY=$S3_ACCESS_KEY"
-      "REGISTRY_STORAGE_S3_SECRETKEY=$S3_SECRET_KEY" REGISTRY_STORAGE_S3_FORCEPATHSTYLE=true
-      REGISTRY_STORAGE_S3_ROOTDIRECTORY=scaleout "REGISTRY_STORAGE_REDIRECT_DISABLE=${REDIRECT_DISABLE:-false}")
+    storage=("${S3_ENV[@]}" "REGISTRY_STORAGE_REDIRECT_DISABLE=${REDIRECT_DISABLE:-false}")
   fi
-  env "${storage[@]}" "${REPLICA_ENV[@]}" REGISTRY_HTTP_ADDR="127.0.0.1:$port" REGISTRY_STORAGE_DELETE_ENABLED=true \
-    REGISTRY_DATABASE_ENABLED=true REGISTRY_DATABASE_HOST="$PG_HOST" REGISTRY_DATABASE_PORT="$PG_PORT" \
-    REGISTRY_DATABASE_USER="$PG_USER" REGISTRY_DATABASE_PASSWORD="$PG_PASSWORD" REGISTRY_DATABASE_DBNAME="$PG_DB" \
+  env "${storage[@]}" "${DB_ENV[@]}" "${REPLICA_ENV[@]}" REGISTRY_HTTP_ADDR="127.0.0.1:$port" \
+    REGISTRY_STORAGE_DELETE_ENABLED=true \
     "$BERTH_BIN" serve --no-config-file >>"$(rep_log "$n")" 2>&1 &
   REP_PID[n]=$!
   local deadline=$((SECONDS + 30)) code
@@ -243,6 +191,53 @@ layouts_identical() {
   echo "$n blobs, $((bytes / 1048576)) MiB"
 }
 
+# verify_pushed I [NAME]: scale/NAME-I:v1 (NAME: kill) pulled back through the balancer equals image I,
+# byte for byte.
+verify_pushed() {
+  local i=$1 name=${2:-kill}
+  forget_skopeo_cache
+  run "$name-pull-$i" skopeo copy --preserve-digests --src-tls-verify=false "docker://$REG/scale/$name-$i:v1" "oci:$IMAGES/out-$i:v1"
+  ok "scale/$name-$i:v1: $(layouts_identical "$IMAGES/c$i" "$IMAGES/out-$i" v1), byte-identical"
+  rm -rf "$IMAGES/out-$i"
+}
+# start_pushes NAME: $NCOPY concurrent skopeo copies of the images c1..c$NCOPY to scale/NAME-I:v1 through
+# the balancer ($REG), each log in $LOGS/NAME-push-I.log, their pids in COPY_PIDS.
+start_pushes() {
+  local name=$1 i
+  forget_skopeo_cache
+  COPY_PIDS=()
+  for i in $(seq 1 "$NCOPY"); do
+    timeout -k 10 "$CMD_TIMEOUT" skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false \
+      "oci:$IMAGES/c$i:v1" "docker://$REG/scale/$name-$i:v1" >"$LOGS/$name-push-$i.log" 2>&1 &
+    COPY_PIDS[i]=$!
+  done
+  log "  $NCOPY skopeo copies to scale/$name-*:v1 started: pids ${COPY_PIDS[*]}"
+}
+# finish_pushes NAME: waits for the copies of start_pushes NAME. Every acknowledged push must pull back
+# byte-identical; every failed one is retried and then must too. ACKED and FAILED_PUSHES get the
+# image numbers.
+finish_pushes() {
+  local name=$1 i rc
+  local -A rcs=()
+  ACKED=() FAILED_PUSHES=()
+  for i in $(seq 1 "$NCOPY"); do
+    rc=0
+    wait "${COPY_PIDS[i]}" || rc=$?
+    rcs[$i]=$rc
+    if ((rc == 0)); then ACKED+=("$i"); else FAILED_PUSHES+=("$i"); fi
+  done
+  COPY_PIDS=()
+  log "  acknowledged: ${ACKED[*]:-none}; failed: ${FAILED_PUSHES[*]:-none}"
+  for i in "${ACKED[@]}"; do verify_pushed "$i" "$name"; done
+  for i in "${FAILED_PUSHES[@]}"; do
+    log "  push $i failed (exit ${rcs[$i]}): $(grep -v '^\s*$' "$LOGS/$name-push-$i.log" | tail -n 1 | cut -c1-300)"
+    forget_skopeo_cache
+    run "$name-retry-$i" skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false \
+      "oci:$IMAGES/c$i:v1" "docker://$REG/scale/$name-$i:v1"
+    verify_pushed "$i" "$name"
+  done
+}
+
 # ---------------------------------------------------------------------------------------------------- cleanup
 
 on_exit() {
@@ -334,10 +329,26 @@ step_passed
 
 # ---------------------------------------------------------------------------------------------------- 1
 step "1. PostgreSQL, $NREP replicas on one storage ($STORAGE_KIND) and one database, haproxy round robin"
+# With S3, PostgreSQL takes TLS connections only and the replicas verify it (sslmode verify-full).
+[[ $STORAGE_KIND != s3 ]] || export POSTGRES_TLS=1
 postgres_start "$WORK/pg" || die "PostgreSQL did not start"
+DB_ENV=(REGISTRY_DATABASE_ENABLED=true "REGISTRY_DATABASE_HOST=$PG_HOST" "REGISTRY_DATABASE_PORT=$PG_PORT"
+  "REGISTRY_DATABASE_USER=$PG_USER" "REGISTRY_DATABASE_PASSWORD=$PG_PASSWORD" "REGISTRY_DATABASE_DBNAME=$PG_DB")
+if [[ -n ${PG_SSLROOTCERT:-} ]]; then
+  DB_ENV+=(REGISTRY_DATABASE_SSLMODE=verify-full "REGISTRY_DATABASE_SSLROOTCERT=$PG_SSLROOTCERT")
+  PGSSLMODE=verify-full PGSSLROOTCERT=$PG_SSLROOTCERT postgres_psql -tAc 'select 1' >/dev/null ||
+    die "psql with sslmode=verify-full cannot connect to the TLS-only PostgreSQL"
+  ! PGSSLMODE=disable postgres_psql -tAc 'select 1' >/dev/null 2>&1 ||
+    die "the TLS-only PostgreSQL took a connection without TLS"
+  ok "PostgreSQL takes TLS connections only; the replicas connect with sslmode verify-full"
+fi
 if [[ $STORAGE_KIND == s3 ]]; then
   mkdir -p "$WORK/s3"
   seaweedfs_start "$WORK/s3" || die "SeaweedFS did not start"
+  S3_ENV=(REGISTRY_STORAGE=s3 "REGISTRY_STORAGE_S3_REGIONENDPOINT=$S3_ENDPOINT" "REGISTRY_STORAGE_S3_REGION=$S3_REGION"
+    "REGISTRY_STORAGE_S3_BUCKET=$S3_BUCKET" "REGISTRY_STORAGE_S3_ACCESSKEY=$S3_ACCESS_KEY"
+    "REGISTRY_STORAGE_S3_SECRETKEY=$S3_SECRET_KEY" REGISTRY_STORAGE_S3_FORCEPATHSTYLE=true
+    REGISTRY_STORAGE_S3_ROOTDIRECTORY=scaleout REGISTRY_STORAGE_S3_ENCRYPT=true)
 fi
 for n in $(seq 1 "$NREP"); do start_replica "$n"; done
 for n in $(seq 1 "$NREP"); do
@@ -352,6 +363,14 @@ if [[ $STORAGE_KIND == s3 ]]; then
   done
 fi
 ok "each replica's log: metadata=postgresql, blobs=$STORAGE_KIND"
+if [[ -n ${PG_SSLROOTCERT:-} ]]; then
+  # The replicas' own connections (this psql's is not counted): all over TLS.
+  tls=$(postgres_psql -tAc "select count(*) filter (where s.ssl), count(*) filter (where not s.ssl)
+    from pg_stat_ssl s join pg_stat_activity a using (pid) where a.usename = current_user and a.pid <> pg_backend_pid()")
+  [[ ${tls%%|*} -ge $NREP && ${tls##*|} == 0 ]] ||
+    die "the replicas' PostgreSQL connections are not all TLS (with TLS|without: $tls)"
+  ok "the replicas' ${tls%%|*} PostgreSQL connections all use TLS (pg_stat_ssl)"
+fi
 haproxy_start "$WORK/haproxy" "${REP_PORT[@]}" || die "haproxy did not start"
 seen=""
 for i in 1 2 3 4 5 6; do
@@ -535,14 +554,7 @@ haproxy_stop "$WORK/haproxy"
 HAPROXY_CHECK=1 haproxy_start "$WORK/haproxy" "${REP_PORT[@]}" || die "haproxy (health-checked) did not start"
 REG="127.0.0.1:$HAPROXY_PORT"
 sleep 1.2 # two health checks: every replica UP
-forget_skopeo_cache
-declare -A COPY_RC=()
-for i in $(seq 1 "$NCOPY"); do
-  timeout -k 10 "$CMD_TIMEOUT" skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false \
-    "oci:$IMAGES/c$i:v1" "docker://$REG/scale/kill-$i:v1" >"$LOGS/kill-push-$i.log" 2>&1 &
-  COPY_PIDS[i]=$!
-done
-log "  $NCOPY skopeo copies started: pids ${COPY_PIDS[*]}"
+start_pushes kill
 # Kill as soon as replica 2 is taking part in the uploads (its log shows upload requests), so that
 # pushes are under way whatever the machine's speed; at most 3 s after the start.
 uploads_before=$(grep -c 'route="upload' "$(rep_log 2)" || true)
@@ -565,41 +577,12 @@ until grep -q 'b2 is DOWN' "$WORK/haproxy/haproxy.log"; do
   sleep 0.1
 done
 ok "haproxy took b2 out of rotation: $(grep -o 'Server replicas/b2 is DOWN.*' "$WORK/haproxy/haproxy.log" | head -n 1 | cut -c1-120)"
-for i in $(seq 1 "$NCOPY"); do
-  rc=0
-  wait "${COPY_PIDS[i]}" || rc=$?
-  COPY_RC[$i]=$rc
-done
-COPY_PIDS=()
-acked=() failed=()
-for i in $(seq 1 "$NCOPY"); do
-  if ((COPY_RC[$i] == 0)); then acked+=("$i"); else failed+=("$i"); fi
-done
-log "  acknowledged: ${acked[*]:-none}; failed: ${failed[*]:-none}"
+finish_pushes kill
 # haproxy sends requests that cannot connect to the killed replica to another one (retry-on
 # conn-failure), so only pushes with a request in flight on it fail: with none acknowledged, the
-# check below would check nothing.
-((${#acked[@]} > 0)) || die "none of the $NCOPY pushes was acknowledged: the kill left nothing to check"
-for i in "${failed[@]}"; do
-  log "  copy $i failed (exit ${COPY_RC[$i]}): $(grep -v '^\s*$' "$LOGS/kill-push-$i.log" | tail -n 1 | cut -c1-300)"
-done
-# verify_pushed I [NAME]: scale/NAME-I:v1 (NAME: kill) pulled back through the balancer equals image I,
-# byte for byte.
-verify_pushed() {
-  local i=$1 name=${2:-kill}
-  forget_skopeo_cache
-  run "$name-pull-$i" skopeo copy --preserve-digests --src-tls-verify=false "docker://$REG/scale/$name-$i:v1" "oci:$IMAGES/out-$i:v1"
-  ok "scale/$name-$i:v1: $(layouts_identical "$IMAGES/c$i" "$IMAGES/out-$i" v1), byte-identical"
-  rm -rf "$IMAGES/out-$i"
-}
-for i in "${acked[@]}"; do verify_pushed "$i"; done
-for i in "${failed[@]}"; do
-  forget_skopeo_cache
-  run "kill-retry-$i" skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false \
-    "oci:$IMAGES/c$i:v1" "docker://$REG/scale/kill-$i:v1"
-  verify_pushed "$i"
-done
-ok "${#acked[@]} acknowledged pushes intact, ${#failed[@]} failed ones pushed on retry and intact"
+# check above checked nothing.
+((${#ACKED[@]} > 0)) || die "none of the $NCOPY pushes was acknowledged: the kill left nothing to check"
+ok "${#ACKED[@]} acknowledged pushes intact, ${#FAILED_PUSHES[@]} failed ones pushed on retry and intact"
 start_replica 2
 d=$(manifest_digest_in_layout "$IMAGES/c1" v1)
 code=$(curl -sS -o "$WORK/m.json" -w '%{http_code}' -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
@@ -707,49 +690,18 @@ if [[ $STORAGE_KIND == s3 ]]; then
     --data-binary "@$G/orphan.bin" "$HAPROXY_URL/v2/scale/gc-orphan/blobs/uploads/?digest=$od")
   [[ $code == 201 ]] || die "push of a blob no manifest references: status $code"
   # berth_s3 ARGS...: a berth command on the replicas' bucket and database.
-  berth_s3() {
-    env REGISTRY_STORAGE=s3 "REGISTRY_STORAGE_S3_REGIONENDPOINT=$S3_ENDPOINT" "REGISTRY_STORAGE_S3_REGION=$S3_REGION" \
-      "REGISTRY_STORAGE_S3_BUCKET=$S3_BUCKET" "REGISTRY_STORAGE_S3_ACCESSKEY=$S3_ACCESS_KEY" \
-      "REGISTRY_STORAGE_S3_SECRETKEY=$S3_SECRET_KEY" REGISTRY_STORAGE_S3_FORCEPATHSTYLE=true \
-      REGISTRY_STORAGE_S3_ROOTDIRECTORY=scaleout REGISTRY_DATABASE_ENABLED=true REGISTRY_DATABASE_HOST="$PG_HOST" \
-      REGISTRY_DATABASE_PORT="$PG_PORT" REGISTRY_DATABASE_USER="$PG_USER" REGISTRY_DATABASE_PASSWORD="$PG_PASSWORD" \
-      REGISTRY_DATABASE_DBNAME="$PG_DB" "$BERTH_BIN" "$@"
-  }
+  berth_s3() { env "${S3_ENV[@]}" "${DB_ENV[@]}" "$BERTH_BIN" "$@"; }
   gc_once() { berth_s3 gc --no-config-file --grace 0s; }
-  forget_skopeo_cache
-  declare -A GC_RC=()
-  GC_PIDS=()
-  for i in $(seq 1 "$NCOPY"); do
-    timeout -k 10 "$CMD_TIMEOUT" skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false \
-      "oci:$IMAGES/c$i:v1" "docker://$REG/scale/gc-$i:v1" >"$LOGS/gc-push-$i.log" 2>&1 &
-    GC_PIDS[i]=$!
-  done
+  start_pushes gc
   for k in 1 2 3; do
     gc_once >"$LOGS/gc-$k.log" 2>&1 || die "berth gc run $k failed: $(tail -n 3 "$LOGS/gc-$k.log")"
     log "  gc $k: $(grep -E 'removed' "$LOGS/gc-$k.log" | tail -n 1 | cut -c1-200)"
   done
-  for i in $(seq 1 "$NCOPY"); do
-    rc=0
-    wait "${GC_PIDS[i]}" || rc=$?
-    GC_RC[$i]=$rc
-  done
-  acked=() failed=()
-  for i in $(seq 1 "$NCOPY"); do
-    if ((GC_RC[$i] == 0)); then acked+=("$i"); else failed+=("$i"); fi
-  done
-  log "  acknowledged: ${acked[*]:-none}; failed: ${failed[*]:-none}"
-  for i in "${acked[@]}"; do verify_pushed "$i" gc; done
-  for i in "${failed[@]}"; do
-    log "  push $i failed alongside gc (exit ${GC_RC[$i]}): $(grep -v '^\s*$' "$LOGS/gc-push-$i.log" | tail -n 1 | cut -c1-200)"
-    forget_skopeo_cache
-    run "gc-retry-$i" skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false \
-      "oci:$IMAGES/c$i:v1" "docker://$REG/scale/gc-$i:v1"
-    verify_pushed "$i" gc
-  done
+  finish_pushes gc
   verify_pushed 3
   code=$(curl -sS -o /dev/null -w '%{http_code}' -I "$HAPROXY_URL/v2/scale/gc-orphan/blobs/$od")
   [[ $code == 404 ]] || die "the blob no manifest references is still there after gc --grace 0s (HEAD: $code)"
-  ok "${#acked[@]} acknowledged pushes intact, ${#failed[@]} failed ones pushed on retry and intact; scale/kill-3:v1 intact; the unreferenced blob is gone"
+  ok "${#ACKED[@]} acknowledged pushes intact, ${#FAILED_PUSHES[@]} failed ones pushed on retry and intact; scale/kill-3:v1 intact; the unreferenced blob is gone"
   rm -rf "$G"
   step_passed
 fi

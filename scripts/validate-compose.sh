@@ -37,15 +37,12 @@ else
 fi
 
 START=$SECONDS
-PASSED=0
-FAILED=0
-ok() { PASSED=$((PASSED + 1)); printf '  ok    %s\n' "$*"; }
-bad() { FAILED=$((FAILED + 1)); printf '  FAIL  %s\n' "$*"; }
-note() { printf '        %s\n' "$*"; }
+# ok, bad, note, checks_summary
+# shellcheck source=scripts/lib/checks.sh
+source "$ROOT/scripts/lib/checks.sh"
 finish() {
     echo "== done in $((SECONDS - START))s"
-    echo "validate-compose: $PASSED passed, $FAILED failed"
-    if ((FAILED == 0)); then exit 0; else exit 1; fi
+    if checks_summary validate-compose; then exit 0; else exit 1; fi
 }
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/validate-compose.XXXXXX")

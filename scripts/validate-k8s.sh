@@ -41,11 +41,9 @@ else
 fi
 
 START=$SECONDS
-PASSED=0
-FAILED=0
-ok() { PASSED=$((PASSED + 1)); printf '  ok    %s\n' "$*"; }
-bad() { FAILED=$((FAILED + 1)); printf '  FAIL  %s\n' "$*"; }
-note() { printf '        %s\n' "$*"; }
+# ok, bad, note, checks_summary
+# shellcheck source=scripts/lib/checks.sh
+source "$ROOT/scripts/lib/checks.sh"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/validate-k8s.XXXXXX")
 trap 'rm -rf -- "$TMP"' EXIT
@@ -78,7 +76,7 @@ if have_kv; then
     ok "kubernetes-validate $KV_VERSION ready"
 else
     bad "kubernetes-validate $KV_VERSION could not be installed into $VENV"
-    echo "validate-k8s: $PASSED passed, $FAILED failed"
+    checks_summary validate-k8s
     exit 1
 fi
 KV=$VENV/bin/kubernetes-validate
@@ -933,5 +931,4 @@ else
 fi
 
 echo "== done in $((SECONDS - START))s"
-echo "validate-k8s: $PASSED passed, $FAILED failed"
-((FAILED == 0))
+checks_summary validate-k8s

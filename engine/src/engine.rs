@@ -162,6 +162,7 @@ impl Engine {
         }
         let client = S3Client::new(s3)?;
         client.check_bucket().await?;
+        client.check_encryption().await?;
         let store = PgStore::connect(db).await?;
         bind_bucket(&client, &store, s3, db).await?;
         Ok(Engine {

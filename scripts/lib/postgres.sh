@@ -11,7 +11,11 @@
 #   postgres_psql ARGS      psql as the test role over TCP (PGPASSWORD set), e.g. postgres_psql -c 'select 1'
 #
 # Exported: PG_HOST (127.0.0.1), PG_PORT, PG_USER, PG_PASSWORD, PG_DB, and PG_URL
-# (postgres://user:password@127.0.0.1:port/db).
+# (postgres://user:password@127.0.0.1:port/db); with POSTGRES_TLS=1, PG_SSLROOTCERT too.
+#
+# POSTGRES_TLS=1: TLS only. A CA and a server certificate for 127.0.0.1 and localhost are made with
+# openssl (DIR/pg-ca.pem is the CA, for sslrootcert), ssl is on, and pg_hba.conf has hostssl lines
+# only, so a client without TLS is refused.
 #
 # PostgreSQL refuses to run as root. As root the server runs as the system user $PG_OS_USER (default
 # berth-pg, created with useradd when missing), and its data lives in a directory that user owns under
@@ -52,6 +56,7 @@ _pg_export() {
   source "$1/postgres.env"
   export PG_HOST=127.0.0.1 PG_PORT="$PGL_PORT" PG_USER="$PGL_USER" PG_PASSWORD="$PGL_PASSWORD" PG_DB="$PGL_DB"
   export PG_URL="postgres://$PG_USER:$PG_PASSWORD@$PG_HOST:$PG_PORT/$PG_DB"
+  if [[ -n ${PGL_SSLROOTCERT:-} ]]; then export PG_SSLROOTCERT=$PGL_SSLROOTCERT; fi
 }
 
 postgres_psql() {
@@ -70,6 +75,32 @@ _pg_ctl_start() {
     tail -n 15 "$PGL_DATA/postgres.log" 2>/dev/null | sed 's/^/  | /' >&2
     return 1
   fi
+}
+
+# _pg_tls DIR DATA: a CA (DIR/pg-ca.pem) and a server certificate signed by it for 127.0.0.1 and
+# localhost; ssl on, and every TCP line of pg_hba.conf made hostssl.
+_pg_tls() {
+  local dir=$1 data=$2 t
+  t=$(mktemp -d) || return 1
+  if ! {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=berth test PostgreSQL CA" \
+      -keyout "$t/ca.key" -out "$dir/pg-ca.pem" &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$t/server.key" -out "$t/server.csr" &&
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$t/ext" &&
+      openssl x509 -req -in "$t/server.csr" -CA "$dir/pg-ca.pem" -CAkey "$t/ca.key" -CAcreateserial -days 2 \
+        -extfile "$t/ext" -out "$t/server.crt"
+  } >"$t/openssl.log" 2>&1; then
+    _pg_say "  making the PostgreSQL TLS certificates failed: $(tail -n 3 "$t/openssl.log")"
+    rm -rf "$t"
+    return 1
+  fi
+  _pg_as tee "$data/data/server.crt" <"$t/server.crt" >/dev/null
+  _pg_as tee "$data/data/server.key" <"$t/server.key" >/dev/null
+  _pg_as chmod 0600 "$data/data/server.key"
+  rm -rf "$t"
+  printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" | _pg_as tee -a "$data/data/postgresql.conf" >/dev/null
+  _pg_as sed -i -E 's/^host([[:space:]])/hostssl\1/' "$data/data/pg_hba.conf"
 }
 
 postgres_start() {
@@ -104,6 +135,7 @@ PGL_DB=berth
 PG_OS_USER=$PG_OS_USER
 EOF
   chmod 0600 "$dir/postgres.env"
+  [[ ${POSTGRES_TLS:-0} != 1 ]] || echo "PGL_SSLROOTCERT=$dir/pg-ca.pem" >>"$dir/postgres.env"
   _pg_export "$dir"
   # The server's superuser is the OS user, trusted on the unix socket only (a directory only it can
   # enter); TCP needs a password (scram-sha-256) for every role.
@@ -125,6 +157,9 @@ max_connections = 200
 fsync = on
 logging_collector = off
 EOF
+  if [[ ${POSTGRES_TLS:-0} == 1 ]]; then
+    _pg_tls "$dir" "$data" || return 1
+  fi
   _pg_ctl_start "$dir" || return 1
   # Role and database, over the socket as the superuser.
   if ! _pg_as "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$data/sock" -p "$port" -U "$PG_OS_USER" -d postgres \

@@ -16,6 +16,7 @@
 #   seaweedfs_python ARGS   python3 with boto3 (the services venv, see scripts/install-deps.sh)
 #   seaweedfs_s3_up         0 when the S3 port accepts connections
 #
+# SEAWEEDFS_SSE=off: no key-encryption key, so SSE-S3 writes are refused (default on: a random one).
 # SEAWEEDFS_ARGS: more `weed server` flags (split on spaces), e.g. "-filer.maxMB=16".
 # Exported: S3_ENDPOINT (http://127.0.0.1:PORT), S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET, S3_REGION.
 # Clients must sign with SigV4 and use path-style addressing (no bucket subdomains on 127.0.0.1).
@@ -77,7 +78,11 @@ _sw_launch() {
   # -volume.preStopSeconds=0: no 10 s wait for other masters to notice before the volume server stops.
   # Iceberg and Lance listeners off, telemetry off (the machine has no network), unix sockets in DIR
   # where the flag exists (the gRPC ones stay in /tmp, named by port; seaweedfs_stop removes them).
-  "$weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  # WEED_S3_SSE_KEK (hex, 256 bits, kept in DIR/seaweedfs.env for restarts): SSE-S3 on, so that
+  # objects written with `x-amz-server-side-encryption: AES256` (storage.s3.encrypt) are encrypted.
+  local -a kek=()
+  [[ -z ${SW_SSE_KEK:-} ]] || kek=("WEED_S3_SSE_KEK=$SW_SSE_KEK")
+  env "${kek[@]}" "$weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -master.port="$SW_MASTER_PORT" -master.port.grpc="$SW_MASTER_GRPC" -master.electionTimeout=1s \
     -master.telemetry=false -master.volumeSizeLimitMB=1024 \
     -volume.port="$SW_VOLUME_PORT" -volume.port.grpc="$SW_VOLUME_GRPC" -volume.max=0 -volume.preStopSeconds=0 \
@@ -186,6 +191,7 @@ SW_ACCESS_KEY=$key
 SW_SECRET_KEY=$secret
 SW_BUCKET=${S3_BUCKET_NAME:-berth-test}
 SW_REGION=us-east-1
+SW_SSE_KEK=$([[ ${SEAWEEDFS_SSE:-on} == off ]] || od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 EOF
   # One identity with every action a registry needs; an identities file turns SigV4 checking on.
   cat >"$dir/identities.json" <<EOF

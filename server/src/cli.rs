@@ -458,6 +458,15 @@ pub fn check_config(src: &ConfigSource) {
     {
         fail(&e);
     }
+    if let Some(db) = &cfg.database
+        && let Err(e) = berth_engine::postgres::check_tls_files(db)
+    {
+        let file = cfg
+            .file
+            .as_ref()
+            .map_or_else(|| "REGISTRY_* variables".to_owned(), |f| f.display().to_string());
+        fail(&format!("configuration error: {file}: {e}"));
+    }
     println!("{cfg:#?}");
     println!("configuration OK");
 }

@@ -435,3 +435,61 @@ async fn garbage_collection_online_and_offline() {
     reg.head(&format!("/v2/gc/app/blobs/{layer}")).await.expect(200);
     assert_eq!(reg.get_manifest("gc/app", "v1").await.expect(200).body, manifest);
 }
+
+/// `berth check-config` reads the TLS files of `database.*` as start-up would, without connecting.
+#[test]
+fn check_config_reads_the_database_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("ca.key"), dir.path().join("ca.pem"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["keygen", "--alg", "es256", "--name", "db.internal"])
+        .arg("--key")
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let garbage = dir.path().join("not-a-certificate.pem");
+    std::fs::write(&garbage, "not PEM at all\n").unwrap();
+    let check = |rootcert: &std::path::Path, client: Option<(&std::path::Path, &std::path::Path)>| {
+        let conf = dir.path().join("config.yml");
+        let mut text = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\ndatabase:\n  enabled: true\n  host: 127.0.0.1\n  sslmode: verify-full\n  sslrootcert: {}\n",
+            dir.path().join("data").display(),
+            rootcert.display()
+        );
+        if let Some((c, k)) = client {
+            text += &format!("  sslcert: {}\n  sslkey: {}\n", c.display(), k.display());
+        }
+        std::fs::write(&conf, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("check-config")
+            .arg(&conf)
+            .env_remove("REGISTRY_DATABASE_ENABLED")
+            .output()
+            .unwrap()
+    };
+    let out = check(&cert, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = check(&cert, Some((&cert, &key)));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = check(&garbage, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("database.sslrootcert") && err.contains("config.yml"),
+        "{err}"
+    );
+    let out = check(&cert, Some((&cert, &garbage)));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("database.sslkey"), "{err}");
+    let out = check(&dir.path().join("missing.pem"), None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("database.sslrootcert") && err.contains("missing.pem"),
+        "{err}"
+    );
+}

@@ -32,6 +32,12 @@ pub use listen::CHANNEL;
 pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migration};
 pub use settings::{PgSettings, PoolSettings, SslMode};
 
+/// Reads the TLS files `settings` names (`database.sslrootcert`, `sslcert`, `sslkey`) and checks
+/// that they make a client configuration, without connecting: what `berth check-config` checks.
+pub fn check_tls_files(settings: &PgSettings) -> crate::Result<()> {
+    tls::connector(settings).map(|_| ())
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 

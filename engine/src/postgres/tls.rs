@@ -22,16 +22,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{CertificateError, RootCertStore};
 use rustls_tokio_postgres::MakeRustlsConnect;
 
 use super::settings::{PgSettings, SslMode};
 use crate::error::{Error, MetaError, Result};
+use crate::tls_verify::{AnyCertificate, AnyName};
 
 /// How connections are made: plain, or TLS with one client configuration.
 #[derive(Clone)]
@@ -166,123 +166,6 @@ fn verifier(
     })
 }
 
-/// `require` (and `prefer`, `allow`) without `sslrootcert`: any server certificate, as libpq.
-/// The handshake's signatures are still checked, so the connection is encrypted to whoever holds
-/// the certificate's key, and channel binding (SCRAM-SHA-256-PLUS) ties the login to it; only
-/// who that is goes unchecked.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca` (and `require` with `sslrootcert`): rustls's WebPKI verifier, except that a
-/// certificate naming another host is accepted — and only that. Every other verdict of the inner
-/// verifier (unknown issuer, bad signature, expired, wrong purpose…) stands. Before a name
-/// mismatch is let through, the chain is verified once more on its own
-/// ([`rustls::client::verify_server_cert_signed_by_trust_anchor`]), so the acceptance does not
-/// rest on the order in which the inner verifier checks things.
-#[derive(Debug)]
-struct AnyName {
-    inner: Arc<WebPkiServerVerifier>,
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-/// Whether `e` says only that the certificate names another host.
-fn name_mismatch(e: &rustls::Error) -> bool {
-    matches!(
-        e,
-        rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
-        )
-    )
-}
-
-impl ServerCertVerifier for AnyName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Ok(v) => Ok(v),
-            Err(e) if name_mismatch(&e) => {
-                let cert = ParsedCertificate::try_from(end_entity)?;
-                rustls::client::verify_server_cert_signed_by_trust_anchor(
-                    &cert,
-                    &self.roots,
-                    intermediates,
-                    now,
-                    self.provider.signature_verification_algorithms.all,
-                )?;
-                Ok(ServerCertVerified::assertion())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// The rustls error somewhere in `e`'s chain (tokio-rustls wraps it in an `io::Error`).
 fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cur = Some(e);
@@ -379,6 +262,9 @@ pub(crate) fn explain(settings: &PgSettings, e: &tokio_postgres::Error) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::{ServerName, UnixTime};
+
+    use crate::tls_verify::name_mismatch;
 
     /// A CA, and a way to issue server certificates from it.
     struct Ca {
@@ -563,29 +449,5 @@ mod tests {
         ] {
             assert!(matches!(connector(&s), Ok(Tls::Off)), "{s:?}");
         }
-    }
-
-    #[test]
-    fn only_a_name_mismatch_counts_as_one() {
-        assert!(name_mismatch(&rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForName
-        )));
-        assert!(name_mismatch(&rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForNameContext {
-                expected: ServerName::try_from("db.internal").unwrap(),
-                presented: vec!["other.internal".into()],
-            }
-        )));
-        for other in [
-            CertificateError::UnknownIssuer,
-            CertificateError::BadSignature,
-            CertificateError::Expired,
-            CertificateError::InvalidPurpose,
-            CertificateError::BadEncoding,
-            CertificateError::ApplicationVerificationFailure,
-        ] {
-            assert!(!name_mismatch(&rustls::Error::InvalidCertificate(other)));
-        }
-        assert!(!name_mismatch(&rustls::Error::General("NotValidForName".into())));
     }
 }

@@ -50,6 +50,16 @@ pub struct PendingUpload {
     pub age_secs: u64,
 }
 
+/// The headers of a request that makes an object, sorted by name as SigV4 signs them.
+fn new_object_headers(s: &S3Settings) -> Vec<(&'static str, String)> {
+    let mut h: Vec<(&'static str, String)> = s.encryption.iter().flat_map(|e| e.headers()).collect();
+    if let Some(c) = &s.storage_class {
+        h.push(("x-amz-storage-class", c.clone()));
+    }
+    h.sort_by_key(|(k, _)| *k);
+    h
+}
+
 /// A bucket, with its credentials and an HTTP client. Cheap to clone (clones share one
 /// connection pool).
 #[derive(Clone)]
@@ -62,7 +72,8 @@ struct Inner {
     bucket: Bucket,
     creds: Credentials,
     root: String,
-    storage_class: Option<String>,
+    /// Sent (and signed) with every request that makes an object: storage class, encryption.
+    new_object_headers: Vec<(&'static str, String)>,
     presign_expiry: Duration,
 }
 
@@ -120,7 +131,7 @@ impl S3Client {
                 bucket,
                 creds,
                 root: s.root_directory.trim_matches('/').to_owned(),
-                storage_class: s.storage_class.clone(),
+                new_object_headers: new_object_headers(s),
                 presign_expiry: s.presign_expiry,
             }),
         })
@@ -240,28 +251,45 @@ impl S3Client {
         }
     }
 
+    /// With `storage.s3.encrypt`: whether the store takes an encrypted write (a start-up check; a
+    /// store without server-side encryption would otherwise fail every push). Writes and deletes
+    /// one small object, `berth-encryption-check`.
+    pub async fn check_encryption(&self) -> Result<()> {
+        if !self
+            .inner
+            .new_object_headers
+            .iter()
+            .any(|(k, _)| *k == "x-amz-server-side-encryption")
+        {
+            return Ok(());
+        }
+        const KEY: &str = "berth-encryption-check";
+        match self.put(KEY, Bytes::from_static(b"encrypted write check\n")).await {
+            Ok(()) => self.delete(KEY).await,
+            Err(Error::ObjectStore(
+                ObjectStoreError::Refused { detail, .. } | ObjectStoreError::Unavailable(detail),
+            )) => Err(Error::ObjectStore(ObjectStoreError::Settings(format!(
+                "storage.s3.encrypt: the store refused an encrypted write to bucket {:?} ({detail}); it may have no server-side encryption set up (MinIO needs a KMS, SeaweedFS s3.sse.kek; with storage.s3.keyid, the key must exist and be usable by storage.s3.accesskey), or set storage.s3.encrypt: false",
+                self.inner.bucket.name()
+            )))),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Store a whole object.
     pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let full = self.full(key);
         let url = || {
             let mut a = self.inner.bucket.put_object(Some(&self.inner.creds), &full);
-            if let Some(c) = &self.inner.storage_class {
-                a.headers_mut().insert("x-amz-storage-class", c.clone());
+            for (k, v) in &self.inner.new_object_headers {
+                a.headers_mut().insert(*k, v.clone());
             }
             a.sign(SIGNED_FOR)
         };
-        let headers = self.class_header();
-        self.call(&format!("PUT {full}"), Method::PUT, url, &headers, data)
+        let headers = &self.inner.new_object_headers;
+        self.call(&format!("PUT {full}"), Method::PUT, url, headers, data)
             .await?;
         Ok(())
-    }
-
-    fn class_header(&self) -> Vec<(&'static str, String)> {
-        self.inner
-            .storage_class
-            .iter()
-            .map(|c| ("x-amz-storage-class", c.clone()))
-            .collect()
     }
 
     /// A whole small object, `None` when there is none.
@@ -381,13 +409,13 @@ impl S3Client {
                 .inner
                 .bucket
                 .create_multipart_upload(Some(&self.inner.creds), &full);
-            if let Some(c) = &self.inner.storage_class {
-                a.headers_mut().insert("x-amz-storage-class", c.clone());
+            for (k, v) in &self.inner.new_object_headers {
+                a.headers_mut().insert(*k, v.clone());
             }
             a.sign(SIGNED_FOR)
         };
-        let headers = self.class_header();
-        let (_, body) = self.call(&what, Method::POST, url, &headers, Bytes::new()).await?;
+        let headers = &self.inner.new_object_headers;
+        let (_, body) = self.call(&what, Method::POST, url, headers, Bytes::new()).await?;
         let text = std::str::from_utf8(&body).map_err(|_| malformed(&what))?;
         let parsed = CreateMultipartUpload::parse_response(text).map_err(|_| malformed(&what))?;
         Ok(parsed.upload_id().to_owned())
@@ -555,7 +583,7 @@ fn tls(skip_verify: bool) -> Result<hyper_rustls::HttpsConnectorBuilder<hyper_ru
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::ObjectStore(ObjectStoreError::Settings(format!("TLS: {e}"))))?
             .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(super::insecure::AnyCertificate(provider)))
+            .with_custom_certificate_verifier(std::sync::Arc::new(crate::tls_verify::AnyCertificate(provider)))
             .with_no_client_auth();
         return Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config));
     }
@@ -593,4 +621,35 @@ fn refused(what: &str, status: StatusCode, body: &[u8]) -> Error {
         status: status.as_u16(),
         detail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s3::settings::Encryption;
+
+    #[test]
+    fn new_objects_carry_class_and_encryption_sorted_for_signing() {
+        let s = |encryption, class: Option<&str>| S3Settings {
+            encryption,
+            storage_class: class.map(str::to_owned),
+            ..S3Settings::default()
+        };
+        assert!(new_object_headers(&s(None, None)).is_empty());
+        assert_eq!(
+            new_object_headers(&s(Some(Encryption::Aes256), None)),
+            [("x-amz-server-side-encryption", "AES256".to_owned())]
+        );
+        assert_eq!(
+            new_object_headers(&s(Some(Encryption::Kms("alias/registry".into())), Some("STANDARD_IA"))),
+            [
+                ("x-amz-server-side-encryption", "aws:kms".to_owned()),
+                (
+                    "x-amz-server-side-encryption-aws-kms-key-id",
+                    "alias/registry".to_owned()
+                ),
+                ("x-amz-storage-class", "STANDARD_IA".to_owned()),
+            ]
+        );
+    }
 }

@@ -5,11 +5,10 @@
 //! - [`blobs`]: the blob store ([`crate::BlobStore`]): one object per blob, named by its record.
 //! - [`uploads`]: upload sessions ([`crate::UploadStore`]) in multipart parts, their rows in the
 //!   shared database.
-//! - `xml`: the answers `rusty-s3` has no type for; `insecure`: `skipverify`.
+//! - `xml`: the answers `rusty-s3` has no type for.
 
 pub mod blobs;
 pub mod client;
-mod insecure;
 pub mod settings;
 pub mod uploads;
 mod xml;

@@ -46,6 +46,9 @@ pub struct S3Settings {
     pub skip_verify: bool,
     /// Storage class of new objects (`storageclass`), when not the bucket's default.
     pub storage_class: Option<String>,
+    /// Server-side encryption asked for on every object written (`encrypt`, `keyid`); `None`:
+    /// the bucket's default applies.
+    pub encryption: Option<Encryption>,
     /// Answer blob GETs with a `307` to a presigned URL (unless `storage.redirect.disable`).
     pub redirect: bool,
     /// How long a presigned URL stays valid.
@@ -70,10 +73,36 @@ impl std::fmt::Debug for S3Settings {
             .field("upload_memory", &self.upload_memory)
             .field("skip_verify", &self.skip_verify)
             .field("storage_class", &self.storage_class)
+            .field("encryption", &self.encryption)
             .field("redirect", &self.redirect)
             .field("presign_expiry", &self.presign_expiry)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
+    }
+}
+
+/// Server-side encryption of the objects Berth writes, as distribution's `encrypt` and `keyid`
+/// ask for it: sent with every PUT and CreateMultipartUpload (the parts and the reads need
+/// nothing more).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encryption {
+    /// SSE-S3: keys managed by the store (`x-amz-server-side-encryption: AES256`).
+    Aes256,
+    /// SSE-KMS with this key (`x-amz-server-side-encryption: aws:kms` and
+    /// `x-amz-server-side-encryption-aws-kms-key-id`).
+    Kms(String),
+}
+
+impl Encryption {
+    /// The request headers that ask for it, names in lower case.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Encryption::Aes256 => vec![("x-amz-server-side-encryption", "AES256".into())],
+            Encryption::Kms(key) => vec![
+                ("x-amz-server-side-encryption", "aws:kms".into()),
+                ("x-amz-server-side-encryption-aws-kms-key-id", key.clone()),
+            ],
+        }
     }
 }
 
@@ -92,6 +121,7 @@ impl Default for S3Settings {
             upload_memory: DEFAULT_UPLOAD_MEMORY,
             skip_verify: false,
             storage_class: None,
+            encryption: None,
             redirect: true,
             presign_expiry: Duration::from_secs(20 * 60),
             connect_timeout: Duration::from_secs(5),

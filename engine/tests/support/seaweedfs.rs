@@ -45,8 +45,14 @@ fn lib() -> PathBuf {
 }
 
 impl Server {
-    /// Start one (and its watchdog).
+    /// Start one (and its watchdog), with SSE-S3 available.
+    #[allow(dead_code)]
     pub fn start() -> Server {
+        Server::start_with(true)
+    }
+
+    /// Start one; without `sse`, it has no key-encryption key and refuses encrypted writes.
+    pub fn start_with(sse: bool) -> Server {
         let dir = tempfile::Builder::new().prefix("berth-weed-").tempdir().unwrap().keep();
         let out = Command::new("bash")
             .arg("-c")
@@ -54,6 +60,7 @@ impl Server {
             .arg("bash")
             .arg(lib())
             .arg(&dir)
+            .env("SEAWEEDFS_SSE", if sse { "on" } else { "off" })
             .stdin(Stdio::null())
             .output()
             .expect("cannot run bash");
@@ -100,6 +107,11 @@ impl Server {
             .process_group(0)
             .spawn()
             .expect("cannot start the SeaweedFS watchdog")
+    }
+
+    /// Where the server keeps its volumes and filer store (to look for bytes at rest).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// Settings for this server, every key under `root` (one root per test keeps tests apart).

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use berth_engine::s3::S3Settings;
-use berth_engine::s3::settings::{DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE};
+use berth_engine::s3::settings::{DEFAULT_PART_SIZE, Encryption, MAX_PART_SIZE, MIN_PART_SIZE};
 
 use super::ConfigError;
 use super::tree::{bad, env_names, get_bool, get_duration, get_path, get_str};
@@ -177,15 +177,19 @@ fn build(tree: &Value, env: &BTreeMap<String, String>, warnings: &mut Vec<String
             env_names("storage.s3.v4auth")
         ));
     }
-    if ok!(flag("encrypt", false)) == Some(true) {
-        errors.push(format!(
-            "storage.s3.encrypt{}: server-side encryption requested by Berth (SSE-S3, SSE-KMS) is not available in this version of Berth; remove the setting or set it to false (encryption configured as the bucket's default still applies to every object)",
-            env_names("storage.s3.encrypt")
-        ));
-    } else if ok!(text("keyid")).flatten().is_some() {
-        warnings
-            .push("storage.s3.keyid: not used by Berth: a KMS key applies only with storage.s3.encrypt: true".into());
-    }
+    // distribution's meaning: `encrypt` asks for SSE-S3, or with `keyid` for SSE-KMS with that key.
+    let keyid = ok!(text("keyid")).flatten();
+    let encryption = match (ok!(flag("encrypt", false)) == Some(true), keyid) {
+        (true, Some(key)) => Some(Encryption::Kms(key)),
+        (true, None) => Some(Encryption::Aes256),
+        (false, Some(_)) => {
+            warnings.push(
+                "storage.s3.keyid: not used by Berth: a KMS key applies only with storage.s3.encrypt: true".into(),
+            );
+            None
+        }
+        (false, None) => None,
+    };
 
     let region = ok!(text("region"))
         .flatten()
@@ -281,6 +285,7 @@ fn build(tree: &Value, env: &BTreeMap<String, String>, warnings: &mut Vec<String
         upload_memory,
         skip_verify,
         storage_class,
+        encryption,
         redirect,
         presign_expiry,
         connect_timeout,
@@ -411,7 +416,7 @@ mod tests {
     use std::time::Duration;
 
     use berth_engine::s3::S3Settings;
-    use berth_engine::s3::settings::DEFAULT_PART_SIZE;
+    use berth_engine::s3::settings::{DEFAULT_PART_SIZE, Encryption};
 
     use super::super::testing::load_str;
 
@@ -467,6 +472,7 @@ mod tests {
                 upload_memory: 64 << 20,
                 skip_verify: false,
                 storage_class: Some("REDUCED_REDUNDANCY".into()),
+                encryption: None,
                 redirect: false,
                 presign_expiry: Duration::from_secs(300),
                 connect_timeout: Duration::from_secs(2),
@@ -496,6 +502,30 @@ mod tests {
             ("http://s3.r.amazonaws.com", 5 << 20)
         );
         assert_eq!(s.storage_class, None, "STANDARD is the bucket's default");
+        // encrypt: SSE-S3; with keyid: SSE-KMS with that key (also from the environment).
+        let base = "storage: {s3: {bucket: b, region: r, accesskey: a, secretkey: s";
+        assert_eq!(s3(&format!("{base}}}}}"), &[]).0.encryption, None);
+        assert_eq!(
+            s3(&format!("{base}, encrypt: true}}}}"), &[]).0.encryption,
+            Some(Encryption::Aes256)
+        );
+        let (s, w) = s3(
+            &format!("{base}, encrypt: 'true', keyid: 'arn:aws:kms:eu-west-1:1:key/k'}}}}"),
+            &[],
+        );
+        assert_eq!(
+            s.encryption,
+            Some(Encryption::Kms("arn:aws:kms:eu-west-1:1:key/k".into()))
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let env = [
+            ("REGISTRY_STORAGE_S3_ENCRYPT", "true"),
+            ("REGISTRY_STORAGE_S3_KEYID", "alias/registry"),
+        ];
+        assert_eq!(
+            s3(&format!("{base}}}}}"), &env).0.encryption,
+            Some(Encryption::Kms("alias/registry".into()))
+        );
         // An endpoint without a scheme takes it from `secure`.
         let (s, w) = s3(
             "storage: {s3: {bucket: b, region: r, accesskey: a, secretkey: s, regionendpoint: 'seaweed:8333', secure: false}}",
@@ -607,7 +637,10 @@ mod tests {
         let ok = "accesskey: AK, secretkey: hush-hush, region: r, bucket: b";
         for (setting, want) in [
             ("v4auth: false", "storage.s3.v4auth (env REGISTRY_STORAGE_S3_V4AUTH)"),
-            ("encrypt: true", "storage.s3.encrypt (env REGISTRY_STORAGE_S3_ENCRYPT)"),
+            (
+                "encrypt: perhaps",
+                "storage.s3.encrypt (env REGISTRY_STORAGE_S3_ENCRYPT)",
+            ),
             (
                 "chunksize: 1MB",
                 "storage.s3.chunksize (env REGISTRY_STORAGE_S3_CHUNKSIZE)",
@@ -640,11 +673,6 @@ mod tests {
         }
         let e = refused(&format!("{DB}storage: {{s3: {{{ok}, v4auth: false}}}}"), &[]);
         assert!(e.contains("SigV4"), "{e}");
-        let e = refused(&format!("{DB}storage: {{s3: {{{ok}, encrypt: true}}}}"), &[]);
-        assert!(
-            e.contains("server-side encryption") && e.contains("not available"),
-            "{e}"
-        );
         // Missing bucket, region, credentials (or half of them).
         let e = refused(
             &format!("{DB}storage: {{s3: {{accesskey: AK, secretkey: hush-hush, region: r}}}}"),
@@ -680,7 +708,7 @@ mod tests {
         assert!(e.contains("storage.s3.secretkey") && !e.contains("12345"), "{e}");
         // Every problem at once, each on a line of its own.
         let e = refused(
-            &format!("{DB}storage: {{s3: {{{ok}, v4auth: false, encrypt: true, chunksize: 1}}}}"),
+            &format!("{DB}storage: {{s3: {{{ok}, v4auth: false, encrypt: perhaps, chunksize: 1}}}}"),
             &[],
         );
         for want in ["storage.s3.v4auth", "storage.s3.encrypt", "storage.s3.chunksize"] {

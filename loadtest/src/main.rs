@@ -38,6 +38,11 @@
 //!
 //! # SHA-256 on one thread and on two at once (the bound of one upload, and of concurrent ones):
 //! berth-loadtest hashrate --threads 1,2 --seconds 3
+//!
+//! # Read costs as the registry grows (blobs:repos:tags-per-repo, populated incrementally through the API),
+//! # with server memory and start-up time (see scale.rs):
+//! berth-loadtest scale --url http://127.0.0.1:5000 --sizes 1000:100:10,100000:10000:3,1m:100k:3 \
+//!     --pid-file /tmp/berth.pid --restart-cmd ./restart-berth.sh --json scale.json
 //! ```
 //!
 //! ## Tests (`--test`, repeatable or comma-separated; default `all`)
@@ -85,10 +90,17 @@
 mod blob;
 mod client;
 mod hashrate;
+mod listing;
 mod ops;
+mod population;
+mod random_read;
 mod report;
+mod scale;
+mod scale_report;
+mod scenario;
 mod sink;
 mod stats;
+mod timed;
 mod units;
 
 use std::collections::HashMap;
@@ -134,6 +146,9 @@ enum Cmd {
     Sink(sink::SinkArgs),
     /// Calibration for pushes: SHA-256 rate of this machine on one thread and on several at once.
     Hashrate(hashrate::HashrateArgs),
+    /// Populate ever larger registries (blobs:repos:tags) through the API and measure small reads, listings,
+    /// start-up and memory at each size.
+    Scale(scale::ScaleArgs),
 }
 
 /// Arguments of `compare`.
@@ -964,6 +979,7 @@ fn main() {
         Some(Cmd::Compare(c)) => (c.run, true, c.inputs),
         Some(Cmd::Sink(s)) => std::process::exit(sink::run(&s)),
         Some(Cmd::Hashrate(h)) => std::process::exit(hashrate::run(&h)),
+        Some(Cmd::Scale(a)) => std::process::exit(scale::run(&a)),
     };
     if !inputs.is_empty() {
         std::process::exit(compare_inputs(&inputs, &args));
@@ -1099,5 +1115,58 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.cmd, Some(Cmd::Compare(ref c)) if c.run.urls.len() == 2));
+    }
+
+    #[test]
+    fn scale_cli_parses() {
+        let cli = Cli::try_parse_from([
+            "berth-loadtest",
+            "scale",
+            "--url",
+            "http://a:1",
+            "--sizes",
+            "1000:100:10,1m:100k:3",
+            "--duration",
+            "2s",
+            "--blob-size",
+            "300",
+            "--seed",
+            "7",
+            "--restart-cmd",
+            "true",
+        ])
+        .unwrap();
+        let Some(Cmd::Scale(a)) = cli.cmd else {
+            panic!("not scale: {:?}", cli.cmd)
+        };
+        assert_eq!(a.sizes.len(), 2);
+        assert_eq!(
+            (a.sizes[1].blobs, a.sizes[1].repos, a.sizes[1].tags),
+            (1_000_000, 100_000, 3)
+        );
+        assert_eq!(a.duration, Duration::from_secs(2));
+        assert_eq!((a.common.blob_size, a.common.seed), (300, 7));
+        assert_eq!(a.common.mono, MonoMode::Post);
+        assert_eq!(a.restart_cmd.as_deref(), Some("true"));
+        // A size is required, and must have three fields; --pid and --pid-file exclude each other.
+        assert!(Cli::try_parse_from(["berth-loadtest", "scale", "--url", "http://a:1"]).is_err());
+        assert!(
+            Cli::try_parse_from(["berth-loadtest", "scale", "--url", "http://a:1", "--sizes", "1000:100"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "berth-loadtest",
+                "scale",
+                "--url",
+                "http://a:1",
+                "--sizes",
+                "10:1:1",
+                "--pid",
+                "1",
+                "--pid-file",
+                "/x"
+            ])
+            .is_err()
+        );
     }
 }

@@ -43,6 +43,10 @@
 //! # with server memory and start-up time (see scale.rs):
 //! berth-loadtest scale --url http://127.0.0.1:5000 --sizes 1000:100:10,100000:10000:3,1m:100k:3 \
 //!     --pid-file /tmp/berth.pid --restart-cmd ./restart-berth.sh --json scale.json
+//!
+//! # Readers alone, then under continuous small pushes to the same registry and to another one (see readers.rs):
+//! berth-loadtest readers-under-push --url http://127.0.0.1:5000 --push-url-other http://127.0.0.1:5001 \
+//!     --set 10000:1000:3 --op manifest -r 16 -p 2 --duration 10s
 //! ```
 //!
 //! ## Tests (`--test`, repeatable or comma-separated; default `all`)
@@ -94,6 +98,8 @@ mod listing;
 mod ops;
 mod population;
 mod random_read;
+mod readers;
+mod readers_report;
 mod report;
 mod scale;
 mod scale_report;
@@ -149,6 +155,8 @@ enum Cmd {
     /// Populate ever larger registries (blobs:repos:tags) through the API and measure small reads, listings,
     /// start-up and memory at each size.
     Scale(scale::ScaleArgs),
+    /// Readers alone, then under continuous small pushes (to the same registry, and optionally to another).
+    ReadersUnderPush(readers::ReadersArgs),
 }
 
 /// Arguments of `compare`.
@@ -980,6 +988,7 @@ fn main() {
         Some(Cmd::Sink(s)) => std::process::exit(sink::run(&s)),
         Some(Cmd::Hashrate(h)) => std::process::exit(hashrate::run(&h)),
         Some(Cmd::Scale(a)) => std::process::exit(scale::run(&a)),
+        Some(Cmd::ReadersUnderPush(a)) => std::process::exit(readers::run(&a)),
     };
     if !inputs.is_empty() {
         std::process::exit(compare_inputs(&inputs, &args));
@@ -1165,6 +1174,49 @@ mod tests {
                 "1",
                 "--pid-file",
                 "/x"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn readers_cli_parses() {
+        let cli = Cli::try_parse_from([
+            "berth-loadtest",
+            "readers-under-push",
+            "--url",
+            "http://a:1",
+            "--push-url-other",
+            "http://b:2",
+            "--op",
+            "head",
+            "-r",
+            "8",
+            "-p",
+            "3",
+            "--set",
+            "10000:1000:3",
+            "--push-into",
+            "separate",
+        ])
+        .unwrap();
+        let Some(Cmd::ReadersUnderPush(a)) = cli.cmd else {
+            panic!("not readers-under-push: {:?}", cli.cmd)
+        };
+        assert_eq!(a.op, random_read::ReadKind::Head);
+        assert_eq!((a.readers, a.pushers, a.rounds), (8, 3, 1));
+        assert_eq!(a.set.repos, 1000);
+        assert_eq!(a.push_url, None);
+        assert_eq!(a.push_url_other.as_deref(), Some("http://b:2"));
+        assert_eq!(a.push_into, readers::PushInto::Separate);
+        assert!(
+            Cli::try_parse_from([
+                "berth-loadtest",
+                "readers-under-push",
+                "--url",
+                "http://a:1",
+                "--op",
+                "tags"
             ])
             .is_err()
         );

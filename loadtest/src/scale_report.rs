@@ -157,11 +157,16 @@ fn cell(values: &[Option<f64>], decimals: usize) -> String {
         .join(" / ")
 }
 
-/// One ratio cell: each value of `row` over the same value of `base`.
-fn ratio_cell(row: &[Option<f64>], base: &[Option<f64>]) -> String {
+/// One ratio cell: each value of `row` over the same value of `base`; none against a base that the
+/// table shows as zero (a size that was already populated took "0.0" s, which no ratio means much of).
+fn ratio_cell(row: &[Option<f64>], base: &[Option<f64>], decimals: usize) -> String {
+    let shown_zero = |b: f64| (b * 10f64.powi(decimals as i32)).round() == 0.0;
     row.iter()
         .enumerate()
-        .map(|(i, v)| show_ratio(v.zip(base.get(i).copied().flatten()).and_then(|(a, b)| ratio(a, b))))
+        .map(|(i, v)| {
+            let b = base.get(i).copied().flatten().filter(|&b| !shown_zero(b));
+            show_ratio(v.zip(b).and_then(|(a, b)| ratio(a, b)))
+        })
         .collect::<Vec<_>>()
         .join(" / ")
 }
@@ -180,7 +185,7 @@ pub fn markdown(rows: &[ScaleRow]) -> String {
         for row in &rows[1..] {
             let mut cells: Vec<String> = COLUMNS
                 .iter()
-                .map(|c| ratio_cell(&(c.values)(row), &(c.values)(base)))
+                .map(|c| ratio_cell(&(c.values)(row), &(c.values)(base), c.decimals))
                 .collect();
             cells[0] = format!("ratio {} / {}: {}", row.spec.label(), base.spec.label(), cells[0]);
             out += &format!("| {} |\n", cells.join(" | "));
@@ -288,6 +293,20 @@ mod tests {
         // Every row has as many cells as the header.
         let cells = |l: &str| l.matches('|').count();
         assert!(lines.iter().all(|l| cells(l) == cells(lines[0])), "{t}");
+    }
+
+    #[test]
+    fn no_ratio_against_a_figure_shown_as_zero() {
+        let mut base = row("1000:100:10", 100.0, 1.0, None);
+        base.populate.seconds = 0.04; // shown as 0.0: already populated
+        let mut next = row("10000:1000:3", 100.0, 1.0, None);
+        next.populate.seconds = 5.0;
+        let t = markdown(&[base.clone(), next.clone()]);
+        let ratio_row = t.lines().nth(4).unwrap();
+        assert!(ratio_row.contains(": 10.00x | 10.00x | 3.00x | - | 1.00x |"), "{t}");
+        base.populate.seconds = 0.05; // shown as 0.1
+        let t = markdown(&[base, next]);
+        assert!(t.lines().nth(4).unwrap().contains("| 3.00x | 100.00x |"), "{t}");
     }
 
     #[test]

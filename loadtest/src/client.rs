@@ -275,6 +275,20 @@ pub fn with_param(path: &str, key: &str, value: &str) -> String {
     format!("{path}{sep}{key}={value}")
 }
 
+/// The `rel="next"` target of a `Link` header value, in origin form (`</v2/_catalog?n=2&last=b>; rel="next"`).
+pub fn next_link(value: &str) -> Option<String> {
+    value.split(',').find_map(|link| {
+        let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+        params
+            .split(';')
+            .any(|p| {
+                let p = p.trim().to_ascii_lowercase().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            })
+            .then(|| origin_form(target.trim()))
+    })
+}
+
 /// The `Content-Length` of a response, if present and numeric.
 pub fn content_length<B>(resp: &Response<B>) -> Option<u64> {
     resp.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
@@ -302,6 +316,24 @@ mod tests {
             "/u/x?_state=y&digest=sha256:1"
         );
         assert_eq!(with_param("/u/x", "digest", "sha256:1"), "/u/x?digest=sha256:1");
+    }
+
+    #[test]
+    fn next_links_parse() {
+        assert_eq!(
+            next_link("</v2/_catalog?n=2&last=b>; rel=\"next\"").as_deref(),
+            Some("/v2/_catalog?n=2&last=b")
+        );
+        assert_eq!(
+            next_link("<http://h:1/v2/a/tags/list?n=5&last=t4>;rel=next").as_deref(),
+            Some("/v2/a/tags/list?n=5&last=t4")
+        );
+        assert_eq!(
+            next_link("</x>; rel=\"prev\", </v2/_catalog?last=c>; rel=\"next\"").as_deref(),
+            Some("/v2/_catalog?last=c")
+        );
+        assert_eq!(next_link("</x>; rel=\"prev\""), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]

@@ -38,6 +38,15 @@
 //!
 //! # SHA-256 on one thread and on two at once (the bound of one upload, and of concurrent ones):
 //! berth-loadtest hashrate --threads 1,2 --seconds 3
+//!
+//! # Read costs as the registry grows (blobs:repos:tags-per-repo, populated incrementally through the API),
+//! # with server memory and start-up time (see scale.rs):
+//! berth-loadtest scale --url http://127.0.0.1:5000 --sizes 1000:100:10,100000:10000:3,1m:100k:3 \
+//!     --pid-file /tmp/berth.pid --restart-cmd ./restart-berth.sh --json scale.json
+//!
+//! # Readers alone, then under continuous small pushes to the same registry and to another one (see readers.rs):
+//! berth-loadtest readers-under-push --url http://127.0.0.1:5000 --push-url-other http://127.0.0.1:5001 \
+//!     --set 10000:1000:3 --op manifest -r 16 -p 2 --duration 10s
 //! ```
 //!
 //! ## Tests (`--test`, repeatable or comma-separated; default `all`)
@@ -85,10 +94,19 @@
 mod blob;
 mod client;
 mod hashrate;
+mod listing;
 mod ops;
+mod population;
+mod random_read;
+mod readers;
+mod readers_report;
 mod report;
+mod scale;
+mod scale_report;
+mod scenario;
 mod sink;
 mod stats;
+mod timed;
 mod units;
 
 use std::collections::HashMap;
@@ -134,6 +152,11 @@ enum Cmd {
     Sink(sink::SinkArgs),
     /// Calibration for pushes: SHA-256 rate of this machine on one thread and on several at once.
     Hashrate(hashrate::HashrateArgs),
+    /// Populate ever larger registries (blobs:repos:tags) through the API and measure small reads, listings,
+    /// start-up and memory at each size.
+    Scale(scale::ScaleArgs),
+    /// Readers alone, then under continuous small pushes (to the same registry, and optionally to another).
+    ReadersUnderPush(readers::ReadersArgs),
 }
 
 /// Arguments of `compare`.
@@ -964,6 +987,8 @@ fn main() {
         Some(Cmd::Compare(c)) => (c.run, true, c.inputs),
         Some(Cmd::Sink(s)) => std::process::exit(sink::run(&s)),
         Some(Cmd::Hashrate(h)) => std::process::exit(hashrate::run(&h)),
+        Some(Cmd::Scale(a)) => std::process::exit(scale::run(&a)),
+        Some(Cmd::ReadersUnderPush(a)) => std::process::exit(readers::run(&a)),
     };
     if !inputs.is_empty() {
         std::process::exit(compare_inputs(&inputs, &args));
@@ -1099,5 +1124,101 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.cmd, Some(Cmd::Compare(ref c)) if c.run.urls.len() == 2));
+    }
+
+    #[test]
+    fn scale_cli_parses() {
+        let cli = Cli::try_parse_from([
+            "berth-loadtest",
+            "scale",
+            "--url",
+            "http://a:1",
+            "--sizes",
+            "1000:100:10,1m:100k:3",
+            "--duration",
+            "2s",
+            "--blob-size",
+            "300",
+            "--seed",
+            "7",
+            "--restart-cmd",
+            "true",
+        ])
+        .unwrap();
+        let Some(Cmd::Scale(a)) = cli.cmd else {
+            panic!("not scale: {:?}", cli.cmd)
+        };
+        assert_eq!(a.sizes.len(), 2);
+        assert_eq!(
+            (a.sizes[1].blobs, a.sizes[1].repos, a.sizes[1].tags),
+            (1_000_000, 100_000, 3)
+        );
+        assert_eq!(a.duration, Duration::from_secs(2));
+        assert_eq!((a.common.blob_size, a.common.seed), (300, 7));
+        assert_eq!(a.common.mono, MonoMode::Post);
+        assert_eq!(a.restart_cmd.as_deref(), Some("true"));
+        // A size is required, and must have three fields; --pid and --pid-file exclude each other.
+        assert!(Cli::try_parse_from(["berth-loadtest", "scale", "--url", "http://a:1"]).is_err());
+        assert!(
+            Cli::try_parse_from(["berth-loadtest", "scale", "--url", "http://a:1", "--sizes", "1000:100"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "berth-loadtest",
+                "scale",
+                "--url",
+                "http://a:1",
+                "--sizes",
+                "10:1:1",
+                "--pid",
+                "1",
+                "--pid-file",
+                "/x"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn readers_cli_parses() {
+        let cli = Cli::try_parse_from([
+            "berth-loadtest",
+            "readers-under-push",
+            "--url",
+            "http://a:1",
+            "--push-url-other",
+            "http://b:2",
+            "--op",
+            "head",
+            "-r",
+            "8",
+            "-p",
+            "3",
+            "--set",
+            "10000:1000:3",
+            "--push-into",
+            "separate",
+        ])
+        .unwrap();
+        let Some(Cmd::ReadersUnderPush(a)) = cli.cmd else {
+            panic!("not readers-under-push: {:?}", cli.cmd)
+        };
+        assert_eq!(a.op, random_read::ReadKind::Head);
+        assert_eq!((a.readers, a.pushers, a.rounds), (8, 3, 1));
+        assert_eq!(a.set.repos, 1000);
+        assert_eq!(a.push_url, None);
+        assert_eq!(a.push_url_other.as_deref(), Some("http://b:2"));
+        assert_eq!(a.push_into, readers::PushInto::Separate);
+        assert!(
+            Cli::try_parse_from([
+                "berth-loadtest",
+                "readers-under-push",
+                "--url",
+                "http://a:1",
+                "--op",
+                "tags"
+            ])
+            .is_err()
+        );
     }
 }

@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use sha2::{Digest, Sha256};
 
 use crate::blob::{Blob, Pattern, ReqBody};
-use crate::client::{Conn, collect, content_length, drain, location, octet_stream, with_param};
+use crate::client::{Conn, collect, content_length, drain, location, next_link, octet_stream, with_param};
 use crate::units::{default_chunk, split_chunks};
 
 /// OCI image manifest media type.
@@ -286,6 +286,32 @@ pub async fn catalog(conn: &mut Conn) -> Result<u64, String> {
     drain(resp.into_body(), None).await
 }
 
+/// One page of a listing (`/v2/_catalog?...` or `/v2/<repo>/tags/list?...`): the number of entries
+/// (repositories or tags) and the next page's path from the `Link` header.
+pub async fn list_page(conn: &mut Conn, path: &str) -> Result<(u64, Option<String>), String> {
+    let resp = conn
+        .expect(Method::GET, path, &[], ReqBody::Empty, StatusCode::OK)
+        .await?;
+    let next = resp
+        .headers()
+        .get(http::header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .and_then(next_link);
+    let body = collect(resp.into_body()).await?;
+    Ok((count_entries(&body).map_err(|e| format!("GET {path}: {e}"))?, next))
+}
+
+/// Entries of a catalog (`repositories`) or tag list (`tags`) body; `null` counts as none.
+pub fn count_entries(body: &[u8]) -> Result<u64, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("listing is not JSON: {e}"))?;
+    let list = v.get("repositories").or_else(|| v.get("tags"));
+    match list {
+        Some(serde_json::Value::Array(a)) => Ok(a.len() as u64),
+        Some(serde_json::Value::Null) => Ok(0),
+        _ => Err("listing has neither a repositories nor a tags array".into()),
+    }
+}
+
 /// Checks that the target speaks the distribution API (`GET /v2/` answers 200, or 401 when unauthenticated).
 pub async fn ping(conn: &mut Conn) -> Result<(), String> {
     let resp = conn.send(Method::GET, "/v2/", &[], ReqBody::Empty).await?;
@@ -294,5 +320,19 @@ pub async fn ping(conn: &mut Conn) -> Result<(), String> {
     match status {
         StatusCode::OK => Ok(()),
         other => Err(format!("GET /v2/: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_count() {
+        assert_eq!(count_entries(br#"{"repositories":["a","b","c"]}"#), Ok(3));
+        assert_eq!(count_entries(br#"{"name":"a","tags":["t0"]}"#), Ok(1));
+        assert_eq!(count_entries(br#"{"name":"a","tags":null}"#), Ok(0));
+        assert!(count_entries(br#"{"name":"a"}"#).is_err());
+        assert!(count_entries(b"<html>").is_err());
     }
 }

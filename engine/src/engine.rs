@@ -16,7 +16,7 @@ use crate::error::ObjectStoreError;
 use crate::error::{Error, Result};
 use crate::fs_blobs::FsBlobs;
 use crate::fs_uploads::FsUploads;
-use crate::hot::{Generation, Hot};
+use crate::hot::{Hot, HotStats};
 use crate::io;
 use crate::layout::Layout;
 use crate::manifest::{self, ManifestError};
@@ -27,6 +27,7 @@ use crate::page::Page;
 use crate::postgres::{PgSettings, PgStore};
 use crate::s3::{S3Blobs, S3Client, S3Settings, S3Uploads};
 use crate::session_store::SessionRecords;
+use crate::store::Feed;
 use crate::store::{ManifestRecord, MetaStore};
 use crate::upload_caps::UploadLimits;
 use crate::upload_store::{Chunk, UploadStore};
@@ -117,7 +118,7 @@ pub struct Engine {
     uploads: Uploads,
     /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
     _lock: Option<std::fs::File>,
-    hot: Hot,
+    hot: Arc<Hot>,
     /// Whether blob GETs may be answered with a redirect to the object store.
     redirect: bool,
 }
@@ -165,7 +166,7 @@ impl Engine {
         client.check_encryption().await?;
         let store = PgStore::connect(db).await?;
         bind_bucket(&client, &store, s3, db).await?;
-        Ok(Engine {
+        Ok(Engine::subscribed(Engine {
             layout: None,
             uploads: Uploads::S3(S3Uploads::new(
                 client.clone(),
@@ -177,9 +178,9 @@ impl Engine {
             blobs: Blobs::S3(S3Blobs::new(client)),
             store: Metadata::Postgres(store),
             _lock: None,
-            hot: Hot::new(),
+            hot: Arc::new(Hot::default()),
             redirect: s3.redirect,
-        })
+        }))
     }
 
     async fn open_with(root: std::path::PathBuf, exclusive: bool) -> Result<Engine> {
@@ -228,14 +229,42 @@ impl Engine {
     }
 
     fn assemble(layout: Layout, lock: std::fs::File, store: Metadata) -> Engine {
-        Engine {
+        Engine::subscribed(Engine {
             uploads: Uploads::Fs(FsUploads::new(layout.clone(), UploadLimits::default())),
             blobs: Blobs::Fs(FsBlobs::new(layout.clone())),
             layout: Some(layout),
             store,
             _lock: Some(lock),
-            hot: Hot::new(),
+            hot: Arc::new(Hot::default()),
             redirect: false,
+        })
+    }
+
+    /// The engine with its store delivering changes to its cache.
+    fn subscribed(e: Engine) -> Engine {
+        let hot = e.hot.clone();
+        e.store.subscribe(Arc::new(move |changes| hot.apply(changes)));
+        e
+    }
+
+    /// Keep at most `budget` bytes of answers in the read cache (`cache.memory`; 0 turns it
+    /// off). The cache starts empty.
+    pub fn with_cache_budget(mut self, budget: u64) -> Engine {
+        self.hot = Arc::new(Hot::new(budget));
+        Engine::subscribed(self)
+    }
+
+    /// The read cache's counters.
+    pub fn cache_stats(&self) -> HotStats {
+        self.hot.stats()
+    }
+
+    /// Whether the cache may be used now: the store's feed brought up to date (when it can be).
+    async fn cache_trusted(&self) -> bool {
+        match self.store.feed() {
+            Feed::Current => true,
+            Feed::Behind => self.store.catch_up().await.is_ok(),
+            Feed::Unknown => false,
         }
     }
 
@@ -337,9 +366,8 @@ impl Engine {
                 .await?
                 .ok_or_else(|| Error::BlobUnknown(digest.clone()))
         };
-        let key = (repo.clone(), digest.clone());
-        let token = self.store.change_token();
-        self.hot.get_or_load(token, Generation::blobs, key, load).await
+        let trusted = self.cache_trusted().await;
+        self.hot.blob_size(trusted, repo, digest, load).await
     }
 
     /// Read `range` of a blob (the caller has checked it against the size).
@@ -588,9 +616,8 @@ impl Engine {
                 .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
             Ok(Arc::new(m))
         };
-        let key = (repo.clone(), reference.clone());
-        let token = self.store.change_token();
-        self.hot.get_or_load(token, Generation::manifests, key, load).await
+        let trusted = self.cache_trusted().await;
+        self.hot.manifest(trusted, repo, reference, load).await
     }
 
     /// Delete by digest (the manifest and every tag pointing at it) or by tag (the tag only).

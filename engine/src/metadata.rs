@@ -2,6 +2,7 @@
 //! a shared PostgreSQL database (scale-out). One enum, so that a call costs one match and no
 //! allocation, whichever it is.
 
+use crate::change::ChangeSink;
 use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::error::Result;
@@ -9,7 +10,7 @@ use crate::meta::{RepoGc, SqliteStore, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 use crate::postgres::PgStore;
-use crate::store::{BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob};
+use crate::store::{BlobLink, CatalogFilter, Feed, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob};
 
 /// One of the metadata stores.
 #[derive(Clone)]
@@ -45,8 +46,16 @@ impl MetaStore for Metadata {
         either!(self, s => s.check().await)
     }
 
-    fn change_token(&self) -> Option<ChangeToken> {
-        either!(self, s => s.change_token())
+    fn subscribe(&self, sink: ChangeSink) {
+        either!(self, s => s.subscribe(sink))
+    }
+
+    fn feed(&self) -> Feed {
+        either!(self, s => s.feed())
+    }
+
+    async fn catch_up(&self) -> Result<()> {
+        either!(self, s => s.catch_up().await)
     }
 
     async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {

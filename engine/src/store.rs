@@ -3,7 +3,7 @@
 //! operation is one call, dispatched once per request, never per body frame.
 //!
 //! It holds every metadata operation: blob lookups and mounts, manifests, tags, listings,
-//! referrers, the change token the caches use, the per-repository sweep of garbage collection,
+//! referrers, the change feed the caches use, the per-repository sweep of garbage collection,
 //! and the operations that run a blob store's step inside their transaction — a blob's commit
 //! ([`MetaStore::commit_blob`] with a [`StagedBlob`]) and its removal (with a [`Removal`]) — so
 //! that no process commits a blob while another removes it (see docs/architecture.md, "The
@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::change::ChangeSink;
 use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::error::Result;
@@ -24,20 +25,16 @@ use crate::meta::{RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 
-/// A value that changes whenever any writer (of any process or replica) has committed: equal
-/// tokens mean no change in between. Caches keyed on it stay coherent. Tokens of different
-/// stores are never compared.
+/// How far the cache may trust what the store has told it of changes ([`MetaStore::feed`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChangeToken(pub(crate) TokenValue);
-
-/// What a [`ChangeToken`] holds, by the store that made it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TokenValue {
-    /// SQLite's data version (read from its WAL index).
-    Sqlite(crate::meta::DataVersion),
-    /// A counter of changes seen (a shared database's notifications and this process's own
-    /// commits).
-    Counter(u64),
+pub enum Feed {
+    /// Every change committed so far has been delivered, or is on its way within milliseconds
+    /// (a shared database's notifications).
+    Current,
+    /// Something committed that has not been delivered yet: call [`MetaStore::catch_up`].
+    Behind,
+    /// The store cannot tell what changes (its notification connection is down): read it.
+    Unknown,
 }
 
 /// A manifest to record.
@@ -128,9 +125,17 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Whether the store answers.
     fn check(&self) -> impl Future<Output = Result<()>> + Send;
 
-    /// The current change token, without waiting; `None` when the store cannot tell (callers
-    /// then read instead of trusting a cache).
-    fn change_token(&self) -> Option<ChangeToken>;
+    /// Deliver what commits change to `sink` from now on (replacing an earlier sink): this
+    /// store's own commits before they are acknowledged, other processes' and replicas' as the
+    /// store learns of them ([`Feed`]).
+    fn subscribe(&self, sink: ChangeSink);
+
+    /// Whether everything committed has been delivered to the sink, without waiting.
+    fn feed(&self) -> Feed;
+
+    /// Deliver what committed and was not delivered yet (when [`MetaStore::feed`] is
+    /// [`Feed::Behind`]).
+    fn catch_up(&self) -> impl Future<Output = Result<()>> + Send;
 
     /// Size of a blob if `repo` links it.
     fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> impl Future<Output = Result<Option<u64>>> + Send;

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use berth_engine::change::Change;
 use berth_engine::meta::Meta;
 use berth_engine::meta::SqliteStore;
-use berth_engine::store::{BlobLink, ManifestRecord, Outcome, Placement, Removal, StagedBlob};
+use berth_engine::store::{BlobLink, Feed, ManifestRecord, Outcome, Placement, Removal, StagedBlob};
 use berth_engine::{Algorithm, Descriptor, Digest, Error, MetaStore, Reference, RepoName, Tag};
 
 fn repo(s: &str) -> RepoName {
@@ -209,18 +210,67 @@ async fn referrers_follow_their_manifests<M: MetaStore>(s: &M) {
     assert_eq!(listed[0].digest, sbom.digest);
 }
 
-async fn the_change_token_moves_with_every_write<M: MetaStore>(s: &M) {
-    let Some(before) = s.change_token() else {
-        // A store that cannot tell must say so every time: its caches are then bypassed.
-        assert!(s.change_token().is_none());
-        return;
-    };
-    assert_eq!(s.change_token(), Some(before), "no write, no change");
-    s.put_manifest(record("suite/token", "x", Some("v1"))).await.unwrap();
-    let after = s.change_token();
-    assert_ne!(after, Some(before));
-    assert!(s.delete_tag(&repo("suite/token"), &tag("v1")).await.unwrap());
-    assert_ne!(s.change_token(), after);
+/// A sink that keeps what it is given.
+fn collector<M: MetaStore>(s: &M) -> Arc<Mutex<Vec<Change>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    s.subscribe(Arc::new(move |c: &[Change]| g.lock().unwrap().extend_from_slice(c)));
+    got
+}
+
+/// What was delivered since the last call, once the feed is brought up to date.
+async fn delivered<M: MetaStore>(s: &M, got: &Mutex<Vec<Change>>) -> Vec<Change> {
+    if s.feed() == Feed::Behind {
+        s.catch_up().await.unwrap();
+    }
+    assert_eq!(s.feed(), Feed::Current, "caught up");
+    std::mem::take(&mut *got.lock().unwrap())
+}
+
+async fn commits_deliver_what_they_changed<M: MetaStore>(s: &M) {
+    let got = collector(s);
+    delivered(s, &got).await;
+    let r = repo("suite/feed");
+    let m = record("suite/feed", "x", Some("v1"));
+    s.put_manifest(m.clone()).await.unwrap();
+    let c = delivered(s, &got).await;
+    assert!(c.contains(&Change::Tag(r.clone(), tag("v1"))), "{c:?}");
+    assert!(c.contains(&Change::Manifest(r.clone(), m.digest.clone())), "{c:?}");
+    assert!(!c.contains(&Change::All), "{c:?}");
+    assert!(s.delete_tag(&r, &tag("v1")).await.unwrap());
+    let c = delivered(s, &got).await;
+    assert!(c.contains(&Change::Tag(r.clone(), tag("v1"))), "{c:?}");
+    assert!(s.delete_manifest(&r, &m.digest).await.unwrap());
+    let c = delivered(s, &got).await;
+    assert!(c.contains(&Change::Repo(r.clone())), "{c:?}");
+    // A removed blob link.
+    let (steps, link) = (Steps::default(), link("suite/feed", b"linked, then unlinked"));
+    s.commit_blob(link.clone(), staged(&steps, None)).await.unwrap();
+    delivered(s, &got).await;
+    assert!(s.unlink_blob(&r, &link.digest, steps.removal(false)).await.unwrap());
+    let c = delivered(s, &got).await;
+    assert!(c.contains(&Change::Blob(r.clone(), link.digest.clone())), "{c:?}");
+}
+
+/// Changes committed through `a` reach `b`'s subscriber (another process on the same SQLite
+/// file; another replica on the same database) within a second.
+async fn another_writers_changes_arrive<M: MetaStore>(a: &M, b: &M) {
+    let got = collector(b);
+    delivered(b, &got).await;
+    a.put_manifest(record("suite/remote", "y", Some("latest")))
+        .await
+        .unwrap();
+    let want = Change::Tag(repo("suite/remote"), tag("latest"));
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while !seen.contains(&want) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "not delivered within 1 s: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        seen.extend(delivered(b, &got).await);
+    }
 }
 
 async fn blobs_unknown_to_the_store<M: MetaStore>(s: &M) {
@@ -477,12 +527,19 @@ mod sqlite {
         };
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn another_writers_changes_arrive() {
+        let (dir, a) = store();
+        let b = SqliteStore::new(Meta::open(&dir.path().join("meta.db")).unwrap());
+        super::another_writers_changes_arrive(&a, &b).await;
+    }
+
     suite!(
         manifests_by_tag_and_digest,
         manifests_need_their_content,
         tag_and_catalog_pages,
         referrers_follow_their_manifests,
-        the_change_token_moves_with_every_write,
+        commits_deliver_what_they_changed,
         blobs_unknown_to_the_store,
         gc_sweeps_untagged_manifests_only_past_the_grace,
         a_commit_places_then_links,
@@ -502,6 +559,14 @@ mod postgres {
         PgStore::connect(&settings).await.unwrap()
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn another_writers_changes_arrive() {
+        let settings = crate::support::postgres::shared().database().await;
+        let a = PgStore::connect(&settings).await.unwrap();
+        let b = PgStore::connect(&settings).await.unwrap();
+        super::another_writers_changes_arrive(&a, &b).await;
+    }
+
     macro_rules! suite {
         ($($check:ident),* $(,)?) => {
             $(
@@ -519,7 +584,7 @@ mod postgres {
         manifests_need_their_content,
         tag_and_catalog_pages,
         referrers_follow_their_manifests,
-        the_change_token_moves_with_every_write,
+        commits_deliver_what_they_changed,
         blobs_unknown_to_the_store,
         gc_sweeps_untagged_manifests_only_past_the_grace,
         a_commit_places_then_links,

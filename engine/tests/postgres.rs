@@ -5,12 +5,14 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use berth_engine::change::Change;
 use berth_engine::postgres::{MIGRATION_LOCK, MIGRATIONS, PgSettings, PgStore, migrate};
-use berth_engine::store::ManifestRecord;
+use berth_engine::store::{Feed, ManifestRecord};
 use berth_engine::{Algorithm, Digest, Error, MetaError, MetaStore, Reference, RepoName, Tag};
 use support::postgres::{Server, raw, shared};
 
@@ -199,20 +201,23 @@ async fn a_newer_schema_is_accepted_only_when_marked_compatible() {
 }
 
 #[tokio::test]
-async fn a_write_through_one_store_moves_the_others_token_within_a_second() {
+async fn a_write_through_one_store_reaches_the_others_subscriber_within_a_second() {
     let s = shared().database().await;
     let a = PgStore::connect(&s).await.unwrap();
     let b = PgStore::connect(&s).await.unwrap();
+    let got = collector(&b);
+    let want = Change::Tag("cross/app".parse().unwrap(), "v1".parse().unwrap());
     let mut latencies = Vec::new();
     for i in 0..5 {
-        let before = b.change_token().expect("b listens");
+        assert_eq!(b.feed(), Feed::Current, "b listens");
+        got.lock().unwrap().clear();
         let t0 = Instant::now();
         a.put_manifest(record("cross/app", &i.to_string(), Some("v1")))
             .await
             .unwrap();
         let committed = t0.elapsed();
         loop {
-            if b.change_token() != Some(before) {
+            if got.lock().unwrap().contains(&want) {
                 break;
             }
             assert!(
@@ -238,6 +243,14 @@ async fn a_write_through_one_store_moves_the_others_token_within_a_second() {
     assert_eq!(got.digest, record("cross/app", "4", None).digest);
 }
 
+/// A subscriber that keeps what it is given.
+fn collector(s: &PgStore) -> Arc<Mutex<Vec<Change>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    s.subscribe(Arc::new(move |c: &[Change]| g.lock().unwrap().extend_from_slice(c)));
+    got
+}
+
 /// Wait up to `limit` for `f` to hold.
 async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let t0 = Instant::now();
@@ -259,12 +272,13 @@ async fn the_store_survives_the_server_going_away_and_coming_back() {
     let repo: RepoName = "down/app".parse().unwrap();
     let v1: Tag = "v1".parse().unwrap();
     store.put_manifest(record("down/app", "one", Some("v1"))).await.unwrap();
-    let before = store.change_token().expect("listening");
+    let got = collector(&store);
+    assert_eq!(store.feed(), Feed::Current, "listening");
 
     server.stop_fast();
     assert!(
-        eventually(Duration::from_secs(2), async || store.change_token().is_none()).await,
-        "the token is withheld while the listener is down"
+        eventually(Duration::from_secs(2), async || store.feed() == Feed::Unknown).await,
+        "the feed is not trusted while the listener is down"
     );
     let t0 = Instant::now();
     let err = store.manifest(&repo, &Reference::Tag(v1.clone())).await.unwrap_err();
@@ -278,7 +292,8 @@ async fn the_store_survives_the_server_going_away_and_coming_back() {
         .unwrap_err();
     assert!(matches!(err, Error::Meta(MetaError::Unavailable(_))), "{err:?}");
     assert!(store.check().await.is_err());
-    assert_eq!(store.change_token(), None);
+    assert_eq!(store.feed(), Feed::Unknown);
+    got.lock().unwrap().clear();
 
     server.start_again();
     let t0 = Instant::now();
@@ -287,16 +302,23 @@ async fn the_store_survives_the_server_going_away_and_coming_back() {
         "operations succeed again once the server is back"
     );
     assert!(
-        eventually(Duration::from_secs(10), async || store.change_token().is_some()).await,
+        eventually(Duration::from_secs(10), async || store.feed() == Feed::Current).await,
         "the listener reconnects"
     );
     println!("back after {:?}", t0.elapsed());
-    let after = store.change_token().unwrap();
-    assert_ne!(after, before, "the token moved across the gap (caches flush)");
-    let got = store.manifest(&repo, &Reference::Tag(v1)).await.unwrap();
-    assert!(got.is_some());
+    assert!(
+        got.lock().unwrap().contains(&Change::All),
+        "everything cached before the gap is dropped: {:?}",
+        got.lock().unwrap()
+    );
+    let found = store.manifest(&repo, &Reference::Tag(v1)).await.unwrap();
+    assert!(found.is_some());
     store.put_manifest(record("down/app", "two", Some("v2"))).await.unwrap();
-    assert_ne!(store.change_token(), Some(after));
+    assert!(
+        got.lock()
+            .unwrap()
+            .contains(&Change::Tag(repo.clone(), "v2".parse().unwrap()))
+    );
 }
 
 fn settings_error(r: Result<PgStore, Error>) -> String {

@@ -236,7 +236,8 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     let engine = open_engine(&cfg, false)
         .await
         .map_err(|e| open_error(&cfg, &e))?
-        .with_upload_limits(cfg.upload_limits);
+        .with_upload_limits(cfg.upload_limits)
+        .with_cache_budget(cfg.cache_budget);
     let listener = bind(cfg.addr, "http.addr / REGISTRY_HTTP_ADDR").await?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(

@@ -99,6 +99,8 @@ pub struct Gauges {
     pub uploads_in_progress: u64,
     /// Blobs in the store and their bytes, if they could be read.
     pub storage: Option<(u64, u64)>,
+    /// The read cache's counters.
+    pub cache: berth_engine::hot::HotStats,
 }
 
 impl Metrics {
@@ -277,6 +279,53 @@ impl Metrics {
             );
             let _ = writeln!(o, "berth_storage_bytes {bytes}");
         }
+        let c = &g.cache;
+        for (name, help, v) in [
+            (
+                "berth_cache_hits_total",
+                "Blob size and manifest lookups answered from the read cache.",
+                c.hits,
+            ),
+            (
+                "berth_cache_misses_total",
+                "Lookups read from the metadata store (then cached when nothing changed meanwhile).",
+                c.misses,
+            ),
+            (
+                "berth_cache_evictions_total",
+                "Answers evicted to stay within cache.memory.",
+                c.evictions,
+            ),
+            (
+                "berth_cache_invalidations_total",
+                "Changes applied to the cache (a moved tag, a removed link, a repository, everything).",
+                c.invalidations,
+            ),
+            (
+                "berth_cache_bypassed_total",
+                "Lookups that skipped the cache because the metadata store could not say what changed (its notification connection was down).",
+                c.bypassed,
+            ),
+        ] {
+            head(&mut o, name, "counter", help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+        for (name, help, v) in [
+            ("berth_cache_entries", "Answers the read cache holds.", c.entries),
+            (
+                "berth_cache_bytes",
+                "Bytes the read cache holds (keys and answers).",
+                c.bytes,
+            ),
+            (
+                "berth_cache_budget_bytes",
+                "The read cache's budget (cache.memory).",
+                c.budget,
+            ),
+        ] {
+            head(&mut o, name, "gauge", help);
+            let _ = writeln!(o, "{name} {v}");
+        }
         head(&mut o, "berth_build_info", "gauge", "Version of the running binary.");
         let _ = writeln!(o, "berth_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         head(
@@ -319,7 +368,27 @@ mod tests {
         let t = m.render(&Gauges {
             uploads_in_progress: 3,
             storage: Some((2, 5000)),
+            cache: berth_engine::hot::HotStats {
+                hits: 7,
+                misses: 2,
+                evictions: 1,
+                entries: 4,
+                bytes: 900,
+                budget: 1024,
+                ..Default::default()
+            },
         });
+        for line in [
+            "berth_cache_hits_total 7\n",
+            "berth_cache_misses_total 2\n",
+            "berth_cache_evictions_total 1\n",
+            "berth_cache_invalidations_total 0\n",
+            "berth_cache_entries 4\n",
+            "berth_cache_bytes 900\n",
+            "berth_cache_budget_bytes 1024\n",
+        ] {
+            assert!(t.contains(line), "{line} in {t}");
+        }
         assert!(
             t.contains("berth_http_requests_total{route=\"blob\",method=\"GET\",status=\"200\"} 2\n"),
             "{t}"

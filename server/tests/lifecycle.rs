@@ -284,6 +284,13 @@ async fn prometheus_metrics() {
         1.0,
         "{t}"
     );
+    // The GET read the blob's size from the database (a miss, then cached); the HEAD found it
+    // in the cache; the unknown blob is a miss that is not kept.
+    assert_eq!(sample(&t, "berth_cache_hits_total"), 1.0, "{t}");
+    assert_eq!(sample(&t, "berth_cache_misses_total"), 2.0, "{t}");
+    assert_eq!(sample(&t, "berth_cache_entries"), 1.0, "{t}");
+    assert_eq!(sample(&t, "berth_cache_budget_bytes"), (128u64 << 20) as f64, "{t}");
+    assert!(sample(&t, "berth_cache_bytes") > 0.0, "{t}");
     assert_eq!(
         sample(
             &t,

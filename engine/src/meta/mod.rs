@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::change::Change;
 use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
@@ -50,7 +51,14 @@ CREATE TABLE IF NOT EXISTS referrers(
   PRIMARY KEY(repo, subject, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS repos(name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS info(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, lines TEXT NOT NULL);
 ";
+
+/// Rows of the change log kept (older ones are pruned; a process that fell further behind drops
+/// its whole cache).
+const CHANGE_LOG_ROWS: i64 = 20_000;
+/// Longest text one change-log row holds before its changes are coarsened ([`Change::encode_all`]).
+const CHANGE_LOG_ROW_BYTES: usize = 64 * 1024;
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -131,7 +139,20 @@ pub enum DataVersion {
 
 /// Statements over one connection: inside a write transaction ([`Meta::write`]) or for a read
 /// ([`Meta::read`]).
-pub struct Tx<'a>(&'a Connection);
+pub struct Tx<'a>(&'a Connection, std::cell::RefCell<Vec<Change>>);
+
+/// What [`Meta::changes_since`] found in the change log.
+#[derive(Debug, Default)]
+pub struct LoggedChanges {
+    /// The changes, in commit order.
+    pub changes: Vec<Change>,
+    /// The last row read (the next read starts after it).
+    pub seq: i64,
+    /// Rows the reader had not seen were pruned: it must drop everything.
+    pub gap: bool,
+    /// Rows read (a commit writes one, even when it changed nothing a cache holds).
+    pub rows: usize,
+}
 
 fn connect(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -192,6 +213,36 @@ impl Meta {
         ))
     }
 
+    /// The change log after row `seq` (read on the connection that never writes).
+    pub fn changes_since(&self, seq: i64) -> Result<LoggedChanges> {
+        let conn = self.watcher.lock();
+        let first: Option<i64> = conn
+            .prepare_cached("SELECT min(seq) FROM changes")?
+            .query_row([], |r| r.get(0))?;
+        let mut out = LoggedChanges {
+            seq,
+            gap: first.is_some_and(|f| f > seq + 1),
+            ..LoggedChanges::default()
+        };
+        let mut stmt = conn.prepare_cached("SELECT seq, lines FROM changes WHERE seq > ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (n, lines) = row?;
+            out.seq = n;
+            out.rows += 1;
+            out.changes.extend(Change::decode_all(&lines));
+        }
+        Ok(out)
+    }
+
+    /// The last row of the change log (0 when empty).
+    pub fn last_change(&self) -> Result<i64> {
+        let conn = self.watcher.lock();
+        Ok(conn
+            .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes")?
+            .query_row([], |r| r.get(0))?)
+    }
+
     /// Run `f` in one write transaction that no other writer of any process interleaves with;
     /// it commits when `f` succeeds and rolls back when it fails.
     pub fn write<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
@@ -202,8 +253,19 @@ impl Meta {
     fn write_if<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>, keep: impl FnOnce(&T) -> bool) -> Result<T> {
         let mut conn = self.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&Tx(&tx))?;
+        let t = Tx(&tx, Default::default());
+        let out = f(&t)?;
         if keep(&out) {
+            // One row per transaction, so that a reader of the log can tell a commit that
+            // changed nothing it caches from one by a writer that does not log.
+            let lines = Change::encode_all(&t.1.take(), CHANGE_LOG_ROW_BYTES);
+            let seq = tx
+                .prepare_cached("INSERT INTO changes(lines) VALUES (?1) RETURNING seq")?
+                .query_row([lines], |r| r.get::<_, i64>(0))?;
+            if seq % 512 == 0 {
+                tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?
+                    .execute([seq - CHANGE_LOG_ROWS])?;
+            }
             tx.commit()?;
         }
         Ok(out)
@@ -216,7 +278,7 @@ impl Meta {
             Some(c) => c,
             None => connect(&self.path)?,
         };
-        let out = f(&Tx(&conn));
+        let out = f(&Tx(&conn, Default::default()));
         self.readers.lock().push(conn);
         out
     }
@@ -267,6 +329,9 @@ impl Meta {
             let n =
                 t.0.prepare_cached("DELETE FROM tags WHERE repo = ?1 AND tag = ?2")?
                     .execute(params![repo.as_str(), tag.as_str()])?;
+            if n > 0 {
+                t.changed(Change::Tag(repo.clone(), tag.clone()));
+            }
             Ok(n > 0)
         })
     }
@@ -355,6 +420,11 @@ fn page<T: std::str::FromStr>(
 }
 
 impl Tx<'_> {
+    /// Note what this transaction changes, for the change log.
+    pub fn changed(&self, c: Change) {
+        self.1.borrow_mut().push(c);
+    }
+
     /// Run `f` inside a savepoint of the transaction: what it wrote stays when it succeeds and
     /// is undone when it fails, while the rest of the transaction goes on either way.
     pub fn savepoint<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
@@ -424,6 +494,7 @@ impl Tx<'_> {
     pub fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<bool>> {
         let removed = self.unlink_blob_in(repo.as_str(), &digest.to_string())?;
         if removed.is_some() {
+            self.changed(Change::Blob(repo.clone(), digest.clone()));
             self.forget_repo_if_empty(repo.as_str())?;
         }
         Ok(removed.map(|(_, last)| last))
@@ -462,10 +533,12 @@ impl Tx<'_> {
                    media_type = excluded.media_type, bytes = excluded.bytes",
             )?
             .execute(params![d, m.media_type, m.bytes, newly_linked])?;
+        self.changed(Change::Manifest(m.repo.clone(), m.digest.clone()));
         if let Some(tag) = m.tag {
             self.0
                 .prepare_cached("INSERT OR REPLACE INTO tags(repo, tag, digest) VALUES (?1, ?2, ?3)")?
                 .execute(params![repo, tag.as_str(), d])?;
+            self.changed(Change::Tag(m.repo.clone(), tag.clone()));
         }
         if let Some((subject, descriptor)) = &m.referrer {
             let descriptor =
@@ -523,6 +596,8 @@ impl Tx<'_> {
         if !self.remove_manifest_in(repo.as_str(), &digest.to_string(), subject)? {
             return Ok(false);
         }
+        // Its tags went with it.
+        self.changed(Change::Repo(repo.clone()));
         self.forget_repo_if_empty(repo.as_str())?;
         Ok(true)
     }
@@ -534,8 +609,8 @@ impl Tx<'_> {
             .exists([repo])?)
     }
 
-    fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool) -> Result<RepoGc> {
-        let repo = repo.as_str();
+    fn gc_repo(&self, name: &RepoName, grace_secs: u64, untagged: bool) -> Result<RepoGc> {
+        let repo = name.as_str();
         use crate::reach::{Refs, unreached};
         use std::collections::{HashMap, HashSet};
         let now = now_secs();
@@ -576,8 +651,10 @@ impl Tx<'_> {
                 let r = manifests.remove(&d).expect("listed by unreached");
                 let subject = r.subject.as_deref().and_then(|s| s.parse::<Digest>().ok());
                 if self.remove_manifest_in(repo, &d, subject.as_ref())?
-                    && let Ok(digest) = d.parse()
+                    && let Ok(digest) = d.parse::<Digest>()
                 {
+                    // No tag reached it, so no tag answer changes.
+                    self.changed(Change::Manifest(name.clone(), digest.clone()));
                     out.manifests.push(digest);
                 }
             }
@@ -598,6 +675,7 @@ impl Tx<'_> {
             if let Some((size, last)) = self.unlink_blob_in(repo, &d)?
                 && let Ok(digest) = d.parse::<Digest>()
             {
+                self.changed(Change::Blob(name.clone(), digest.clone()));
                 if last {
                     out.orphans.push((digest.clone(), size));
                 }

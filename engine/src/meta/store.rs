@@ -3,17 +3,18 @@
 
 use std::sync::Arc;
 
+use crate::change::{Change, ChangeSink};
 use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::group::Group;
 use crate::manifest;
+use crate::meta::DataVersion;
 use crate::meta::{Meta, NewManifest, RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 use crate::store::{
-    BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Outcome, Placement, Removal, StagedBlob,
-    TokenValue,
+    BlobLink, CatalogFilter, Feed, GcLease, ManifestRecord, MetaStore, Outcome, Placement, Removal, StagedBlob,
 };
 
 /// A blob commit waiting for its group's transaction.
@@ -22,20 +23,42 @@ struct Commit {
     placement: Box<dyn Placement>,
 }
 
+/// How far the change log has been delivered.
+struct Delivered {
+    /// The data version it was read at (`None`: not yet).
+    version: Option<DataVersion>,
+    /// The last row delivered.
+    seq: i64,
+}
+
 /// SQLite (WAL) as the metadata store.
+///
+/// Changes: every write transaction (of any process) appends one row to the `changes` log
+/// naming what it changed. When the data version moved since the log was last read
+/// ([`MetaStore::feed`] is [`Feed::Behind`]), [`MetaStore::catch_up`] reads the rows after the
+/// last one delivered and passes their changes on; a version that moved without a new row (a
+/// writer that does not log) or rows pruned before they were read deliver [`Change::All`].
 #[derive(Clone)]
 pub struct SqliteStore {
     meta: Arc<Meta>,
     /// Blob commits of concurrent uploads, grouped into shared transactions.
     commits: Arc<Group<Commit, Result<()>>>,
+    delivered: Arc<parking_lot::Mutex<Delivered>>,
+    sink: Arc<parking_lot::RwLock<Option<ChangeSink>>>,
 }
 
 impl SqliteStore {
     /// The store over an open database.
     pub fn new(meta: Meta) -> SqliteStore {
+        // The version first: a commit in between is then read again (at worst as `All`), never
+        // skipped.
+        let version = meta.data_version().ok();
+        let seq = meta.last_change().unwrap_or(0);
         SqliteStore {
             meta: Arc::new(meta),
             commits: Arc::new(Group::default()),
+            delivered: Arc::new(parking_lot::Mutex::new(Delivered { version, seq })),
+            sink: Arc::new(parking_lot::RwLock::new(None)),
         }
     }
 
@@ -62,11 +85,38 @@ impl MetaStore for SqliteStore {
         self.run(|m| m.check()).await
     }
 
-    fn change_token(&self) -> Option<ChangeToken> {
-        self.meta
-            .data_version()
-            .ok()
-            .map(|v| ChangeToken(TokenValue::Sqlite(v)))
+    fn subscribe(&self, sink: ChangeSink) {
+        *self.sink.write() = Some(sink);
+    }
+
+    fn feed(&self) -> Feed {
+        match self.meta.data_version() {
+            Ok(v) if self.delivered.lock().version == Some(v) => Feed::Current,
+            Ok(_) => Feed::Behind,
+            Err(_) => Feed::Unknown,
+        }
+    }
+
+    async fn catch_up(&self) -> Result<()> {
+        // A few microseconds (a read of the newest log rows by primary key on the connection
+        // that never writes), so it runs here rather than on the blocking pool; one caller at a
+        // time, the others then find it done.
+        let mut d = self.delivered.lock();
+        let version = self.meta.data_version()?;
+        if d.version == Some(version) {
+            return Ok(());
+        }
+        let logged = self.meta.changes_since(d.seq)?;
+        let mut changes = logged.changes;
+        if logged.gap || logged.rows == 0 {
+            changes = vec![Change::All];
+        }
+        if let Some(sink) = self.sink.read().as_ref() {
+            sink(&changes);
+        }
+        d.version = Some(version);
+        d.seq = logged.seq;
+        Ok(())
     }
 
     async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {

@@ -9,6 +9,7 @@
 //! transaction while the blob store works. A replica that dies between the two leaves the
 //! mark, which the next removal of that digest completes.
 
+use crate::change::Change;
 use deadpool_postgres::Transaction;
 
 use super::PgStore;
@@ -126,7 +127,7 @@ impl PgStore {
             i64::try_from(link.size).map_err(|_| Error::Meta(MetaError::Database("blob size out of range".into())))?;
         let object = link.object.map(|o| o.to_string());
         let existed = link_blob(&tx, r, &d, size, object.as_deref()).await?;
-        self.commit(tx, r).await?;
+        self.commit(tx, &[]).await?;
         Ok(existed)
     }
 
@@ -153,8 +154,9 @@ impl PgStore {
         .await?
         .map_or(0, |r| r.get::<_, i64>(0));
         forget_repo_if_empty(&tx, r).await?;
+        let unlinked = [Change::Blob(repo.clone(), digest.clone())];
         if left > 0 {
-            self.commit(tx, r).await?;
+            self.commit(tx, &unlinked).await?;
             return Ok(true);
         }
         // The last link: fence the digest, let go of the database, then remove the data.
@@ -165,7 +167,7 @@ impl PgStore {
         )
         .await?
         .and_then(|r| r.get::<_, Option<String>>(0));
-        self.commit(tx, r).await?;
+        self.commit(tx, &unlinked).await?;
         let object = object_id(object)?;
         let removed = blocking(move || remove(object)).await?;
         let tx = self.begin(&mut c, r).await?;
@@ -173,14 +175,14 @@ impl PgStore {
         match removed {
             Ok(()) => {
                 exec(&tx, "DELETE FROM blobs WHERE digest = $1 AND state = 'deleting'", &[&d]).await?;
-                self.commit(tx, r).await?;
+                self.commit(tx, &[]).await?;
                 Ok(true)
             }
             Err(e) => {
                 // The data is still there: the link comes back, and the fence goes.
                 exec(&tx, "UPDATE blobs SET state = 'live' WHERE digest = $1", &[&d]).await?;
                 link_blob(&tx, r, &d, size, None).await?;
-                self.commit(tx, r).await?;
+                self.commit(tx, &[]).await?;
                 Err(e)
             }
         }

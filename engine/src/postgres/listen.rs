@@ -1,49 +1,60 @@
-//! The change token of a shared database: one dedicated connection `LISTEN`s on [`CHANNEL`],
-//! on which every write transaction of every replica notifies as it commits, and each
-//! notification bumps an in-process counter. This store's own commits bump it too, at once, so a
-//! writer sees its own change without waiting for the round trip.
+//! What other replicas change: one dedicated connection `LISTEN`s on [`CHANNEL`], on which every
+//! write transaction of every replica that changes a cached answer notifies as it commits, the
+//! payload naming the changes ([`Change::encode_all`]); each notification's changes go to the
+//! subscriber (the engine's cache). This store's own commits deliver theirs at once, so a writer
+//! sees its own change without waiting for the round trip.
 //!
-//! The token is only trusted while the listening connection is up: when it is lost,
-//! [`Changes::token`] answers `None` (callers then read through their caches) and a background
-//! task reconnects with back-off; once it listens again the counter is bumped before the token is
-//! offered again, so everything cached before the gap is dropped.
+//! The feed is only trusted while the listening connection is up: when it is lost,
+//! [`Changes::listening`] is false (callers then read through their caches) and a background task
+//! reconnects with back-off; once it listens again [`Change::All`] is delivered before the feed is
+//! trusted again, so everything cached before the gap is dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
 
 use super::tls::Tls;
+use crate::change::{Change, ChangeSink};
 use crate::error::{Error, MetaError, Result};
 
-/// The notification channel of committed writes (the payload names the repository).
+/// The notification channel of committed writes (the payload names the changes, one per line).
 pub const CHANNEL: &str = "berth_changes";
+
+/// Longest payload sent (PostgreSQL's limit is 8000 bytes); more changes are coarsened.
+pub(crate) const MAX_PAYLOAD: usize = 7900;
 
 /// Longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// The counter behind the change token, and whether it can be trusted.
-#[derive(Debug, Default)]
+/// Where changes go, and whether the feed can be trusted.
+#[derive(Default)]
 pub(crate) struct Changes {
-    counter: AtomicU64,
+    sink: parking_lot::RwLock<Option<ChangeSink>>,
     listening: AtomicBool,
 }
 
 impl Changes {
-    /// The token, while the listener is up.
-    pub(crate) fn token(&self) -> Option<u64> {
-        if self.listening.load(Ordering::Acquire) {
-            Some(self.counter.load(Ordering::Acquire))
-        } else {
-            None
+    /// Whether every change of other replicas reaches the sink (the listener is up).
+    pub(crate) fn listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    /// Deliver changes to the subscriber.
+    pub(crate) fn deliver(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(sink) = self.sink.read().as_ref() {
+            sink(changes);
         }
     }
 
-    /// Count one change.
-    pub(crate) fn bump(&self) {
-        self.counter.fetch_add(1, Ordering::AcqRel);
+    /// Deliver to `sink` from now on.
+    pub(crate) fn subscribe(&self, sink: ChangeSink) {
+        *self.sink.write() = Some(sink);
     }
 
     fn set_listening(&self, up: bool) {
@@ -66,7 +77,7 @@ where
     tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => seen.bump(),
+                Some(Ok(AsyncMessage::Notification(n))) => seen.deliver(&Change::decode_all(n.payload())),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "lost the connection that listens for metadata changes; caches are bypassed until it is back");
@@ -104,8 +115,8 @@ async fn listen(
         driver.abort();
         return Err(e.into());
     }
-    // Whatever committed while nobody listened is behind this bump: caches of before it go.
-    changes.bump();
+    // Whatever committed while nobody listened is behind this: caches of before it go.
+    changes.deliver(&[Change::All]);
     changes.set_listening(true);
     Ok(Session {
         _client: client,
@@ -150,15 +161,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_token_while_not_listening_and_a_new_one_after() {
+    fn changes_reach_the_subscriber_and_the_feed_is_trusted_only_while_listening() {
         let c = Changes::default();
-        assert_eq!(c.token(), None);
-        c.bump();
+        assert!(!c.listening());
+        c.deliver(&[Change::All]);
+        let got = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let g = got.clone();
+        c.subscribe(Arc::new(move |ch: &[Change]| g.lock().extend_from_slice(ch)));
+        c.deliver(&[]);
+        c.deliver(&Change::decode_all("r a\nlibrary/alpine"));
+        let a: crate::name::RepoName = "a".parse().unwrap();
+        let alpine: crate::name::RepoName = "library/alpine".parse().unwrap();
+        assert_eq!(*got.lock(), [Change::Repo(a), Change::Repo(alpine)]);
         c.set_listening(true);
-        let t = c.token().unwrap();
-        c.bump();
-        assert_ne!(c.token(), Some(t));
+        assert!(c.listening());
         c.set_listening(false);
-        assert_eq!(c.token(), None);
+        assert!(!c.listening());
     }
 }

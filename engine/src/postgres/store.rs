@@ -8,17 +8,16 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
 use super::PgStore;
-use super::listen::CHANNEL;
+use super::listen::{CHANNEL, MAX_PAYLOAD};
 use super::records::{NOW, digest, exec, forget_repo_if_empty, link_blob, remove_manifest, row, rows, size};
+use crate::change::{Change, ChangeSink};
 use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::meta::{RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
-use crate::store::{
-    BlobLink, CatalogFilter, ChangeToken, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob, TokenValue,
-};
+use crate::store::{BlobLink, CatalogFilter, Feed, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob};
 
 /// The first key of the two-key advisory locks on repository names ("brth").
 const REPO_LOCK_CLASS: i32 = 0x6272_7468;
@@ -43,11 +42,15 @@ impl PgStore {
         Ok(tx)
     }
 
-    /// Commit a write on `repo`, telling every replica.
-    pub(super) async fn commit(&self, tx: Transaction<'_>, repo: &str) -> Result<()> {
-        exec(&tx, "SELECT pg_notify($1, $2)", &[&CHANNEL, &repo]).await?;
+    /// Commit a write, telling every replica (and this one's cache, at once) what it changed;
+    /// a write that changed nothing a cache holds (a new link, a new blob) notifies nobody.
+    pub(super) async fn commit(&self, tx: Transaction<'_>, changes: &[Change]) -> Result<()> {
+        if !changes.is_empty() {
+            let payload = Change::encode_all(changes, MAX_PAYLOAD);
+            exec(&tx, "SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await?;
+        }
         tx.commit().await?;
-        self.changes().bump();
+        self.changes().deliver(changes);
         Ok(())
     }
 }
@@ -65,8 +68,20 @@ impl MetaStore for PgStore {
         Ok(())
     }
 
-    fn change_token(&self) -> Option<ChangeToken> {
-        self.changes().token().map(|n| ChangeToken(TokenValue::Counter(n)))
+    fn subscribe(&self, sink: ChangeSink) {
+        self.changes().subscribe(sink);
+    }
+
+    fn feed(&self) -> Feed {
+        if self.changes().listening() {
+            Feed::Current
+        } else {
+            Feed::Unknown
+        }
+    }
+
+    async fn catch_up(&self) -> Result<()> {
+        Ok(())
     }
 
     async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
@@ -107,7 +122,7 @@ impl MetaStore for PgStore {
             return Ok(false);
         };
         link_blob(&tx, r, &d, source.get(0), None).await?;
-        self.commit(tx, r).await?;
+        self.commit(tx, &[]).await?;
         Ok(true)
     }
 
@@ -216,7 +231,9 @@ impl MetaStore for PgStore {
             .await?;
         }
         exec(&tx, "INSERT INTO repos(name) VALUES ($1) ON CONFLICT DO NOTHING", &[&r]).await?;
-        self.commit(tx, r).await
+        let mut changes = vec![Change::Manifest(m.repo.clone(), m.digest.clone())];
+        changes.extend(m.tag.iter().map(|t| Change::Tag(m.repo.clone(), t.clone())));
+        self.commit(tx, &changes).await
     }
 
     async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Option<StoredManifest>> {
@@ -262,7 +279,7 @@ impl MetaStore for PgStore {
         if n == 0 {
             return Ok(false);
         }
-        self.commit(tx, r).await?;
+        self.commit(tx, &[Change::Tag(repo.clone(), tag.clone())]).await?;
         Ok(true)
     }
 
@@ -274,7 +291,8 @@ impl MetaStore for PgStore {
             return Ok(false);
         }
         forget_repo_if_empty(&tx, r).await?;
-        self.commit(tx, r).await?;
+        // Its tags went with it.
+        self.commit(tx, &[Change::Repo(repo.clone())]).await?;
         Ok(true)
     }
 
@@ -355,7 +373,12 @@ impl MetaStore for PgStore {
         let tx = self.begin(&mut c, r).await?;
         let out = super::gc::sweep(&tx, r, grace_secs, untagged).await?;
         if !dry_run && out.skipped.is_none() {
-            self.commit(tx, r).await?;
+            // Manifests no tag reached, and blob links: no tag answer changes.
+            let changes: Vec<Change> = (out.manifests.iter())
+                .map(|d| Change::Manifest(repo.clone(), d.clone()))
+                .chain(out.links.iter().map(|(d, _)| Change::Blob(repo.clone(), d.clone())))
+                .collect();
+            self.commit(tx, &changes).await?;
         }
         Ok(out)
     }

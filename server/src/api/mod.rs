@@ -307,6 +307,7 @@ pub async fn metrics_response(app: &App) -> Result<Response<Body>, ApiError> {
     let text = app.metrics.render(&Gauges {
         uploads_in_progress: app.engine.uploads_in_progress() as u64,
         storage,
+        cache: app.engine.cache_stats(),
     });
     finish(
         response(StatusCode::OK)

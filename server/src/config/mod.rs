@@ -17,6 +17,7 @@ use serde_json::Value;
 
 mod access;
 mod auth;
+mod cache;
 mod database;
 mod env;
 mod load;
@@ -93,6 +94,8 @@ pub struct Config {
     pub max_requests: usize,
     /// Caps on open upload sessions.
     pub upload_limits: berth_engine::UploadLimits,
+    /// Bytes the read cache may hold (`cache.memory`).
+    pub cache_budget: u64,
     /// What an unread request body may cost to drain, and what a request body must deliver.
     pub body_limits: BodyLimits,
     /// Interval of online garbage collection (`None`: off).
@@ -225,6 +228,8 @@ pub fn from_tree(
         }
         Ok(())
     })());
+    let mut cache_budget = berth_engine::hot::DEFAULT_BUDGET;
+    take(cache::cache_budget(&tree).map(|b| cache_budget = b));
     let mut upload_limits = berth_engine::UploadLimits::default();
     take((|| {
         upload_limits = berth_engine::UploadLimits {
@@ -284,6 +289,7 @@ pub fn from_tree(
         body_timeout,
         max_requests,
         upload_limits,
+        cache_budget,
         database,
         s3,
         body_limits,

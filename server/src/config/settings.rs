@@ -664,6 +664,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Headers added to every response: a list of values per name (the variable takes a YAML list such as ['*'] or a single value). With Access-Control-Allow-Origin set, OPTIONS preflights on /v2/ are answered (204, no credentials needed) and responses expose Docker-Content-Digest, Location, Range, Link, Docker-Upload-UUID and WWW-Authenticate to browsers.",
     },
     Setting {
+        path: "cache.memory",
+        env: &["REGISTRY_CACHE_MEMORY"],
+        default: "128MiB",
+        doc: "Memory budget of the read cache (blob sizes and manifests, with their keys), in bytes or with a unit (KiB, MiB, GiB; KB, MB, GB). Least useful answers are evicted first; 0 turns the cache off.",
+    },
+    Setting {
         path: "pagination.defaultlimit",
         env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"],
         default: "100",

@@ -1,4 +1,5 @@
-//! Hot-path benches: hashing, upload append, range reads, JWT verification, route and header parsing.
+//! Hot-path benches: hashing, upload append, range reads, the read cache, JWT verification, route
+//! and header parsing.
 
 #![allow(missing_docs)]
 
@@ -7,7 +8,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sha2::Digest as _;
 
 use berth_engine::{Algorithm, ByteRange, Digest, Engine, Hasher, RepoName};
@@ -126,6 +127,80 @@ fn range_read(c: &mut Criterion) {
     g.finish();
 }
 
+/// The read cache: a hit through the engine (the store's feed checked, then the lookup), the
+/// cache alone, and the two maps it was chosen between (papaya, the unbounded map of before, and
+/// quick_cache, weighted with eviction), each over 100,000 keys.
+fn cache(c: &mut Criterion) {
+    use berth_engine::hot::Hot;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt.block_on(Engine::open(dir.path())).unwrap();
+    let repo: RepoName = "bench/cache".parse().unwrap();
+    let data = Bytes::from_static(b"a small blob");
+    let digest = Digest::of(Algorithm::Sha256, &data);
+    rt.block_on(async {
+        let id = engine.upload_start(&repo).await.unwrap();
+        let body = futures_util::stream::iter([Ok::<_, Infallible>(data.clone())]);
+        engine
+            .upload_finish(&repo, id, &digest, None, None, body)
+            .await
+            .unwrap();
+        engine.blob_size(&repo, &digest).await.unwrap();
+    });
+    const N: usize = 100_000;
+    let keys: Vec<(RepoName, Digest)> = (0..N)
+        .map(|i| {
+            let r: RepoName = format!("bench/r{}", i % 1000).parse().unwrap();
+            (r, Digest::of(Algorithm::Sha256, &i.to_le_bytes()))
+        })
+        .collect();
+    let hot = Hot::new(256 << 20);
+    let papaya_map = papaya::HashMap::new();
+    let quick = quick_cache::sync::Cache::new(N);
+    for (i, (r, d)) in keys.iter().enumerate() {
+        hot.blob_size(true, r, d, async { Ok(i as u64) })
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        papaya_map.pin().insert((r.clone(), d.clone()), i as u64);
+        quick.insert((r.clone(), d.clone()), i as u64);
+    }
+    let mut g = c.benchmark_group("cache");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("engine_blob_size_hit", |b| {
+        b.iter(|| black_box(engine.blob_size(&repo, &digest).now_or_never().unwrap().unwrap()))
+    });
+    let mut i = 0usize;
+    g.bench_function("hot_hit", |b| {
+        b.iter(|| {
+            i = (i + 7919) % N;
+            let (r, d) = &keys[i];
+            black_box(
+                hot.blob_size(true, r, d, async { Ok(0) })
+                    .now_or_never()
+                    .unwrap()
+                    .unwrap(),
+            )
+        })
+    });
+    g.bench_function("papaya_get", |b| {
+        b.iter(|| {
+            i = (i + 7919) % N;
+            black_box(papaya_map.pin().get(&keys[i]).copied())
+        })
+    });
+    g.bench_function("quick_cache_get", |b| {
+        b.iter(|| {
+            i = (i + 7919) % N;
+            black_box(quick.get(&keys[i]))
+        })
+    });
+    g.finish();
+}
+
 fn parsing(c: &mut Criterion) {
     let blob = "/v2/team/project/app/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     let manifest = "/v2/team/project/app/manifests/v1.2.3";
@@ -180,5 +255,5 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hashing, upload_append, range_read, jwt, parsing);
+criterion_group!(benches, hashing, upload_append, range_read, cache, jwt, parsing);
 criterion_main!(benches);

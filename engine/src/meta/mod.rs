@@ -150,7 +150,7 @@ pub struct LoggedChanges {
     pub seq: i64,
     /// Rows the reader had not seen were pruned: it must drop everything.
     pub gap: bool,
-    /// Rows read (a commit writes one, even when it changed nothing a cache holds).
+    /// Rows read.
     pub rows: usize,
 }
 
@@ -213,26 +213,32 @@ impl Meta {
         ))
     }
 
-    /// The change log after row `seq` (read on the connection that never writes).
+    /// The change log after row `seq`, read in one read transaction on the connection that
+    /// never writes (so a pruning in between cannot hide a gap).
     pub fn changes_since(&self, seq: i64) -> Result<LoggedChanges> {
         let conn = self.watcher.lock();
-        let first: Option<i64> = conn
-            .prepare_cached("SELECT min(seq) FROM changes")?
-            .query_row([], |r| r.get(0))?;
-        let mut out = LoggedChanges {
-            seq,
-            gap: first.is_some_and(|f| f > seq + 1),
-            ..LoggedChanges::default()
-        };
-        let mut stmt = conn.prepare_cached("SELECT seq, lines FROM changes WHERE seq > ?1 ORDER BY seq")?;
-        let rows = stmt.query_map([seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        for row in rows {
-            let (n, lines) = row?;
-            out.seq = n;
-            out.rows += 1;
-            out.changes.extend(Change::decode_all(&lines));
-        }
-        Ok(out)
+        conn.execute_batch("BEGIN")?;
+        let out = (|| -> Result<LoggedChanges> {
+            let first: Option<i64> = conn
+                .prepare_cached("SELECT min(seq) FROM changes")?
+                .query_row([], |r| r.get(0))?;
+            let mut out = LoggedChanges {
+                seq,
+                gap: first.is_some_and(|f| f > seq + 1),
+                ..LoggedChanges::default()
+            };
+            let mut stmt = conn.prepare_cached("SELECT seq, lines FROM changes WHERE seq > ?1 ORDER BY seq")?;
+            let rows = stmt.query_map([seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (n, lines) = row?;
+                out.seq = n;
+                out.rows += 1;
+                out.changes.extend(Change::decode_all(&lines));
+            }
+            Ok(out)
+        })();
+        conn.execute_batch("COMMIT")?;
+        out
     }
 
     /// The last row of the change log (0 when empty).
@@ -241,6 +247,21 @@ impl Meta {
         Ok(conn
             .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes")?
             .query_row([], |r| r.get(0))?)
+    }
+
+    /// [`Meta::data_version`], but from the WAL index's header whenever it is mapped: a writer
+    /// rewriting it is waited out (a few microseconds) instead of asking SQLite, so that two
+    /// values are of the same kind and differ only when a transaction committed.
+    pub fn stable_data_version(&self) -> Result<DataVersion> {
+        if let Some(head) = &self.head {
+            for _ in 0..10_000 {
+                if let Some(h) = head.read() {
+                    return Ok(DataVersion::Header(h));
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.data_version()
     }
 
     /// Run `f` in one write transaction that no other writer of any process interleaves with;
@@ -256,15 +277,17 @@ impl Meta {
         let t = Tx(&tx, Default::default());
         let out = f(&t)?;
         if keep(&out) {
-            // One row per transaction, so that a reader of the log can tell a commit that
-            // changed nothing it caches from one by a writer that does not log.
-            let lines = Change::encode_all(&t.1.take(), CHANGE_LOG_ROW_BYTES);
-            let seq = tx
-                .prepare_cached("INSERT INTO changes(lines) VALUES (?1) RETURNING seq")?
-                .query_row([lines], |r| r.get::<_, i64>(0))?;
-            if seq % 512 == 0 {
-                tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?
-                    .execute([seq - CHANGE_LOG_ROWS])?;
+            // One row per transaction that changed a cached answer.
+            let changes = t.1.take();
+            if !changes.is_empty() {
+                let lines = Change::encode_all(&changes, CHANGE_LOG_ROW_BYTES);
+                let seq = tx
+                    .prepare_cached("INSERT INTO changes(lines) VALUES (?1) RETURNING seq")?
+                    .query_row([lines], |r| r.get::<_, i64>(0))?;
+                if seq % 512 == 0 {
+                    tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?
+                        .execute([seq - CHANGE_LOG_ROWS])?;
+                }
             }
             tx.commit()?;
         }

@@ -33,11 +33,13 @@ struct Delivered {
 
 /// SQLite (WAL) as the metadata store.
 ///
-/// Changes: every write transaction (of any process) appends one row to the `changes` log
-/// naming what it changed. When the data version moved since the log was last read
-/// ([`MetaStore::feed`] is [`Feed::Behind`]), [`MetaStore::catch_up`] reads the rows after the
-/// last one delivered and passes their changes on; a version that moved without a new row (a
-/// writer that does not log) or rows pruned before they were read deliver [`Change::All`].
+/// Changes: every write transaction (of any process) that changes a cached answer appends one
+/// row to the `changes` log naming what it changed. When the data version moved since the log
+/// was last read ([`MetaStore::feed`] is [`Feed::Behind`]), [`MetaStore::catch_up`] reads the
+/// rows after the last one delivered and passes their changes on; rows pruned before they were
+/// read deliver [`Change::All`]. (The data version also moves without a commit — a write
+/// rolled back after the WAL restarted, a checkpoint — so it cannot tell a writer that does not
+/// log; every process on one database must be of a version that logs.)
 #[derive(Clone)]
 pub struct SqliteStore {
     meta: Arc<Meta>,
@@ -52,7 +54,7 @@ impl SqliteStore {
     pub fn new(meta: Meta) -> SqliteStore {
         // The version first: a commit in between is then read again (at worst as `All`), never
         // skipped.
-        let version = meta.data_version().ok();
+        let version = meta.stable_data_version().ok();
         let seq = meta.last_change().unwrap_or(0);
         SqliteStore {
             meta: Arc::new(meta),
@@ -102,13 +104,18 @@ impl MetaStore for SqliteStore {
         // that never writes), so it runs here rather than on the blocking pool; one caller at a
         // time, the others then find it done.
         let mut d = self.delivered.lock();
-        let version = self.meta.data_version()?;
+        let version = self.meta.stable_data_version()?;
         if d.version == Some(version) {
             return Ok(());
         }
         let logged = self.meta.changes_since(d.seq)?;
         let mut changes = logged.changes;
-        if logged.gap || logged.rows == 0 {
+        if logged.gap {
+            tracing::debug!(
+                gap = logged.gap,
+                seq = d.seq,
+                "change log: changes were missed, dropping every cached answer"
+            );
             changes = vec![Change::All];
         }
         if let Some(sink) = self.sink.read().as_ref() {

@@ -23,14 +23,24 @@ use crate::name::UploadId;
 use crate::store::Removal;
 
 /// A stream of blob bytes; its memory use does not grow with the blob.
-pub struct BlobStream {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+pub struct BlobStream(Source);
+
+enum Source {
+    /// What a reader task sends.
+    Reader(mpsc::Receiver<std::io::Result<Bytes>>),
+    /// Bytes at hand (a small blob, read in one go or from memory).
+    Ready(Option<Bytes>),
 }
 
 impl BlobStream {
     /// The stream of what a reader task sends.
     pub fn new(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> BlobStream {
-        BlobStream { rx }
+        BlobStream(Source::Reader(rx))
+    }
+
+    /// A stream of one chunk.
+    pub fn ready(bytes: Bytes) -> BlobStream {
+        BlobStream(Source::Ready(Some(bytes)))
     }
 }
 
@@ -38,7 +48,10 @@ impl Stream for BlobStream {
     type Item = std::io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        match &mut self.0 {
+            Source::Reader(rx) => rx.poll_recv(cx),
+            Source::Ready(b) => Poll::Ready(b.take().map(Ok)),
+        }
     }
 }
 

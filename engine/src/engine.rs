@@ -10,6 +10,7 @@ use crate::backend::{Blobs, Uploads};
 use crate::blob_store::BlobStore;
 pub use crate::blob_store::BlobStream;
 use crate::blob_store::DataName;
+use crate::bodies::{Bodies, BodyStats};
 use crate::descriptor::Descriptor;
 use crate::digest::{Algorithm, Digest};
 use crate::error::ObjectStoreError;
@@ -119,6 +120,8 @@ pub struct Engine {
     /// Held open for the engine's life: the storage lock (see [`io::lock_storage`]).
     _lock: Option<std::fs::File>,
     hot: Arc<Hot>,
+    /// Small blobs' bytes in memory.
+    bodies: Bodies,
     /// Whether blob GETs may be answered with a redirect to the object store.
     redirect: bool,
 }
@@ -179,6 +182,7 @@ impl Engine {
             store: Metadata::Postgres(store),
             _lock: None,
             hot: Arc::new(Hot::default()),
+            bodies: Bodies::default(),
             redirect: s3.redirect,
         }))
     }
@@ -236,6 +240,7 @@ impl Engine {
             store,
             _lock: Some(lock),
             hot: Arc::new(Hot::default()),
+            bodies: Bodies::default(),
             redirect: false,
         })
     }
@@ -254,9 +259,21 @@ impl Engine {
         Engine::subscribed(self)
     }
 
+    /// Keep small blobs' bytes in memory: at most `budget` bytes (`cache.blobmemory`), of
+    /// blobs up to `max_blob` bytes (`cache.blobmaxsize`); 0 for either turns it off.
+    pub fn with_blob_cache(mut self, budget: u64, max_blob: u64) -> Engine {
+        self.bodies = Bodies::new(budget, max_blob);
+        self
+    }
+
     /// The read cache's counters.
     pub fn cache_stats(&self) -> HotStats {
         self.hot.stats()
+    }
+
+    /// The small-blob cache's counters.
+    pub fn blob_cache_stats(&self) -> BodyStats {
+        self.bodies.stats()
     }
 
     /// Whether the cache may be used now: the store's feed brought up to date (when it can be).
@@ -373,6 +390,21 @@ impl Engine {
     /// Read `range` of a blob (the caller has checked it against the size).
     pub async fn blob_read(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
         let object = match &self.blobs {
+            Blobs::Fs(fs) if self.bodies.covers(range.len) => {
+                // A small read: from memory, or from the file in one go (kept when it is the
+                // whole blob).
+                if let Some(b) = self.bodies.get(digest) {
+                    let (start, end) = (range.start as usize, (range.start + range.len) as usize);
+                    if end <= b.len() {
+                        return Ok(BlobStream::ready(b.slice(start..end)));
+                    }
+                }
+                let (bytes, whole) = fs.read_once(digest, range).await?;
+                if whole {
+                    self.bodies.insert(digest, bytes.clone());
+                }
+                return Ok(BlobStream::ready(bytes));
+            }
             Blobs::Fs(_) => None,
             Blobs::S3(_) => self.store.blob_object(digest).await?,
         };

@@ -13,6 +13,15 @@ use crate::layout::Layout;
 use crate::name::UploadId;
 use crate::store::{Outcome, Placement, Removal, StagedBlob};
 
+/// A blob file that is not there is a blob the store does not have.
+fn not_found_is_unknown(e: std::io::Error, digest: &Digest) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::BlobUnknown(digest.clone())
+    } else {
+        Error::Io(e)
+    }
+}
+
 /// Blob files under a storage root.
 #[derive(Clone, Debug)]
 pub struct FsBlobs {
@@ -23,6 +32,15 @@ impl FsBlobs {
     /// The blob store of the storage at `layout`.
     pub fn new(layout: Layout) -> FsBlobs {
         FsBlobs { layout }
+    }
+
+    /// A small range of a blob in one read (see [`io::read_once`]), and whether it is the whole
+    /// blob.
+    pub async fn read_once(&self, digest: &Digest, range: ByteRange) -> Result<(bytes::Bytes, bool)> {
+        let len = usize::try_from(range.len).map_err(|_| Error::Io(std::io::Error::other("range too long")))?;
+        io::read_once(self.layout.blob(digest), range.start, len)
+            .await
+            .map_err(|e| not_found_is_unknown(e, digest))
     }
 
     /// A verified upload session's data, staged for [`crate::MetaStore::commit_blob`]: its
@@ -47,13 +65,7 @@ impl BlobStore for FsBlobs {
     async fn read(&self, digest: &Digest, _object: Option<UploadId>, range: ByteRange) -> Result<BlobStream> {
         let rx = io::blob_range(self.layout.blob(digest), range.start, range.len)
             .await
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::BlobUnknown(digest.clone())
-                } else {
-                    Error::Io(e)
-                }
-            })?;
+            .map_err(|e| not_found_is_unknown(e, digest))?;
         Ok(BlobStream::new(rx))
     }
 

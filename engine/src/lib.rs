@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod blob_store;
+pub mod bodies;
 pub mod change;
 pub mod descriptor;
 pub mod digest;

@@ -951,3 +951,47 @@ async fn concurrent_commits_are_each_linked_and_durable() {
     assert_eq!(r0.to_string(), "group/r0");
     assert!(e.blob_size(&repo("group/none"), d0).await.is_err());
 }
+
+/// Small blobs are read in one go and kept in memory: a second read comes from memory (the
+/// file is gone and it is still served), ranges of a kept blob are slices of it, a range that
+/// does not start at 0 is read but not kept, and blobs above the size limit stream from the file.
+#[tokio::test]
+async fn small_blobs_are_served_from_memory_after_their_first_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path()).await.unwrap().with_blob_cache(1 << 20, 4096);
+    let r = repo("small/blobs");
+    let small: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let other: Vec<u8> = (0..2000u32).map(|i| (i % 13) as u8).collect();
+    let big: Vec<u8> = (0..10_000u32).map(|i| (i % 7) as u8).collect();
+    let (ds, dother, dbig) = (
+        push(&e, &r, &small).await,
+        push(&e, &r, &other).await,
+        push(&e, &r, &big).await,
+    );
+    assert_eq!(read_all(&e, &ds, 0, 3000).await, small);
+    assert_eq!(read_all(&e, &dother, 100, 50).await, &other[100..150]);
+    assert_eq!(read_all(&e, &dbig, 0, 10_000).await, big);
+    let s = e.blob_cache_stats();
+    assert_eq!((s.entries, s.misses, s.hits), (1, 2, 0), "{s:?}");
+    // Served from memory even with the file gone (only the cache could answer now).
+    let path = |d: &Digest| {
+        let hex = d.to_string();
+        let hex = hex.trim_start_matches("sha256:");
+        dir.path().join("blobs/sha256").join(&hex[..2]).join(hex)
+    };
+    std::fs::rename(path(&ds), dir.path().join("moved")).unwrap();
+    assert_eq!(read_all(&e, &ds, 0, 3000).await, small);
+    assert_eq!(read_all(&e, &ds, 2990, 10).await, &small[2990..]);
+    assert_eq!(e.blob_cache_stats().hits, 2);
+    // The partly read blob was not kept: its file is read again.
+    std::fs::remove_file(path(&dother)).unwrap();
+    assert!(matches!(
+        e.blob_read(&dother, ByteRange { start: 0, len: 2000 }).await,
+        Err(Error::BlobUnknown(_))
+    ));
+    std::fs::rename(dir.path().join("moved"), path(&ds)).unwrap();
+    // Off: every read goes to the file.
+    let e = e.with_blob_cache(0, 4096);
+    assert_eq!(read_all(&e, &ds, 0, 3000).await, small);
+    assert_eq!(e.blob_cache_stats().entries, 0);
+}

@@ -237,7 +237,8 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| open_error(&cfg, &e))?
         .with_upload_limits(cfg.upload_limits)
-        .with_cache_budget(cfg.cache_budget);
+        .with_cache_budget(cfg.cache_budget)
+        .with_blob_cache(cfg.blob_cache.0, cfg.blob_cache.1);
     let listener = bind(cfg.addr, "http.addr / REGISTRY_HTTP_ADDR").await?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(

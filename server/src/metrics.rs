@@ -101,6 +101,8 @@ pub struct Gauges {
     pub storage: Option<(u64, u64)>,
     /// The read cache's counters.
     pub cache: berth_engine::hot::HotStats,
+    /// The small-blob cache's counters.
+    pub blob_cache: berth_engine::bodies::BodyStats,
 }
 
 impl Metrics {
@@ -326,6 +328,48 @@ impl Metrics {
             head(&mut o, name, "gauge", help);
             let _ = writeln!(o, "{name} {v}");
         }
+        let b = &g.blob_cache;
+        for (name, kind, help, v) in [
+            (
+                "berth_blob_cache_hits_total",
+                "counter",
+                "Small-blob GETs answered from memory.",
+                b.hits,
+            ),
+            (
+                "berth_blob_cache_misses_total",
+                "counter",
+                "Small-blob GETs read from the file.",
+                b.misses,
+            ),
+            (
+                "berth_blob_cache_evictions_total",
+                "counter",
+                "Small blobs evicted to stay within cache.blobmemory.",
+                b.evictions,
+            ),
+            (
+                "berth_blob_cache_entries",
+                "gauge",
+                "Small blobs held in memory.",
+                b.entries,
+            ),
+            (
+                "berth_blob_cache_bytes",
+                "gauge",
+                "Bytes of small blobs held in memory.",
+                b.bytes,
+            ),
+            (
+                "berth_blob_cache_budget_bytes",
+                "gauge",
+                "The small-blob cache's budget (cache.blobmemory).",
+                b.budget,
+            ),
+        ] {
+            head(&mut o, name, kind, help);
+            let _ = writeln!(o, "{name} {v}");
+        }
         head(&mut o, "berth_build_info", "gauge", "Version of the running binary.");
         let _ = writeln!(o, "berth_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         head(
@@ -377,7 +421,12 @@ mod tests {
                 budget: 1024,
                 ..Default::default()
             },
+            blob_cache: berth_engine::bodies::BodyStats {
+                hits: 5,
+                ..Default::default()
+            },
         });
+        assert!(t.contains("berth_blob_cache_hits_total 5\n"), "{t}");
         for line in [
             "berth_cache_hits_total 7\n",
             "berth_cache_misses_total 2\n",

@@ -291,6 +291,8 @@ async fn prometheus_metrics() {
     assert_eq!(sample(&t, "berth_cache_entries"), 1.0, "{t}");
     assert_eq!(sample(&t, "berth_cache_budget_bytes"), (128u64 << 20) as f64, "{t}");
     assert!(sample(&t, "berth_cache_bytes") > 0.0, "{t}");
+    // The 300,000-byte blob is above cache.blobmaxsize (256 KiB): read from its file.
+    assert_eq!(sample(&t, "berth_blob_cache_entries"), 0.0, "{t}");
     assert_eq!(
         sample(
             &t,

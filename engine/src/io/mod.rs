@@ -50,7 +50,7 @@ pub use fs::{
     read_small, remove_dir_all, remove_dir_all_now, remove_file, remove_file_now, sync_dir, write_atomic,
     write_atomic_now,
 };
-pub use read::{blob_range, map_range, read_range};
+pub use read::{blob_range, map_range, read_once, read_range};
 pub(crate) use settings::HASH_PAIRS;
 pub use settings::{
     ALLOCATOR_PURGE_DELAY_MS, allocator_purge_delay_ms, check_settings, disable_huge_pages, engine_name, tune_allocator,

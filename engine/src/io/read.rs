@@ -32,6 +32,34 @@ pub async fn blob_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc:
     }
 }
 
+/// Read `len` bytes of the file at `path` from `start` in one go, on the blocking pool (one hop:
+/// open, positioned reads, close), for small ranges. Also says whether they are the whole file:
+/// from the start, and nothing after them (one byte more is asked for to know).
+pub async fn read_once(path: PathBuf, start: u64, len: usize) -> io::Result<(Bytes, bool)> {
+    // Allocated here, on the runtime's threads (see `read_range`).
+    let probe = usize::from(start == 0);
+    let mut buf = BytesMut::zeroed(len + probe);
+    blocking(move || {
+        let f = File::open(&path)?;
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], start + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if got < len {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        let whole = start == 0 && got == len;
+        buf.truncate(len);
+        Ok((buf.freeze(), whole))
+    })
+    .await
+}
+
 /// Stream `len` bytes of the file at `path` from `start`. Each chunk is one positioned read on
 /// the blocking pool, a little ahead of the consumer; no thread is held while the client is slow,
 /// and memory use is bounded by the read-ahead, whatever the blob size.

@@ -308,6 +308,7 @@ pub async fn metrics_response(app: &App) -> Result<Response<Body>, ApiError> {
         uploads_in_progress: app.engine.uploads_in_progress() as u64,
         storage,
         cache: app.engine.cache_stats(),
+        blob_cache: app.engine.blob_cache_stats(),
     });
     finish(
         response(StatusCode::OK)

@@ -1,18 +1,31 @@
-//! The `cache` section: the read cache's memory budget.
+//! The `cache` section: the memory budgets of the read cache and of the small-blob cache.
 
 use serde_json::Value;
 
 use super::ConfigError;
 use super::tree::{bad, get_path};
 
-/// `cache.memory`: bytes of answers (blob sizes, manifests) the read cache may hold; a number of
-/// bytes, or one with a unit (`KiB`, `MiB`, `GiB`, or `KB`, `MB`, `GB` as powers of 1000). 0
-/// turns the cache off.
+/// `cache.memory`: bytes of answers (blob sizes, manifests) the read cache may hold. 0 turns
+/// the cache off.
 pub(super) fn cache_budget(tree: &Value) -> Result<u64, ConfigError> {
-    let path = "cache.memory";
+    size(tree, "cache.memory", berth_engine::hot::DEFAULT_BUDGET)
+}
+
+/// `cache.blobmemory` and `cache.blobmaxsize`: bytes of small blobs kept in memory, and the
+/// largest blob kept.
+pub(super) fn blob_cache(tree: &Value) -> Result<(u64, u64), ConfigError> {
+    Ok((
+        size(tree, "cache.blobmemory", berth_engine::bodies::DEFAULT_BUDGET)?,
+        size(tree, "cache.blobmaxsize", berth_engine::bodies::DEFAULT_MAX_BLOB)?,
+    ))
+}
+
+/// A size at `path`: a number of bytes, or one with a unit (`KiB`, `MiB`, `GiB`, or `KB`, `MB`,
+/// `GB` as powers of 1000).
+fn size(tree: &Value, path: &str, default: u64) -> Result<u64, ConfigError> {
     let what = "a size such as 268435456, 256MiB or 1GiB";
     let text = match get_path(tree, path) {
-        None => return Ok(berth_engine::hot::DEFAULT_BUDGET),
+        None => return Ok(default),
         Some(Value::Number(n)) => return n.as_u64().ok_or_else(|| bad(path, what, &Value::Number(n.clone()))),
         Some(Value::String(s)) => s.trim().to_owned(),
         Some(v) => return Err(bad(path, what, v)),
@@ -56,6 +69,12 @@ mod tests {
         }
         let (c, _) = load_str("{}", &[("REGISTRY_CACHE_MEMORY", "32MiB")]).unwrap();
         assert_eq!(c.cache_budget, 32 << 20);
+        let (c, _) = load_str("{}", &[]).unwrap();
+        assert_eq!(c.blob_cache, (64 << 20, 256 << 10));
+        let (c, _) = load_str("cache: {blobmemory: 1GiB}", &[("REGISTRY_CACHE_BLOBMAXSIZE", "1MiB")]).unwrap();
+        assert_eq!(c.blob_cache, (1 << 30, 1 << 20));
+        let e = load_str("cache: {blobmaxsize: huge}", &[]).unwrap_err().0;
+        assert!(e.contains("cache.blobmaxsize"), "{e}");
         for bad in [
             "cache: {memory: lots}",
             "cache: {memory: 12TB}",

@@ -96,6 +96,9 @@ pub struct Config {
     pub upload_limits: berth_engine::UploadLimits,
     /// Bytes the read cache may hold (`cache.memory`).
     pub cache_budget: u64,
+    /// Bytes of small blobs kept in memory and the largest kept (`cache.blobmemory`,
+    /// `cache.blobmaxsize`).
+    pub blob_cache: (u64, u64),
     /// What an unread request body may cost to drain, and what a request body must deliver.
     pub body_limits: BodyLimits,
     /// Interval of online garbage collection (`None`: off).
@@ -230,6 +233,11 @@ pub fn from_tree(
     })());
     let mut cache_budget = berth_engine::hot::DEFAULT_BUDGET;
     take(cache::cache_budget(&tree).map(|b| cache_budget = b));
+    let mut blob_cache = (
+        berth_engine::bodies::DEFAULT_BUDGET,
+        berth_engine::bodies::DEFAULT_MAX_BLOB,
+    );
+    take(cache::blob_cache(&tree).map(|b| blob_cache = b));
     let mut upload_limits = berth_engine::UploadLimits::default();
     take((|| {
         upload_limits = berth_engine::UploadLimits {
@@ -290,6 +298,7 @@ pub fn from_tree(
         max_requests,
         upload_limits,
         cache_budget,
+        blob_cache,
         database,
         s3,
         body_limits,

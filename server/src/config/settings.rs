@@ -670,6 +670,18 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Memory budget of the read cache (blob sizes and manifests, with their keys), in bytes or with a unit (KiB, MiB, GiB; KB, MB, GB). Least useful answers are evicted first; 0 turns the cache off.",
     },
     Setting {
+        path: "cache.blobmemory",
+        env: &["REGISTRY_CACHE_BLOBMEMORY"],
+        default: "64MiB",
+        doc: "Memory budget of the small-blob cache: the bytes of blobs up to cache.blobmaxsize, served from memory on a GET. 0 turns it off.",
+    },
+    Setting {
+        path: "cache.blobmaxsize",
+        env: &["REGISTRY_CACHE_BLOBMAXSIZE"],
+        default: "256KiB",
+        doc: "Largest blob the small-blob cache keeps; reads up to this size are also done in one go.",
+    },
+    Setting {
         path: "pagination.defaultlimit",
         env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"],
         default: "100",

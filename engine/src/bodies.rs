@@ -122,6 +122,11 @@ impl Bodies {
         }
     }
 
+    /// Forget a blob (its data is being removed).
+    pub fn remove(&self, digest: &Digest) {
+        self.cache.remove(digest);
+    }
+
     /// Counters and size.
     pub fn stats(&self) -> BodyStats {
         BodyStats {
@@ -170,6 +175,8 @@ mod tests {
         assert!(s.bytes <= 1 << 20, "{s:?}");
         assert!(s.evictions > 0 && s.entries < 190, "{s:?}");
         assert_eq!((s.hits, s.misses), (1, 2), "{s:?}");
+        c.remove(&d);
+        assert!(c.get(&d).is_none(), "removed");
         let off = Bodies::new(0, 64 << 10);
         assert!(!off.covers(10));
     }

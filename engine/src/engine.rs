@@ -121,7 +121,7 @@ pub struct Engine {
     _lock: Option<std::fs::File>,
     hot: Arc<Hot>,
     /// Small blobs' bytes in memory.
-    bodies: Bodies,
+    bodies: Arc<Bodies>,
     /// Whether blob GETs may be answered with a redirect to the object store.
     redirect: bool,
 }
@@ -182,7 +182,7 @@ impl Engine {
             store: Metadata::Postgres(store),
             _lock: None,
             hot: Arc::new(Hot::default()),
-            bodies: Bodies::default(),
+            bodies: Arc::new(Bodies::default()),
             redirect: s3.redirect,
         }))
     }
@@ -240,7 +240,7 @@ impl Engine {
             store,
             _lock: Some(lock),
             hot: Arc::new(Hot::default()),
-            bodies: Bodies::default(),
+            bodies: Arc::new(Bodies::default()),
             redirect: false,
         })
     }
@@ -262,7 +262,7 @@ impl Engine {
     /// Keep small blobs' bytes in memory: at most `budget` bytes (`cache.blobmemory`), of
     /// blobs up to `max_blob` bytes (`cache.blobmaxsize`); 0 for either turns it off.
     pub fn with_blob_cache(mut self, budget: u64, max_blob: u64) -> Engine {
-        self.bodies = Bodies::new(budget, max_blob);
+        self.bodies = Arc::new(Bodies::new(budget, max_blob));
         self
     }
 
@@ -426,7 +426,7 @@ impl Engine {
     /// Unlink a blob from a repository; its file goes when no repository links it any more
     /// (in the same metadata transaction, so no process's upload of it interleaves).
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let found = self.store.unlink_blob(repo, digest, self.blobs.removal(digest)).await?;
+        let found = self.store.unlink_blob(repo, digest, self.removal(digest)).await?;
         if found {
             Ok(())
         } else {
@@ -574,10 +574,20 @@ impl Engine {
         Ok(report)
     }
 
+    /// The step that removes a blob's data: the blob store's, and the blob's bytes leave the
+    /// small-blob cache (a mapped entry would keep the removed file's space until evicted).
+    fn removal(&self, digest: &Digest) -> crate::store::Removal {
+        let (inner, bodies, d) = (self.blobs.removal(digest), self.bodies.clone(), digest.clone());
+        Box::new(move |object| {
+            bodies.remove(&d);
+            inner(object)
+        })
+    }
+
     /// Whether no repository links the blob; its data is then removed unless `dry_run`, in the
     /// metadata store's transaction, so that no process's upload of it interleaves.
     async fn remove_unrecorded(&self, digest: &Digest, dry_run: bool) -> Result<bool> {
-        let remove = (!dry_run).then(|| self.blobs.removal(digest));
+        let remove = (!dry_run).then(|| self.removal(digest));
         self.store.remove_unrecorded(digest, remove).await
     }
 

@@ -995,3 +995,25 @@ async fn small_blobs_are_served_from_memory_after_their_first_read() {
     assert_eq!(read_all(&e, &ds, 0, 3000).await, small);
     assert_eq!(e.blob_cache_stats().entries, 0);
 }
+
+/// A whole small blob of at least 16 KiB is kept as a memory map of its file (sent with
+/// sendfile on plaintext sockets): the bytes and any range of them read back exactly.
+#[tokio::test]
+async fn mapped_small_blobs_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path())
+        .await
+        .unwrap()
+        .with_blob_cache(1 << 20, 64 << 10);
+    let r = repo("small/mapped");
+    let data: Vec<u8> = (0..40_000u32).map(|i| (i.wrapping_mul(31) % 253) as u8).collect();
+    let d = push(&e, &r, &data).await;
+    assert_eq!(read_all(&e, &d, 0, 40_000).await, data);
+    assert_eq!(read_all(&e, &d, 0, 40_000).await, data);
+    assert_eq!(read_all(&e, &d, 12_345, 1000).await, &data[12_345..13_345]);
+    let s = e.blob_cache_stats();
+    assert_eq!((s.entries, s.hits), (1, 2), "{s:?}");
+    // Deleting the blob takes it out of the cache (and so lets its file's space go).
+    e.blob_delete(&r, &d).await.unwrap();
+    assert_eq!(e.blob_cache_stats().entries, 0);
+}

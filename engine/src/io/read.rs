@@ -19,6 +19,9 @@ const READ_AHEAD: usize = 2;
 pub(super) const READ_CHUNK: usize = 256 * 1024;
 /// Ranges of at least this many bytes are served from a memory map.
 const MAP_MIN: u64 = 1024 * 1024;
+/// Whole small files of at least this many bytes are mapped by [`read_once`] (below it a copy
+/// costs less than a map, and a map takes a whole page).
+pub const MAP_SMALL_MIN: u64 = 16 * 1024;
 /// Size of the slices of a memory-mapped blob handed to the network.
 const MAP_CHUNK: usize = 2 * 1024 * 1024;
 
@@ -35,7 +38,34 @@ pub async fn blob_range(path: PathBuf, start: u64, len: u64) -> io::Result<mpsc:
 /// Read `len` bytes of the file at `path` from `start` in one go, on the blocking pool (one hop:
 /// open, positioned reads, close), for small ranges. Also says whether they are the whole file:
 /// from the start, and nothing after them (one byte more is asked for to know).
+///
+/// A whole file of at least [`MAP_SMALL_MIN`] bytes is mapped instead of read (with sendfile
+/// on): kept in the small-blob cache, its bytes then reach plaintext sockets with `sendfile`
+/// from the page cache, with no copy of ours.
 pub async fn read_once(path: PathBuf, start: u64, len: usize) -> io::Result<(Bytes, bool)> {
+    if start == 0 && len as u64 >= MAP_SMALL_MIN && MMAP.on() && super::settings::SENDFILE.on() {
+        let mapped = blocking(move || {
+            let f = Arc::new(File::open(&path)?);
+            if f.metadata()?.len() != len as u64 {
+                return Ok(Err(path));
+            }
+            let map = map_file(&f, 0, len as u64)?;
+            match map.advise(memmap2::Advice::PopulateRead) {
+                Err(e) if e.raw_os_error() != Some(libc::EINVAL) => return Err(e),
+                _ => {}
+            }
+            Ok(Ok(Bytes::from_owner(sendfile::MappedChunk::new(map, &f, 0))))
+        })
+        .await?;
+        return match mapped {
+            Ok(b) => Ok((b, true)),
+            Err(path) => read_into_memory(path, start, len).await,
+        };
+    }
+    read_into_memory(path, start, len).await
+}
+
+async fn read_into_memory(path: PathBuf, start: u64, len: usize) -> io::Result<(Bytes, bool)> {
     // Allocated here, on the runtime's threads (see `read_range`).
     let probe = usize::from(start == 0);
     let mut buf = BytesMut::zeroed(len + probe);

@@ -129,7 +129,7 @@ pub struct Meta {
 
 /// What [`Meta::data_version`] answers: two equal values mean that no transaction committed in
 /// between.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DataVersion {
     /// The WAL index's header.
     Header(WalHeader),

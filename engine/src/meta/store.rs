@@ -46,7 +46,18 @@ pub struct SqliteStore {
     /// Blob commits of concurrent uploads, grouped into shared transactions.
     commits: Arc<Group<Commit, Result<()>>>,
     delivered: Arc<parking_lot::Mutex<Delivered>>,
+    /// A fingerprint of `delivered.version`, compared without the lock on every lookup.
+    delivered_at: Arc<std::sync::atomic::AtomicU64>,
     sink: Arc<parking_lot::RwLock<Option<ChangeSink>>>,
+}
+
+/// 64 bits of a data version (SipHash with fixed keys; 0 is kept for "none"): two versions in a
+/// row collide with probability 2^-64.
+fn fingerprint(v: DataVersion) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish() | 1
 }
 
 impl SqliteStore {
@@ -59,6 +70,7 @@ impl SqliteStore {
         SqliteStore {
             meta: Arc::new(meta),
             commits: Arc::new(Group::default()),
+            delivered_at: Arc::new(std::sync::atomic::AtomicU64::new(version.map_or(0, fingerprint))),
             delivered: Arc::new(parking_lot::Mutex::new(Delivered { version, seq })),
             sink: Arc::new(parking_lot::RwLock::new(None)),
         }
@@ -93,7 +105,7 @@ impl MetaStore for SqliteStore {
 
     fn feed(&self) -> Feed {
         match self.meta.data_version() {
-            Ok(v) if self.delivered.lock().version == Some(v) => Feed::Current,
+            Ok(v) if self.delivered_at.load(std::sync::atomic::Ordering::Acquire) == fingerprint(v) => Feed::Current,
             Ok(_) => Feed::Behind,
             Err(_) => Feed::Unknown,
         }
@@ -123,6 +135,8 @@ impl MetaStore for SqliteStore {
         }
         d.version = Some(version);
         d.seq = logged.seq;
+        self.delivered_at
+            .store(fingerprint(version), std::sync::atomic::Ordering::Release);
         Ok(())
     }
 

@@ -14,11 +14,13 @@ use crate::range::{RangeRequest, parse_range};
 pub(super) async fn get(app: &App, repo: &RepoName, digest: &Digest, req: &Req) -> Result<Response<Body>, ApiError> {
     let size = app.engine.blob_size(repo, digest).await?;
     let head = req.method() == http::Method::HEAD;
+    // The digest's text once, for both headers that carry it.
+    let etag = format!("\"{digest}\"");
     let base = response(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header("docker-content-digest", digest.to_string())
+        .header("docker-content-digest", &etag[1..etag.len() - 1])
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::ETAG, format!("\"{digest}\""))
+        .header(header::ETAG, etag.as_str())
         .header(header::CACHE_CONTROL, "max-age=31536000");
     let (builder, range) = match parse_range(header_str(req.headers(), header::RANGE), size) {
         RangeRequest::Full => (

@@ -116,38 +116,24 @@ fn range_read(c: &mut Criterion) {
             (d, n as u64)
         })
         .collect();
-    let mut g = c.benchmark_group("read_small");
-    for (d, n) in &small {
-        g.throughput(Throughput::Elements(1));
-        g.bench_function(format!("cached_{n}B"), |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let mut s = engine.blob_read(d, ByteRange { start: 0, len: *n }).await.unwrap();
-                    let mut got = 0;
-                    while let Some(chunk) = s.next().await {
-                        got += chunk.unwrap().len();
-                    }
-                    black_box(got)
-                })
-            })
-        });
-    }
-    g.finish();
     let uncached = engine_without_blob_cache(&rt, dir.path());
     let mut g = c.benchmark_group("read_small");
-    for (d, n) in &small {
-        g.bench_function(format!("streamed_uncached_{n}B"), |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let mut s = uncached.blob_read(d, ByteRange { start: 0, len: *n }).await.unwrap();
-                    let mut got = 0;
-                    while let Some(chunk) = s.next().await {
-                        got += chunk.unwrap().len();
-                    }
-                    black_box(got)
+    g.throughput(Throughput::Elements(1));
+    for (label, e) in [("cached", &engine), ("streamed_uncached", &uncached)] {
+        for (d, n) in &small {
+            g.bench_function(format!("{label}_{n}B"), |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let mut s = e.blob_read(d, ByteRange { start: 0, len: *n }).await.unwrap();
+                        let mut got = 0;
+                        while let Some(chunk) = s.next().await {
+                            got += chunk.unwrap().len();
+                        }
+                        black_box(got)
+                    })
                 })
-            })
-        });
+            });
+        }
     }
     g.finish();
     let mut g = c.benchmark_group("read");

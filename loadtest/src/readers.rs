@@ -32,7 +32,7 @@ use crate::ops::{self, Ctx, Upload};
 use crate::population::{Layout, Spec, populate};
 use crate::random_read::{RandomRead, ReadKind};
 use crate::readers_report::{Phase, PhaseResult, Summary, markdown, summarise, summary_lines};
-use crate::scenario::{Common, block_on, write_file};
+use crate::scenario::{Common, block_on, write_reports};
 use crate::timed::{Op, Rate, run_for};
 use crate::units::parse_duration;
 
@@ -279,16 +279,7 @@ async fn measure(
         summary,
         interrupted,
     };
-    let mut ok = true;
-    if let Some(path) = &args.common.json {
-        ok &= write_file(
-            path,
-            &(serde_json::to_string_pretty(&report).expect("report serialises") + "\n"),
-        );
-    }
-    if let Some(path) = &args.common.markdown {
-        ok &= write_file(path, &table);
-    }
+    let ok = write_reports(&args.common, &report, &table);
     if interrupted {
         130
     } else if failed || !ok {

@@ -43,7 +43,7 @@ use crate::ops::{self, Ctx};
 use crate::population::{Layout, Spec, populate};
 use crate::random_read::{RandomRead, ReadKind, pick_tag};
 use crate::scale_report::{Memory, ScaleReport, ScaleRow, Startup, error_notes, markdown};
-use crate::scenario::{Common, block_on, write_file};
+use crate::scenario::{Common, block_on, write_reports};
 use crate::stats;
 use crate::timed::run_for;
 use crate::units::parse_duration;
@@ -329,16 +329,7 @@ async fn measure_all(args: &ScaleArgs, target: Arc<Target>, stop: watch::Receive
         rows,
         interrupted,
     };
-    let mut ok = true;
-    if let Some(path) = &args.common.json {
-        ok &= write_file(
-            path,
-            &(serde_json::to_string_pretty(&report).expect("report serialises") + "\n"),
-        );
-    }
-    if let Some(path) = &args.common.markdown {
-        ok &= write_file(path, &table);
-    }
+    let ok = write_reports(&args.common, &report, &table);
     if interrupted {
         130
     } else if failed || !notes.is_empty() || !ok {

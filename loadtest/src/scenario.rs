@@ -119,6 +119,22 @@ where
     code
 }
 
+/// Writes the scenario's report as JSON to `--json` and its table to `--markdown`, when given;
+/// returns whether every write worked.
+pub fn write_reports(common: &Common, report: &impl serde::Serialize, table: &str) -> bool {
+    let mut ok = true;
+    if let Some(path) = &common.json {
+        ok &= write_file(
+            path,
+            &(serde_json::to_string_pretty(report).expect("report serialises") + "\n"),
+        );
+    }
+    if let Some(path) = &common.markdown {
+        ok &= write_file(path, table);
+    }
+    ok
+}
+
 /// Writes `text` to `path`, reporting a failure; returns whether it worked.
 pub fn write_file(path: &Path, text: &str) -> bool {
     match std::fs::write(path, text) {

@@ -387,6 +387,12 @@ impl Engine {
         self.hot.blob_size(trusted, repo, digest, load).await
     }
 
+    /// Size of a blob when any repository links it (whether `repo`-independent data is stored:
+    /// a pull-through cache links it into another repository instead of fetching it again).
+    pub async fn blob_stored(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.store.blob(digest).await
+    }
+
     /// Read `range` of a blob (the caller has checked it against the size).
     pub async fn blob_read(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
         let object = match &self.blobs {
@@ -643,6 +649,24 @@ impl Engine {
         bytes: Bytes,
     ) -> Result<PushedManifest> {
         let record = manifest_record(repo, reference, content_type, bytes)?;
+        let (digest, subject) = (record.digest.clone(), record.referrer.as_ref().map(|(s, _)| s.clone()));
+        self.store.put_manifest(record).await?;
+        Ok(PushedManifest { digest, subject })
+    }
+
+    /// Store a manifest fetched from an upstream registry (a pull-through cache): as
+    /// [`Engine::manifest_put`] checks it, but the blobs and child manifests it references need
+    /// not be stored yet: they are fetched when they are pulled.
+    pub async fn manifest_put_cached(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PushedManifest> {
+        let mut record = manifest_record(repo, reference, content_type, bytes)?;
+        record.blobs.clear();
+        record.children.clear();
         let (digest, subject) = (record.digest.clone(), record.referrer.as_ref().map(|(s, _)| s.clone()));
         self.store.put_manifest(record).await?;
         Ok(PushedManifest { digest, subject })

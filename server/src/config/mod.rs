@@ -21,6 +21,7 @@ mod cache;
 mod database;
 mod env;
 mod load;
+mod mirror;
 mod s3;
 mod serving;
 mod settings;
@@ -29,6 +30,7 @@ mod tree;
 mod unsupported;
 
 pub use auth::{AuthConfig, TokenConfig, TokenServerConfig, UserSources};
+pub use mirror::MirrorConfig;
 pub use load::{DEFAULT_FILES, FileOrigin, Source, load, parse_yaml};
 pub use serving::BodyLimits;
 pub use settings::{SETTINGS, Setting};
@@ -115,6 +117,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Throttling of failed logins (`auth.throttle.*`).
     pub auth_throttle: berth_auth::ThrottleConfig,
+    /// Upstream registries this one mirrors (`proxy`, `mirrors`); empty: none.
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 /// A configuration that cannot be used; the message says which setting and what to do.
@@ -214,6 +218,8 @@ pub fn from_tree(
     take(tls_settings(&tree).map(|t| tls = t));
     let mut database = None;
     take(database_settings(&tree).map(|d| database = d));
+    let mut mirrors = Vec::new();
+    take(mirror::mirror_settings(&tree, env).map(|m| mirrors = m));
     let mut s3 = None;
     take(s3_settings(&tree, env, &mut warnings).map(|s| s3 = s));
     let (mut gc_interval, mut gc) = (None, berth_engine::GcOptions::default());
@@ -310,6 +316,7 @@ pub fn from_tree(
         headers,
         trusted_proxies,
         auth_throttle,
+        mirrors,
     };
     Ok((config, warnings))
 }

@@ -682,6 +682,42 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Largest blob the small-blob cache keeps; reads up to this size are also done in one go.",
     },
     Setting {
+        path: "proxy.remoteurl",
+        env: &["REGISTRY_PROXY_REMOTEURL"],
+        default: "(none)",
+        doc: "distribution's pull-through cache: the whole registry mirrors this upstream (scheme, host and port, such as https://registry-1.docker.io). Pushes are refused; pulls of what is not stored are fetched from the upstream, stored and served as they arrive.",
+    },
+    Setting {
+        path: "proxy.username",
+        env: &["REGISTRY_PROXY_USERNAME"],
+        default: "(anonymous)",
+        doc: "User for the upstream of proxy.remoteurl.",
+    },
+    Setting {
+        path: "proxy.password",
+        env: &["REGISTRY_PROXY_PASSWORD"],
+        default: "(none)",
+        doc: "Password or access token for the upstream of proxy.remoteurl (never logged).",
+    },
+    Setting {
+        path: "proxy.tagttl",
+        env: &["REGISTRY_PROXY_TAGTTL"],
+        default: "5m",
+        doc: "How long a tag read from the upstream is served without asking it again; after that the cached image is served while one request checks the upstream in the background, and is kept when the upstream is down or rate-limits.",
+    },
+    Setting {
+        path: "proxy.ttl",
+        env: &["REGISTRY_PROXY_TTL"],
+        default: "(not used)",
+        doc: "Accepted for compatibility (distribution deletes proxied content after it); Berth keeps mirrored content until the cache budget needs the room, and refreshes tags after proxy.tagttl.",
+    },
+    Setting {
+        path: "mirrors",
+        env: &["REGISTRY_MIRRORS"],
+        default: "(none)",
+        doc: "Upstream registries, each served under a local prefix: a list of {name, url, prefix, hosts, username, password | passwordfile | passwordenv, cafile, insecure, tagttl, repositories, push, timeout} (the variable takes the list in YAML). See docs/mirroring.md.",
+    },
+    Setting {
         path: "pagination.defaultlimit",
         env: &["REGISTRY_PAGINATION_DEFAULT_LIMIT"],
         default: "100",

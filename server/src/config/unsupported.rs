@@ -37,10 +37,6 @@ const IGNORED_SECTIONS: &[&str] = &[
 /// without them would expose the registry, so start-up stops with a message instead.
 const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
     (
-        "proxy",
-        "pull-through caching (proxy) is not available in this version of Berth; remove the proxy section to run an ordinary registry",
-    ),
-    (
         "http.tls.letsencrypt",
         "automatic certificates (Let's Encrypt) are not available in this version of Berth; obtain the certificate with an ACME client (certbot, lego) and name it in http.tls.certificate and http.tls.key (Berth reloads it when it is renewed)",
     ),
@@ -110,12 +106,6 @@ mod tests {
                 .unwrap_err()
                 .0
                 .starts_with("auth.ldap")
-        );
-        assert!(
-            load_str("proxy: {remoteurl: https://registry-1.docker.io}", &[])
-                .unwrap_err()
-                .0
-                .starts_with("proxy")
         );
         let (c, w) = load_str("storage: {maintenance: {readonly: {enabled: true}}}", &[]).unwrap();
         assert!(c.read_only && !c.upload_purging, "read-only mode removes nothing");

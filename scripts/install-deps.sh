@@ -10,7 +10,7 @@ set -euo pipefail
 # package:command pairs; a package is installed when dpkg says so and its command is on PATH.
 REQUIRED=(skopeo:skopeo umoci:umoci docker.io:dockerd docker-registry:docker-registry apache2-utils:htpasswd
   jq:jq curl:curl docker-compose:docker-compose binutils:readelf openssl:openssl haproxy:haproxy
-  postgresql:pg_ctlcluster)
+  postgresql:pg_ctlcluster podman:podman containerd:ctr)
 
 missing=()
 for pair in "${REQUIRED[@]}"; do

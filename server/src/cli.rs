@@ -228,6 +228,33 @@ fn storage_shown(cfg: &Config) -> String {
     }
 }
 
+/// The upstreams of the pull-through cache, when any is configured. Fills spool under the
+/// storage root (`mirror-spool`), or in the temporary directory when blobs are in S3.
+fn mirrors(cfg: &Config) -> Result<Option<Arc<crate::mirror::Mirrors>>, String> {
+    if cfg.mirrors.is_empty() {
+        return Ok(None);
+    }
+    let spool = match &cfg.s3 {
+        Some(_) => std::env::temp_dir().join("berth-mirror-spool"),
+        None => cfg.root.join("mirror-spool"),
+    };
+    let m = crate::mirror::Mirrors::new(&cfg.mirrors, spool)?;
+    for e in m.entries() {
+        let c = &e.config;
+        tracing::info!(
+            upstream = %c.name,
+            url = %c.url,
+            prefix = %if c.prefix.is_empty() { "(every repository)" } else { c.prefix.as_str() },
+            hosts = ?c.hosts,
+            tag_ttl = ?c.tag_ttl,
+            push = c.push,
+            credentials = c.username.is_some(),
+            "mirroring an upstream registry"
+        );
+    }
+    Ok(Some(Arc::new(m)))
+}
+
 /// `berth serve`: the registry.
 pub async fn serve(cfg: Config) -> Result<(), String> {
     raise_open_files_limit();
@@ -264,6 +291,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         Some(addr) => Some(bind(addr, "http.debug.addr / REGISTRY_HTTP_DEBUG_ADDR").await?),
         None => None,
     };
+    let mirrors = mirrors(&cfg)?;
     let app = Arc::new(App {
         engine: Arc::new(engine),
         config: cfg,
@@ -271,6 +299,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         access,
         metrics: Arc::default(),
         inflight: Default::default(),
+        mirrors,
     });
     serve::spawn_upload_reaper(app.clone());
     serve::spawn_gc(app.clone());

@@ -62,6 +62,11 @@ pub enum Kind {
     /// A storage service (the shared database, the object store) cannot answer now, or a blob
     /// is being deleted; the client may retry.
     Unavailable,
+    /// A mirrored repository's upstream registry cannot answer now; the client may retry.
+    UpstreamUnavailable,
+    /// A mirrored repository's upstream registry refused the mirror's credentials or sent an
+    /// answer the mirror cannot use.
+    UpstreamFailed,
     /// Anything else; details are logged, not sent.
     Internal,
 }
@@ -164,6 +169,16 @@ impl Kind {
                 "UNAVAILABLE",
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the registry's storage cannot answer now; retry later",
+            ),
+            UpstreamUnavailable => (
+                "UNAVAILABLE",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the upstream registry of this mirrored repository cannot answer now; retry later",
+            ),
+            UpstreamFailed => (
+                "UNKNOWN",
+                StatusCode::BAD_GATEWAY,
+                "the upstream registry of this mirrored repository refused the mirror or answered wrongly",
             ),
             Internal => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
         }
@@ -331,6 +346,49 @@ impl From<EngineError> for ApiError {
                 tracing::error!(error = %e, "internal error");
                 Kind::Internal.into()
             }
+        }
+    }
+}
+
+/// `Retry-After` (seconds) when a mirror's upstream cannot answer and did not say when to
+/// come back.
+const UPSTREAM_RETRY_AFTER: u64 = 5;
+
+/// The answer when a mirror's upstream failed (its absence of a manifest or blob is answered
+/// as the engine's `*Unknown` errors by the caller).
+pub fn upstream(e: &crate::mirror::upstream::UpstreamError) -> ApiError {
+    use crate::mirror::upstream::UpstreamError as U;
+    match e {
+        U::Unavailable { retry_after, .. } => {
+            let secs = retry_after.map_or(UPSTREAM_RETRY_AFTER, |d| d.as_secs().max(1));
+            ApiError::new(Kind::UpstreamUnavailable)
+                .message(e.to_string())
+                .detail(json!({"retryAfterSeconds": secs}))
+                .header(header::RETRY_AFTER, &secs.to_string())
+        }
+        U::NotFound | U::Denied(_) | U::Invalid(_) => ApiError::new(Kind::UpstreamFailed).message(e.to_string()),
+    }
+}
+
+/// The answer when a mirror could not store a blob it fetched.
+pub fn fill_store(e: &EngineError) -> ApiError {
+    match e {
+        EngineError::TooManyUploads { cap, limit } => EngineError::TooManyUploads {
+            cap: *cap,
+            limit: *limit,
+        }
+        .into(),
+        EngineError::Io(io) if io.raw_os_error() == Some(28) => {
+            tracing::error!(error = %io, "storage full");
+            Kind::StorageFull.into()
+        }
+        EngineError::Meta(berth_engine::MetaError::Unavailable(m))
+        | EngineError::ObjectStore(berth_engine::ObjectStoreError::Unavailable(m)) => ApiError::new(Kind::Unavailable)
+            .message(m.clone())
+            .header(header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER),
+        other => {
+            tracing::error!(error = %other, "storing a mirrored blob failed");
+            Kind::Internal.into()
         }
     }
 }

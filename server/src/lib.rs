@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod jwks_fetch;
 pub mod metrics;
+pub mod mirror;
 pub mod range;
 pub mod route;
 pub mod sendfile;

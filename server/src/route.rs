@@ -62,6 +62,22 @@ impl Route {
     }
 }
 
+impl Route {
+    /// The same route on another repository (`f` of this one's).
+    pub fn map_repo(self, f: impl FnOnce(RepoName) -> RepoName) -> Route {
+        match self {
+            Route::Base | Route::Catalog => self,
+            Route::Tags(r) => Route::Tags(f(r)),
+            Route::Manifest(r, x) => Route::Manifest(f(r), x),
+            Route::ManifestBadRef(r, x) => Route::ManifestBadRef(f(r), x),
+            Route::Blob(r, d) => Route::Blob(f(r), d),
+            Route::UploadStart(r) => Route::UploadStart(f(r)),
+            Route::Upload(r, id) => Route::Upload(f(r), id),
+            Route::Referrers(r, d) => Route::Referrers(f(r), d),
+        }
+    }
+}
+
 fn name(segments: &[&str]) -> Result<RepoName, ApiError> {
     Ok(segments.join("/").parse::<RepoName>()?)
 }

@@ -5,15 +5,69 @@ use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
-use berth_engine::{ByteRange, Digest, RepoName};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
+use berth_engine::{ByteRange, Digest, Error, RepoName};
+
+use super::upload::owner;
 use super::{App, Body, Req, check_delete_enabled, empty, finish, header_str, response};
+use crate::access::Caller;
 use crate::error::{ApiError, Kind};
+use crate::mirror::Missing;
+use crate::mirror::fill::Fill;
 use crate::range::{RangeRequest, parse_range};
 
-pub(super) async fn get(app: &App, repo: &RepoName, digest: &Digest, req: &Req) -> Result<Response<Body>, ApiError> {
-    let size = app.engine.blob_size(repo, digest).await?;
+/// Where a blob's bytes come from.
+enum Source {
+    /// Storage.
+    Stored,
+    /// A mirror's fill in progress.
+    Filling(Arc<Fill>),
+    /// Nowhere: a HEAD answered with the upstream's size.
+    Headers,
+}
+
+/// The blob's size and source: stored in the repository, or (in a mirrored repository) linked,
+/// being fetched, or only known upstream.
+async fn locate(
+    app: &App,
+    caller: &Caller,
+    repo: &RepoName,
+    digest: &Digest,
+    head: bool,
+) -> Result<(u64, Source), ApiError> {
+    let err = match app.engine.blob_size(repo, digest).await {
+        Ok(size) => {
+            if let Some((_, t)) = app.mirror_target(repo) {
+                t.entry.stats.hits.fetch_add(1, Relaxed);
+            }
+            return Ok((size, Source::Stored));
+        }
+        Err(e) => e,
+    };
+    let (Error::BlobUnknown(_), Some((mirrors, t))) = (&err, app.mirror_target(repo)) else {
+        return Err(err.into());
+    };
+    match mirrors
+        .missing_blob(&app.engine, &t, repo, digest, &owner(caller), head)
+        .await?
+    {
+        Missing::Linked => Ok((app.engine.blob_size(repo, digest).await?, Source::Stored)),
+        Missing::Filling(fill, size) => Ok((size, Source::Filling(fill))),
+        Missing::Upstream(size) => Ok((size, Source::Headers)),
+    }
+}
+
+pub(super) async fn get(
+    app: &App,
+    caller: &Caller,
+    repo: &RepoName,
+    digest: &Digest,
+    req: &Req,
+) -> Result<Response<Body>, ApiError> {
     let head = req.method() == http::Method::HEAD;
+    let (size, source) = locate(app, caller, repo, digest, head).await?;
     // The digest's text once, for both headers that carry it.
     let etag = format!("\"{digest}\"");
     let base = response(StatusCode::OK)
@@ -44,6 +98,14 @@ pub(super) async fn get(app: &App, repo: &RepoName, digest: &Digest, req: &Req) 
     };
     if head || range.len == 0 {
         return finish(builder, empty());
+    }
+    match source {
+        Source::Stored => {}
+        Source::Filling(fill) => {
+            let body = BodyExt::boxed(StreamBody::new(fill.stream(range).map(|r| r.map(Frame::data))));
+            return finish(builder, body);
+        }
+        Source::Headers => return finish(builder, empty()),
     }
     if let Some(url) = app.engine.blob_url(digest).await? {
         // The object store serves the bytes (and the Range, which the client sends again).

@@ -15,7 +15,10 @@ pub(super) async fn get(
     reference: &Reference,
     method: &Method,
 ) -> Result<Response<Body>, ApiError> {
-    let m = app.engine.manifest_get(repo, reference).await?;
+    let m = match app.mirror_target(repo) {
+        Some((mirrors, t)) => mirrors.manifest(&app.engine, &t, repo, reference).await?,
+        None => app.engine.manifest_get(repo, reference).await?,
+    };
     let b = response(StatusCode::OK)
         .header(header::CONTENT_TYPE, m.media_type.as_str())
         .header("docker-content-digest", m.digest.to_string())

@@ -45,6 +45,19 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Registry requests being handled now (for `http.limits.concurrentrequests`).
     pub inflight: std::sync::atomic::AtomicUsize,
+    /// The upstreams of the pull-through cache, when this registry mirrors any.
+    pub mirrors: Option<Arc<crate::mirror::Mirrors>>,
+}
+
+impl App {
+    /// The upstream `repo` is mirrored from, if any.
+    pub(crate) fn mirror_target(
+        &self,
+        repo: &berth_engine::RepoName,
+    ) -> Option<(&crate::mirror::Mirrors, crate::mirror::Target<'_>)> {
+        let m = self.mirrors.as_deref()?;
+        m.target(repo).map(|t| (m, t))
+    }
 }
 
 /// Counts a request in [`App::inflight`] while alive.
@@ -124,14 +137,48 @@ fn error_response(e: &ApiError, head: bool) -> Response<Body> {
     b.body(body).unwrap_or_else(|_| Response::new(empty()))
 }
 
+/// A containerd mirror request (`?ns=docker.io`) on the local name of the upstream serving that
+/// host; any other request as it is.
+fn mirror_namespace(app: &App, route: Route, uri: &http::Uri) -> Route {
+    let Some(mirrors) = app.mirrors.as_deref() else {
+        return route;
+    };
+    let Some(ns) = uri.query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "ns")
+            .map(|(_, v)| v.into_owned())
+    }) else {
+        return route;
+    };
+    route.map_repo(|repo| mirrors.local_name(&repo, &ns).unwrap_or(repo))
+}
+
+/// Refuse a push or delete in a namespace that mirrors an upstream (unless it allows pushes).
+fn check_mirror_writes(app: &App, route: &Route, method: &Method) -> Result<(), ApiError> {
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return Ok(());
+    }
+    let (Some(m), Some(repo)) = (app.mirrors.as_deref(), route.repo()) else {
+        return Ok(());
+    };
+    match m.refuses_writes(repo) {
+        Some(e) => Err(ApiError::new(Kind::Unsupported).message(format!(
+            "{repo} is mirrored from the upstream {:?} ({}): pushes and deletes are refused there; push elsewhere, or set push: true on that upstream",
+            e.config.name, e.config.url
+        ))),
+        None => Ok(()),
+    }
+}
+
 async fn dispatch(app: &App, route: &Route, caller: &Caller, req: Req) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
+    check_mirror_writes(app, route, &method)?;
     match (route, &method) {
         (Route::Base, &Method::GET | &Method::HEAD) => json_response(StatusCode::OK, &serde_json::json!({})),
         (Route::Catalog, &Method::GET) => listing::catalog(app, caller, &req).await,
         (Route::Tags(repo), &Method::GET) => listing::tags(app, repo, &req).await,
         (Route::Referrers(repo, d), &Method::GET) => listing::referrers(app, repo, d, &req).await,
-        (Route::Blob(repo, d), &Method::GET | &Method::HEAD) => blob::get(app, repo, d, &req).await,
+        (Route::Blob(repo, d), &Method::GET | &Method::HEAD) => blob::get(app, caller, repo, d, &req).await,
         (Route::Blob(repo, d), &Method::DELETE) => blob::delete(app, repo, d).await,
         (Route::UploadStart(repo), &Method::POST) => upload::start(app, caller, repo, req).await,
         (Route::Upload(repo, id), &Method::PATCH) => upload::patch(app, repo, *id, req).await,
@@ -304,12 +351,15 @@ pub async fn metrics_response(app: &App) -> Result<Response<Body>, ApiError> {
             }
         },
     };
-    let text = app.metrics.render(&Gauges {
+    let mut text = app.metrics.render(&Gauges {
         uploads_in_progress: app.engine.uploads_in_progress() as u64,
         storage,
         cache: app.engine.cache_stats(),
         blob_cache: app.engine.blob_cache_stats(),
     });
+    if let Some(m) = &app.mirrors {
+        crate::mirror::report::render(m, &mut text);
+    }
     finish(
         response(StatusCode::OK)
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
@@ -450,7 +500,7 @@ async fn handle_api(app: Arc<App>, req: Req) -> Response<Body> {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }
-    let route = route::parse(req.uri().path());
+    let route = route::parse(req.uri().path()).map(|r| mirror_namespace(&app, r, req.uri()));
     let (kind, repo) = match &route {
         Ok(r) => (r.kind(), r.repo().map(|r| r.to_string())),
         Err(_) => ("invalid", None),

@@ -100,7 +100,7 @@ async fn content_range(app: &App, repo: &RepoName, id: UploadId, req: &Req) -> R
 
 /// Whom an upload session counts for under `http.limits.uploadsperclient`: the user, or the
 /// client's address when anonymous.
-fn owner(caller: &Caller) -> String {
+pub(super) fn owner(caller: &Caller) -> String {
     match (&caller.user, caller.client) {
         (Some(user), _) => format!("user:{user}"),
         (None, Some(ip)) => format!("addr:{ip}"),

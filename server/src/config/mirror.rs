@@ -137,7 +137,9 @@ fn proxy_section(tree: &Value, env: &BTreeMap<String, String>) -> Result<Option<
     if section.as_object().is_some_and(Map::is_empty) {
         return Ok(None);
     }
-    let url = get_str(tree, "proxy.remoteurl")?.map(str::trim).filter(|u| !u.is_empty());
+    let url = get_str(tree, "proxy.remoteurl")?
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
     let Some(url) = url else {
         return Err(ConfigError(
             "proxy.remoteurl (env REGISTRY_PROXY_REMOTEURL): the proxy section needs the upstream's URL, such as https://registry-1.docker.io".into(),
@@ -225,7 +227,8 @@ fn duration(item: &Map<String, Value>, at: &str, key: &str, default: Duration) -
     }
 }
 
-/// The URL's host, when it is an http(s) URL without a path, query or credentials.
+/// The URL's host (with its port, if it names one), when it is an http(s) URL without a path,
+/// query or credentials: the `ns` value containerd sends for images named after that host.
 fn url_host(url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.query().is_some() {
@@ -238,7 +241,7 @@ fn url_host(url: &str) -> Option<String> {
     if authority.as_str().contains('@') {
         return None;
     }
-    Some(authority.host().to_ascii_lowercase())
+    Some(authority.as_str().to_ascii_lowercase())
 }
 
 /// A local prefix: empty, or name components of lowercase letters, digits and separators.
@@ -272,19 +275,24 @@ fn mirror_entry(at: &str, item: &Value, env: &BTreeMap<String, String>) -> Resul
         }
     };
     let mut name = String::new();
-    take(text(item, at, "name").and_then(|n| match n {
-        Some(n)
-            if !n.is_empty()
-                && n.len() <= 64
-                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
-        {
-            name = n;
-            Ok(())
+    take(text(item, at, "name").and_then(|n| {
+        match n {
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 64
+                    && n.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+            {
+                name = n;
+                Ok(())
+            }
+            Some(n) => Err(ConfigError(format!(
+                "{at}.name: {n:?} is not a name of up to 64 lowercase letters, digits and dashes"
+            ))),
+            None => Err(ConfigError(format!(
+                "{at}.name: every upstream needs a name, such as hub"
+            ))),
         }
-        Some(n) => Err(ConfigError(format!(
-            "{at}.name: {n:?} is not a name of up to 64 lowercase letters, digits and dashes"
-        ))),
-        None => Err(ConfigError(format!("{at}.name: every upstream needs a name, such as hub"))),
     }));
     let mut url = String::new();
     let mut host = None;
@@ -328,7 +336,9 @@ fn mirror_entry(at: &str, item: &Value, env: &BTreeMap<String, String>) -> Resul
     let mut password = None;
     take(password_of(item, at, env).map(|p| password = p));
     if password.is_some() && username.is_none() {
-        take(Err(ConfigError(format!("{at}.username: a password is set but no username"))));
+        take(Err(ConfigError(format!(
+            "{at}.username: a password is set but no username"
+        ))));
     }
     let mut ca_file = None;
     take(text(item, at, "cafile").and_then(|c| {
@@ -381,7 +391,11 @@ fn mirror_entry(at: &str, item: &Value, env: &BTreeMap<String, String>) -> Resul
 }
 
 /// The password: inline, from a file (trailing newline dropped) or from a variable.
-fn password_of(item: &Map<String, Value>, at: &str, env: &BTreeMap<String, String>) -> Result<Option<String>, ConfigError> {
+fn password_of(
+    item: &Map<String, Value>,
+    at: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<Option<String>, ConfigError> {
     let inline = text(item, at, "password")?;
     let file = text(item, at, "passwordfile")?.filter(|f| !f.is_empty());
     let var = text(item, at, "passwordenv")?.filter(|v| !v.is_empty());
@@ -448,7 +462,10 @@ mod tests {
         assert_eq!(m.hosts, vec!["registry-1.docker.io".to_owned()]);
         assert_eq!((m.username.as_deref(), m.password.as_deref()), (Some("u"), Some("p")));
         assert_eq!(m.tag_ttl, DEFAULT_TAG_TTL);
-        assert!(!format!("{m:?}").contains("\"p\""), "the password is not in Debug output");
+        assert!(
+            !format!("{m:?}").contains("\"p\""),
+            "the password is not in Debug output"
+        );
         let (c, _) = load_str(
             "",
             &[
@@ -490,15 +507,25 @@ mod tests {
         let [hub, quay, ghcr] = &c.mirrors[..] else {
             panic!("{:?}", c.mirrors)
         };
-        assert_eq!((hub.prefix.as_str(), hub.hosts.clone()), ("hub", vec!["docker.io".to_owned()]));
+        assert_eq!(
+            (hub.prefix.as_str(), hub.hosts.clone()),
+            ("hub", vec!["docker.io".to_owned()])
+        );
         assert_eq!(hub.tag_ttl, Duration::from_secs(60));
         assert_eq!(hub.repositories, vec!["library/*".to_owned()]);
-        assert_eq!((quay.prefix.as_str(), quay.password.as_deref()), ("vendor/quay", Some("s3cr3t")));
+        assert_eq!(
+            (quay.prefix.as_str(), quay.password.as_deref()),
+            ("vendor/quay", Some("s3cr3t"))
+        );
         assert_eq!(quay.hosts, vec!["quay.io".to_owned()]);
         assert_eq!((ghcr.password.as_deref(), ghcr.push), (Some("tok"), true));
         assert_eq!(ghcr.timeout, Duration::from_secs(5));
         // From the variable, as a YAML list.
-        let (c, _) = load_str("", &[("REGISTRY_MIRRORS", "[{name: up, url: 'http://127.0.0.1:5001'}]")]).unwrap();
+        let (c, _) = load_str(
+            "",
+            &[("REGISTRY_MIRRORS", "[{name: up, url: 'http://127.0.0.1:5001'}]")],
+        )
+        .unwrap();
         assert_eq!(c.mirrors[0].prefix, "up");
     }
 
@@ -510,20 +537,59 @@ mod tests {
             ("mirrors: [{name: A, url: 'https://a'}]", "mirrors[0].name"),
             ("mirrors: [{name: a}]", "mirrors[0].url"),
             ("mirrors: [{name: a, url: 'https://u:p@a'}]", "mirrors[0].url"),
-            ("mirrors: [{name: a, url: 'https://a', prefix: 'Up'}]", "mirrors[0].prefix"),
+            (
+                "mirrors: [{name: a, url: 'https://a', prefix: 'Up'}]",
+                "mirrors[0].prefix",
+            ),
             ("mirrors: [{name: a, url: 'https://a', tagttl: x}]", "mirrors[0].tagttl"),
-            ("mirrors: [{name: a, url: 'https://a', timeout: 0s}]", "mirrors[0].timeout"),
-            ("mirrors: [{name: a, url: 'https://a', insecure: maybe}]", "mirrors[0].insecure"),
-            ("mirrors: [{name: a, url: 'https://a', repositories: ['a b']}]", "mirrors[0].repositories"),
-            ("mirrors: [{name: a, url: 'https://a', passwordenv: NOPE, username: u}]", "mirrors[0].passwordenv"),
-            ("mirrors: [{name: a, url: 'https://a', passwordfile: /nonexistent/x, username: u}]", "mirrors[0].passwordfile"),
-            ("mirrors: [{name: a, url: 'https://a', password: p, passwordenv: V, username: u}]", "mirrors[0]: give"),
-            ("mirrors: [{name: a, url: 'https://a', cafile: /nonexistent/ca.pem}]", "mirrors[0].cafile"),
-            ("mirrors: [{name: a, url: 'https://a', colour: red}]", "mirrors[0].colour"),
-            ("mirrors: [{name: a, url: 'https://a'}, {name: a, url: 'https://b'}]", "mirrors: two upstreams"),
-            ("mirrors: [{name: a, url: 'https://a', prefix: x}, {name: b, url: 'https://b', prefix: x/y}]", "mirrors: the prefixes"),
-            ("mirrors: [{name: a, url: 'https://a', hosts: [h]}, {name: b, url: 'https://b', hosts: [h]}]", "mirrors: \"a\" and \"b\" both serve"),
-            ("mirrors: [{name: a, url: 'https://a', prefix: ''}, {name: b, url: 'https://b', prefix: ''}]", "mirrors: the prefixes"),
+            (
+                "mirrors: [{name: a, url: 'https://a', timeout: 0s}]",
+                "mirrors[0].timeout",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', insecure: maybe}]",
+                "mirrors[0].insecure",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', repositories: ['a b']}]",
+                "mirrors[0].repositories",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', passwordenv: NOPE, username: u}]",
+                "mirrors[0].passwordenv",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', passwordfile: /nonexistent/x, username: u}]",
+                "mirrors[0].passwordfile",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', password: p, passwordenv: V, username: u}]",
+                "mirrors[0]: give",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', cafile: /nonexistent/ca.pem}]",
+                "mirrors[0].cafile",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', colour: red}]",
+                "mirrors[0].colour",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a'}, {name: a, url: 'https://b'}]",
+                "mirrors: two upstreams",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', prefix: x}, {name: b, url: 'https://b', prefix: x/y}]",
+                "mirrors: the prefixes",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', hosts: [h]}, {name: b, url: 'https://b', hosts: [h]}]",
+                "mirrors: \"a\" and \"b\" both serve",
+            ),
+            (
+                "mirrors: [{name: a, url: 'https://a', prefix: ''}, {name: b, url: 'https://b', prefix: ''}]",
+                "mirrors: the prefixes",
+            ),
         ] {
             let e = load_str(yaml, &[]).unwrap_err().0;
             assert!(e.starts_with(want), "{yaml}: {e}");

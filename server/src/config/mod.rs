@@ -30,8 +30,8 @@ mod tree;
 mod unsupported;
 
 pub use auth::{AuthConfig, TokenConfig, TokenServerConfig, UserSources};
-pub use mirror::MirrorConfig;
 pub use load::{DEFAULT_FILES, FileOrigin, Source, load, parse_yaml};
+pub use mirror::MirrorConfig;
 pub use serving::BodyLimits;
 pub use settings::{SETTINGS, Setting};
 pub use tree::parse_duration;

@@ -35,12 +35,10 @@ const IGNORED_SECTIONS: &[&str] = &[
 
 /// Sections that change security or transport and that this version cannot honour: starting
 /// without them would expose the registry, so start-up stops with a message instead.
-const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
-    (
-        "http.tls.letsencrypt",
-        "automatic certificates (Let's Encrypt) are not available in this version of Berth; obtain the certificate with an ACME client (certbot, lego) and name it in http.tls.certificate and http.tls.key (Berth reloads it when it is renewed)",
-    ),
-];
+const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[(
+    "http.tls.letsencrypt",
+    "automatic certificates (Let's Encrypt) are not available in this version of Berth; obtain the certificate with an ACME client (certbot, lego) and name it in http.tls.certificate and http.tls.key (Berth reloads it when it is renewed)",
+)];
 
 /// Settings that would change behaviour if honoured and cannot be: refused.
 pub(super) fn unsupported(tree: &Value) -> Result<(), ConfigError> {

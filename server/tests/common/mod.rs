@@ -509,8 +509,9 @@ impl Registry {
             cmd.env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
                 .env("REGISTRY_STORAGE_PATH", &storage)
                 .env("REGISTRY_LOG_LEVEL", "info");
+            // `@BASE@` in a value is this registry's own URL (a token realm on itself).
             for (k, v) in &self.env {
-                cmd.env(k, v);
+                cmd.env(k, v.replace("@BASE@", &format!("http://127.0.0.1:{port}")));
             }
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::from(log.try_clone().unwrap()))

@@ -1,0 +1,425 @@
+//! Pull-through cache (mirror mode): repositories under a configured prefix are the upstream
+//! registry's, fetched on first pull and served from local storage after.
+//!
+//! [`Mirrors`] routes a local repository name to its upstream ([`Mirrors::target`]) and answers
+//! the reads a mirror must treat differently from a local registry: a manifest by tag (served
+//! from the cache within the tag's TTL; after it served at once and refreshed in the background,
+//! and kept when the upstream fails), a manifest by digest, and a blob that is not stored
+//! (linked from another repository when the upstream confirms it, otherwise fetched by one
+//! coalesced [`fill`] that every request for it reads from). `upstream` is the HTTP client of
+//! the upstream registry; `tags` the freshness of mirrored tags.
+
+pub mod fill;
+pub mod report;
+pub mod tags;
+pub mod upstream;
+mod upstream_auth;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use berth_engine::meta::StoredManifest;
+use berth_engine::{Digest, Engine, Error as EngineError, Reference, RepoName, Tag};
+
+use crate::config::MirrorConfig;
+use crate::error::ApiError;
+use fill::{Fill, FillFailure, Fills, Job, Joined};
+use tags::Tags;
+use upstream::{Upstream, UpstreamError, UpstreamSettings};
+
+/// Counters of one upstream, for `/metrics`.
+#[derive(Default)]
+pub struct Stats {
+    /// Manifests and blobs served from what is stored.
+    pub hits: AtomicU64,
+    /// Manifests and blobs fetched from the upstream for a client.
+    pub misses: AtomicU64,
+    /// Requests fed from a fill another request started.
+    pub coalesced: AtomicU64,
+    /// Blobs linked from another repository after the upstream confirmed them (no download).
+    pub linked: AtomicU64,
+    /// Tags served past their TTL while the upstream was asked in the background.
+    pub stale: AtomicU64,
+    /// Tags served from the cache because the upstream failed (stale-if-error).
+    pub stale_errors: AtomicU64,
+    /// Tags the upstream moved to another manifest, found by a refresh.
+    pub tag_updates: AtomicU64,
+    /// Fills that did not store their blob (upstream failures included).
+    pub fill_errors: AtomicU64,
+    /// Fills whose bytes did not match the digest.
+    pub mismatches: AtomicU64,
+    /// Bytes of blobs stored by fills.
+    pub filled_bytes: AtomicU64,
+    /// Interrupted downloads resumed with a Range request.
+    pub resumed: AtomicU64,
+}
+
+/// One upstream and what it serves.
+pub struct Entry {
+    /// Its settings.
+    pub config: MirrorConfig,
+    /// Its client.
+    pub upstream: Arc<Upstream>,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+}
+
+/// Where a local repository comes from.
+pub struct Target<'a> {
+    /// The upstream.
+    pub entry: &'a Entry,
+    /// The repository's name there.
+    pub upstream_repo: String,
+}
+
+/// A blob of a mirrored repository that is not in it yet.
+pub enum Missing {
+    /// Now linked into the repository (it was stored for another one): serve it as usual.
+    Linked,
+    /// Being fetched: serve it from the fill.
+    Filling(Arc<Fill>, u64),
+    /// The upstream has it with this size (for HEAD, which fetches nothing).
+    Upstream(u64),
+}
+
+/// Every configured upstream.
+pub struct Mirrors {
+    entries: Vec<Entry>,
+    fills: Arc<Fills>,
+    tags: Arc<Tags>,
+}
+
+/// `pattern` matches `name`: `*` within one path segment, `**` across segments.
+fn glob(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match p {
+            [] => n.is_empty(),
+            [b'*', b'*', rest @ ..] => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            [b'*', rest @ ..] => (0..=n.len())
+                .take_while(|&i| i == 0 || n[i - 1] != b'/')
+                .any(|i| go(rest, &n[i..])),
+            [c, rest @ ..] => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+impl Mirrors {
+    /// The upstreams of `configs`; fills spool into `spool`. The error names the upstream.
+    pub fn new(configs: &[MirrorConfig], spool: PathBuf) -> Result<Mirrors, String> {
+        std::fs::create_dir_all(&spool).map_err(|e| format!("creating {}: {e}", spool.display()))?;
+        let mut entries = Vec::new();
+        for c in configs {
+            let upstream = Upstream::new(UpstreamSettings {
+                name: c.name.clone(),
+                url: c.url.clone(),
+                username: c.username.clone(),
+                password: c.password.clone(),
+                ca_file: c.ca_file.clone(),
+                insecure: c.insecure,
+                timeout: c.timeout,
+            })
+            .map_err(|e| format!("mirror {:?} ({}): {e}", c.name, c.url))?;
+            entries.push(Entry {
+                config: c.clone(),
+                upstream: Arc::new(upstream),
+                stats: Arc::default(),
+            });
+        }
+        // Longest prefix first, so that the first match is the most specific one.
+        entries.sort_by_key(|e| std::cmp::Reverse(e.config.prefix.len()));
+        Ok(Mirrors {
+            entries,
+            fills: Arc::new(Fills::new(spool)),
+            tags: Arc::default(),
+        })
+    }
+
+    /// The upstreams.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Blob fills in progress.
+    pub fn fills_in_progress(&self) -> usize {
+        self.fills.len()
+    }
+
+    /// The local name of `repo` in a request whose `ns` query parameter (containerd's mirror
+    /// requests) is `ns`: `<prefix>/<repo>` of the upstream serving that host, when one does.
+    pub fn local_name(&self, repo: &RepoName, ns: &str) -> Option<RepoName> {
+        let ns = ns.to_ascii_lowercase();
+        let e = self.entries.iter().find(|e| e.config.hosts.contains(&ns))?;
+        if e.config.prefix.is_empty() {
+            return Some(repo.clone());
+        }
+        format!("{}/{repo}", e.config.prefix).parse().ok()
+    }
+
+    /// The upstream a local repository comes from, when it is mirrored and its upstream name is
+    /// allowed.
+    pub fn target(&self, repo: &RepoName) -> Option<Target<'_>> {
+        let name = repo.as_str();
+        self.entries.iter().find_map(|e| {
+            let upstream_repo = if e.config.prefix.is_empty() {
+                name
+            } else {
+                name.strip_prefix(e.config.prefix.as_str())?.strip_prefix('/')?
+            };
+            let allowed =
+                e.config.repositories.is_empty() || e.config.repositories.iter().any(|p| glob(p, upstream_repo));
+            allowed.then(|| Target {
+                entry: e,
+                upstream_repo: upstream_repo.to_owned(),
+            })
+        })
+    }
+
+    /// The upstream whose namespace `repo` is in, when that namespace refuses pushes.
+    pub fn refuses_writes(&self, repo: &RepoName) -> Option<&Entry> {
+        let name = repo.as_str();
+        self.entries
+            .iter()
+            .find(|e| {
+                e.config.prefix.is_empty()
+                    || name
+                        .strip_prefix(e.config.prefix.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            })
+            .filter(|e| !e.config.push)
+    }
+
+    /// A manifest of a mirrored repository.
+    pub async fn manifest(
+        &self,
+        engine: &Arc<Engine>,
+        t: &Target<'_>,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Arc<StoredManifest>, ApiError> {
+        let stats = &t.entry.stats;
+        let cached = match engine.manifest_get(repo, reference).await {
+            Ok(m) => Some(m),
+            Err(EngineError::ManifestUnknown(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match (reference, cached) {
+            (Reference::Digest(_), Some(m)) => {
+                stats.hits.fetch_add(1, Relaxed);
+                Ok(m)
+            }
+            (Reference::Tag(tag), Some(m)) => {
+                if self.tags.fresh(repo, tag, t.entry.config.tag_ttl) {
+                    stats.hits.fetch_add(1, Relaxed);
+                } else {
+                    stats.stale.fetch_add(1, Relaxed);
+                    self.refresh_in_background(engine, t, repo, tag, &m.digest);
+                }
+                Ok(m)
+            }
+            (_, None) => {
+                stats.misses.fetch_add(1, Relaxed);
+                let m = fetch_manifest(engine, t.entry, &t.upstream_repo, repo, reference).await?;
+                if let Reference::Tag(tag) = reference {
+                    self.tags.confirmed(repo, tag);
+                }
+                Ok(m)
+            }
+        }
+    }
+
+    /// Ask the upstream (one HEAD) whether a tag served past its TTL still names `digest`, and
+    /// fetch the manifest it names now when it moved; at most one refresh per tag at a time.
+    fn refresh_in_background(&self, engine: &Arc<Engine>, t: &Target<'_>, repo: &RepoName, tag: &Tag, digest: &Digest) {
+        let Some(claim) = self.tags.claim(repo, tag) else {
+            return;
+        };
+        let (engine, tags, upstream, stats) = (
+            engine.clone(),
+            self.tags.clone(),
+            t.entry.upstream.clone(),
+            t.entry.stats.clone(),
+        );
+        let (up_repo, repo, tag, digest) = (t.upstream_repo.clone(), repo.clone(), tag.clone(), digest.clone());
+        tokio::spawn(async move {
+            let _claim = claim;
+            let now = match upstream.manifest(&up_repo, tag.as_str(), true).await {
+                Ok(head) => head.digest,
+                Err(e) => {
+                    // Stale-if-error: the cached image stays; the next pull asks again.
+                    stats.stale_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(upstream = upstream.name(), repo = %repo, tag = %tag, error = %e, "refreshing a mirrored tag failed; serving the cached manifest");
+                    return;
+                }
+            };
+            if now.as_deref() == Some(digest.to_string().as_str()) {
+                tags.confirmed(&repo, &tag);
+                return;
+            }
+            // Moved (or the upstream gave no digest on HEAD): fetch what the tag names now.
+            match upstream.manifest(&up_repo, tag.as_str(), false).await {
+                Ok(m) => match store_manifest(&engine, upstream.name(), &repo, &Reference::Tag(tag.clone()), m).await {
+                    Ok(stored) => {
+                        if stored.digest != digest {
+                            stats.tag_updates.fetch_add(1, Relaxed);
+                            tracing::info!(upstream = upstream.name(), repo = %repo, tag = %tag, from = %digest, to = %stored.digest, "mirrored tag moved upstream");
+                        }
+                        tags.confirmed(&repo, &tag);
+                    }
+                    Err(e) => {
+                        stats.stale_errors.fetch_add(1, Relaxed);
+                        tracing::warn!(upstream = upstream.name(), repo = %repo, tag = %tag, error = ?e.message, "storing a refreshed manifest failed");
+                    }
+                },
+                Err(e) => {
+                    stats.stale_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(upstream = upstream.name(), repo = %repo, tag = %tag, error = %e, "refreshing a mirrored tag failed; serving the cached manifest");
+                }
+            }
+        });
+    }
+
+    /// A blob of a mirrored repository that the repository does not link: linked from another
+    /// repository when it is stored and the upstream confirms it is in this one, or fetched.
+    /// `head` only asks the upstream for its size.
+    pub async fn missing_blob(
+        &self,
+        engine: &Arc<Engine>,
+        t: &Target<'_>,
+        repo: &RepoName,
+        digest: &Digest,
+        owner: &str,
+        head: bool,
+    ) -> Result<Missing, ApiError> {
+        let stats = &t.entry.stats;
+        let upstream = &t.entry.upstream;
+        let not_there = || ApiError::from(EngineError::BlobUnknown(digest.clone()));
+        if head || engine.blob_stored(digest).await?.is_some() {
+            // The upstream must say the blob is in this repository: a digest stored for some
+            // other repository is not evidence that a client of this one may read it.
+            let size = match upstream.blob_exists(&t.upstream_repo, &digest.to_string()).await {
+                Ok(Some(size)) => size,
+                Ok(None) => return Err(not_there()),
+                Err(e) => return Err(crate::error::upstream(&e)),
+            };
+            if head {
+                return Ok(Missing::Upstream(size));
+            }
+            if engine.blob_mount(repo, digest, None).await? {
+                stats.linked.fetch_add(1, Relaxed);
+                return Ok(Missing::Linked);
+            }
+        }
+        let job = Job {
+            upstream: upstream.clone(),
+            upstream_repo: t.upstream_repo.clone(),
+            local: repo.clone(),
+            digest: digest.clone(),
+            owner: owner.to_owned(),
+            engine: engine.clone(),
+        };
+        let done_stats = stats.clone();
+        let name = upstream.name().to_owned();
+        let fill = match self.fills.join_or_start(job, move |o| finished(&name, &done_stats, o)) {
+            Joined::Started(f) => {
+                stats.misses.fetch_add(1, Relaxed);
+                f
+            }
+            Joined::Coalesced(f) => {
+                stats.coalesced.fetch_add(1, Relaxed);
+                f
+            }
+        };
+        match fill.size().await {
+            Ok(size) => Ok(Missing::Filling(fill, size)),
+            Err(FillFailure::Upstream(UpstreamError::NotFound)) => Err(not_there()),
+            Err(FillFailure::Upstream(e)) => Err(crate::error::upstream(&e)),
+            Err(FillFailure::Store(e)) => Err(crate::error::fill_store(&e)),
+            Err(f @ FillFailure::Mismatch(_)) => Err(crate::error::upstream(&UpstreamError::Invalid(f.to_string()))),
+        }
+    }
+}
+
+/// Count and log how a fill ended.
+fn finished(upstream: &str, stats: &Stats, o: fill::Outcome) {
+    stats.resumed.fetch_add(u64::from(o.resumed), Relaxed);
+    match &o.result {
+        Ok(size) => {
+            stats.filled_bytes.fetch_add(*size, Relaxed);
+            tracing::info!(upstream, digest = %o.digest, bytes = size, received = o.received, resumed = o.resumed, "mirrored blob stored");
+        }
+        Err(f) => {
+            stats.fill_errors.fetch_add(1, Relaxed);
+            if matches!(f, FillFailure::Mismatch(_)) {
+                stats.mismatches.fetch_add(1, Relaxed);
+                tracing::error!(upstream, digest = %o.digest, error = %f, "an upstream sent wrong bytes for a blob; nothing was stored and its readers were cut off");
+            } else if !matches!(f, FillFailure::Upstream(UpstreamError::NotFound)) {
+                tracing::warn!(upstream, digest = %o.digest, error = %f, "fetching a mirrored blob failed");
+            }
+        }
+    }
+}
+
+/// Fetch a manifest from the upstream and store it; by digest, the bytes must hash to it.
+async fn fetch_manifest(
+    engine: &Arc<Engine>,
+    entry: &Entry,
+    upstream_repo: &str,
+    repo: &RepoName,
+    reference: &Reference,
+) -> Result<Arc<StoredManifest>, ApiError> {
+    let upstream = &entry.upstream;
+    let m = match upstream.manifest(upstream_repo, &reference.to_string(), false).await {
+        Ok(m) => m,
+        Err(UpstreamError::NotFound) => return Err(EngineError::ManifestUnknown(reference.to_string()).into()),
+        Err(e) => return Err(crate::error::upstream(&e)),
+    };
+    store_manifest(engine, upstream.name(), repo, reference, m).await?;
+    Ok(engine.manifest_get(repo, reference).await?)
+}
+
+/// Store what the upstream sent for `reference`. The digest it names (Docker-Content-Digest)
+/// must be the bytes' digest; by digest, the reference must be too (the engine checks that).
+async fn store_manifest(
+    engine: &Arc<Engine>,
+    upstream: &str,
+    repo: &RepoName,
+    reference: &Reference,
+    m: upstream::UpstreamManifest,
+) -> Result<berth_engine::PushedManifest, ApiError> {
+    let stored = engine
+        .manifest_put_cached(repo, reference, Some(&m.media_type), m.bytes)
+        .await
+        .map_err(|e| match e {
+            EngineError::DigestMismatch { expected, actual } => crate::error::upstream(&UpstreamError::Invalid(
+                format!("{upstream} sent a manifest for {expected} whose digest is {actual}"),
+            )),
+            other => other.into(),
+        })?;
+    if let Some(named) = m.digest.as_deref()
+        && named.starts_with("sha256:")
+        && named != stored.digest.to_string()
+    {
+        tracing::warn!(upstream, repo = %repo, reference = %reference, named, actual = %stored.digest, "the upstream's Docker-Content-Digest does not match the manifest it sent");
+    }
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(glob("library/*", "library/alpine"));
+        assert!(!glob("library/*", "library/a/b"));
+        assert!(glob("library/**", "library/a/b"));
+        assert!(glob("*", "alpine"));
+        assert!(!glob("*", "library/alpine"));
+        assert!(glob("**", "a/b/c"));
+        assert!(glob("team-*/app", "team-x/app"));
+        assert!(!glob("team-*/app", "team-x/y/app"));
+        assert!(!glob("library/alpine", "library/alpine2"));
+    }
+}

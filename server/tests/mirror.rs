@@ -1,0 +1,395 @@
+//! The pull-through cache against real upstreams started here: a Berth with token auth (its
+//! built-in token server, htpasswd users and access rules), fed by an open Berth on the same
+//! storage; and a small HTTP server in this file that serves wrong bytes for a digest.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{OCI_MANIFEST, Registry, random_bytes, sha256};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+const RULES: &str = r#"{"defaultPolicy":"deny",
+  "rules":[{"repository":"team/**","users":["mirror"],"permissions":["pull"]}]}"#;
+
+/// An upstream with token auth (only the user `mirror` may pull `team/**`) and an open
+/// registry on the same storage to push into it. Drop the upstream first.
+struct Upstream {
+    auth: Registry,
+    open: Registry,
+    _dir: tempfile::TempDir,
+}
+
+fn htpasswd(dir: &Path, user: &str, password: &str) -> String {
+    let mut child = Command::new(BERTH)
+        .args(["htpasswd", user, "--cost", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let path = dir.join("htpasswd");
+    std::fs::write(&path, out.stdout).unwrap();
+    path.display().to_string()
+}
+
+async fn upstream() -> Option<Upstream> {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), "mirror", "m-pass");
+    let rules = dir.path().join("rules.json");
+    std::fs::write(&rules, RULES).unwrap();
+    let (key, cert) = (dir.path().join("token.pem"), dir.path().join("token.crt"));
+    let out = Command::new(BERTH)
+        .args(["keygen", "--alg", "es256", "--key"])
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let open = Registry::start_local(&[]).await?;
+    let (key, cert, rules) = (
+        key.display().to_string(),
+        cert.display().to_string(),
+        rules.display().to_string(),
+    );
+    let auth = Registry::spawn_sharing(
+        &open,
+        &[
+            ("REGISTRY_AUTH_TYPE", "token"),
+            ("REGISTRY_AUTH_TOKEN_REALM", "@BASE@/auth"),
+            ("REGISTRY_AUTH_TOKEN_SERVICE", "upstream-test"),
+            ("REGISTRY_AUTH_TOKEN_ISSUER", "upstream-issuer"),
+            ("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true"),
+            ("REGISTRY_AUTH_TOKEN_SERVER_KEY", key.as_str()),
+            ("REGISTRY_AUTH_TOKEN_SERVER_CERTIFICATE", cert.as_str()),
+            ("REGISTRY_AUTH_HTPASSWD", pw.as_str()),
+            ("REGISTRY_ACCESS_CONTROL_CONFIG", rules.as_str()),
+        ],
+    )
+    .await;
+    // Anonymous pulls are refused: the mirror must log in.
+    auth.get("/v2/team/app/tags/list").await.expect(401);
+    Some(Upstream { auth, open, _dir: dir })
+}
+
+/// A mirror of `url` under the prefix `up`, logging in as `mirror`.
+async fn mirror_of(url: &str, password: &str, extra: &str) -> Registry {
+    let mirrors = format!(
+        "[{{name: up, url: '{url}', prefix: up, username: mirror, password: '{password}', tagttl: 1s, timeout: 5s{extra}}}]"
+    );
+    Registry::start_local(&[("REGISTRY_MIRRORS", mirrors.as_str())])
+        .await
+        .expect("a local registry")
+}
+
+/// The value of a counter in a registry's `/metrics` (0 when absent).
+async fn metric(reg: &Registry, series: &str) -> u64 {
+    let text = reg.get("/metrics").await.expect(200).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Blob GETs the upstream answered with 200.
+async fn upstream_blob_gets(up: &Upstream) -> u64 {
+    metric(
+        &up.auth,
+        "berth_http_requests_total{route=\"blob\",method=\"GET\",status=\"200\"}",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pulls_through_a_token_upstream_and_keeps_serving_when_it_is_gone() {
+    let Some(up) = upstream().await else {
+        return;
+    };
+    let (manifest, digest) = up.open.push_image("team/app", "v1").await;
+    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let mirror = mirror_of(&up.auth.base, "m-pass", "").await;
+
+    // By tag: the upstream's bytes, digest and type.
+    mirror
+        .assert_manifest("up/team/app", "v1", OCI_MANIFEST, &manifest)
+        .await;
+    mirror
+        .get_manifest("up/team/app", "v1")
+        .await
+        .expect_header("docker-content-digest", &digest);
+    // Blobs: config and layers, the same bytes as upstream.
+    let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
+    blobs.extend(
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned()),
+    );
+    for d in &blobs {
+        let want = up
+            .open
+            .get(&format!("/v2/team/app/blobs/{d}"))
+            .await
+            .expect(200)
+            .body
+            .clone();
+        let got = mirror.get(&format!("/v2/up/team/app/blobs/{d}")).await;
+        got.expect(200);
+        assert_eq!(got.body, want, "{d}");
+        assert_eq!(sha256(&got.body), *d);
+    }
+    let fetched = upstream_blob_gets(&up).await;
+    assert_eq!(fetched, blobs.len() as u64, "each blob fetched once");
+    // Pulled again: from storage, nothing more upstream.
+    for d in &blobs {
+        mirror.get(&format!("/v2/up/team/app/blobs/{d}")).await.expect(200);
+    }
+    assert_eq!(upstream_blob_gets(&up).await, fetched);
+    assert!(metric(&mirror, "berth_mirror_hits_total{upstream=\"up\"}").await >= blobs.len() as u64);
+    assert!(metric(&mirror, "berth_mirror_upstream_token_fetches_total{upstream=\"up\"}").await >= 1);
+    // A HEAD of a stored blob is answered here; a never-pulled one asks the upstream.
+    mirror
+        .head(&format!("/v2/up/team/app/blobs/{}", blobs[0]))
+        .await
+        .expect(200);
+    mirror
+        .head(&format!("/v2/up/team/app/blobs/{}", common::random_digest()))
+        .await
+        .expect(404);
+
+    // Pushes into the mirrored namespace are refused; elsewhere they work.
+    mirror
+        .raw("POST", "/v2/up/team/app/blobs/uploads/", &[], b"")
+        .await
+        .expect_error(405, &["UNSUPPORTED"]);
+    mirror.push_image("local/app", "v1").await;
+
+    // The upstream goes away: by tag past the TTL (stale-if-error) and by digest, still served.
+    let base = up.auth.base.clone();
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        mirror
+            .assert_manifest("up/team/app", "v1", OCI_MANIFEST, &manifest)
+            .await;
+        mirror
+            .assert_manifest("up/team/app", &digest, OCI_MANIFEST, &manifest)
+            .await;
+        for d in &blobs {
+            mirror.get(&format!("/v2/up/team/app/blobs/{d}")).await.expect(200);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric(&mirror, "berth_mirror_stale_errors_total{upstream=\"up\"}").await >= 1);
+    // Never cached and the upstream down: an error that names the upstream.
+    let r = mirror.get_manifest("up/team/other", "v1").await;
+    let e = r.expect_error(503, &["UNAVAILABLE"]);
+    let msg = e["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        msg.contains("\"up\"") || msg.contains(base.trim_start_matches("http://")),
+        "{msg}"
+    );
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_cold_pulls_fetch_each_blob_once() {
+    let Some(up) = upstream().await else {
+        return;
+    };
+    let big = random_bytes(24 << 20, common::unique_u64());
+    let d = up.open.push_blob("team/big", &big).await;
+    let mirror = mirror_of(&up.auth.base, "m-pass", "").await;
+    let want = Arc::new(big);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (base, d, want) = (mirror.base.clone(), d.clone(), want.clone());
+        tasks.push(tokio::spawn(async move {
+            let reg = Registry::attach(&base);
+            let r = reg.get(&format!("/v2/up/team/big/blobs/{d}")).await;
+            r.expect(200);
+            assert_eq!(r.body.len(), want.len());
+            assert!(r.body == *want, "wrong bytes");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        upstream_blob_gets(&up).await,
+        1,
+        "one upstream fetch for 20 concurrent pulls"
+    );
+    assert!(metric(&mirror, "berth_mirror_coalesced_total{upstream=\"up\"}").await >= 1);
+    // Ranges of the stored blob.
+    let r = mirror
+        .send(
+            mirror
+                .client
+                .get(mirror.url(&format!("/v2/up/team/big/blobs/{d}")))
+                .header("Range", "bytes=1000-1999"),
+        )
+        .await;
+    r.expect(206);
+    assert_eq!(r.body, want[1000..2000]);
+    drop(up);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_tag_is_seen_after_its_ttl() {
+    let Some(up) = upstream().await else {
+        return;
+    };
+    let (m1, d1) = up.open.push_image("team/app", "latest").await;
+    let mirror = mirror_of(&up.auth.base, "m-pass", "").await;
+    mirror.assert_manifest("up/team/app", "latest", OCI_MANIFEST, &m1).await;
+    let (m2, d2) = up.open.push_image("team/app", "latest").await;
+    assert_ne!(d1, d2);
+    // Within the TTL: the cached manifest.
+    mirror.assert_manifest("up/team/app", "latest", OCI_MANIFEST, &m1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past it: served at once, checked in the background; the new one comes soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = mirror.get_manifest("up/team/app", "latest").await;
+        r.expect(200);
+        if r.body == m2 {
+            break;
+        }
+        assert_eq!(r.body, m1, "either the old manifest or the new one");
+        assert!(Instant::now() < deadline, "the moved tag was never seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mirror
+        .get_manifest("up/team/app", "latest")
+        .await
+        .expect_header("docker-content-digest", &d2);
+    assert!(metric(&mirror, "berth_mirror_tag_updates_total{upstream=\"up\"}").await >= 1);
+    drop(up);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_and_unlisted_repositories_are_refused() {
+    let Some(up) = upstream().await else {
+        return;
+    };
+    up.open.push_image("team/app", "v1").await;
+    let wrong = mirror_of(&up.auth.base, "not-the-password", "").await;
+    let e = wrong
+        .get_manifest("up/team/app", "v1")
+        .await
+        .expect_error(502, &["UNKNOWN"]);
+    assert!(e["message"].as_str().unwrap().contains("up"), "{e}");
+    let listed = mirror_of(&up.auth.base, "m-pass", ", repositories: ['team/other']").await;
+    listed.get_manifest("up/team/app", "v1").await.expect(404);
+    let before = metric(
+        &up.auth,
+        "berth_http_requests_total{route=\"manifest\",method=\"GET\",status=\"200\"}",
+    )
+    .await;
+    assert_eq!(before, 0, "an unlisted repository is never asked upstream");
+    // containerd's ns parameter routes to the upstream serving that host.
+    let mirror = mirror_of(&up.auth.base, "m-pass", "").await;
+    let host = up.auth.base.trim_start_matches("http://").to_owned();
+    let r = mirror.get(&format!("/v2/team/app/manifests/v1?ns={host}")).await;
+    r.expect(200);
+    // An ns no upstream serves is answered from local content only.
+    mirror
+        .get("/v2/team/app/manifests/v1?ns=elsewhere.example")
+        .await
+        .expect(404);
+    drop(up);
+}
+
+/// A registry that serves one blob, with its bytes corrupted while `corrupt` is set.
+async fn lying_upstream(data: Arc<Vec<u8>>, corrupt: Arc<AtomicBool>, hits: Arc<AtomicUsize>) -> String {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let digest = sha256(&data);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (data, corrupt, hits, digest) = (data.clone(), corrupt.clone(), hits.clone(), digest.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (data, corrupt, hits, digest) = (data.clone(), corrupt.clone(), hits.clone(), digest.clone());
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let resp = if path == format!("/v2/bad/app/blobs/{digest}") {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            let mut body = data.as_ref().clone();
+                            if corrupt.load(Ordering::SeqCst) {
+                                let last = body.len() - 1;
+                                body[last] ^= 0xff;
+                            }
+                            hyper::Response::builder()
+                                .header("content-length", body.len())
+                                .body(Full::new(bytes::Bytes::from(body)))
+                        } else if path == "/v2/" {
+                            hyper::Response::builder().body(Full::new(bytes::Bytes::from_static(b"{}")))
+                        } else {
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(Full::new(bytes::Bytes::from_static(b"{\"errors\":[]}")))
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_bytes_from_the_upstream_are_never_stored_or_completed() {
+    let data = Arc::new(random_bytes(3 << 20, common::unique_u64()));
+    let digest = sha256(&data);
+    let (corrupt, hits) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
+    let url = lying_upstream(data.clone(), corrupt.clone(), hits.clone()).await;
+    let mirrors = format!("[{{name: up, url: '{url}', prefix: up}}]");
+    let Some(mirror) = Registry::start_local(&[("REGISTRY_MIRRORS", mirrors.as_str())]).await else {
+        return;
+    };
+    let path = format!("/v2/up/bad/app/blobs/{digest}");
+    for _ in 0..2 {
+        let resp = mirror.client.get(mirror.url(&path)).send().await.unwrap();
+        // The headers may come (the size is known), but the body never completes.
+        if resp.status() == 200 {
+            let body = resp.bytes().await;
+            assert!(body.is_err(), "a complete body of wrong bytes was delivered");
+        } else {
+            assert!(resp.status().is_server_error(), "{}", resp.status());
+        }
+    }
+    assert!(metric(&mirror, "berth_mirror_digest_mismatches_total{upstream=\"up\"}").await >= 1);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "nothing was stored: each pull asked again"
+    );
+    // Fixed upstream: the pull works, and the blob is stored.
+    corrupt.store(false, Ordering::SeqCst);
+    let r = mirror.get(&path).await;
+    r.expect(200);
+    assert!(r.body == *data);
+    mirror.get(&path).await.expect(200);
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert!(mirror.log_text().contains("wrong bytes"), "the mismatch is logged");
+}

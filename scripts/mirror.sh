@@ -172,6 +172,10 @@ fi
 WORK=$(mktemp -d /tmp/berth-mirror.XXXXXX)
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
+# Clients' credentials stay out of ~/.docker: none (the mirror needs none; only it logs in upstream).
+export DOCKER_CONFIG="$WORK/docker-config" REGISTRY_AUTH_FILE="$WORK/docker-config/config.json"
+mkdir -p "$DOCKER_CONFIG"
+echo '{}' >"$DOCKER_CONFIG/config.json"
 UPORT=$(free_port) || die "no free port"
 MPORT=$(free_port) || die "no free port"
 [[ $UPORT != "$MPORT" ]] || MPORT=$(free_port)
@@ -216,7 +220,6 @@ mirrors:
      passwordfile: '$WORK/mirror-password', tagttl: ${TAG_TTL}s, timeout: 10s}
 EOF
 start_berth mirror "$MPORT" "$WORK/mirror.yml"
-MIR_PID=$LAST_PID
 grep -q 'mirroring an upstream registry' "$LOGS/mirror.log" || die "the mirror does not say what it mirrors"
 ! grep -q "$MIRROR_PW" "$LOGS/mirror.log" || die "the mirror logged the upstream password"
 step_passed
@@ -245,8 +248,6 @@ if skipped b; then
 else
   step "b. the Docker Engine with registry-mirrors pulls app:v1 (docker.io/library/app) through the mirror"
   dockerd_start "$WORK/docker" none "--registry-mirror=http://$MIR" || die "dockerd did not start"
-  export DOCKER_CONFIG="$WORK/docker-config"
-  mkdir -p "$DOCKER_CONFIG"
   run docker-pull docker pull app:v1
   got=$(docker image inspect -f '{{range .RepoDigests}}{{println .}}{{end}}' app:v1)
   [[ $got == *"@$SRC_DIGEST"* ]] || die "docker's image has digests [$got], expected $SRC_DIGEST"
@@ -314,13 +315,17 @@ fi
 step "e. $PULLS concurrent cold pulls of a $BIG_MIB MiB layer: right bytes for all, one upstream GET"
 want=${BIG_LAYER#sha256:}
 t0=$EPOCHREALTIME
+pulls=()
 for i in $(seq 1 "$PULLS"); do
-  (curl -sf "http://$MIR/v2/up/team/big/blobs/$BIG_LAYER" | sha256sum | cut -d' ' -f1 >"$WORK/pull-$i.sum") &
+  (
+    set -o pipefail
+    curl -sf "http://$MIR/v2/up/team/big/blobs/$BIG_LAYER" | sha256sum | cut -d' ' -f1 >"$WORK/pull-$i.sum"
+  ) &
+  pulls+=("$!")
 done
 wait_fail=0
-for job in $(jobs -p); do
-  [[ " ${PIDS[*]} " == *" $job "* ]] && continue
-  wait "$job" || wait_fail=$((wait_fail + 1))
+for p in "${pulls[@]}"; do
+  wait "$p" || wait_fail=$((wait_fail + 1))
 done
 secs=$(secs_since "$t0")
 ((wait_fail == 0)) || die "$wait_fail pulls failed"

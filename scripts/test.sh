@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, unit and integration tests, the release build, the
-# end-to-end test with skopeo and the Docker Engine, the smoke test of the scale-out test services, and the
-# scale-out test (three replicas on PostgreSQL behind haproxy).
+# end-to-end test with skopeo and the Docker Engine, the pull-through cache with real clients, the
+# smoke test of the scale-out test services, and the scale-out test (three replicas on PostgreSQL
+# behind haproxy).
 # Each step is announced and timed; the first failure stops the run.
 #
 #   scripts/test.sh                  everything
-#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e services scaleout scaleout-s3 deploy k8s compose perf fuzz)
+#   TEST_SKIP="e2e clippy" scripts/test.sh   skip steps by name (fmt clippy test io-alt pg build e2e mirror services scaleout scaleout-s3 deploy k8s compose perf fuzz)
 #
 # The end-to-end step needs skopeo, umoci, docker.io, jq and curl (scripts/install-deps.sh installs what is
 # missing, unless TEST_NO_INSTALL=1) and root. The services step needs haproxy, PostgreSQL and the
@@ -99,6 +100,9 @@ step build env RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --profile dist --target x86_64-unknown-linux-gnu -p berth-server -p berth-loadtest \
   --bin berth --bin berth-loadtest
 step e2e env BERTH_BIN="$STATIC_BIN" bash scripts/e2e.sh
+# The pull-through cache with skopeo, the Docker Engine (registry-mirrors), podman and containerd's ctr
+# against a token-auth Berth upstream: coalesced cold pulls, the upstream stopped and rate-limiting.
+step mirror env BERTH_BIN="$STATIC_BIN" bash scripts/mirror.sh
 # The services the scale-out tests start (SeaweedFS's S3, PostgreSQL, haproxy: scripts/lib/), each
 # checked for what those tests rely on.
 step services bash scripts/services-smoke.sh

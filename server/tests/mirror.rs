@@ -1,6 +1,7 @@
 //! The pull-through cache against real upstreams started here: a Berth with token auth (its
 //! built-in token server, htpasswd users and access rules), fed by an open Berth on the same
-//! storage; and a small HTTP server in this file that serves wrong bytes for a digest.
+//! storage; and a small HTTP server in this file that serves wrong bytes for a digest, or breaks
+//! off an answer.
 
 mod common;
 
@@ -310,10 +311,26 @@ async fn wrong_credentials_and_unlisted_repositories_are_refused() {
     drop(up);
 }
 
-/// A registry that serves one blob, with its bytes corrupted while `corrupt` is set.
-async fn lying_upstream(data: Arc<Vec<u8>>, corrupt: Arc<AtomicBool>, hits: Arc<AtomicUsize>) -> String {
-    use http_body_util::Full;
+/// How the test upstream serves its blob.
+const GOOD: usize = 0;
+/// The last byte flipped.
+const CORRUPT: usize = 1;
+/// The first answer breaks off after half the bytes (then GOOD, honouring Range).
+const CUT_ONCE: usize = 2;
+
+/// What the test upstream saw: blob requests, and the Range headers among them.
+#[derive(Default)]
+struct Seen {
+    hits: AtomicUsize,
+    ranges: parking_lot::Mutex<Vec<String>>,
+}
+
+/// A registry that serves one blob, in the way `mode` says.
+async fn test_upstream(data: Arc<Vec<u8>>, mode: Arc<AtomicUsize>, seen: Arc<Seen>) -> String {
+    use http_body_util::{BodyExt, Full, StreamBody};
     use hyper::service::service_fn;
+    type Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>;
+    let full = |b: Vec<u8>| -> Body { Full::new(bytes::Bytes::from(b)).map_err(|e| match e {}).boxed() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let digest = sha256(&data);
@@ -322,28 +339,66 @@ async fn lying_upstream(data: Arc<Vec<u8>>, corrupt: Arc<AtomicBool>, hits: Arc<
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let (data, corrupt, hits, digest) = (data.clone(), corrupt.clone(), hits.clone(), digest.clone());
+            let (data, mode, seen, digest) = (data.clone(), mode.clone(), seen.clone(), digest.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (data, corrupt, hits, digest) = (data.clone(), corrupt.clone(), hits.clone(), digest.clone());
+                    let (data, mode, seen, digest) = (data.clone(), mode.clone(), seen.clone(), digest.clone());
                     async move {
                         let path = req.uri().path().to_owned();
                         let resp = if path == format!("/v2/bad/app/blobs/{digest}") {
-                            hits.fetch_add(1, Ordering::SeqCst);
-                            let mut body = data.as_ref().clone();
-                            if corrupt.load(Ordering::SeqCst) {
-                                let last = body.len() - 1;
-                                body[last] ^= 0xff;
+                            seen.hits.fetch_add(1, Ordering::SeqCst);
+                            let range = req
+                                .headers()
+                                .get("range")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            let from = range
+                                .as_deref()
+                                .and_then(|r| r.strip_prefix("bytes="))
+                                .and_then(|r| r.strip_suffix('-'))
+                                .and_then(|n| n.parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if let Some(r) = range {
+                                seen.ranges.lock().push(r);
                             }
-                            hyper::Response::builder()
-                                .header("content-length", body.len())
-                                .body(Full::new(bytes::Bytes::from(body)))
+                            let mut body = data.as_ref().clone();
+                            match mode.load(Ordering::SeqCst) {
+                                CORRUPT => {
+                                    let last = body.len() - 1;
+                                    body[last] ^= 0xff;
+                                }
+                                CUT_ONCE => {
+                                    mode.store(GOOD, Ordering::SeqCst);
+                                    let half = bytes::Bytes::from(body[..body.len() / 2].to_vec());
+                                    let frames = futures_util::stream::iter(vec![
+                                        Ok(hyper::body::Frame::data(half)),
+                                        Err(std::io::Error::other("cut off")),
+                                    ]);
+                                    let resp = hyper::Response::builder()
+                                        .header("content-length", body.len())
+                                        .body(BodyExt::boxed(StreamBody::new(frames)));
+                                    return Ok::<_, std::convert::Infallible>(resp.unwrap());
+                                }
+                                _ => {}
+                            }
+                            let total = body.len();
+                            if from > 0 {
+                                hyper::Response::builder()
+                                    .status(206)
+                                    .header("content-length", total - from)
+                                    .header("content-range", format!("bytes {from}-{}/{total}", total - 1))
+                                    .body(full(body[from..].to_vec()))
+                            } else {
+                                hyper::Response::builder()
+                                    .header("content-length", total)
+                                    .body(full(body))
+                            }
                         } else if path == "/v2/" {
-                            hyper::Response::builder().body(Full::new(bytes::Bytes::from_static(b"{}")))
+                            hyper::Response::builder().body(full(b"{}".to_vec()))
                         } else {
                             hyper::Response::builder()
                                 .status(404)
-                                .body(Full::new(bytes::Bytes::from_static(b"{\"errors\":[]}")))
+                                .body(full(b"{\"errors\":[]}".to_vec()))
                         };
                         Ok::<_, std::convert::Infallible>(resp.unwrap())
                     }
@@ -357,14 +412,19 @@ async fn lying_upstream(data: Arc<Vec<u8>>, corrupt: Arc<AtomicBool>, hits: Arc<
     format!("http://{addr}")
 }
 
+/// A mirror of a [`test_upstream`] under `up`.
+async fn mirror_of_test_upstream(url: &str) -> Option<Registry> {
+    let mirrors = format!("[{{name: up, url: '{url}', prefix: up}}]");
+    Registry::start_local(&[("REGISTRY_MIRRORS", mirrors.as_str())]).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_bytes_from_the_upstream_are_never_stored_or_completed() {
     let data = Arc::new(random_bytes(3 << 20, common::unique_u64()));
     let digest = sha256(&data);
-    let (corrupt, hits) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
-    let url = lying_upstream(data.clone(), corrupt.clone(), hits.clone()).await;
-    let mirrors = format!("[{{name: up, url: '{url}', prefix: up}}]");
-    let Some(mirror) = Registry::start_local(&[("REGISTRY_MIRRORS", mirrors.as_str())]).await else {
+    let (mode, seen) = (Arc::new(AtomicUsize::new(CORRUPT)), Arc::new(Seen::default()));
+    let url = test_upstream(data.clone(), mode.clone(), seen.clone()).await;
+    let Some(mirror) = mirror_of_test_upstream(&url).await else {
         return;
     };
     let path = format!("/v2/up/bad/app/blobs/{digest}");
@@ -380,16 +440,39 @@ async fn wrong_bytes_from_the_upstream_are_never_stored_or_completed() {
     }
     assert!(metric(&mirror, "berth_mirror_digest_mismatches_total{upstream=\"up\"}").await >= 1);
     assert_eq!(
-        hits.load(Ordering::SeqCst),
+        seen.hits.load(Ordering::SeqCst),
         2,
         "nothing was stored: each pull asked again"
     );
     // Fixed upstream: the pull works, and the blob is stored.
-    corrupt.store(false, Ordering::SeqCst);
+    mode.store(GOOD, Ordering::SeqCst);
     let r = mirror.get(&path).await;
     r.expect(200);
     assert!(r.body == *data);
     mirror.get(&path).await.expect(200);
-    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(seen.hits.load(Ordering::SeqCst), 3);
     assert!(mirror.log_text().contains("wrong bytes"), "the mismatch is logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_download_resumes_with_a_range_request() {
+    let data = Arc::new(random_bytes(4 << 20, common::unique_u64()));
+    let digest = sha256(&data);
+    let (mode, seen) = (Arc::new(AtomicUsize::new(CUT_ONCE)), Arc::new(Seen::default()));
+    let url = test_upstream(data.clone(), mode.clone(), seen.clone()).await;
+    let Some(mirror) = mirror_of_test_upstream(&url).await else {
+        return;
+    };
+    let r = mirror.get(&format!("/v2/up/bad/app/blobs/{digest}")).await;
+    r.expect(200);
+    assert!(r.body == *data, "the client got the whole blob, right");
+    assert_eq!(
+        seen.hits.load(Ordering::SeqCst),
+        2,
+        "the first answer and one resumed request"
+    );
+    assert_eq!(*seen.ranges.lock(), vec![format!("bytes={}-", data.len() / 2)]);
+    assert_eq!(metric(&mirror, "berth_mirror_resumed_total{upstream=\"up\"}").await, 1);
+    mirror.head(&format!("/v2/up/bad/app/blobs/{digest}")).await.expect(200);
+    assert_eq!(seen.hits.load(Ordering::SeqCst), 2, "stored: no more upstream requests");
 }

@@ -26,6 +26,7 @@ use crate::metadata::Metadata;
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 use crate::postgres::{PgSettings, PgStore};
+use crate::reach::Sweep;
 use crate::s3::{S3Blobs, S3Client, S3Settings, S3Uploads};
 use crate::session_store::SessionRecords;
 use crate::store::Feed;
@@ -77,7 +78,7 @@ pub struct GcOptions {
 pub struct GcReport {
     /// Repositories looked at.
     pub repositories: usize,
-    /// Untagged manifests removed.
+    /// Manifests removed (untagged ones, or an evicted image's).
     pub manifests: usize,
     /// Blob links removed from repositories.
     pub links: usize,
@@ -537,29 +538,9 @@ impl Engine {
         };
         let repos = self.store.catalog(None, usize::MAX, Arc::new(|_| true)).await?.items;
         let grace = opts.grace.as_secs();
+        let sweep = if opts.untagged { Sweep::Untagged } else { Sweep::Links };
         for repo in repos {
-            let res = self.store.gc_repo(&repo, grace, opts.untagged, opts.dry_run).await?;
-            report.repositories += 1;
-            if let Some(why) = res.skipped {
-                report.skipped.push(format!("{repo}: {why}"));
-                continue;
-            }
-            report.manifests += res.manifests.len();
-            report.links += res.links.len();
-            if !opts.dry_run
-                && let Blobs::S3(s3) = &self.blobs
-            {
-                for id in &res.orphan_objects {
-                    s3.delete(*id).await?;
-                }
-            }
-            for (digest, size) in res.orphans {
-                // In a dry run the records were rolled back: these would have gone.
-                if opts.dry_run || self.remove_unrecorded(&digest, false).await? {
-                    report.blobs += 1;
-                    report.bytes += size;
-                }
-            }
+            self.sweep_repo(&repo, grace, &sweep, opts.dry_run, &mut report).await?;
         }
         for f in self.blobs.list().await? {
             if f.age_secs < grace {
@@ -578,6 +559,67 @@ impl Engine {
             report.stray_uploads = self.abort_unnamed_uploads(s3, grace, opts.dry_run).await?;
         }
         Ok(report)
+    }
+
+    /// Sweep one repository (see [`MetaStore::gc_repo`]) and remove the data no repository
+    /// links any more; adds what went to `report`.
+    async fn sweep_repo(
+        &self,
+        repo: &RepoName,
+        grace: u64,
+        sweep: &Sweep,
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let res = self.store.gc_repo(repo, grace, sweep, dry_run).await?;
+        report.repositories += 1;
+        if let Some(why) = res.skipped {
+            report.skipped.push(format!("{repo}: {why}"));
+            return Ok(());
+        }
+        report.manifests += res.manifests.len();
+        report.links += res.links.len();
+        if !dry_run && let Blobs::S3(s3) = &self.blobs {
+            for id in &res.orphan_objects {
+                s3.delete(*id).await?;
+            }
+        }
+        for (digest, size) in res.orphans {
+            // In a dry run the records were rolled back: these would have gone.
+            if dry_run || self.remove_unrecorded(&digest, false).await? {
+                report.blobs += 1;
+                report.bytes += size;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evict one image of a pull-through cache: the manifest, its tags and what only it
+    /// reaches ([`Sweep::Image`]), then the repository's blob links no remaining manifest
+    /// references, and the data no repository links any more. Anything stored less than
+    /// `grace` ago stays. Nothing goes when the manifest is part of an image that stays (a child
+    /// of an index of the repository).
+    pub async fn evict_image(&self, repo: &RepoName, digest: &Digest, grace: Duration) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let sweep = Sweep::Image(digest.clone());
+        self.sweep_repo(repo, grace.as_secs(), &sweep, false, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    /// Record when mirrored manifests were last pulled (see [`MetaStore::record_pulls`]).
+    pub async fn record_pulls(&self, pulls: Vec<(RepoName, Digest, u64)>) -> Result<()> {
+        self.store.record_pulls(pulls).await
+    }
+
+    /// The least recently used manifests under a repository prefix (see [`MetaStore::least_used`]).
+    pub async fn least_used(&self, prefix: &str, limit: usize) -> Result<Vec<crate::ImageUse>> {
+        self.store.least_used(prefix, limit).await
+    }
+
+    /// Bytes of blobs linked per repository under a prefix (see [`MetaStore::repo_usage`]).
+    pub async fn repo_usage(&self, prefix: &str) -> Result<Vec<(RepoName, u64)>> {
+        self.store.repo_usage(prefix).await
     }
 
     /// The step that removes a blob's data: the blob store's, and the blob's bytes leave the

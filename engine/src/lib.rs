@@ -40,6 +40,7 @@ mod tls_verify;
 pub mod upload;
 pub mod upload_caps;
 pub mod upload_store;
+pub mod usage;
 
 pub use blob_store::BlobStore;
 pub use descriptor::Descriptor;
@@ -50,6 +51,8 @@ pub use io::engine_name as io_engine;
 pub use meta::StoredManifest;
 pub use name::{Reference, RepoName, Tag, UploadId};
 pub use page::Page;
+pub use reach::Sweep;
 pub use store::MetaStore;
 pub use upload_caps::{UploadCap, UploadLimits};
 pub use upload_store::UploadStore;
+pub use usage::ImageUse;

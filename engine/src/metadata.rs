@@ -10,7 +10,9 @@ use crate::meta::{RepoGc, SqliteStore, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 use crate::postgres::PgStore;
+use crate::reach::Sweep;
 use crate::store::{BlobLink, CatalogFilter, Feed, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob};
+use crate::usage::ImageUse;
 
 /// One of the metadata stores.
 #[derive(Clone)]
@@ -122,7 +124,19 @@ impl MetaStore for Metadata {
         either!(self, s => s.gc_lease().await)
     }
 
-    async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {
-        either!(self, s => s.gc_repo(repo, grace_secs, untagged, dry_run).await)
+    async fn record_pulls(&self, pulls: Vec<(RepoName, Digest, u64)>) -> Result<()> {
+        either!(self, s => s.record_pulls(pulls).await)
+    }
+
+    async fn least_used(&self, prefix: &str, limit: usize) -> Result<Vec<ImageUse>> {
+        either!(self, s => s.least_used(prefix, limit).await)
+    }
+
+    async fn repo_usage(&self, prefix: &str) -> Result<Vec<(RepoName, u64)>> {
+        either!(self, s => s.repo_usage(prefix).await)
+    }
+
+    async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, sweep: &Sweep, dry_run: bool) -> Result<RepoGc> {
+        either!(self, s => s.gc_repo(repo, grace_secs, sweep, dry_run).await)
     }
 }

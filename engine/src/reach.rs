@@ -33,6 +33,48 @@ impl Refs {
     }
 }
 
+/// Which manifests a sweep of one repository removes (before the blob links that no remaining
+/// manifest references).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sweep {
+    /// None.
+    Links,
+    /// Those no tag reaches ([`unreached`] from the tags).
+    Untagged,
+    /// One image, as a pull-through cache evicts it: this manifest, with its tags, and what
+    /// only it reaches (the children of an index, referrers). Nothing when another manifest of
+    /// the repository lists it as a child: it is part of an image that stays.
+    Image(Digest),
+}
+
+/// The manifests `sweep` removes from a repository holding `manifests`, whose tags point at
+/// `tagged` (read only for [`Sweep::Untagged`]).
+pub(crate) fn removable(
+    manifests: &HashMap<String, Refs>,
+    sweep: &Sweep,
+    tagged: impl FnOnce() -> Vec<String>,
+) -> Vec<String> {
+    match sweep {
+        Sweep::Links => Vec::new(),
+        Sweep::Untagged => unreached(manifests, tagged()),
+        Sweep::Image(d) => {
+            let target = d.to_string();
+            let listed = |m: &str| manifests.values().any(|r| r.children.iter().any(|c| c == m));
+            if !manifests.contains_key(&target) || listed(&target) {
+                return Vec::new();
+            }
+            // Every other image stays: each manifest no index lists and that refers to nothing
+            // (a referrer stays with its subject).
+            let roots = manifests
+                .iter()
+                .filter(|(m, r)| **m != target && r.subject.is_none() && !listed(m))
+                .map(|(m, _)| m.clone())
+                .collect();
+            unreached(manifests, roots)
+        }
+    }
+}
+
 /// The manifests that nothing keeps: not tagged, not young, not reached from either through
 /// children, nor a referrer of anything reached.
 pub(crate) fn unreached(manifests: &HashMap<String, Refs>, tagged: Vec<String>) -> Vec<String> {
@@ -90,5 +132,28 @@ mod tests {
         m.insert("loose".to_string(), refs(&["child"], None, false));
         m.insert("loose-sig".to_string(), refs(&[], Some("loose"), false));
         assert_eq!(unreached(&m, vec!["index".into()]), ["loose", "loose-sig"]);
+    }
+
+    #[test]
+    fn an_image_goes_with_what_only_it_reaches() {
+        let d = |s: &str| Digest::of(crate::digest::Algorithm::Sha256, s.as_bytes());
+        let k = |s: &str| d(s).to_string();
+        let mut m = HashMap::new();
+        m.insert(k("index"), refs(&[&k("child"), &k("shared")], None, false));
+        m.insert(k("child"), refs(&[], None, false));
+        m.insert(k("shared"), refs(&[], None, false));
+        m.insert(k("other-index"), refs(&[&k("shared")], None, false));
+        m.insert(k("sig"), refs(&[], Some(&k("index")), false));
+        m.insert(k("plain"), refs(&[], None, false));
+        m.insert(k("fresh"), refs(&[], None, true));
+        let mut want = vec![k("index"), k("child"), k("sig")];
+        want.sort();
+        assert_eq!(removable(&m, &Sweep::Image(d("index")), Vec::new), want);
+        // A child of an index that stays, a young image, an unknown one: nothing.
+        assert!(removable(&m, &Sweep::Image(d("shared")), Vec::new).is_empty());
+        assert!(removable(&m, &Sweep::Image(d("fresh")), Vec::new).is_empty());
+        assert!(removable(&m, &Sweep::Image(d("nope")), Vec::new).is_empty());
+        assert_eq!(removable(&m, &Sweep::Image(d("plain")), Vec::new), [k("plain")]);
+        assert!(removable(&m, &Sweep::Links, Vec::new).is_empty());
     }
 }

@@ -24,6 +24,8 @@ use crate::error::Result;
 use crate::meta::{RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
+use crate::reach::Sweep;
+use crate::usage::ImageUse;
 
 /// How far the cache may trust what the store has told it of changes ([`MetaStore::feed`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,12 +216,23 @@ pub trait MetaStore: Send + Sync + 'static {
     /// process holds it. A store whose every sweep is safe alongside others' may lease to all.
     fn gc_lease(&self) -> impl Future<Output = Result<Option<GcLease>>> + Send;
 
+    /// Record when manifests were last pulled (`(repo, manifest, seconds since the epoch)`; a
+    /// later time wins, a manifest the repository does not hold is skipped).
+    fn record_pulls(&self, pulls: Vec<(RepoName, Digest, u64)>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Up to `limit` manifests of the repositories under `prefix` (all when empty), least
+    /// recently used first (see [`ImageUse`]).
+    fn least_used(&self, prefix: &str, limit: usize) -> impl Future<Output = Result<Vec<ImageUse>>> + Send;
+
+    /// The bytes of blobs each repository under `prefix` (all when empty) links.
+    fn repo_usage(&self, prefix: &str) -> impl Future<Output = Result<Vec<(RepoName, u64)>>> + Send;
+
     /// Sweep one repository for garbage collection (see [`crate::meta::Meta::gc_repo`]).
     fn gc_repo(
         &self,
         repo: &RepoName,
         grace_secs: u64,
-        untagged: bool,
+        sweep: &Sweep,
         dry_run: bool,
     ) -> impl Future<Output = Result<RepoGc>> + Send;
 }

@@ -14,7 +14,7 @@ use berth_engine::change::Change;
 use berth_engine::meta::Meta;
 use berth_engine::meta::SqliteStore;
 use berth_engine::store::{BlobLink, Feed, ManifestRecord, Outcome, Placement, Removal, StagedBlob};
-use berth_engine::{Algorithm, Descriptor, Digest, Error, MetaStore, Reference, RepoName, Tag};
+use berth_engine::{Algorithm, Descriptor, Digest, Error, MetaStore, Reference, RepoName, Sweep, Tag};
 
 fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
@@ -291,10 +291,10 @@ async fn gc_sweeps_untagged_manifests_only_past_the_grace<M: MetaStore>(s: &M) {
     s.put_manifest(kept.clone()).await.unwrap();
     s.put_manifest(loose.clone()).await.unwrap();
     // Within the grace period nothing goes.
-    let young = s.gc_repo(&r, 3600, true, false).await.unwrap();
+    let young = s.gc_repo(&r, 3600, &Sweep::Untagged, false).await.unwrap();
     assert!(young.manifests.is_empty(), "{young:?}");
     // A dry run reports without removing.
-    let dry = s.gc_repo(&r, 0, true, true).await.unwrap();
+    let dry = s.gc_repo(&r, 0, &Sweep::Untagged, true).await.unwrap();
     assert_eq!(dry.manifests, vec![loose.digest.clone()]);
     assert!(
         s.manifest(&r, &Reference::Digest(loose.digest.clone()))
@@ -302,7 +302,7 @@ async fn gc_sweeps_untagged_manifests_only_past_the_grace<M: MetaStore>(s: &M) {
             .unwrap()
             .is_some()
     );
-    let swept = s.gc_repo(&r, 0, true, false).await.unwrap();
+    let swept = s.gc_repo(&r, 0, &Sweep::Untagged, false).await.unwrap();
     assert_eq!(swept.manifests, vec![loose.digest.clone()]);
     assert!(
         s.manifest(&r, &Reference::Digest(loose.digest.clone()))
@@ -311,6 +311,121 @@ async fn gc_sweeps_untagged_manifests_only_past_the_grace<M: MetaStore>(s: &M) {
             .is_none()
     );
     assert!(s.manifest(&r, &Reference::Tag(tag("v1"))).await.unwrap().is_some());
+}
+
+/// An index of `children` (they must be recorded first), tagged `tag_name`.
+fn index_of(r: &str, salt: &str, children: &[&ManifestRecord], tag_name: Option<&str>) -> ManifestRecord {
+    let list: Vec<String> = children
+        .iter()
+        .map(|c| {
+            format!(
+                r#"{{"mediaType":"{INDEX}","digest":"{}","size":{}}}"#,
+                c.digest,
+                c.bytes.len()
+            )
+        })
+        .collect();
+    let bytes = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{}],"annotations":{{"salt":"{salt}"}}}}"#,
+        list.join(",")
+    ));
+    ManifestRecord {
+        digest: Digest::of(Algorithm::Sha256, &bytes),
+        bytes,
+        children: children.iter().map(|c| c.digest.clone()).collect(),
+        ..record(r, salt, tag_name)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn images_are_evicted_least_used_first_and_whole<M: MetaStore>(s: &M) {
+    let r = repo("suite/mirror/app");
+    let outside = record("suite/mirrorx/app", "outside", Some("v1"));
+    let child = record("suite/mirror/app", "child", None);
+    let shared = record("suite/mirror/app", "shared", None);
+    for m in [&outside, &child, &shared] {
+        s.put_manifest(m.clone()).await.unwrap();
+    }
+    let old = index_of("suite/mirror/app", "old", &[&child, &shared], Some("old"));
+    let keep = index_of("suite/mirror/app", "keep", &[&shared], Some("keep"));
+    s.put_manifest(old.clone()).await.unwrap();
+    s.put_manifest(keep.clone()).await.unwrap();
+    let steps = Steps::default();
+    s.commit_blob(link("suite/mirror/app", b"a layer"), staged(&steps, None))
+        .await
+        .unwrap();
+    assert_eq!(s.repo_usage("suite/mirror").await.unwrap(), vec![(r.clone(), 7)]);
+    assert!(s.repo_usage("suite/nothing").await.unwrap().is_empty());
+    // Pull times: later ones win, unknown manifests are skipped, an earlier time moves nothing back.
+    let now = now_secs();
+    s.record_pulls(vec![
+        (r.clone(), keep.digest.clone(), now + 1000),
+        (r.clone(), old.digest.clone(), now + 500),
+        (r.clone(), Digest::of(Algorithm::Sha256, b"not here"), now + 9),
+    ])
+    .await
+    .unwrap();
+    s.record_pulls(vec![(r.clone(), keep.digest.clone(), now + 10)])
+        .await
+        .unwrap();
+    let used = s.least_used("suite/mirror", 10).await.unwrap();
+    assert_eq!(used.len(), 4, "{used:?}");
+    assert!(
+        used.iter().all(|u| u.repo == r),
+        "only the prefix's repositories: {used:?}"
+    );
+    let order: Vec<&Digest> = used.iter().map(|u| &u.digest).collect();
+    assert_eq!(order[2..], [&old.digest, &keep.digest]);
+    assert_eq!((used[2].used, used[3].used), (now + 500, now + 1000));
+    assert_eq!(s.least_used("suite/mirror", 1).await.unwrap().len(), 1);
+    // A child of an index that stays is not evicted on its own.
+    let none = s
+        .gc_repo(&r, 0, &Sweep::Image(shared.digest.clone()), false)
+        .await
+        .unwrap();
+    assert!(none.manifests.is_empty(), "{none:?}");
+    // The image goes with its tag and what only it reaches; the other image stays whole.
+    let gone = s
+        .gc_repo(&r, 0, &Sweep::Image(old.digest.clone()), false)
+        .await
+        .unwrap();
+    let mut want = vec![old.digest.clone(), child.digest.clone()];
+    want.sort_by_key(|d| d.to_string());
+    let mut got = gone.manifests.clone();
+    got.sort_by_key(|d| d.to_string());
+    assert_eq!(got, want);
+    assert!(s.manifest(&r, &Reference::Tag(tag("old"))).await.unwrap().is_none());
+    assert!(s.manifest(&r, &Reference::Tag(tag("keep"))).await.unwrap().is_some());
+    assert!(
+        s.manifest(&r, &Reference::Digest(shared.digest.clone()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The layer no remaining manifest references went with the sweeps; the pull times of the
+    // removed manifests too.
+    assert!(s.repo_usage("suite/mirror").await.unwrap().is_empty());
+    let left: Vec<Digest> = s
+        .least_used("suite/mirror", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.digest)
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&shared.digest) && left.contains(&keep.digest));
+    assert!(
+        s.manifest(&repo("suite/mirrorx/app"), &Reference::Tag(tag("v1")))
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// What a fake blob store's steps were asked to do, in order.
@@ -542,6 +657,7 @@ mod sqlite {
         commits_deliver_what_they_changed,
         blobs_unknown_to_the_store,
         gc_sweeps_untagged_manifests_only_past_the_grace,
+        images_are_evicted_least_used_first_and_whole,
         a_commit_places_then_links,
         a_failed_commit_links_nothing,
         concurrent_commits_each_get_their_own_result,
@@ -587,6 +703,7 @@ mod postgres {
         commits_deliver_what_they_changed,
         blobs_unknown_to_the_store,
         gc_sweeps_untagged_manifests_only_past_the_grace,
+        images_are_evicted_least_used_first_and_whole,
         a_commit_places_then_links,
         a_failed_commit_links_nothing,
         concurrent_commits_each_get_their_own_result,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use berth_engine::change::Change;
 use berth_engine::postgres::{MIGRATION_LOCK, MIGRATIONS, PgSettings, PgStore, migrate};
 use berth_engine::store::{Feed, ManifestRecord};
-use berth_engine::{Algorithm, Digest, Error, MetaError, MetaStore, Reference, RepoName, Tag};
+use berth_engine::{Algorithm, Digest, Error, MetaError, MetaStore, Reference, RepoName, Sweep, Tag};
 use support::postgres::{Server, raw, shared};
 
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -432,7 +432,7 @@ async fn mounts_racing_a_sweep_keep_the_counts_right() {
         };
         let sweep = async {
             tokio::time::sleep(Duration::from_millis(2 * round)).await;
-            b.gc_repo(&src, 0, true, false).await.unwrap()
+            b.gc_repo(&src, 0, &Sweep::Untagged, false).await.unwrap()
         };
         let (mounted, swept) = tokio::join!(mounts, sweep);
         println!("round {round}: {mounted} of 8 mounts before the sweep unlinked the source");

@@ -11,6 +11,7 @@
 mod export;
 mod redb_import;
 mod store;
+mod usage;
 
 pub use store::SqliteStore;
 
@@ -26,6 +27,7 @@ use crate::error::{Error, MetaError, Result};
 use crate::io::walindex::{WalHeader, WalIndexHead};
 use crate::name::{RepoName, Tag};
 use crate::page::Page;
+use crate::reach::Sweep;
 
 /// How long a statement waits for another process's write transaction before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -52,6 +54,9 @@ CREATE TABLE IF NOT EXISTS referrers(
 CREATE TABLE IF NOT EXISTS repos(name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS info(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, lines TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pulls(
+  repo TEXT NOT NULL, digest TEXT NOT NULL, at INTEGER NOT NULL,
+  PRIMARY KEY(repo, digest)) WITHOUT ROWID;
 ";
 
 /// Rows of the change log kept (older ones are pruned; a process that fell further behind drops
@@ -406,13 +411,14 @@ impl Meta {
     }
 
     /// Collect garbage in one repository, in one write transaction, so that no manifest push
-    /// or blob link of any process interleaves. With `untagged`, manifests that no tag reaches
-    /// — directly, through an index, or as a referrer of a reached manifest — go first. Then
-    /// blob links that no remaining manifest references go. Anything linked or pushed less than
-    /// `grace_secs` ago stays (and keeps what it references). `dry_run` rolls everything back.
-    pub fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {
+    /// or blob link of any process interleaves. The manifests `sweep` names go first
+    /// ([`Sweep::Untagged`]: those that no tag reaches — directly, through an index, or as a
+    /// referrer of a reached manifest). Then blob links that no remaining manifest references
+    /// go. Anything linked or pushed less than `grace_secs` ago stays (and keeps what it
+    /// references). `dry_run` rolls everything back.
+    pub fn gc_repo(&self, repo: &RepoName, grace_secs: u64, sweep: &Sweep, dry_run: bool) -> Result<RepoGc> {
         self.write_if(
-            |t| t.gc_repo(repo, grace_secs, untagged),
+            |t| t.gc_repo(repo, grace_secs, sweep),
             |out| !dry_run && out.skipped.is_none(),
         )
     }
@@ -632,9 +638,9 @@ impl Tx<'_> {
             .exists([repo])?)
     }
 
-    fn gc_repo(&self, name: &RepoName, grace_secs: u64, untagged: bool) -> Result<RepoGc> {
+    fn gc_repo(&self, name: &RepoName, grace_secs: u64, sweep: &Sweep) -> Result<RepoGc> {
         let repo = name.as_str();
-        use crate::reach::{Refs, unreached};
+        use crate::reach::{Refs, removable};
         use std::collections::{HashMap, HashSet};
         let now = now_secs();
         let young = |t: i64| now.saturating_sub(t) < grace_secs as i64;
@@ -664,23 +670,35 @@ impl Tx<'_> {
                 };
             }
         }
-        if untagged {
-            let tagged: Vec<String> = self
-                .0
-                .prepare_cached("SELECT digest FROM tags WHERE repo = ?1")?
-                .query_map([repo], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for d in unreached(&manifests, tagged) {
-                let r = manifests.remove(&d).expect("listed by unreached");
-                let subject = r.subject.as_deref().and_then(|s| s.parse::<Digest>().ok());
-                if self.remove_manifest_in(repo, &d, subject.as_ref())?
-                    && let Ok(digest) = d.parse::<Digest>()
-                {
-                    // No tag reached it, so no tag answer changes.
-                    self.changed(Change::Manifest(name.clone(), digest.clone()));
-                    out.manifests.push(digest);
-                }
+        let mut tags_read = Ok(());
+        let tagged = || {
+            let read = (|| {
+                self.0
+                    .prepare_cached("SELECT digest FROM tags WHERE repo = ?1")?
+                    .query_map([repo], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })();
+            read.unwrap_or_else(|e| {
+                tags_read = Err(e);
+                Vec::new()
+            })
+        };
+        let gone = removable(&manifests, sweep, tagged);
+        tags_read?;
+        // An evicted image's tags go with it; manifests no tag reached change no tag answer.
+        let tags_change = matches!(sweep, Sweep::Image(_)) && !gone.is_empty();
+        for d in gone {
+            let r = manifests.remove(&d).expect("listed by removable");
+            let subject = r.subject.as_deref().and_then(|s| s.parse::<Digest>().ok());
+            if self.remove_manifest_in(repo, &d, subject.as_ref())?
+                && let Ok(digest) = d.parse::<Digest>()
+            {
+                self.changed(Change::Manifest(name.clone(), digest.clone()));
+                out.manifests.push(digest);
             }
+        }
+        if tags_change {
+            self.changed(Change::Repo(name.clone()));
         }
         let referenced: HashSet<String> = manifests
             .values()
@@ -754,6 +772,9 @@ impl Tx<'_> {
         }
         self.0
             .prepare_cached("DELETE FROM tags WHERE repo = ?1 AND digest = ?2")?
+            .execute(params![r, d])?;
+        self.0
+            .prepare_cached("DELETE FROM pulls WHERE repo = ?1 AND digest = ?2")?
             .execute(params![r, d])?;
         if let Some(subject) = subject {
             self.0

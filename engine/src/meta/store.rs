@@ -13,9 +13,11 @@ use crate::meta::DataVersion;
 use crate::meta::{Meta, NewManifest, RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
+use crate::reach::Sweep;
 use crate::store::{
     BlobLink, CatalogFilter, Feed, GcLease, ManifestRecord, MetaStore, Outcome, Placement, Removal, StagedBlob,
 };
+use crate::usage::ImageUse;
 
 /// A blob commit waiting for its group's transaction.
 struct Commit {
@@ -315,9 +317,23 @@ impl MetaStore for SqliteStore {
         Ok(Some(Box::new(())))
     }
 
-    async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {
-        let r = repo.clone();
-        self.run(move |m| m.gc_repo(&r, grace_secs, untagged, dry_run)).await
+    async fn record_pulls(&self, pulls: Vec<(RepoName, Digest, u64)>) -> Result<()> {
+        self.run(move |m| m.record_pulls(&pulls)).await
+    }
+
+    async fn least_used(&self, prefix: &str, limit: usize) -> Result<Vec<ImageUse>> {
+        let prefix = prefix.to_owned();
+        self.run(move |m| m.least_used(&prefix, limit)).await
+    }
+
+    async fn repo_usage(&self, prefix: &str) -> Result<Vec<(RepoName, u64)>> {
+        let prefix = prefix.to_owned();
+        self.run(move |m| m.repo_usage(&prefix)).await
+    }
+
+    async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, sweep: &Sweep, dry_run: bool) -> Result<RepoGc> {
+        let (r, sweep) = (repo.clone(), sweep.clone());
+        self.run(move |m| m.gc_repo(&r, grace_secs, &sweep, dry_run)).await
     }
 }
 

@@ -1,8 +1,9 @@
 //! Garbage collection of one repository, inside the caller's transaction (which holds the
 //! repository's lock, so no push or deletion of the repository interleaves). The rules are the
-//! embedded store's, from one place ([`crate::reach`]): with `untagged`, manifests that no
-//! tag reaches — directly, through an index, or as a referrer of a reached manifest — go first;
-//! then blob links that no remaining manifest references. Anything linked or pushed less than
+//! embedded store's, from one place ([`crate::reach`]): the manifests the [`Sweep`] names go
+//! first (with `Untagged`, those no tag reaches — directly, through an index, or as a referrer
+//! of a reached manifest; with `Image`, one evicted image); then blob links that no remaining
+//! manifest references. Anything linked or pushed less than
 //! `grace_secs` ago (by the database's clock) stays, with what it references.
 
 use std::collections::{HashMap, HashSet};
@@ -13,10 +14,10 @@ use super::records::{NOW, digest, forget_repo_if_empty, remove_manifest, row, ro
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::meta::RepoGc;
-use crate::reach::{Refs, unreached};
+use crate::reach::{Refs, Sweep, removable};
 
 /// Sweep `repo` (see the module's comment).
-pub(super) async fn sweep(tx: &Transaction<'_>, repo: &str, grace_secs: u64, untagged: bool) -> Result<RepoGc> {
+pub(super) async fn sweep(tx: &Transaction<'_>, repo: &str, grace_secs: u64, sweep: &Sweep) -> Result<RepoGc> {
     let now: i64 = row(tx, &format!("SELECT {NOW}"), &[])
         .await?
         .map(|r| r.get(0))
@@ -44,17 +45,19 @@ pub(super) async fn sweep(tx: &Transaction<'_>, repo: &str, grace_secs: u64, unt
             }
         };
     }
-    if untagged {
-        let tagged = rows(tx, "SELECT digest FROM tags WHERE repo = $1", &[&repo])
+    let tagged: Vec<String> = if matches!(sweep, Sweep::Untagged) {
+        rows(tx, "SELECT digest FROM tags WHERE repo = $1", &[&repo])
             .await?
             .iter()
             .map(|r| r.get(0))
-            .collect();
-        for d in unreached(&manifests, tagged) {
-            manifests.remove(&d);
-            if remove_manifest(tx, repo, &d).await? {
-                out.manifests.push(digest(&d)?);
-            }
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for d in removable(&manifests, sweep, || tagged) {
+        manifests.remove(&d);
+        if remove_manifest(tx, repo, &d).await? {
+            out.manifests.push(digest(&d)?);
         }
     }
     let referenced: HashSet<String> = manifests

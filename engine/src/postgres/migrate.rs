@@ -100,6 +100,16 @@ CREATE TABLE registry_identity(
 "#,
         backward_compatible: true,
     },
+    Migration {
+        version: 4,
+        description: "pull-through cache: pulls (when each mirrored image was last pulled)",
+        sql: r#"
+CREATE TABLE pulls(
+  repo TEXT COLLATE "C" NOT NULL, digest TEXT COLLATE "C" NOT NULL, at BIGINT NOT NULL,
+  PRIMARY KEY(repo, digest));
+"#,
+        backward_compatible: true,
+    },
 ];
 
 /// What a migration run found and did.

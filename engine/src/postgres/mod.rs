@@ -26,6 +26,7 @@ mod sessions;
 pub mod settings;
 mod store;
 mod tls;
+mod usage;
 
 pub use leader::GC_LOCK;
 pub use listen::CHANNEL;

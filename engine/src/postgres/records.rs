@@ -99,6 +99,7 @@ pub(super) async fn remove_manifest(tx: &Transaction<'_>, repo: &str, d: &str) -
         exec(tx, "UPDATE manifests SET refs = refs - 1 WHERE digest = $1", &[&d]).await?;
     }
     exec(tx, "DELETE FROM tags WHERE repo = $1 AND digest = $2", &[&repo, &d]).await?;
+    exec(tx, "DELETE FROM pulls WHERE repo = $1 AND digest = $2", &[&repo, &d]).await?;
     exec(
         tx,
         "DELETE FROM referrers WHERE repo = $1 AND digest = $2",

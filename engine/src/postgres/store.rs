@@ -17,6 +17,7 @@ use crate::error::{Error, MetaError, Result};
 use crate::meta::{RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
+use crate::reach::Sweep;
 use crate::store::{BlobLink, CatalogFilter, Feed, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob};
 
 /// The first key of the two-key advisory locks on repository names ("brth").
@@ -367,16 +368,31 @@ impl MetaStore for PgStore {
         self.gc_leader().await
     }
 
-    async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, untagged: bool, dry_run: bool) -> Result<RepoGc> {
+    async fn record_pulls(&self, pulls: Vec<(RepoName, Digest, u64)>) -> Result<()> {
+        self.record_pull_times(pulls).await
+    }
+
+    async fn least_used(&self, prefix: &str, limit: usize) -> Result<Vec<crate::usage::ImageUse>> {
+        self.least_used_manifests(prefix, limit).await
+    }
+
+    async fn repo_usage(&self, prefix: &str) -> Result<Vec<(RepoName, u64)>> {
+        self.linked_bytes(prefix).await
+    }
+
+    async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, sweep: &Sweep, dry_run: bool) -> Result<RepoGc> {
         let r = repo.as_str();
         let mut c = self.client().await?;
         let tx = self.begin(&mut c, r).await?;
-        let out = super::gc::sweep(&tx, r, grace_secs, untagged).await?;
+        let out = super::gc::sweep(&tx, r, grace_secs, sweep).await?;
         if !dry_run && out.skipped.is_none() {
-            // Manifests no tag reached, and blob links: no tag answer changes.
+            // Manifests and blob links; an evicted image's tags went with it (manifests no tag
+            // reached change no tag answer).
+            let evicted = matches!(sweep, Sweep::Image(_)) && !out.manifests.is_empty();
             let changes: Vec<Change> = (out.manifests.iter())
                 .map(|d| Change::Manifest(repo.clone(), d.clone()))
                 .chain(out.links.iter().map(|(d, _)| Change::Blob(repo.clone(), d.clone())))
+                .chain(evicted.then(|| Change::Repo(repo.clone())))
                 .collect();
             self.commit(tx, &changes).await?;
         }

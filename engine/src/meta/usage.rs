@@ -1,0 +1,77 @@
+//! The embedded store's part of a pull-through cache's eviction (see [`crate::usage`]): pull
+//! times in the `pulls` table, and what each repository uses.
+
+use rusqlite::params;
+
+use super::Meta;
+use crate::digest::Digest;
+use crate::error::{Error, MetaError, Result};
+use crate::name::RepoName;
+use crate::usage::{ImageUse, name_range};
+
+fn parsed<T: std::str::FromStr>(s: String, what: &str) -> Result<T> {
+    s.parse()
+        .map_err(|_| Error::Meta(MetaError::Corrupt(format!("a stored {what} {s:?} is not valid"))))
+}
+
+impl Meta {
+    /// Record pull times (see [`crate::MetaStore::record_pulls`]), in one transaction.
+    pub fn record_pulls(&self, pulls: &[(RepoName, Digest, u64)]) -> Result<()> {
+        if pulls.is_empty() {
+            return Ok(());
+        }
+        self.write(|t| {
+            let mut stmt = t.0.prepare_cached(
+                "INSERT INTO pulls(repo, digest, at)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM repo_manifests WHERE repo = ?1 AND digest = ?2)
+                 ON CONFLICT(repo, digest) DO UPDATE SET at = max(at, excluded.at)",
+            )?;
+            for (repo, digest, at) in pulls {
+                stmt.execute(params![repo.as_str(), digest.to_string(), *at as i64])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The least recently used manifests under `prefix` (see [`crate::MetaStore::least_used`]).
+    pub fn least_used(&self, prefix: &str, limit: usize) -> Result<Vec<ImageUse>> {
+        let (lo, hi) = name_range(prefix);
+        self.read(|t| {
+            let mut stmt = t.0.prepare_cached(
+                "SELECT r.repo, r.digest, max(r.pushed, coalesce(p.at, 0)) AS used
+                 FROM repo_manifests r LEFT JOIN pulls p ON p.repo = r.repo AND p.digest = r.digest
+                 WHERE r.repo >= ?1 AND r.repo < ?2 ORDER BY used, r.repo, r.digest LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![lo, hi, limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (repo, digest, used) = row?;
+                out.push(ImageUse {
+                    repo: parsed(repo, "repository name")?,
+                    digest: parsed(digest, "digest")?,
+                    used: used.max(0) as u64,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Bytes linked per repository under `prefix` (see [`crate::MetaStore::repo_usage`]).
+    pub fn repo_usage(&self, prefix: &str) -> Result<Vec<(RepoName, u64)>> {
+        let (lo, hi) = name_range(prefix);
+        self.read(|t| {
+            let mut stmt = t.0.prepare_cached(
+                "SELECT repo, coalesce(sum(size), 0) FROM repo_blobs WHERE repo >= ?1 AND repo < ?2 GROUP BY repo",
+            )?;
+            let rows = stmt.query_map(params![lo, hi], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (repo, bytes) = row?;
+                out.push((parsed(repo, "repository name")?, bytes.max(0) as u64));
+            }
+            Ok(out)
+        })
+    }
+}

@@ -42,8 +42,9 @@ pub enum Sweep {
     /// Those no tag reaches ([`unreached`] from the tags).
     Untagged,
     /// One image, as a pull-through cache evicts it: this manifest, with its tags, and what
-    /// only it reaches (the children of an index, referrers). Nothing when another manifest of
-    /// the repository lists it as a child: it is part of an image that stays.
+    /// only it reaches (the children of an index, referrers), then the links of the blobs they
+    /// referenced that no remaining manifest references (no other link). Nothing when another
+    /// manifest of the repository lists it as a child: it is part of an image that stays.
     Image(Digest),
 }
 

@@ -337,6 +337,22 @@ fn index_of(r: &str, salt: &str, children: &[&ManifestRecord], tag_name: Option<
     }
 }
 
+/// An image manifest whose config is `blob` (linked first).
+fn image_of(r: &str, blob: &BlobLink) -> ManifestRecord {
+    const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
+    let bytes = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{IMAGE}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[]}}"#,
+        blob.digest, blob.size
+    ));
+    ManifestRecord {
+        digest: Digest::of(Algorithm::Sha256, &bytes),
+        media_type: IMAGE.into(),
+        bytes,
+        blobs: vec![blob.digest.clone()],
+        ..record(r, "image", None)
+    }
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -346,9 +362,19 @@ fn now_secs() -> u64 {
 
 async fn images_are_evicted_least_used_first_and_whole<M: MetaStore>(s: &M) {
     let r = repo("suite/mirror/app");
+    let steps = Steps::default();
+    let (only_old, both, loose) = (
+        link("suite/mirror/app", b"only the old image's"),
+        link("suite/mirror/app", b"both images'"),
+        link("suite/mirror/app", b"a layer"),
+    );
+    for l in [&only_old, &both, &loose] {
+        s.commit_blob(l.clone(), staged(&steps, None)).await.unwrap();
+    }
+    let total = only_old.size + both.size + loose.size;
     let outside = record("suite/mirrorx/app", "outside", Some("v1"));
-    let child = record("suite/mirror/app", "child", None);
-    let shared = record("suite/mirror/app", "shared", None);
+    let child = image_of("suite/mirror/app", &only_old);
+    let shared = image_of("suite/mirror/app", &both);
     for m in [&outside, &child, &shared] {
         s.put_manifest(m.clone()).await.unwrap();
     }
@@ -356,11 +382,7 @@ async fn images_are_evicted_least_used_first_and_whole<M: MetaStore>(s: &M) {
     let keep = index_of("suite/mirror/app", "keep", &[&shared], Some("keep"));
     s.put_manifest(old.clone()).await.unwrap();
     s.put_manifest(keep.clone()).await.unwrap();
-    let steps = Steps::default();
-    s.commit_blob(link("suite/mirror/app", b"a layer"), staged(&steps, None))
-        .await
-        .unwrap();
-    assert_eq!(s.repo_usage("suite/mirror").await.unwrap(), vec![(r.clone(), 7)]);
+    assert_eq!(s.repo_usage("suite/mirror").await.unwrap(), vec![(r.clone(), total)]);
     assert!(s.repo_usage("suite/nothing").await.unwrap().is_empty());
     // Pull times: later ones win, unknown manifests are skipped, an earlier time moves nothing back.
     let now = now_secs();
@@ -408,9 +430,20 @@ async fn images_are_evicted_least_used_first_and_whole<M: MetaStore>(s: &M) {
             .unwrap()
             .is_some()
     );
-    // The layer no remaining manifest references went with the sweeps; the pull times of the
-    // removed manifests too.
-    assert!(s.repo_usage("suite/mirror").await.unwrap().is_empty());
+    // Its blob went; the one the other image references stayed; a link the evicted image did
+    // not reference stays too (it may be a push on its way), until garbage collection. The pull
+    // times of the removed manifests went with them.
+    assert_eq!(gone.links, vec![(only_old.digest.clone(), only_old.size)]);
+    assert_eq!(s.repo_blob(&r, &both.digest).await.unwrap(), Some(both.size));
+    assert_eq!(
+        s.repo_usage("suite/mirror").await.unwrap(),
+        vec![(r.clone(), both.size + loose.size)]
+    );
+    s.gc_repo(&r, 0, &Sweep::Links, false).await.unwrap();
+    assert_eq!(
+        s.repo_usage("suite/mirror").await.unwrap(),
+        vec![(r.clone(), both.size)]
+    );
     let left: Vec<Digest> = s
         .least_used("suite/mirror", 10)
         .await

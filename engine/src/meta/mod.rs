@@ -685,6 +685,14 @@ impl Tx<'_> {
         };
         let gone = removable(&manifests, sweep, tagged);
         tags_read?;
+        // An eviction touches only the links of what it removed (a link pushed a moment ago for
+        // a manifest on its way stays, whatever the grace).
+        let only: Option<HashSet<String>> = matches!(sweep, Sweep::Image(_)).then(|| {
+            gone.iter()
+                .filter_map(|d| manifests.get(d))
+                .flat_map(|r| r.blobs.iter().map(|b| b.to_string()))
+                .collect()
+        });
         // An evicted image's tags go with it; manifests no tag reached change no tag answer.
         let tags_change = matches!(sweep, Sweep::Image(_)) && !gone.is_empty();
         for d in gone {
@@ -710,7 +718,7 @@ impl Tx<'_> {
             .query_map([repo], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         for (d, linked) in candidates {
-            if referenced.contains(&d) || young(linked) {
+            if referenced.contains(&d) || young(linked) || only.as_ref().is_some_and(|o| !o.contains(&d)) {
                 continue;
             }
             if let Some((size, last)) = self.unlink_blob_in(repo, &d)?

@@ -54,7 +54,16 @@ pub(super) async fn sweep(tx: &Transaction<'_>, repo: &str, grace_secs: u64, swe
     } else {
         Vec::new()
     };
-    for d in removable(&manifests, sweep, || tagged) {
+    let gone = removable(&manifests, sweep, || tagged);
+    // An eviction touches only the links of what it removed (a link pushed a moment ago for a
+    // manifest on its way stays, whatever the grace).
+    let only: Option<HashSet<String>> = matches!(sweep, Sweep::Image(_)).then(|| {
+        gone.iter()
+            .filter_map(|d| manifests.get(d))
+            .flat_map(|r| r.blobs.iter().map(Digest::to_string))
+            .collect()
+    });
+    for d in gone {
         manifests.remove(&d);
         if remove_manifest(tx, repo, &d).await? {
             out.manifests.push(digest(&d)?);
@@ -72,7 +81,7 @@ pub(super) async fn sweep(tx: &Transaction<'_>, repo: &str, grace_secs: u64, swe
     .await?;
     for r in &links {
         let d: String = r.get(0);
-        if referenced.contains(&d) || young(r.get(1)) {
+        if referenced.contains(&d) || young(r.get(1)) || only.as_ref().is_some_and(|o| !o.contains(&d)) {
             continue;
         }
         if let Some((size, last, object)) = unlink_blob(tx, repo, &d).await? {

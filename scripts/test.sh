@@ -88,11 +88,11 @@ step clippy cargo clippy --workspace --all-targets -- -D warnings
 # of the step before; --test '*' selects the integration tests (about a minute on 2 cores).
 step test env BERTH_IO_ENGINE=uring cargo test --workspace
 step io-alt env BERTH_IO_ENGINE=std BERTH_IO_MMAP=off BERTH_IO_HASH_PAIRS=off cargo test --workspace --test '*'
-# The server's API, shared-storage, lifecycle and hostile-client tests once more with every registry
+# The server's API, shared-storage, lifecycle, hostile-client and mirror tests once more with every registry
 # keeping its metadata in PostgreSQL (database.enabled) instead of SQLite: each registry gets a new
 # database on a throwaway server the test binary starts (engine/tests/support/postgres.rs).
 step pg env BERTH_TEST_POSTGRES=1 cargo test -p berth-server --test 'api_*' --test shared_storage \
-  --test lifecycle --test hostile
+  --test lifecycle --test hostile --test mirror
 # The shipped binary: static (glibc), release without debug info (Cargo profile `dist`). The end-to-end tests
 # and the container image use it.
 STATIC_BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/dist/berth"

@@ -82,6 +82,8 @@ pub struct GcReport {
     pub manifests: usize,
     /// Blob links removed from repositories.
     pub links: usize,
+    /// Bytes of the blobs those links named.
+    pub link_bytes: u64,
     /// Blob files removed (no repository linked them any more).
     pub blobs: usize,
     /// Bytes of those files.
@@ -579,6 +581,7 @@ impl Engine {
         }
         report.manifests += res.manifests.len();
         report.links += res.links.len();
+        report.link_bytes += res.links.iter().map(|(_, size)| size).sum::<u64>();
         if !dry_run && let Blobs::S3(s3) = &self.blobs {
             for id in &res.orphan_objects {
                 s3.delete(*id).await?;

@@ -302,6 +302,11 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         mirrors,
     });
     serve::spawn_upload_reaper(app.clone());
+    if let Some(m) = &app.mirrors
+        && !app.config.read_only
+    {
+        crate::mirror::evict::spawn(app.engine.clone(), m.clone());
+    }
     serve::spawn_gc(app.clone());
     if let Some(t) = &tls {
         t.spawn_reloader();

@@ -62,21 +62,21 @@ async fn upstream() -> Option<Upstream> {
         cert.display().to_string(),
         rules.display().to_string(),
     );
-    let auth = Registry::spawn_sharing(
-        &open,
-        &[
-            ("REGISTRY_AUTH_TYPE", "token"),
-            ("REGISTRY_AUTH_TOKEN_REALM", "@BASE@/auth"),
-            ("REGISTRY_AUTH_TOKEN_SERVICE", "upstream-test"),
-            ("REGISTRY_AUTH_TOKEN_ISSUER", "upstream-issuer"),
-            ("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true"),
-            ("REGISTRY_AUTH_TOKEN_SERVER_KEY", key.as_str()),
-            ("REGISTRY_AUTH_TOKEN_SERVER_CERTIFICATE", cert.as_str()),
-            ("REGISTRY_AUTH_HTPASSWD", pw.as_str()),
-            ("REGISTRY_ACCESS_CONTROL_CONFIG", rules.as_str()),
-        ],
-    )
-    .await;
+    // On the open registry's metadata too (its PostgreSQL database in the pg runs).
+    let db = open.database_env();
+    let mut env: Vec<(&str, &str)> = db.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend([
+        ("REGISTRY_AUTH_TYPE", "token"),
+        ("REGISTRY_AUTH_TOKEN_REALM", "@BASE@/auth"),
+        ("REGISTRY_AUTH_TOKEN_SERVICE", "upstream-test"),
+        ("REGISTRY_AUTH_TOKEN_ISSUER", "upstream-issuer"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_ENABLED", "true"),
+        ("REGISTRY_AUTH_TOKEN_SERVER_KEY", key.as_str()),
+        ("REGISTRY_AUTH_TOKEN_SERVER_CERTIFICATE", cert.as_str()),
+        ("REGISTRY_AUTH_HTPASSWD", pw.as_str()),
+        ("REGISTRY_ACCESS_CONTROL_CONFIG", rules.as_str()),
+    ]);
+    let auth = Registry::spawn_sharing(&open, &env).await;
     // Anonymous pulls are refused: the mirror must log in.
     auth.get("/v2/team/app/tags/list").await.expect(401);
     Some(Upstream { auth, open, _dir: dir })
@@ -475,4 +475,108 @@ async fn an_interrupted_download_resumes_with_a_range_request() {
     assert_eq!(metric(&mirror, "berth_mirror_resumed_total{upstream=\"up\"}").await, 1);
     mirror.head(&format!("/v2/up/bad/app/blobs/{digest}")).await.expect(200);
     assert_eq!(seen.hits.load(Ordering::SeqCst), 2, "stored: no more upstream requests");
+}
+
+/// Push an image with one layer of `layer` bytes; returns (manifest digest, layer digest).
+async fn push_sized_image(reg: &Registry, repo: &str, tag: &str, layer: &[u8]) -> (String, String) {
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","x":"{}"}}"#,
+        common::unique_u64()
+    );
+    let parts = common::ImageParts {
+        config: common::Desc {
+            media_type: common::OCI_CONFIG.into(),
+            digest: reg.push_blob(repo, config.as_bytes()).await,
+            size: config.len(),
+        },
+        layers: vec![common::Desc {
+            media_type: common::OCI_LAYER.into(),
+            digest: reg.push_blob(repo, layer).await,
+            size: layer.len(),
+        }],
+    };
+    let m = parts.oci_manifest(serde_json::json!({}));
+    let d = reg.push_manifest(repo, tag, OCI_MANIFEST, &m).await;
+    (d, parts.layers[0].digest.clone())
+}
+
+/// Pull an image through `reg` by tag: its manifest and every blob; false when any fails.
+async fn pull_whole(reg: &Registry, repo: &str, tag: &str) -> bool {
+    let r = reg.get_manifest(repo, tag).await;
+    if r.status != 200 {
+        return false;
+    }
+    let m = r.json();
+    let mut blobs = vec![m["config"]["digest"].as_str().unwrap_or_default().to_owned()];
+    blobs.extend(
+        m["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["digest"].as_str())
+            .map(str::to_owned),
+    );
+    for d in blobs {
+        let b = reg.get(&format!("/v2/{repo}/blobs/{d}")).await;
+        if b.status != 200 || sha256(&b.body) != d {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_recently_pulled_images_are_evicted_whole_within_the_budget() {
+    let Some(up) = upstream().await else {
+        return;
+    };
+    const LAYER: usize = 600 << 10;
+    let shared_layer = random_bytes(LAYER, common::unique_u64());
+    let mut images = Vec::new();
+    for (i, name) in ["e1", "e2", "e3", "e4"].iter().enumerate() {
+        let layer = if i == 0 {
+            shared_layer.clone()
+        } else {
+            random_bytes(LAYER, common::unique_u64())
+        };
+        images.push(push_sized_image(&up.open, &format!("team/{name}"), "v1", &layer).await);
+    }
+    // Room for two of the four images.
+    let mirror = mirror_of(&up.auth.base, "m-pass", ", budget: 1400KiB").await;
+    // A local image beside the mirrored ones, sharing e1's layer.
+    let (_, local_layer) = push_sized_image(&mirror, "local/app", "v1", &shared_layer).await;
+    assert_eq!(local_layer, images[0].1);
+    // Pulled in this order, a second apart: e3 and e1 are the least recently pulled (not the
+    // first two by name).
+    for name in ["e3", "e1", "e4", "e2"] {
+        assert!(pull_whole(&mirror, &format!("up/team/{name}"), "v1").await, "{name}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&mirror, "berth_mirror_evicted_images_total{upstream=\"up\"}").await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing was evicted:\n{}",
+            mirror.get("/metrics").await.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // With the upstream gone, what stayed is whole, what went is gone entirely (tag first).
+    drop(up);
+    for name in ["e4", "e2"] {
+        assert!(
+            pull_whole(&mirror, &format!("up/team/{name}"), "v1").await,
+            "{name} stayed whole"
+        );
+    }
+    for name in ["e3", "e1"] {
+        mirror
+            .get_manifest(&format!("up/team/{name}"), "v1")
+            .await
+            .expect_error(503, &["UNAVAILABLE"]);
+    }
+    // The local image keeps the layer it shares with the evicted e1.
+    assert!(pull_whole(&mirror, "local/app", "v1").await);
+    assert!(metric(&mirror, "berth_mirror_evicted_bytes_total{upstream=\"up\"}").await >= 2 * LAYER as u64);
 }

@@ -30,6 +30,13 @@ fn size(tree: &Value, path: &str, default: u64) -> Result<u64, ConfigError> {
         Some(Value::String(s)) => s.trim().to_owned(),
         Some(v) => return Err(bad(path, what, v)),
     };
+    parse_size(&text).ok_or_else(|| bad(path, what, &Value::String(text.clone())))
+}
+
+/// A number of bytes, or one with a unit (`KiB`, `MiB`, `GiB`, `TiB`, or `KB`, `MB`, `GB`, `TB`
+/// as powers of 1000).
+pub(super) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -37,16 +44,14 @@ fn size(tree: &Value, path: &str, default: u64) -> Result<u64, ConfigError> {
         "kib" => 1 << 10,
         "mib" => 1 << 20,
         "gib" => 1 << 30,
+        "tib" => 1 << 40,
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        _ => return Err(bad(path, what, &Value::String(text.clone()))),
+        "tb" => 1_000_000_000_000,
+        _ => return None,
     };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| bad(path, what, &Value::String(text.clone())))
+    digits.parse::<u64>().ok().and_then(|n| n.checked_mul(factor))
 }
 
 #[cfg(test)]
@@ -77,7 +82,7 @@ mod tests {
         assert!(e.contains("cache.blobmaxsize"), "{e}");
         for bad in [
             "cache: {memory: lots}",
-            "cache: {memory: 12TB}",
+            "cache: {memory: 12PB}",
             "cache: {memory: -1}",
             "cache: {memory: [1]}",
         ] {

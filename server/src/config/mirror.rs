@@ -46,6 +46,9 @@ pub struct MirrorConfig {
     pub push: bool,
     /// Longest wait for an upstream's answer.
     pub timeout: Duration,
+    /// Bytes of mirrored content kept before the least recently pulled images are evicted
+    /// (`None`: no limit).
+    pub budget: Option<u64>,
 }
 
 impl std::fmt::Debug for MirrorConfig {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for MirrorConfig {
             .field("repositories", &self.repositories)
             .field("push", &self.push)
             .field("timeout", &self.timeout)
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -83,6 +87,7 @@ const MIRROR_KEYS: &[&str] = &[
     "repositories",
     "push",
     "timeout",
+    "budget",
 ];
 
 /// The upstreams of `proxy` and `mirrors` (both may be given: `proxy` is then the mirror with
@@ -153,6 +158,7 @@ fn proxy_section(tree: &Value, env: &BTreeMap<String, String>) -> Result<Option<
         ("username", "proxy.username"),
         ("password", "proxy.password"),
         ("tagttl", "proxy.tagttl"),
+        ("budget", "proxy.budget"),
     ] {
         if let Some(v) = get_path(tree, from) {
             item.insert(key.into(), v.clone());
@@ -174,6 +180,7 @@ fn proxy_section(tree: &Value, env: &BTreeMap<String, String>) -> Result<Option<
             ConfigError(
                 e.replace("proxy.url", "proxy.remoteurl (env REGISTRY_PROXY_REMOTEURL)")
                     .replace("proxy.tagttl", "proxy.tagttl (env REGISTRY_PROXY_TAGTTL)")
+                    .replace("proxy.budget", "proxy.budget (env REGISTRY_PROXY_BUDGET)")
                     .replace("proxy.username:", "proxy.username (env REGISTRY_PROXY_USERNAME):"),
             )
         })
@@ -361,6 +368,21 @@ fn mirror_entry(at: &str, item: &Value, env: &BTreeMap<String, String>) -> Resul
         timeout = d;
         Ok(())
     }));
+    let mut budget = None;
+    take(text(item, at, "budget").and_then(|b| {
+        let Some(b) = b.filter(|b| !b.is_empty()) else {
+            return Ok(());
+        };
+        match super::cache::parse_size(&b) {
+            Some(n) if n > 0 => {
+                budget = Some(n);
+                Ok(())
+            }
+            _ => Err(ConfigError(format!(
+                "{at}.budget: {b:?} is not a size greater than 0, such as 50GiB or 2TB"
+            ))),
+        }
+    }));
     let mut repositories = Vec::new();
     take(strings(item, at, "repositories").and_then(|r| {
         if let Some(bad) = r.iter().find(|p| !valid_pattern(p)) {
@@ -387,6 +409,7 @@ fn mirror_entry(at: &str, item: &Value, env: &BTreeMap<String, String>) -> Resul
         repositories,
         push,
         timeout,
+        budget,
     })
 }
 
@@ -482,6 +505,7 @@ mod tests {
             ("proxy: {remoteurl: 'https://h/v2/x'}", "proxy.remoteurl"),
             ("proxy: {remoteurl: 'https://h', ttl: forever}", "proxy.ttl"),
             ("proxy: {remoteurl: 'https://h', tagttl: soon}", "proxy.tagttl"),
+            ("proxy: {remoteurl: 'https://h', budget: all}", "proxy.budget"),
             ("proxy: {remoteurl: 'https://h', password: p}", "proxy.username"),
         ] {
             let e = load_str(yaml, &[]).unwrap_err().0;
@@ -497,7 +521,7 @@ mod tests {
         std::fs::write(&secret, "s3cr3t\n").unwrap();
         let yaml = format!(
             "mirrors:\n\
-             - {{name: hub, url: 'https://registry-1.docker.io', hosts: [docker.io], tagttl: 1m, repositories: ['library/*']}}\n\
+             - {{name: hub, url: 'https://registry-1.docker.io', hosts: [docker.io], tagttl: 1m, repositories: ['library/*'], budget: 50GiB}}\n\
              - {{name: quay, url: 'https://quay.io', prefix: 'vendor/quay', username: bot, passwordfile: '{}'}}\n\
              - {{name: ghcr, url: 'https://ghcr.io', username: me, passwordenv: GHCR_TOKEN, push: true, timeout: 5s}}\n",
             secret.display()
@@ -520,6 +544,7 @@ mod tests {
         assert_eq!(quay.hosts, vec!["quay.io".to_owned()]);
         assert_eq!((ghcr.password.as_deref(), ghcr.push), (Some("tok"), true));
         assert_eq!(ghcr.timeout, Duration::from_secs(5));
+        assert_eq!((hub.budget, quay.budget), (Some(50 << 30), None));
         // From the variable, as a YAML list.
         let (c, _) = load_str(
             "",
@@ -542,6 +567,11 @@ mod tests {
                 "mirrors[0].prefix",
             ),
             ("mirrors: [{name: a, url: 'https://a', tagttl: x}]", "mirrors[0].tagttl"),
+            (
+                "mirrors: [{name: a, url: 'https://a', budget: lots}]",
+                "mirrors[0].budget",
+            ),
+            ("mirrors: [{name: a, url: 'https://a', budget: 0}]", "mirrors[0].budget"),
             (
                 "mirrors: [{name: a, url: 'https://a', timeout: 0s}]",
                 "mirrors[0].timeout",

@@ -706,16 +706,22 @@ pub const SETTINGS: &[Setting] = &[
         doc: "How long a tag read from the upstream is served without asking it again; after that the cached image is served while one request checks the upstream in the background, and is kept when the upstream is down or rate-limits.",
     },
     Setting {
+        path: "proxy.budget",
+        env: &["REGISTRY_PROXY_BUDGET"],
+        default: "(no limit)",
+        doc: "Bytes of mirrored content kept (such as 50GiB); beyond it the least recently pulled whole images are evicted. A blob a local image or another cached image references stays.",
+    },
+    Setting {
         path: "proxy.ttl",
         env: &["REGISTRY_PROXY_TTL"],
         default: "(not used)",
-        doc: "Accepted for compatibility (distribution deletes proxied content after it); Berth keeps mirrored content until the cache budget needs the room, and refreshes tags after proxy.tagttl.",
+        doc: "Accepted for compatibility (distribution deletes proxied content after it); Berth keeps mirrored content until proxy.budget needs the room, and refreshes tags after proxy.tagttl.",
     },
     Setting {
         path: "mirrors",
         env: &["REGISTRY_MIRRORS"],
         default: "(none)",
-        doc: "Upstream registries, each served under a local prefix: a list of {name, url, prefix, hosts, username, password | passwordfile | passwordenv, cafile, insecure, tagttl, repositories, push, timeout} (the variable takes the list in YAML). See docs/mirroring.md.",
+        doc: "Upstream registries, each served under a local prefix: a list of {name, url, prefix, hosts, username, password | passwordfile | passwordenv, cafile, insecure, tagttl, repositories, push, timeout, budget} (the variable takes the list in YAML). See docs/mirroring.md.",
     },
     Setting {
         path: "pagination.defaultlimit",

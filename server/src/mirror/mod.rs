@@ -9,6 +9,7 @@
 //! coalesced [`fill`] that every request for it reads from). `upstream` is the HTTP client of
 //! the upstream registry; `tags` the freshness of mirrored tags.
 
+pub mod evict;
 pub mod fill;
 pub mod report;
 pub mod tags;
@@ -53,6 +54,10 @@ pub struct Stats {
     pub filled_bytes: AtomicU64,
     /// Interrupted downloads resumed with a Range request.
     pub resumed: AtomicU64,
+    /// Images evicted to keep within the budget.
+    pub evicted_images: AtomicU64,
+    /// Bytes of the blob links those evictions removed.
+    pub evicted_bytes: AtomicU64,
 }
 
 /// One upstream and what it serves.
@@ -88,6 +93,7 @@ pub struct Mirrors {
     entries: Vec<Entry>,
     fills: Arc<Fills>,
     tags: Arc<Tags>,
+    pulls: Arc<evict::Pulls>,
 }
 
 /// `pattern` matches `name`: `*` within one path segment, `**` across segments.
@@ -133,6 +139,7 @@ impl Mirrors {
             entries,
             fills: Arc::new(Fills::new(spool)),
             tags: Arc::default(),
+            pulls: Arc::default(),
         })
     }
 
@@ -176,18 +183,20 @@ impl Mirrors {
         })
     }
 
+    /// The upstream whose namespace `repo` is in (its longest prefix; the allow-list aside).
+    pub fn owner(&self, repo: &RepoName) -> Option<&Entry> {
+        let name = repo.as_str();
+        self.entries.iter().find(|e| {
+            e.config.prefix.is_empty()
+                || name
+                    .strip_prefix(e.config.prefix.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        })
+    }
+
     /// The upstream whose namespace `repo` is in, when that namespace refuses pushes.
     pub fn refuses_writes(&self, repo: &RepoName) -> Option<&Entry> {
-        let name = repo.as_str();
-        self.entries
-            .iter()
-            .find(|e| {
-                e.config.prefix.is_empty()
-                    || name
-                        .strip_prefix(e.config.prefix.as_str())
-                        .is_some_and(|r| r.starts_with('/'))
-            })
-            .filter(|e| !e.config.push)
+        self.owner(repo).filter(|e| !e.config.push)
     }
 
     /// A manifest of a mirrored repository.
@@ -204,10 +213,10 @@ impl Mirrors {
             Err(EngineError::ManifestUnknown(_)) => None,
             Err(e) => return Err(e.into()),
         };
-        match (reference, cached) {
+        let m = match (reference, cached) {
             (Reference::Digest(_), Some(m)) => {
                 stats.hits.fetch_add(1, Relaxed);
-                Ok(m)
+                m
             }
             (Reference::Tag(tag), Some(m)) => {
                 if self.tags.fresh(repo, tag, t.entry.config.tag_ttl) {
@@ -216,7 +225,7 @@ impl Mirrors {
                     stats.stale.fetch_add(1, Relaxed);
                     self.refresh_in_background(engine, t, repo, tag, &m.digest);
                 }
-                Ok(m)
+                m
             }
             (_, None) => {
                 stats.misses.fetch_add(1, Relaxed);
@@ -224,9 +233,12 @@ impl Mirrors {
                 if let Reference::Tag(tag) = reference {
                     self.tags.confirmed(repo, tag);
                 }
-                Ok(m)
+                self.pulls.stored();
+                m
             }
-        }
+        };
+        self.pulls.note(repo, &m.digest);
+        Ok(m)
     }
 
     /// Ask the upstream (one HEAD) whether a tag served past its TTL still names `digest`, and
@@ -319,9 +331,14 @@ impl Mirrors {
             owner: owner.to_owned(),
             engine: engine.clone(),
         };
-        let done_stats = stats.clone();
+        let (done_stats, pulls) = (stats.clone(), self.pulls.clone());
         let name = upstream.name().to_owned();
-        let fill = match self.fills.join_or_start(job, move |o| finished(&name, &done_stats, o)) {
+        let fill = match self.fills.join_or_start(job, move |o| {
+            if o.result.is_ok() {
+                pulls.stored();
+            }
+            finished(&name, &done_stats, o)
+        }) {
             Joined::Started(f) => {
                 stats.misses.fetch_add(1, Relaxed);
                 f

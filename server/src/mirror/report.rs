@@ -60,6 +60,16 @@ const COUNTERS: &[(&str, &str, Counter)] = &[
         |s| &s.filled_bytes,
     ),
     (
+        "berth_mirror_evicted_images_total",
+        "Images evicted to keep the upstream's content within its budget.",
+        |s| &s.evicted_images,
+    ),
+    (
+        "berth_mirror_evicted_bytes_total",
+        "Bytes of the blob links those evictions removed.",
+        |s| &s.evicted_bytes,
+    ),
+    (
         "berth_mirror_resumed_total",
         "Interrupted blob downloads resumed with a Range request.",
         |s| &s.resumed,

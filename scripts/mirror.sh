@@ -12,8 +12,10 @@
 #   d. containerd (ctr with a hosts directory mirror; the upstream itself would refuse it)
 #   e. 50 concurrent cold pulls of a 100 MiB layer: every client gets the right bytes, the upstream's
 #      access log shows one GET of it
-#   f. upstream stopped: cached images still pull by tag and by digest; a never-pulled one is a 503
-#   g. upstream answers 429 with Retry-After: cached images still pull, and the upstream is left alone
+#   f. eviction under a small budget while 3 skopeo loops pull 6 images: no pull fails, images were
+#      evicted, and the mirror's blobs end within its budget
+#   g. upstream stopped: cached images still pull by tag and by digest; a never-pulled one is a 503
+#   h. upstream answers 429 with Retry-After: cached images still pull, and the upstream is left alone
 #
 # Environment:
 #   BERTH_BIN            berth binary (default: target/release/berth, built when missing)
@@ -201,12 +203,13 @@ UP_PID=$LAST_PID
   die "the upstream serves anonymous pulls; the test needs it to require the mirror's login"
 build_image "$WORK/src" v1 1 2
 build_image "$WORK/src" big "$BIG_MIB"
+for i in 1 2 3 4 5 6; do build_image "$WORK/src" "e$i" 8; done
 SRC_DIGEST=$(layout_digest "$WORK/src" v1)
 BIG_DIGEST=$(layout_digest "$WORK/src" big)
 BIG_LAYER=$(jq -r '.layers[0].digest' "$WORK/src/blobs/sha256/${BIG_DIGEST#sha256:}")
-for ref in team/app:v1 library/app:v1 team/big:v1; do
-  src=v1
-  [[ $ref == team/big:v1 ]] && src=big
+for pair in v1=team/app:v1 v1=library/app:v1 big=team/big:v1 e1=team/e1:v1 e2=team/e2:v1 e3=team/e3:v1 \
+  e4=team/e4:v1 e5=team/e5:v1 e6=team/e6:v1; do
+  src=${pair%%=*} ref=${pair#*=}
   run "push-${ref//[:\/]/-}" skopeo copy --dest-tls-verify=false --dest-creds "pusher:$PUSH_PW" \
     "oci:$WORK/src:$src" "docker://$UP/$ref"
 done
@@ -338,7 +341,60 @@ ok "$PULLS × $BIG_MIB MiB right in ${secs}s ($(awk -v n="$PULLS" -v m="$BIG_MIB
 step_passed
 
 # ==================================================================================================== f
-step "f. upstream stopped: cached images pull by tag and digest; a never-pulled tag is a 503 naming the upstream"
+step "f. eviction under a 20 MiB budget while 3 skopeo loops pull 6 images of 8 MiB each: no pull fails"
+EPORT=$(free_port) || die "no free port"
+cat >"$WORK/evicting.yml" <<EOF
+version: 0.1
+storage: {filesystem: {rootdirectory: $WORK/evicting}}
+mirrors:
+  - {name: up, url: 'http://$UP', prefix: up, username: mirror, passwordfile: '$WORK/mirror-password', budget: 20MiB}
+EOF
+start_berth evicting "$EPORT" "$WORK/evicting.yml"
+# pull_loop N: pull the six images twice, each loop in its own order, checking each digest.
+pull_loop() {
+  local l=$1 round i n want out="$WORK/evict-$1"
+  for round in 1 2; do
+    for i in 1 2 3 4 5 6; do
+      n=$(((i + l * 2) % 6 + 1))
+      want=$(layout_digest "$WORK/src" "e$n")
+      rm -rf "$out"
+      if ! skopeo copy --src-tls-verify=false "docker://127.0.0.1:$EPORT/up/team/e$n:v1" "oci:$out:x" >>"$LOGS/evict-loop-$l.log" 2>&1; then
+        echo "loop $l round $round: pulling e$n failed" >>"$LOGS/evict-loop-$l.log"
+        return 1
+      fi
+      if [[ $(layout_digest "$out" x) != "$want" ]]; then
+        echo "loop $l round $round: e$n has the wrong digest" >>"$LOGS/evict-loop-$l.log"
+        return 1
+      fi
+    done
+  done
+}
+loops=()
+for l in 1 2 3; do
+  pull_loop "$l" &
+  loops+=("$!")
+done
+failed=0
+for p in "${loops[@]}"; do wait "$p" || failed=$((failed + 1)); done
+if ((failed)); then
+  tail -n 5 "$LOGS"/evict-loop-*.log | sed 's/^/  | /'
+  die "$failed of 3 pull loops failed while images were evicted"
+fi
+evicted=$(curl -s "http://127.0.0.1:$EPORT/metrics" | awk '$1 == "berth_mirror_evicted_images_total{upstream=\"up\"}" { print $2 }')
+((${evicted:-0} >= 1)) || die "nothing was evicted (berth_mirror_evicted_images_total: ${evicted:-absent})"
+# The pass after the last fill brings the blobs within the budget (one image's worth of slack).
+deadline=$((SECONDS + 20))
+while :; do
+  used=$(du -sb "$WORK/evicting/blobs" | cut -f1)
+  ((used <= (20 + 9) * 1048576)) && break
+  ((SECONDS < deadline)) || die "the evicting mirror holds $used bytes of blobs, over its 20 MiB budget"
+  sleep 0.5
+done
+ok "36 pulls of 6 images (48 MiB) through a mirror with a 20 MiB budget, none failed; $evicted evictions; $((used / 1048576)) MiB of blobs on disk"
+step_passed
+
+# ==================================================================================================== g
+step "g. upstream stopped: cached images pull by tag and digest; a never-pulled tag is a 503 naming the upstream"
 stop_pid "$UP_PID" upstream 10 || true
 sleep $((TAG_TTL + 1))
 forget_skopeo_cache
@@ -351,8 +407,8 @@ jq -e '.errors[0].message | contains("up")' "$WORK/never.json" >/dev/null || die
 ok "pulled by tag and digest with the upstream down; never-pulled: 503 $(jq -c '.errors[0].code' "$WORK/never.json")"
 step_passed
 
-# ==================================================================================================== g
-step "g. upstream answers 429 (Retry-After: 120): cached images still pull; the upstream is not asked again"
+# ==================================================================================================== h
+step "h. upstream answers 429 (Retry-After: 120): cached images still pull; the upstream is not asked again"
 start_429
 sleep $((TAG_TTL + 1))
 forget_skopeo_cache

@@ -693,10 +693,8 @@ impl Engine {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<PushedManifest> {
-        let record = manifest_record(repo, reference, content_type, bytes)?;
-        let (digest, subject) = (record.digest.clone(), record.referrer.as_ref().map(|(s, _)| s.clone()));
-        self.store.put_manifest(record).await?;
-        Ok(PushedManifest { digest, subject })
+        self.record_manifest(manifest_record(repo, reference, content_type, bytes)?)
+            .await
     }
 
     /// Store a manifest fetched from an upstream registry (a pull-through cache): as
@@ -712,6 +710,10 @@ impl Engine {
         let mut record = manifest_record(repo, reference, content_type, bytes)?;
         record.blobs.clear();
         record.children.clear();
+        self.record_manifest(record).await
+    }
+
+    async fn record_manifest(&self, record: ManifestRecord) -> Result<PushedManifest> {
         let (digest, subject) = (record.digest.clone(), record.referrer.as_ref().map(|(s, _)| s.clone()));
         self.store.put_manifest(record).await?;
         Ok(PushedManifest { digest, subject })

@@ -6,31 +6,11 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Registry, Reply, sha256};
+use common::{Registry, Reply, htpasswd, keygen, sha256};
 use reqwest::Method;
 use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> String {
-    let mut lines = String::new();
-    for (u, p) in users {
-        let mut child = Command::new(BERTH)
-            .args(["htpasswd", u, "--cost", "4"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "{p}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        lines.push_str(&String::from_utf8(out.stdout).unwrap());
-    }
-    let path = dir.join("htpasswd");
-    std::fs::write(&path, lines).unwrap();
-    path.display().to_string()
-}
 
 const RULES: &str = r#"{"defaultPolicy":"deny","adminUsers":["root"],
   "anonymous":[{"repository":"public/**","permissions":["pull"]}],
@@ -163,19 +143,6 @@ async fn basic_auth_with_access_rules() {
     r.expect(201);
     // the password never reaches the log
     assert!(!reg.log_text().contains("a-pass"));
-}
-
-fn keygen(dir: &Path) -> (String, String) {
-    let (key, cert) = (dir.join("token.pem"), dir.join("token.crt"));
-    let out = Command::new(BERTH)
-        .args(["keygen", "--alg", "es256", "--key"])
-        .arg(&key)
-        .arg("--cert")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (key.display().to_string(), cert.display().to_string())
 }
 
 fn bearer(token: &str) -> String {

@@ -5,15 +5,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{OCI_MANIFEST, Registry, random_bytes, sha256};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+use common::{OCI_MANIFEST, Registry, htpasswd, keygen, random_bytes, sha256};
 
 const RULES: &str = r#"{"defaultPolicy":"deny",
   "rules":[{"repository":"team/**","users":["mirror"],"permissions":["pull"]}]}"#;
@@ -26,42 +22,14 @@ struct Upstream {
     _dir: tempfile::TempDir,
 }
 
-fn htpasswd(dir: &Path, user: &str, password: &str) -> String {
-    let mut child = Command::new(BERTH)
-        .args(["htpasswd", user, "--cost", "4"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let path = dir.join("htpasswd");
-    std::fs::write(&path, out.stdout).unwrap();
-    path.display().to_string()
-}
-
 async fn upstream() -> Option<Upstream> {
     let dir = tempfile::tempdir().unwrap();
-    let pw = htpasswd(dir.path(), "mirror", "m-pass");
+    let pw = htpasswd(dir.path(), &[("mirror", "m-pass")]);
     let rules = dir.path().join("rules.json");
     std::fs::write(&rules, RULES).unwrap();
-    let (key, cert) = (dir.path().join("token.pem"), dir.path().join("token.crt"));
-    let out = Command::new(BERTH)
-        .args(["keygen", "--alg", "es256", "--key"])
-        .arg(&key)
-        .arg("--cert")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (key, cert) = keygen(dir.path());
     let open = Registry::start_local(&[]).await?;
-    let (key, cert, rules) = (
-        key.display().to_string(),
-        cert.display().to_string(),
-        rules.display().to_string(),
-    );
+    let rules = rules.display().to_string();
     // On the open registry's metadata too (its PostgreSQL database in the pg runs).
     let db = open.database_env();
     let mut env: Vec<(&str, &str)> = db.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -65,6 +65,41 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// An htpasswd file of `users` (bcrypt cost 4) in `dir`, written by `berth htpasswd`; its path.
+pub fn htpasswd(dir: &std::path::Path, users: &[(&str, &str)]) -> String {
+    let mut lines = String::new();
+    for (u, p) in users {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["htpasswd", u, "--cost", "4"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{p}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        lines.push_str(&String::from_utf8(out.stdout).unwrap());
+    }
+    let path = dir.join("htpasswd");
+    std::fs::write(&path, lines).unwrap();
+    path.display().to_string()
+}
+
+/// A token signing key and certificate in `dir`, made by `berth keygen --alg es256`: their paths.
+pub fn keygen(dir: &std::path::Path) -> (String, String) {
+    let (key, cert) = (dir.join("token.pem"), dir.join("token.crt"));
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["keygen", "--alg", "es256", "--key"])
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (key.display().to_string(), cert.display().to_string())
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A value unique to this process and call, for seeds and names.

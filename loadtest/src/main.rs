@@ -47,6 +47,11 @@
 //! # Readers alone, then under continuous small pushes to the same registry and to another one (see readers.rs):
 //! berth-loadtest readers-under-push --url http://127.0.0.1:5000 --push-url-other http://127.0.0.1:5001 \
 //!     --set 10000:1000:3 --op manifest -r 16 -p 2 --duration 10s
+//!
+//! # A pull-through cache against its upstream: cold and warm pulls through it vs straight from the upstream,
+//! # and the upstream requests of 50 concurrent cold pulls of one blob (see pull_through.rs):
+//! berth-loadtest pull-through --upstream http://127.0.0.1:5001 --mirror http://127.0.0.1:5002 --prefix up \
+//!     --size 100MiB --rounds 5 --concurrency 50 --json pt.json --markdown pt.md
 //! ```
 //!
 //! ## Tests (`--test`, repeatable or comma-separated; default `all`)
@@ -97,6 +102,10 @@ mod hashrate;
 mod listing;
 mod ops;
 mod population;
+mod prom;
+mod pull;
+mod pull_through;
+mod pull_through_report;
 mod random_read;
 mod readers;
 mod readers_report;
@@ -157,6 +166,9 @@ enum Cmd {
     Scale(scale::ScaleArgs),
     /// Readers alone, then under continuous small pushes (to the same registry, and optionally to another).
     ReadersUnderPush(readers::ReadersArgs),
+    /// A pull-through cache against its upstream: cold and warm pulls through it vs straight from the
+    /// upstream, and how many upstream requests many concurrent cold pulls of one blob cost.
+    PullThrough(pull_through::PullThroughArgs),
 }
 
 /// Arguments of `compare`.
@@ -787,11 +799,7 @@ async fn run(args: RunArgs, compare: bool) -> i32 {
         return 2;
     }
     let work = expand(&args.tests, &args.size);
-    let run_id = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        ^ u64::from(std::process::id()).rotate_left(32);
+    let run_id = scenario::run_id();
     let pattern = Arc::new(Pattern::new(args.seed));
     let ctx = Arc::new(Ctx {
         pattern: Arc::clone(&pattern),
@@ -989,6 +997,7 @@ fn main() {
         Some(Cmd::Hashrate(h)) => std::process::exit(hashrate::run(&h)),
         Some(Cmd::Scale(a)) => std::process::exit(scale::run(&a)),
         Some(Cmd::ReadersUnderPush(a)) => std::process::exit(readers::run(&a)),
+        Some(Cmd::PullThrough(a)) => std::process::exit(pull_through::run(&a)),
     };
     if !inputs.is_empty() {
         std::process::exit(compare_inputs(&inputs, &args));
@@ -1177,6 +1186,32 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn pull_through_cli_parses() {
+        let cli = Cli::try_parse_from([
+            "berth-loadtest",
+            "pull-through",
+            "--upstream",
+            "http://a:1",
+            "--mirror",
+            "http://b:2",
+            "--rounds",
+            "3",
+            "--json",
+            "/tmp/x.json",
+        ])
+        .unwrap();
+        let Some(Cmd::PullThrough(a)) = cli.cmd else {
+            panic!("not pull-through: {:?}", cli.cmd)
+        };
+        assert_eq!(
+            (a.prefix.as_str(), a.size, a.rounds, a.concurrency),
+            ("up", 100 * MIB, 3, 50)
+        );
+        assert_eq!(a.output.json.as_deref(), Some(std::path::Path::new("/tmp/x.json")));
+        assert!(Cli::try_parse_from(["berth-loadtest", "pull-through", "--upstream", "http://a:1"]).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! cache invalidation or locks. Exit status: 0 when everything succeeded, 1 on failures, 130 on Ctrl-C.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -32,7 +32,7 @@ use crate::ops::{self, Ctx, Upload};
 use crate::population::{Layout, Spec, populate};
 use crate::random_read::{RandomRead, ReadKind};
 use crate::readers_report::{Phase, PhaseResult, Summary, markdown, summarise, summary_lines};
-use crate::scenario::{Common, block_on, write_reports};
+use crate::scenario::{Common, block_on, run_id, write_reports};
 use crate::timed::{Op, Rate, run_for};
 use crate::units::parse_duration;
 
@@ -178,7 +178,9 @@ pub fn run(args: &ReadersArgs) -> i32 {
             return 2;
         }
     };
-    block_on(args.common.threads, |stop| measure(args, read, push, other, stop))
+    block_on(args.common.client.threads, |stop| {
+        measure(args, read, push, other, stop)
+    })
 }
 
 /// Populates, then runs the rounds.
@@ -203,11 +205,7 @@ async fn measure(
             return 1;
         }
     }
-    let run_base = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        ^ u64::from(std::process::id()).rotate_left(32);
+    let run_base = run_id();
     let reader_op = Arc::new(RandomRead {
         kind: args.op,
         spec: args.set,
@@ -279,7 +277,7 @@ async fn measure(
         summary,
         interrupted,
     };
-    let ok = write_reports(&args.common, &report, &table);
+    let ok = write_reports(&args.common.output, &report, &table);
     if interrupted {
         130
     } else if failed || !ok {

@@ -1,5 +1,6 @@
 //! The results of `readers-under-push`: per-phase rows and the ratios that answer "do caches survive writes".
 
+use crate::stats::median;
 use crate::timed::{Rate, ratio, show_ratio};
 
 /// Where the pushers of a phase pushed.
@@ -61,21 +62,6 @@ pub struct Summary {
     pub other_vs_idle: Option<Relative>,
     /// Pushers on `--push-url` relative to pushers on `--push-url-other`.
     pub same_vs_other: Option<Relative>,
-}
-
-/// The median of `v` (mean of the middle two for an even count), `None` when empty.
-pub fn median(v: &[f64]) -> Option<f64> {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return None;
-    }
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    Some(if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    })
 }
 
 /// Per-round ratios of phase `a` to phase `b` (rounds that have both), with their medians.
@@ -188,15 +174,6 @@ mod tests {
                 ..Rate::default()
             }),
         }
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0]), Some(3.0));
-        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-        assert_eq!(median(&[f64::NAN, 2.0]), Some(2.0));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::TestResult;
+use crate::stats::{TestResult, median};
 
 /// A registry as measured in a run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -172,19 +172,6 @@ pub fn labels(results: &[TestResult]) -> Vec<String> {
     out
 }
 
-/// The median of `values` (the mean of the middle two when their number is even); `None` when
-/// there are none.
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.retain(|v| v.is_finite());
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
-}
-
 /// Ratio tables of the first registry against each other one, per test.
 ///
 /// Throughput ratios above 1 and latency or CPU ratios below 1 mean the first registry did better.
@@ -236,7 +223,7 @@ pub fn compare_table(results: &[TestResult]) -> String {
                 continue;
             }
             let med = |f: &dyn Fn(&TestResult, &TestResult) -> Option<f64>| {
-                median(pairs.iter().filter_map(|(a, b)| f(a, b)).collect())
+                median(&pairs.iter().filter_map(|(a, b)| f(a, b)).collect::<Vec<_>>())
             };
             let throughput: Vec<Option<f64>> = pairs
                 .iter()
@@ -254,7 +241,7 @@ pub fn compare_table(results: &[TestResult]) -> String {
                 test,
                 opt(med(&|a, _| Some(a.ops_per_s))),
                 opt(med(&|_, b| Some(b.ops_per_s))),
-                opt(median(throughput.into_iter().flatten().collect())),
+                opt(median(&throughput.into_iter().flatten().collect::<Vec<_>>())),
                 opt(med(&|a, b| ratio(pos(a.latency.p50_ms), pos(b.latency.p50_ms)))),
                 opt(med(&|a, b| ratio(pos(a.latency.p99_ms), pos(b.latency.p99_ms)))),
                 opt(med(&|a, b| ratio(cpu(a), cpu(b)))),
@@ -345,14 +332,6 @@ mod tests {
             ..Report::default()
         });
         assert!(md.contains("| a | pull 1MiB | 100 | 0 | 200.0 |"), "{md}");
-    }
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
-        assert_eq!(median(vec![f64::NAN, 5.0]), Some(5.0));
-        assert_eq!(median(Vec::new()), None);
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub fn run(args: &ScaleArgs) -> i32 {
             return 2;
         }
     };
-    block_on(args.common.threads, |stop| measure_all(args, target, stop))
+    block_on(args.common.client.threads, |stop| measure_all(args, target, stop))
 }
 
 /// Reads the server's memory figures, if a PID was given.
@@ -329,7 +329,7 @@ async fn measure_all(args: &ScaleArgs, target: Arc<Target>, stop: watch::Receive
         rows,
         interrupted,
     };
-    let ok = write_reports(&args.common, &report, &table);
+    let ok = write_reports(&args.common.output, &report, &table);
     if interrupted {
         130
     } else if failed || !notes.is_empty() || !ok {

@@ -1,9 +1,10 @@
-//! What the `scale` and `readers-under-push` scenarios share: the population flags, the runtime, Ctrl-C.
+//! What the scenarios (`scale`, `readers-under-push`, `pull-through`) share: the client and report flags,
+//! the population flags, the runtime, Ctrl-C.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
@@ -13,7 +14,47 @@ use crate::ops::{Ctx, MonoMode};
 use crate::population::Layout;
 use crate::units::parse_size;
 
-/// Flags common to both scenarios.
+/// How a scenario reaches its registries: credentials and client threads.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct ClientArgs {
+    /// Basic-auth user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Basic-auth password.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Bearer token (sent as-is, instead of basic auth).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Client runtime threads (default: number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ClientArgs {
+    /// Resolves a registry URL with these credentials.
+    pub fn target(&self, url: &str) -> Result<Arc<Target>, String> {
+        let creds = Credentials {
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+        };
+        Target::resolve(url, None, &creds).map(Arc::new)
+    }
+}
+
+/// Where a scenario writes its report.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct OutputArgs {
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the markdown table to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+}
+
+/// Flags common to the population scenarios (`scale`, `readers-under-push`).
 #[derive(Debug, clap::Args, Clone)]
 pub struct Common {
     /// Layer blob size of the population and of pushes.
@@ -31,35 +72,16 @@ pub struct Common {
     /// Connections that populate the registry.
     #[arg(long, default_value_t = 32)]
     pub push_concurrency: usize,
-    /// Basic-auth user.
-    #[arg(long)]
-    pub user: Option<String>,
-    /// Basic-auth password.
-    #[arg(long)]
-    pub password: Option<String>,
-    /// Bearer token (sent as-is, instead of basic auth).
-    #[arg(long)]
-    pub token: Option<String>,
-    /// Client runtime threads (default: number of CPUs).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write the markdown table to this file.
-    #[arg(long)]
-    pub markdown: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 impl Common {
     /// Resolves a registry URL with these credentials.
     pub fn target(&self, url: &str) -> Result<Arc<Target>, String> {
-        let creds = Credentials {
-            user: self.user.clone(),
-            password: self.password.clone(),
-            token: self.token.clone(),
-        };
-        Target::resolve(url, None, &creds).map(Arc::new)
+        self.client.target(url)
     }
 
     /// The operation settings and the population layout.
@@ -79,6 +101,15 @@ impl Common {
         });
         (ctx, layout)
     }
+}
+
+/// A number unique to this run (clock and process id), to make blob contents and tags unique.
+pub fn run_id() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 /// Runs `body` on a multi-thread runtime with a stop channel that Ctrl-C sets (twice exits at once).
@@ -121,15 +152,15 @@ where
 
 /// Writes the scenario's report as JSON to `--json` and its table to `--markdown`, when given;
 /// returns whether every write worked.
-pub fn write_reports(common: &Common, report: &impl serde::Serialize, table: &str) -> bool {
+pub fn write_reports(output: &OutputArgs, report: &impl serde::Serialize, table: &str) -> bool {
     let mut ok = true;
-    if let Some(path) = &common.json {
+    if let Some(path) = &output.json {
         ok &= write_file(
             path,
             &(serde_json::to_string_pretty(report).expect("report serialises") + "\n"),
         );
     }
-    if let Some(path) = &common.markdown {
+    if let Some(path) = &output.markdown {
         ok &= write_file(path, table);
     }
     ok

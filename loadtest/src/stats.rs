@@ -121,6 +121,42 @@ impl TestResult {
     }
 }
 
+/// The median of `values` (the mean of the middle two when their number is even), ignoring values
+/// that are not finite; `None` when none is left.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// The median and range of a figure measured in several rounds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Spread {
+    /// Median of the rounds.
+    pub median: f64,
+    /// Smallest round.
+    pub min: f64,
+    /// Largest round.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of the finite `values`; `None` when there are none.
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        let finite = values.iter().copied().filter(|x| x.is_finite());
+        Some(Spread {
+            median: median(values)?,
+            min: finite.clone().fold(f64::INFINITY, f64::min),
+            max: finite.fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
+}
+
 /// One reading of a process's CPU time and memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcSample {
@@ -205,6 +241,24 @@ mod tests {
         assert!(close(l.max_ms, 1000.0), "{l:?}");
         assert!(close(l.mean_ms, 500.5), "{l:?}");
         assert_eq!(Latency::from_histogram(&new_histogram()), Latency::default());
+    }
+
+    #[test]
+    fn medians_and_spreads() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 2.0]), Some(2.0));
+        assert_eq!(
+            Spread::of(&[0.9, f64::NAN, 1.2, 1.0]),
+            Some(Spread {
+                median: 1.0,
+                min: 0.9,
+                max: 1.2
+            })
+        );
+        assert_eq!(Spread::of(&[f64::INFINITY]), None);
     }
 
     #[test]

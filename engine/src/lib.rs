@@ -36,7 +36,7 @@ mod reach;
 pub mod s3;
 pub mod session_store;
 pub mod store;
-mod tls_verify;
+pub mod tls_verify;
 pub mod upload;
 pub mod upload_caps;
 pub mod upload_store;

@@ -1,6 +1,8 @@
 //! Certificate verifiers that relax rustls's WebPKI check in one stated way each, for the
-//! settings that ask for it: `storage.s3.skipverify` and `database.sslmode` `require` without a
-//! root certificate ([`AnyCertificate`]), and `database.sslmode verify-ca` ([`AnyName`]).
+//! settings that ask for it: `storage.s3.skipverify`, `database.sslmode` `require` without a
+//! root certificate and, in the server, a mirror's `insecure` ([`AnyCertificate`]), and
+//! `database.sslmode verify-ca` ([`AnyName`]). Only rustls is involved, no HTTP: a verifier goes
+//! into a `rustls::ClientConfig` through `dangerous().with_custom_certificate_verifier`.
 
 use std::sync::Arc;
 
@@ -11,8 +13,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore};
 
-/// Accepts any server certificate: `storage.s3.skipverify`, and `database.sslmode` `require`
-/// (and `prefer`, `allow`) without `sslrootcert`, as libpq.
+/// Accepts any server certificate: `storage.s3.skipverify`, `database.sslmode` `require`
+/// (and `prefer`, `allow`) without `sslrootcert`, as libpq, and a mirror's `insecure`. The
+/// provider is the one the client configuration is built with; its algorithms check the
+/// handshake's signatures.
 /// The handshake's signatures are still checked, so the connection is encrypted to whoever holds
 /// the certificate's key, and channel binding (SCRAM-SHA-256-PLUS) ties the login to it; only
 /// who that is goes unchecked.
@@ -62,8 +66,11 @@ impl ServerCertVerifier for AnyCertificate {
 /// rest on the order in which the inner verifier checks things.
 #[derive(Debug)]
 pub struct AnyName {
+    /// The WebPKI verifier, built over `roots` with `provider`.
     pub inner: Arc<WebPkiServerVerifier>,
+    /// The trust anchors, for checking the chain alone when only the name does not match.
     pub roots: Arc<RootCertStore>,
+    /// The provider whose algorithms check that chain's signatures.
     pub provider: Arc<CryptoProvider>,
 }
 

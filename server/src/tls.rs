@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
@@ -49,18 +49,38 @@ fn stamp(cfg: &TlsConfig) -> Stamp {
         .collect()
 }
 
-fn certs(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Why a file of PEM certificates cannot be used; each caller words it for its setting.
+#[derive(Debug)]
+pub(crate) enum PemCertificatesError {
+    /// The file cannot be read.
+    Unreadable(pem::Error),
+    /// It holds something that is not a PEM certificate.
+    NotPem(pem::Error),
+    /// It holds no certificate at all.
+    Empty,
+}
+
+/// The certificates of a PEM file (a chain, or a CA bundle): at least one.
+pub(crate) fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemCertificatesError> {
     let list = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?
+        .map_err(PemCertificatesError::Unreadable)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{setting}: {} is not PEM certificates: {e}", path.display()))?;
+        .map_err(PemCertificatesError::NotPem)?;
     if list.is_empty() {
-        return Err(format!(
-            "{setting}: {} holds no certificate (expected -----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
+        return Err(PemCertificatesError::Empty);
     }
     Ok(list)
+}
+
+fn certs(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    pem_certificates(path).map_err(|e| match e {
+        PemCertificatesError::Unreadable(e) => format!("{setting}: cannot read {shown}: {e}"),
+        PemCertificatesError::NotPem(e) => format!("{setting}: {shown} is not PEM certificates: {e}"),
+        PemCertificatesError::Empty => {
+            format!("{setting}: {shown} holds no certificate (expected -----BEGIN CERTIFICATE-----)")
+        }
+    })
 }
 
 /// Build a rustls server configuration from the files.

@@ -15,6 +15,8 @@ pub mod report;
 pub mod tags;
 pub mod upstream;
 mod upstream_auth;
+mod upstream_http;
+mod upstream_tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -32,6 +32,9 @@ const BATCH: usize = 256 * 1024;
 const READ: usize = 256 * 1024;
 /// Times an interrupted download is resumed before the fill fails.
 const RESUMES: u32 = 3;
+/// Bytes of the latest pieces kept in memory, so that readers keeping up with the download take
+/// them from there (no read of the spool file, no copy).
+const RECENT: usize = 8 << 20;
 
 /// Why a fill did not store its blob.
 #[derive(Debug, Clone)]
@@ -70,9 +73,44 @@ enum State {
 pub struct Fill {
     state: watch::Receiver<State>,
     spool: OnceLock<Arc<File>>,
+    /// The latest pieces, by offset, at most [`RECENT`] bytes.
+    recent: Mutex<Recent>,
+}
+
+/// The latest pieces of a download and their bytes.
+#[derive(Default)]
+struct Recent {
+    pieces: std::collections::VecDeque<(u64, Bytes)>,
+    held: usize,
 }
 
 impl Fill {
+    /// Keep the piece at `at` among the latest ones.
+    fn keep(&self, at: u64, piece: Bytes) {
+        let mut r = self.recent.lock();
+        r.held += piece.len();
+        r.pieces.push_back((at, piece));
+        while r.held > RECENT && r.pieces.len() > 1 {
+            if let Some((_, p)) = r.pieces.pop_front() {
+                r.held -= p.len();
+            }
+        }
+    }
+
+    /// The bytes from `pos` (before `end`) among the latest pieces (a reader that keeps up
+    /// wants one of the last few).
+    fn recent(&self, pos: u64, end: u64) -> Option<Bytes> {
+        let r = self.recent.lock();
+        let (at, piece) = r
+            .pieces
+            .iter()
+            .rev()
+            .find(|(at, p)| *at <= pos && pos < at + p.len() as u64)?;
+        let from = (pos - at) as usize;
+        let to = ((end - at) as usize).min(piece.len());
+        Some(piece.slice(from..to))
+    }
+
     /// The blob's size, once the upstream has answered (or why the fill failed).
     pub async fn size(&self) -> Result<u64, FillFailure> {
         let mut rx = self.state.clone();
@@ -130,12 +168,16 @@ impl Fill {
                 return Err(std::io::Error::other(gone().to_string()));
             }
         };
+        let until = readable.min(end);
+        if let Some(b) = self.recent(pos, until) {
+            return Ok(b);
+        }
         let file = self
             .spool
             .get()
             .cloned()
             .ok_or_else(|| std::io::Error::other("the fill has no spool file"))?;
-        let n = (readable.min(end) - pos).min(READ as u64) as usize;
+        let n = (until - pos).min(READ as u64) as usize;
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; n];
             file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
@@ -240,6 +282,7 @@ impl Fills {
         let fill = Arc::new(Fill {
             state: rx,
             spool: OnceLock::new(),
+            recent: Mutex::default(),
         });
         running.insert(job.digest.clone(), fill.clone());
         drop(running);
@@ -308,7 +351,7 @@ async fn fetch(
         })
     };
     state.send_replace(State::Running { size, written: 0 });
-    let copied = copy(job, first.body, size, &file, &body_tx, state, report).await;
+    let copied = copy(job, first.body, size, fill, &file, &body_tx, state, report).await;
     if let Err(f) = copied {
         let _ = body_tx.send(Err(f.to_string())).await;
         drop(body_tx);
@@ -334,6 +377,22 @@ async fn fetch(
     }
 }
 
+/// Pieces of a download gathered for one write, as they arrived.
+#[derive(Default)]
+struct Batch {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.len += piece.len();
+            self.pieces.push(piece);
+        }
+    }
+}
+
 /// What of `chunk` is left after `skip` more bytes are dropped (counting them off).
 fn after(skip: &mut u64, chunk: Bytes) -> Bytes {
     let n = (*skip).min(chunk.len() as u64);
@@ -348,6 +407,7 @@ async fn copy(
     job: &Job,
     mut body: BlobBody,
     size: u64,
+    fill: &Fill,
     file: &Arc<File>,
     to_engine: &mpsc::Sender<Result<Bytes, String>>,
     state: &watch::Sender<State>,
@@ -357,20 +417,21 @@ async fn copy(
     // ignored the Range and sent the blob from its start).
     let mut skip = 0u64;
     let mut written = 0u64;
-    let mut batch = BytesMut::new();
+    // What arrived since the last write, as it arrived (no copy).
+    let mut batch = Batch::default();
     loop {
         let next = body.next().await;
         let mut ended = None;
         match next {
             Some(Ok(chunk)) => {
                 report.received += chunk.len() as u64;
-                batch.extend_from_slice(&after(&mut skip, chunk));
+                batch.push(after(&mut skip, chunk));
                 // Take what else is ready now, up to a batch, without waiting.
-                while batch.len() < BATCH {
+                while batch.len < BATCH {
                     match body.next().now_or_never() {
                         Some(Some(Ok(c))) => {
                             report.received += c.len() as u64;
-                            batch.extend_from_slice(&after(&mut skip, c));
+                            batch.push(after(&mut skip, c));
                         }
                         Some(other) => {
                             ended = Some(other);
@@ -382,27 +443,48 @@ async fn copy(
             }
             other => ended = Some(other),
         }
-        if !batch.is_empty() {
-            let piece = batch.split().freeze();
-            if written + piece.len() as u64 > size {
+        if batch.len > 0 {
+            let Batch { pieces, len } = std::mem::take(&mut batch);
+            let n = len as u64;
+            if written + n > size {
                 return Err(FillFailure::Mismatch(format!(
                     "{} sent more than the {size} bytes it announced for {}; nothing was stored",
                     job.upstream.name(),
                     job.digest
                 )));
             }
-            let (f, p, at) = (file.clone(), piece.clone(), written);
-            tokio::task::spawn_blocking(move || f.write_all_at(&p, at))
-                .await
+            // Readers take the pieces from memory at once; the spool file (for readers that
+            // fall behind or join late) and the upload get them meanwhile.
+            let start = written;
+            for p in &pieces {
+                fill.keep(written, p.clone());
+                written += p.len() as u64;
+            }
+            state.send_replace(State::Running { size, written });
+            let (f, ps) = (file.clone(), pieces.clone());
+            let spooled = tokio::task::spawn_blocking(move || {
+                let mut at = start;
+                for p in &ps {
+                    f.write_all_at(p, at)?;
+                    at += p.len() as u64;
+                }
+                Ok::<_, std::io::Error>(())
+            });
+            let send = async {
+                for p in pieces {
+                    to_engine.send(Ok(p)).await?;
+                }
+                Ok::<_, mpsc::error::SendError<Result<Bytes, String>>>(())
+            };
+            let (spooled, sent) = tokio::join!(spooled, send);
+            spooled
                 .map_err(std::io::Error::other)
                 .and_then(|r| r)
                 .map_err(|e| FillFailure::Store(Arc::new(berth_engine::Error::Io(e))))?;
-            written += piece.len() as u64;
-            if to_engine.send(Ok(piece)).await.is_err() {
+            if sent.is_err() {
                 // The upload ended early: its error is the commit's.
                 return Ok(());
             }
-            state.send_replace(State::Running { size, written });
         }
         match ended {
             None => continue,

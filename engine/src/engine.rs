@@ -610,6 +610,16 @@ impl Engine {
         Ok(report)
     }
 
+    /// Claim a blob's download for this process (see [`MetaStore::claim_fill`]).
+    pub async fn claim_fill(&self, digest: &Digest, owner: &str, lease: Duration) -> Result<bool> {
+        self.store.claim_fill(digest, owner, lease.as_secs().max(1)).await
+    }
+
+    /// Give up a claim on a blob's download (see [`MetaStore::release_fill`]).
+    pub async fn release_fill(&self, digest: &Digest, owner: &str) -> Result<()> {
+        self.store.release_fill(digest, owner).await
+    }
+
     /// Record when mirrored manifests were last pulled (see [`MetaStore::record_pulls`]).
     pub async fn record_pulls(&self, pulls: Vec<(RepoName, Digest, u64)>) -> Result<()> {
         self.store.record_pulls(pulls).await

@@ -136,6 +136,14 @@ impl MetaStore for Metadata {
         either!(self, s => s.repo_usage(prefix).await)
     }
 
+    async fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+        either!(self, s => s.claim_fill(digest, owner, lease_secs).await)
+    }
+
+    async fn release_fill(&self, digest: &Digest, owner: &str) -> Result<()> {
+        either!(self, s => s.release_fill(digest, owner).await)
+    }
+
     async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, sweep: &Sweep, dry_run: bool) -> Result<RepoGc> {
         either!(self, s => s.gc_repo(repo, grace_secs, sweep, dry_run).await)
     }

@@ -227,6 +227,13 @@ pub trait MetaStore: Send + Sync + 'static {
     /// The bytes of blobs each repository under `prefix` (all when empty) links.
     fn repo_usage(&self, prefix: &str) -> impl Future<Output = Result<Vec<(RepoName, u64)>>> + Send;
 
+    /// Claim the download of a blob for `owner` (a pull-through cache's process) for `lease_secs`:
+    /// true when no other owner holds an unexpired claim on it (claiming again renews it).
+    fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Give up `owner`'s claim on a blob's download.
+    fn release_fill(&self, digest: &Digest, owner: &str) -> impl Future<Output = Result<()>> + Send;
+
     /// Sweep one repository for garbage collection (see [`crate::meta::Meta::gc_repo`]).
     fn gc_repo(
         &self,

@@ -461,6 +461,32 @@ async fn images_are_evicted_least_used_first_and_whole<M: MetaStore>(s: &M) {
     );
 }
 
+async fn a_download_is_claimed_by_one_owner_at_a_time<M: MetaStore>(s: &M) {
+    let d = Digest::of(Algorithm::Sha256, b"a blob being mirrored");
+    assert!(s.claim_fill(&d, "replica-a", 30).await.unwrap());
+    assert!(!s.claim_fill(&d, "replica-b", 30).await.unwrap(), "held by a");
+    assert!(
+        s.claim_fill(&d, "replica-a", 30).await.unwrap(),
+        "a renews its own claim"
+    );
+    s.release_fill(&d, "replica-b").await.unwrap();
+    assert!(
+        !s.claim_fill(&d, "replica-b", 30).await.unwrap(),
+        "b cannot release a's claim"
+    );
+    s.release_fill(&d, "replica-a").await.unwrap();
+    assert!(s.claim_fill(&d, "replica-b", 30).await.unwrap(), "released: b takes it");
+    // A claim that is not renewed expires (its owner died).
+    let other = Digest::of(Algorithm::Sha256, b"another");
+    assert!(s.claim_fill(&other, "replica-a", 1).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(
+        s.claim_fill(&other, "replica-b", 30).await.unwrap(),
+        "an expired claim is taken over"
+    );
+    assert!(!s.claim_fill(&other, "replica-a", 30).await.unwrap());
+}
+
 /// What a fake blob store's steps were asked to do, in order.
 #[derive(Clone, Default)]
 struct Steps(Arc<Mutex<Vec<String>>>);
@@ -691,6 +717,7 @@ mod sqlite {
         blobs_unknown_to_the_store,
         gc_sweeps_untagged_manifests_only_past_the_grace,
         images_are_evicted_least_used_first_and_whole,
+        a_download_is_claimed_by_one_owner_at_a_time,
         a_commit_places_then_links,
         a_failed_commit_links_nothing,
         concurrent_commits_each_get_their_own_result,
@@ -737,6 +764,7 @@ mod postgres {
         blobs_unknown_to_the_store,
         gc_sweeps_untagged_manifests_only_past_the_grace,
         images_are_evicted_least_used_first_and_whole,
+        a_download_is_claimed_by_one_owner_at_a_time,
         a_commit_places_then_links,
         a_failed_commit_links_nothing,
         concurrent_commits_each_get_their_own_result,

@@ -548,3 +548,35 @@ async fn least_recently_pulled_images_are_evicted_whole_within_the_budget() {
     assert!(pull_whole(&mirror, "local/app", "v1").await);
     assert!(metric(&mirror, "berth_mirror_evicted_bytes_total{upstream=\"up\"}").await >= 2 * LAYER as u64);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_sharing_the_storage_download_a_blob_once() {
+    let Some(up) = upstream().await else {
+        return;
+    };
+    let big = Arc::new(random_bytes(16 << 20, common::unique_u64()));
+    let d = up.open.push_blob("team/shared", &big).await;
+    let a = mirror_of(&up.auth.base, "m-pass", "").await;
+    let b = a.share().await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (base, d, want) = (if i % 2 == 0 { &a } else { &b }.base.clone(), d.clone(), big.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = Registry::attach(&base)
+                .get(&format!("/v2/up/team/shared/blobs/{d}"))
+                .await;
+            r.expect(200);
+            assert!(r.body == *want, "wrong bytes from {base}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        upstream_blob_gets(&up).await,
+        1,
+        "one upstream download for 12 pulls through two processes"
+    );
+    drop(b);
+    drop(up);
+}

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, lines 
 CREATE TABLE IF NOT EXISTS pulls(
   repo TEXT NOT NULL, digest TEXT NOT NULL, at INTEGER NOT NULL,
   PRIMARY KEY(repo, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fills(digest TEXT PRIMARY KEY, owner TEXT NOT NULL, until INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// Rows of the change log kept (older ones are pruned; a process that fell further behind drops

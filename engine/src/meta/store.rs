@@ -331,6 +331,16 @@ impl MetaStore for SqliteStore {
         self.run(move |m| m.repo_usage(&prefix)).await
     }
 
+    async fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+        let (d, o) = (digest.clone(), owner.to_owned());
+        self.run(move |m| m.claim_fill(&d, &o, lease_secs)).await
+    }
+
+    async fn release_fill(&self, digest: &Digest, owner: &str) -> Result<()> {
+        let (d, o) = (digest.clone(), owner.to_owned());
+        self.run(move |m| m.release_fill(&d, &o)).await
+    }
+
     async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, sweep: &Sweep, dry_run: bool) -> Result<RepoGc> {
         let (r, sweep) = (repo.clone(), sweep.clone());
         self.run(move |m| m.gc_repo(&r, grace_secs, &sweep, dry_run)).await

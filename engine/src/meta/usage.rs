@@ -58,6 +58,31 @@ impl Meta {
         })
     }
 
+    /// Claim a blob's download (see [`crate::MetaStore::claim_fill`]).
+    pub fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+        let now = super::now_secs();
+        let until = now.saturating_add(lease_secs as i64);
+        self.write(|t| {
+            let n =
+                t.0.prepare_cached(
+                    "INSERT INTO fills(digest, owner, until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(digest) DO UPDATE SET owner = excluded.owner, until = excluded.until
+                 WHERE fills.owner = excluded.owner OR fills.until < ?4",
+                )?
+                .execute(params![digest.to_string(), owner, until, now])?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Give up a claim (see [`crate::MetaStore::release_fill`]).
+    pub fn release_fill(&self, digest: &Digest, owner: &str) -> Result<()> {
+        self.write(|t| {
+            t.0.prepare_cached("DELETE FROM fills WHERE digest = ?1 AND owner = ?2")?
+                .execute(params![digest.to_string(), owner])?;
+            Ok(())
+        })
+    }
+
     /// Bytes linked per repository under `prefix` (see [`crate::MetaStore::repo_usage`]).
     pub fn repo_usage(&self, prefix: &str) -> Result<Vec<(RepoName, u64)>> {
         let (lo, hi) = name_range(prefix);

@@ -102,11 +102,13 @@ CREATE TABLE registry_identity(
     },
     Migration {
         version: 4,
-        description: "pull-through cache: pulls (when each mirrored image was last pulled)",
+        description: "pull-through cache: pulls (when each mirrored image was last pulled), fills (which replica downloads a blob)",
         sql: r#"
 CREATE TABLE pulls(
   repo TEXT COLLATE "C" NOT NULL, digest TEXT COLLATE "C" NOT NULL, at BIGINT NOT NULL,
   PRIMARY KEY(repo, digest));
+CREATE TABLE fills(
+  digest TEXT COLLATE "C" PRIMARY KEY, owner TEXT NOT NULL, until BIGINT NOT NULL);
 "#,
         backward_compatible: true,
     },

@@ -380,6 +380,14 @@ impl MetaStore for PgStore {
         self.linked_bytes(prefix).await
     }
 
+    async fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+        self.claim_fill_row(digest, owner, lease_secs).await
+    }
+
+    async fn release_fill(&self, digest: &Digest, owner: &str) -> Result<()> {
+        self.release_fill_row(digest, owner).await
+    }
+
     async fn gc_repo(&self, repo: &RepoName, grace_secs: u64, sweep: &Sweep, dry_run: bool) -> Result<RepoGc> {
         let r = repo.as_str();
         let mut c = self.client().await?;

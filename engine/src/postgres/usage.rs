@@ -2,7 +2,7 @@
 //! times in the `pulls` table (migration 4), and what each repository uses.
 
 use super::PgStore;
-use super::records::{digest, exec, rows, size};
+use super::records::{NOW, digest, exec, rows, size};
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::name::RepoName;
@@ -62,6 +62,35 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+
+    /// Claim a blob's download (see [`crate::MetaStore::claim_fill`]), by the database's clock.
+    pub(super) async fn claim_fill_row(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+        let lease = i64::try_from(lease_secs).unwrap_or(i64::MAX);
+        let c = self.client().await?;
+        let n = exec(
+            &c,
+            &format!(
+                "INSERT INTO fills(digest, owner, until) VALUES ($1, $2, {NOW} + $3)
+                 ON CONFLICT (digest) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
+                 WHERE fills.owner = EXCLUDED.owner OR fills.until < {NOW}"
+            ),
+            &[&digest.to_string(), &owner, &lease],
+        )
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// Give up a claim (see [`crate::MetaStore::release_fill`]).
+    pub(super) async fn release_fill_row(&self, digest: &Digest, owner: &str) -> Result<()> {
+        let c = self.client().await?;
+        exec(
+            &c,
+            "DELETE FROM fills WHERE digest = $1 AND owner = $2",
+            &[&digest.to_string(), &owner],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Bytes linked per repository under `prefix` (see [`crate::MetaStore::repo_usage`]).

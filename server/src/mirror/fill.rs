@@ -126,6 +126,19 @@ impl Fill {
         }
     }
 
+    /// Once the fill has ended (stored or failed).
+    pub async fn settled(&self) {
+        let mut rx = self.state.clone();
+        loop {
+            if matches!(&*rx.borrow_and_update(), State::Done { .. } | State::Failed(_)) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// `range` of the blob, as the fill brings it in. The stream ends with an error if the
     /// fill fails; the blob's last byte comes only after the blob is verified and stored.
     pub fn stream(self: &Arc<Self>, range: ByteRange) -> FillStream {

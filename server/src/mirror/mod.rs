@@ -21,6 +21,7 @@ mod upstream_tls;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use berth_engine::meta::StoredManifest;
 use berth_engine::{Digest, Engine, Error as EngineError, Reference, RepoName, Tag};
@@ -92,6 +93,8 @@ pub enum Missing {
 
 /// Every configured upstream.
 pub struct Mirrors {
+    /// This process, as the owner of download claims.
+    id: String,
     entries: Vec<Entry>,
     fills: Arc<Fills>,
     tags: Arc<Tags>,
@@ -137,7 +140,11 @@ impl Mirrors {
         }
         // Longest prefix first, so that the first match is the most specific one.
         entries.sort_by_key(|e| std::cmp::Reverse(e.config.prefix.len()));
+        let nonce: u64 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         Ok(Mirrors {
+            id: format!("pid {} at {nonce:x}", std::process::id()),
             entries,
             fills: Arc::new(Fills::new(spool)),
             tags: Arc::default(),
@@ -309,21 +316,35 @@ impl Mirrors {
         let stats = &t.entry.stats;
         let upstream = &t.entry.upstream;
         let not_there = || ApiError::from(EngineError::BlobUnknown(digest.clone()));
-        if head || engine.blob_stored(digest).await?.is_some() {
-            // The upstream must say the blob is in this repository: a digest stored for some
-            // other repository is not evidence that a client of this one may read it.
-            let size = match upstream.blob_exists(&t.upstream_repo, &digest.to_string()).await {
-                Ok(Some(size)) => size,
-                Ok(None) => return Err(not_there()),
-                Err(e) => return Err(crate::error::upstream(&e)),
-            };
-            if head {
-                return Ok(Missing::Upstream(size));
+        if (head || engine.blob_stored(digest).await?.is_some())
+            && let Some(m) = link_stored(engine, t, repo, digest, head).await?
+        {
+            return Ok(m);
+        }
+        // One download per blob among every process sharing the metadata: when another one
+        // holds the claim, wait for the blob it stores.
+        let started = Instant::now();
+        while !engine.claim_fill(digest, &self.id, FILL_LEASE).await? {
+            if engine.blob_stored(digest).await?.is_some()
+                && let Some(m) = link_stored(engine, t, repo, digest, false).await?
+            {
+                stats.coalesced.fetch_add(1, Relaxed);
+                return Ok(m);
             }
-            if engine.blob_mount(repo, digest, None).await? {
-                stats.linked.fetch_add(1, Relaxed);
-                return Ok(Missing::Linked);
+            if started.elapsed() > t.entry.config.timeout.max(FILL_LEASE) * 10 {
+                return Err(crate::error::upstream(&UpstreamError::Unavailable {
+                    reason: format!("another registry process has been fetching {digest} for too long"),
+                    retry_after: None,
+                }));
             }
+            tokio::time::sleep(ELSEWHERE_POLL).await;
+        }
+        // Claimed, perhaps just after another process stored it and let go.
+        if engine.blob_stored(digest).await?.is_some()
+            && let Some(m) = link_stored(engine, t, repo, digest, false).await?
+        {
+            engine.release_fill(digest, &self.id).await?;
+            return Ok(m);
         }
         let job = Job {
             upstream: upstream.clone(),
@@ -343,6 +364,7 @@ impl Mirrors {
         }) {
             Joined::Started(f) => {
                 stats.misses.fetch_add(1, Relaxed);
+                keep_claim(engine.clone(), f.clone(), digest.clone(), self.id.clone());
                 f
             }
             Joined::Coalesced(f) => {
@@ -358,6 +380,61 @@ impl Mirrors {
             Err(f @ FillFailure::Mismatch(_)) => Err(crate::error::upstream(&UpstreamError::Invalid(f.to_string()))),
         }
     }
+}
+
+/// How long a claim on a download lasts unless renewed (a process that dies loses it then).
+const FILL_LEASE: Duration = Duration::from_secs(30);
+/// How often a process waiting for another one's download looks for the blob.
+const ELSEWHERE_POLL: Duration = Duration::from_millis(100);
+
+/// Renew this process's claim on a download while its fill runs; give it up when it ends.
+fn keep_claim(engine: Arc<Engine>, fill: Arc<Fill>, digest: Digest, owner: String) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = fill.settled() => break,
+                () = tokio::time::sleep(FILL_LEASE / 3) => {
+                    if let Err(e) = engine.claim_fill(&digest, &owner, FILL_LEASE).await {
+                        tracing::warn!(digest = %digest, error = %e, "renewing the claim on a mirrored blob's download failed");
+                    }
+                }
+            }
+        }
+        if let Err(e) = engine.release_fill(&digest, &owner).await {
+            tracing::warn!(digest = %digest, error = %e, "releasing the claim on a mirrored blob's download failed (it expires)");
+        }
+    });
+}
+
+/// A blob stored already (for this or another repository): linked into `repo` when the upstream
+/// says the repository has it — a digest stored for some other repository is not evidence that
+/// a client of this one may read it. With `head`, only the upstream's size. `None`: not
+/// linkable after all (removed meanwhile).
+async fn link_stored(
+    engine: &Engine,
+    t: &Target<'_>,
+    repo: &RepoName,
+    digest: &Digest,
+    head: bool,
+) -> Result<Option<Missing>, ApiError> {
+    let size = match t
+        .entry
+        .upstream
+        .blob_exists(&t.upstream_repo, &digest.to_string())
+        .await
+    {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err(EngineError::BlobUnknown(digest.clone()).into()),
+        Err(e) => return Err(crate::error::upstream(&e)),
+    };
+    if head {
+        return Ok(Some(Missing::Upstream(size)));
+    }
+    if engine.blob_mount(repo, digest, None).await? {
+        t.entry.stats.linked.fetch_add(1, Relaxed);
+        return Ok(Some(Missing::Linked));
+    }
+    Ok(None)
 }
 
 /// Count and log how a fill ended.

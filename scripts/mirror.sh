@@ -6,7 +6,8 @@
 # `library/app`) and `up` with the prefix `up` (podman's mirror entries, skopeo, and containerd's
 # `ns=` requests).
 #
-#   a. skopeo pulls through the mirror: byte-identical, each blob fetched from the upstream once
+#   a. skopeo pulls through the mirror: byte-identical, each blob fetched from the upstream once; and
+#      through a mirror entry for Debian's docker-registry (distribution 2.8.2, no auth)
 #   b. the Docker Engine with registry-mirrors pulls a library image (no network: only the mirror can serve it)
 #   c. podman with a registries.conf mirror entry
 #   d. containerd (ctr with a hosts directory mirror; the upstream itself would refuse it)
@@ -23,7 +24,8 @@
 #   MIRROR_BIG_MIB       size of the big layer in MiB (default 100); MIRROR_PULLS concurrent pulls (default 50)
 #   MIRROR_KEEP          1: keep the temporary directory
 #   MIRROR_SKIP          steps to skip by letter, e.g. "b c" when dockerd or podman cannot run here
-# Needs (scripts/install-deps.sh): skopeo umoci docker.io podman containerd jq curl python3. Run as root.
+# Needs (scripts/install-deps.sh): skopeo umoci docker.io docker-registry podman containerd jq curl python3.
+# Run as root.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -175,7 +177,7 @@ WORK=$(mktemp -d /tmp/berth-mirror.XXXXXX)
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
 # Clients' credentials stay out of ~/.docker: none (the mirror needs none; only it logs in upstream).
-export DOCKER_CONFIG="$WORK/docker-config" REGISTRY_AUTH_FILE="$WORK/docker-config/config.json"
+export DOCKER_CONFIG="$WORK/docker-config"
 mkdir -p "$DOCKER_CONFIG"
 echo '{}' >"$DOCKER_CONFIG/config.json"
 UPORT=$(free_port) || die "no free port"
@@ -213,10 +215,27 @@ for pair in v1=team/app:v1 v1=library/app:v1 big=team/big:v1 e1=team/e1:v1 e2=te
   run "push-${ref//[:\/]/-}" skopeo copy --dest-tls-verify=false --dest-creds "pusher:$PUSH_PW" \
     "oci:$WORK/src:$src" "docker://$UP/$ref"
 done
+# An upstream without auth: Debian's docker-registry (distribution 2.8.2), holding team/app:v1 too.
+DPORT=$(free_port) || die "no free port"
+cat >"$WORK/distribution.yml" <<EOF
+version: 0.1
+log: {level: info}
+storage: {filesystem: {rootdirectory: $WORK/distribution}}
+http: {addr: 127.0.0.1:$DPORT}
+EOF
+docker-registry serve "$WORK/distribution.yml" >>"$LOGS/distribution.log" 2>&1 &
+PIDS+=("$!")
+deadline=$((SECONDS + 30))
+until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$DPORT/v2/" || true) == 200 ]]; do
+  ((SECONDS < deadline)) || die "docker-registry did not start (see $LOGS/distribution.log)"
+  sleep 0.2
+done
+run push-distribution skopeo copy --dest-tls-verify=false "oci:$WORK/src:v1" "docker://127.0.0.1:$DPORT/team/app:v1"
 cat >"$WORK/mirror.yml" <<EOF
 version: 0.1
 storage: {filesystem: {rootdirectory: $WORK/mirror}}
 mirrors:
+  - {name: dist, url: 'http://127.0.0.1:$DPORT', prefix: dist, tagttl: ${TAG_TTL}s, timeout: 10s}
   - {name: hub, url: 'http://$UP', prefix: '', hosts: [docker.io], username: mirror,
      passwordfile: '$WORK/mirror-password', tagttl: ${TAG_TTL}s, timeout: 10s}
   - {name: up, url: 'http://$UP', prefix: up, username: mirror,
@@ -228,7 +247,7 @@ grep -q 'mirroring an upstream registry' "$LOGS/mirror.log" || die "the mirror d
 step_passed
 
 # ==================================================================================================== a
-step "a. skopeo pulls up/team/app:v1 through the mirror: byte-identical, each blob fetched once upstream"
+step "a. skopeo pulls up/team/app:v1 through the mirror: byte-identical, each blob fetched once upstream; dist/team/app:v1 from docker-registry"
 forget_skopeo_cache
 run skopeo-pull skopeo copy --src-tls-verify=false "docker://$MIR/up/team/app:v1" "oci:$WORK/out-a:v1"
 [[ $(layout_digest "$WORK/out-a" v1) == "$SRC_DIGEST" ]] || die "the pulled manifest is not the pushed one"
@@ -243,6 +262,10 @@ run skopeo-pull-again skopeo copy --src-tls-verify=false "docker://$MIR/up/team/
 n=$(upstream_blob_gets team/app)
 ((n == ${#BLOBS[@]})) || die "a second pull fetched from the upstream again ($n blob GETs)"
 ok "manifest $SRC_DIGEST and ${#BLOBS[@]} blobs identical; $n upstream blob GETs for two pulls"
+forget_skopeo_cache
+run skopeo-pull-distribution skopeo copy --src-tls-verify=false "docker://$MIR/dist/team/app:v1" "oci:$WORK/out-dist:v1"
+[[ $(layout_digest "$WORK/out-dist" v1) == "$SRC_DIGEST" ]] || die "the image pulled through the mirror of docker-registry is not the pushed one"
+ok "also through the mirror of Debian's docker-registry (no auth): dist/team/app:v1 is $SRC_DIGEST"
 step_passed
 
 # ==================================================================================================== b
@@ -276,7 +299,9 @@ insecure = true
 EOF
   PODMAN=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --storage-driver vfs
     --cgroup-manager cgroupfs --events-backend file)
-  CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf" run podman-pull "${PODMAN[@]}" pull docker.io/team/app:v1
+  # (REGISTRY_AUTH_FILE only here: registries read REGISTRY_* variables as their settings.)
+  CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf" REGISTRY_AUTH_FILE="$DOCKER_CONFIG/config.json" \
+    run podman-pull "${PODMAN[@]}" pull docker.io/team/app:v1
   got=$("${PODMAN[@]}" image inspect -f '{{.Digest}}' docker.io/team/app:v1)
   [[ $got == "$SRC_DIGEST" ]] || die "podman's image has digest $got, expected $SRC_DIGEST"
   ok "podman pulled docker.io/team/app:v1 ($SRC_DIGEST) from $MIR/up"

@@ -46,6 +46,12 @@ impl Pulls {
     /// A client pulled this manifest now.
     pub fn note(&self, repo: &RepoName, digest: &Digest) {
         let mut p = self.pending.lock();
+        // Bounded even when nothing writes them (read-only mode): past twice the batch, new
+        // manifests' times are dropped until the next write (their last use then counts from
+        // when they were stored or last written).
+        if p.len() >= 2 * PENDING && !p.contains_key(&(repo.clone(), digest.clone())) {
+            return;
+        }
         p.insert((repo.clone(), digest.clone()), now_secs());
         if p.len() >= PENDING {
             self.wake.notify_one();

@@ -36,12 +36,14 @@ targets=$(cargo +nightly fuzz list)
 echo "fuzz-smoke: building $(echo "$targets" | wc -w) targets (${BUILD_ARGS[*]})"
 cargo +nightly fuzz build "${BUILD_ARGS[@]}"
 # run_one TARGET: fuzz it for SECONDS_EACH from a scratch copy of its seeds; the verdict goes to TARGET.status.
+# An input that runs longer than twice that is a failure (libFuzzer's -timeout), not a hang of the run.
 run_one() {
   local t=$1
   mkdir -p "$WORK/corpus/$t" "$WORK/artifacts/$t"
   cp -r "fuzz/corpus/$t/." "$WORK/corpus/$t/" 2>/dev/null || true
   if cargo +nightly fuzz run "${BUILD_ARGS[@]}" "$t" "$WORK/corpus/$t" -- \
-    -max_total_time="$SECONDS_EACH" -artifact_prefix="$WORK/artifacts/$t/" -print_final_stats=1 \
+    -max_total_time="$SECONDS_EACH" -timeout="$((SECONDS_EACH * 2))" \
+    -artifact_prefix="$WORK/artifacts/$t/" -print_final_stats=1 \
     >"$WORK/$t.log" 2>&1; then
     echo ok >"$WORK/$t.status"
   else

@@ -88,24 +88,50 @@ impl Pattern {
 
     /// Whether `name` matches for `user` (`None`: anonymous, so `${user}` matches nothing).
     pub fn matches(&self, name: &str, user: Option<&str>) -> bool {
-        fn go(tokens: &[Token], s: &str, user: Option<&str>) -> bool {
-            match tokens.split_first() {
-                None => s.is_empty(),
-                Some((Token::Literal(l), rest)) => s.strip_prefix(l.as_str()).is_some_and(|s| go(rest, s, user)),
-                Some((Token::User, rest)) => user.and_then(|u| s.strip_prefix(u)).is_some_and(|s| go(rest, s, user)),
-                // Only char boundaries are split points: a name may hold multi-byte characters.
-                Some((Token::Star, rest)) => {
-                    let seg_end = s.find('/').unwrap_or(s.len());
-                    (0..=seg_end)
-                        .filter(|i| s.is_char_boundary(*i))
-                        .any(|i| go(rest, &s[i..], user))
+        // Each (token, position) state is decided once and remembered when it fails, and a star
+        // either ends or takes one more character: a match costs at most tokens × name length
+        // steps, whatever the stars (plain backtracking is exponential in them, and names come
+        // from clients).
+        struct Matcher<'a> {
+            tokens: &'a [Token],
+            name: &'a str,
+            user: Option<&'a str>,
+            failed: Vec<bool>,
+        }
+        impl Matcher<'_> {
+            fn go(&mut self, t: usize, pos: usize) -> bool {
+                let state = t * (self.name.len() + 1) + pos;
+                if self.failed[state] {
+                    return false;
                 }
-                Some((Token::DoubleStar, rest)) => (0..=s.len())
-                    .filter(|i| s.is_char_boundary(*i))
-                    .any(|i| go(rest, &s[i..], user)),
+                let rest = &self.name[pos..];
+                // Only char boundaries are split points: a name may hold multi-byte characters.
+                let next = rest.chars().next().map(char::len_utf8);
+                let ok = match self.tokens.get(t) {
+                    None => rest.is_empty(),
+                    Some(Token::Literal(l)) => rest.starts_with(l.as_str()) && self.go(t + 1, pos + l.len()),
+                    Some(Token::User) => match self.user {
+                        Some(u) => rest.starts_with(u) && self.go(t + 1, pos + u.len()),
+                        None => false,
+                    },
+                    Some(Token::Star) => {
+                        self.go(t + 1, pos) || (!rest.starts_with('/') && next.is_some_and(|n| self.go(t, pos + n)))
+                    }
+                    Some(Token::DoubleStar) => self.go(t + 1, pos) || next.is_some_and(|n| self.go(t, pos + n)),
+                };
+                if !ok {
+                    self.failed[state] = true;
+                }
+                ok
             }
         }
-        go(&self.tokens, name, user)
+        let mut m = Matcher {
+            tokens: &self.tokens,
+            name,
+            user,
+            failed: vec![false; (self.tokens.len() + 1) * (name.len() + 1)],
+        };
+        m.go(0, 0)
     }
 
     /// The pattern as written.
@@ -398,6 +424,21 @@ mod tests {
         // a user name is literal, never a glob
         assert!(!Pattern::new("${user}/x").matches("anything/x", Some("*")));
         assert!(Pattern::new("**").matches("a/b", None));
+    }
+
+    #[test]
+    fn many_stars_do_not_backtrack() {
+        // Exponential for a backtracking matcher (this test would not finish); linear states here.
+        let name = "a".repeat(255);
+        let stars = "**a".repeat(30) + "b";
+        assert!(!Pattern::new(&stars).matches(&name, None));
+        assert!(Pattern::new(&("**a".repeat(30) + "**")).matches(&name, None));
+        let single = "*a".repeat(40) + "*b";
+        assert!(!Pattern::new(&single).matches(&name, None));
+        assert!(Pattern::new(&("*a".repeat(40) + "*")).matches(&name, None));
+        let segments = "*/".repeat(20) + "x";
+        assert!(!Pattern::new(&segments).matches(&"a/".repeat(120), None));
+        assert!(Pattern::new(&("*/".repeat(3) + "x")).matches("a/bb/c/x", None));
     }
 
     #[test]

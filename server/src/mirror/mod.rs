@@ -71,6 +71,9 @@ pub struct Entry {
     pub upstream: Arc<Upstream>,
     /// Its counters.
     pub stats: Arc<Stats>,
+    /// Its `repositories` allow-list, compiled (the access rules' patterns: `*` within one path
+    /// segment, `**` across segments).
+    repositories: Vec<berth_auth::Pattern>,
 }
 
 /// Where a local repository comes from.
@@ -101,21 +104,6 @@ pub struct Mirrors {
     pulls: Arc<evict::Pulls>,
 }
 
-/// `pattern` matches `name`: `*` within one path segment, `**` across segments.
-fn glob(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match p {
-            [] => n.is_empty(),
-            [b'*', b'*', rest @ ..] => (0..=n.len()).any(|i| go(rest, &n[i..])),
-            [b'*', rest @ ..] => (0..=n.len())
-                .take_while(|&i| i == 0 || n[i - 1] != b'/')
-                .any(|i| go(rest, &n[i..])),
-            [c, rest @ ..] => n.first() == Some(c) && go(rest, &n[1..]),
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
-}
-
 impl Mirrors {
     /// The upstreams of `configs`; fills spool into `spool`. The error names the upstream.
     pub fn new(configs: &[MirrorConfig], spool: PathBuf) -> Result<Mirrors, String> {
@@ -136,6 +124,7 @@ impl Mirrors {
                 config: c.clone(),
                 upstream: Arc::new(upstream),
                 stats: Arc::default(),
+                repositories: c.repositories.iter().map(|p| berth_auth::Pattern::new(p)).collect(),
             });
         }
         // Longest prefix first, so that the first match is the most specific one.
@@ -183,8 +172,7 @@ impl Mirrors {
             } else {
                 name.strip_prefix(e.config.prefix.as_str())?.strip_prefix('/')?
             };
-            let allowed =
-                e.config.repositories.is_empty() || e.config.repositories.iter().any(|p| glob(p, upstream_repo));
+            let allowed = e.repositories.is_empty() || e.repositories.iter().any(|p| p.matches(upstream_repo, None));
             allowed.then(|| Target {
                 entry: e,
                 upstream_repo: upstream_repo.to_owned(),
@@ -506,16 +494,26 @@ async fn store_manifest(
 mod tests {
     use super::*;
 
+    fn mirrors(repositories: &[&str]) -> Mirrors {
+        let yaml =
+            format!("mirrors: [{{name: hub, url: 'https://registry-1.docker.io', repositories: {repositories:?}}}]");
+        let tree = crate::config::parse_yaml(&yaml).unwrap();
+        let (c, _) = crate::config::from_tree(tree, None, &Default::default()).unwrap();
+        Mirrors::new(&c.mirrors, std::env::temp_dir().join("berth-mirror-test-spool")).unwrap()
+    }
+
     #[test]
-    fn patterns() {
-        assert!(glob("library/*", "library/alpine"));
-        assert!(!glob("library/*", "library/a/b"));
-        assert!(glob("library/**", "library/a/b"));
-        assert!(glob("*", "alpine"));
-        assert!(!glob("*", "library/alpine"));
-        assert!(glob("**", "a/b/c"));
-        assert!(glob("team-*/app", "team-x/app"));
-        assert!(!glob("team-*/app", "team-x/y/app"));
-        assert!(!glob("library/alpine", "library/alpine2"));
+    fn the_allow_list_takes_the_access_rules_patterns() {
+        let m = mirrors(&["library/*", "team-*/app", "vendor/**"]);
+        let ok = |n: &str| m.target(&format!("hub/{n}").parse().unwrap()).is_some();
+        assert!(ok("library/alpine") && ok("team-x/app") && ok("vendor/a/b/c"));
+        assert!(!ok("library/a/b") && !ok("team-x/y/app") && !ok("other/app"));
+        let all = mirrors(&[]);
+        assert!(all.target(&"hub/any/thing".parse().unwrap()).is_some());
+        assert!(all.target(&"elsewhere/app".parse().unwrap()).is_none());
+        assert_eq!(
+            all.target(&"hub/any/thing".parse().unwrap()).unwrap().upstream_repo,
+            "any/thing"
+        );
     }
 }

@@ -611,7 +611,7 @@ impl Engine {
     }
 
     /// Claim a blob's download for this process (see [`MetaStore::claim_fill`]).
-    pub async fn claim_fill(&self, digest: &Digest, owner: &str, lease: Duration) -> Result<bool> {
+    pub async fn claim_fill(&self, digest: &Digest, owner: &str, lease: Duration) -> Result<crate::FillClaim> {
         self.store.claim_fill(digest, owner, lease.as_secs().max(1)).await
     }
 

@@ -55,4 +55,4 @@ pub use reach::Sweep;
 pub use store::MetaStore;
 pub use upload_caps::{UploadCap, UploadLimits};
 pub use upload_store::UploadStore;
-pub use usage::ImageUse;
+pub use usage::{FillClaim, ImageUse};

@@ -12,7 +12,7 @@ use crate::page::Page;
 use crate::postgres::PgStore;
 use crate::reach::Sweep;
 use crate::store::{BlobLink, CatalogFilter, Feed, GcLease, ManifestRecord, MetaStore, Removal, StagedBlob};
-use crate::usage::ImageUse;
+use crate::usage::{FillClaim, ImageUse};
 
 /// One of the metadata stores.
 #[derive(Clone)]
@@ -136,7 +136,7 @@ impl MetaStore for Metadata {
         either!(self, s => s.repo_usage(prefix).await)
     }
 
-    async fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+    async fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<FillClaim> {
         either!(self, s => s.claim_fill(digest, owner, lease_secs).await)
     }
 

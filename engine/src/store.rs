@@ -25,7 +25,7 @@ use crate::meta::{RepoGc, StoredManifest};
 use crate::name::{Reference, RepoName, Tag, UploadId};
 use crate::page::Page;
 use crate::reach::Sweep;
-use crate::usage::ImageUse;
+use crate::usage::{FillClaim, ImageUse};
 
 /// How far the cache may trust what the store has told it of changes ([`MetaStore::feed`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,8 +228,14 @@ pub trait MetaStore: Send + Sync + 'static {
     fn repo_usage(&self, prefix: &str) -> impl Future<Output = Result<Vec<(RepoName, u64)>>> + Send;
 
     /// Claim the download of a blob for `owner` (a pull-through cache's process) for `lease_secs`:
-    /// true when no other owner holds an unexpired claim on it (claiming again renews it).
-    fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> impl Future<Output = Result<bool>> + Send;
+    /// ours when no other owner holds an unexpired claim on it (claiming again renews it);
+    /// otherwise the holder's owner text, so that the caller can find the download in progress.
+    fn claim_fill(
+        &self,
+        digest: &Digest,
+        owner: &str,
+        lease_secs: u64,
+    ) -> impl Future<Output = Result<FillClaim>> + Send;
 
     /// Give up `owner`'s claim on a blob's download.
     fn release_fill(&self, digest: &Digest, owner: &str) -> impl Future<Output = Result<()>> + Send;

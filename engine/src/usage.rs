@@ -17,6 +17,23 @@ pub struct ImageUse {
     pub used: u64,
 }
 
+/// How a claim on a blob's download ended (see [`crate::MetaStore::claim_fill`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillClaim {
+    /// The caller holds it (new, renewed, or taken over from an expired claim).
+    Ours,
+    /// Another owner holds an unexpired claim: its owner text, as it claimed (empty when the
+    /// claim ended between the attempt and the look at it).
+    Held(String),
+}
+
+impl FillClaim {
+    /// Whether the caller holds the claim.
+    pub fn is_ours(&self) -> bool {
+        matches!(self, FillClaim::Ours)
+    }
+}
+
 /// Repositories whose names start with `prefix/` (every repository when `prefix` is empty), as
 /// the range of names `[low, high)`: names are lowercase letters, digits and `._-/`, so `/` + 1
 /// (`0`) ends a prefix's range and `{` (after `z`) ends all.

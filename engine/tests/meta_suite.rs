@@ -14,7 +14,7 @@ use berth_engine::change::Change;
 use berth_engine::meta::Meta;
 use berth_engine::meta::SqliteStore;
 use berth_engine::store::{BlobLink, Feed, ManifestRecord, Outcome, Placement, Removal, StagedBlob};
-use berth_engine::{Algorithm, Descriptor, Digest, Error, MetaStore, Reference, RepoName, Sweep, Tag};
+use berth_engine::{Algorithm, Descriptor, Digest, Error, FillClaim, MetaStore, Reference, RepoName, Sweep, Tag};
 
 fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
@@ -463,28 +463,45 @@ async fn images_are_evicted_least_used_first_and_whole<M: MetaStore>(s: &M) {
 
 async fn a_download_is_claimed_by_one_owner_at_a_time<M: MetaStore>(s: &M) {
     let d = Digest::of(Algorithm::Sha256, b"a blob being mirrored");
-    assert!(s.claim_fill(&d, "replica-a", 30).await.unwrap());
-    assert!(!s.claim_fill(&d, "replica-b", 30).await.unwrap(), "held by a");
+    let held_by = |who: &str| FillClaim::Held(who.to_owned());
+    assert_eq!(
+        s.claim_fill(&d, "replica-a;t1;http://a:5000", 30).await.unwrap(),
+        FillClaim::Ours
+    );
+    assert_eq!(
+        s.claim_fill(&d, "replica-b", 30).await.unwrap(),
+        held_by("replica-a;t1;http://a:5000"),
+        "held by a, and b learns a's owner text (how to reach its download)"
+    );
     assert!(
-        s.claim_fill(&d, "replica-a", 30).await.unwrap(),
+        s.claim_fill(&d, "replica-a;t1;http://a:5000", 30)
+            .await
+            .unwrap()
+            .is_ours(),
         "a renews its own claim"
     );
     s.release_fill(&d, "replica-b").await.unwrap();
     assert!(
-        !s.claim_fill(&d, "replica-b", 30).await.unwrap(),
+        !s.claim_fill(&d, "replica-b", 30).await.unwrap().is_ours(),
         "b cannot release a's claim"
     );
-    s.release_fill(&d, "replica-a").await.unwrap();
-    assert!(s.claim_fill(&d, "replica-b", 30).await.unwrap(), "released: b takes it");
+    s.release_fill(&d, "replica-a;t1;http://a:5000").await.unwrap();
+    assert!(
+        s.claim_fill(&d, "replica-b", 30).await.unwrap().is_ours(),
+        "released: b takes it"
+    );
     // A claim that is not renewed expires (its owner died).
     let other = Digest::of(Algorithm::Sha256, b"another");
-    assert!(s.claim_fill(&other, "replica-a", 1).await.unwrap());
+    assert!(s.claim_fill(&other, "replica-a", 1).await.unwrap().is_ours());
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     assert!(
-        s.claim_fill(&other, "replica-b", 30).await.unwrap(),
+        s.claim_fill(&other, "replica-b", 30).await.unwrap().is_ours(),
         "an expired claim is taken over"
     );
-    assert!(!s.claim_fill(&other, "replica-a", 30).await.unwrap());
+    assert_eq!(
+        s.claim_fill(&other, "replica-a", 30).await.unwrap(),
+        held_by("replica-b")
+    );
 }
 
 /// What a fake blob store's steps were asked to do, in order.

@@ -238,7 +238,17 @@ fn mirrors(cfg: &Config) -> Result<Option<Arc<crate::mirror::Mirrors>>, String> 
         Some(_) => std::env::temp_dir().join("berth-mirror-spool"),
         None => cfg.root.join("mirror-spool"),
     };
-    let m = crate::mirror::Mirrors::new(&cfg.mirrors, spool)?;
+    let own_certificate = cfg.tls.as_ref().map(|t| t.certificate.clone());
+    let m = crate::mirror::Mirrors::new(&cfg.mirrors, spool, cfg.peer_url.clone(), own_certificate)?;
+    match (&cfg.peer_url, &cfg.database) {
+        (Some(url), _) => {
+            tracing::info!(peer_url = %url, "other replicas stream this one's mirror downloads from here")
+        }
+        (None, Some(_)) => tracing::info!(
+            "http.peerurl is not set and http.addr listens on every interface: other replicas wait until this one's mirror downloads are stored; set http.peerurl (env REGISTRY_HTTP_PEERURL) so that they stream them"
+        ),
+        (None, None) => {}
+    }
     for e in m.entries() {
         let c = &e.config;
         tracing::info!(

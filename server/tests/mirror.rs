@@ -271,11 +271,15 @@ async fn wrong_credentials_and_unlisted_repositories_are_refused() {
     let host = up.auth.base.trim_start_matches("http://").to_owned();
     let r = mirror.get(&format!("/v2/team/app/manifests/v1?ns={host}")).await;
     r.expect(200);
-    // An ns no upstream serves is answered from local content only.
-    mirror
-        .get("/v2/team/app/manifests/v1?ns=elsewhere.example")
-        .await
-        .expect(404);
+    assert_eq!(
+        r.header("oci-namespace").as_deref(),
+        Some(host.as_str()),
+        "the spec's OCI-Namespace header"
+    );
+    // An ns no upstream serves is answered from local content only, and not echoed.
+    let r = mirror.get("/v2/team/app/manifests/v1?ns=elsewhere.example").await;
+    r.expect(404);
+    assert_eq!(r.header("oci-namespace"), None);
     drop(up);
 }
 
@@ -285,16 +289,22 @@ const GOOD: usize = 0;
 const CORRUPT: usize = 1;
 /// The first answer breaks off after half the bytes (then GOOD, honouring Range).
 const CUT_ONCE: usize = 2;
+/// Right bytes, slowly: 32 pieces 40 ms apart.
+const SLOW: usize = 3;
 
 /// What the test upstream saw: blob requests, and the Range headers among them.
 #[derive(Default)]
 struct Seen {
+    /// Blob GETs (HEADs are not counted).
     hits: AtomicUsize,
     ranges: parking_lot::Mutex<Vec<String>>,
+    /// Whether a SLOW answer has sent its last piece.
+    sent_all: std::sync::atomic::AtomicBool,
 }
 
 /// A registry that serves one blob, in the way `mode` says.
 async fn test_upstream(data: Arc<Vec<u8>>, mode: Arc<AtomicUsize>, seen: Arc<Seen>) -> String {
+    use futures_util::StreamExt as _;
     use http_body_util::{BodyExt, Full, StreamBody};
     use hyper::service::service_fn;
     type Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>;
@@ -313,61 +323,91 @@ async fn test_upstream(data: Arc<Vec<u8>>, mode: Arc<AtomicUsize>, seen: Arc<See
                     let (data, mode, seen, digest) = (data.clone(), mode.clone(), seen.clone(), digest.clone());
                     async move {
                         let path = req.uri().path().to_owned();
-                        let resp = if path == format!("/v2/bad/app/blobs/{digest}") {
-                            seen.hits.fetch_add(1, Ordering::SeqCst);
-                            let range = req
-                                .headers()
-                                .get("range")
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_owned);
-                            let from = range
-                                .as_deref()
-                                .and_then(|r| r.strip_prefix("bytes="))
-                                .and_then(|r| r.strip_suffix('-'))
-                                .and_then(|n| n.parse::<usize>().ok())
-                                .unwrap_or(0);
-                            if let Some(r) = range {
-                                seen.ranges.lock().push(r);
-                            }
-                            let mut body = data.as_ref().clone();
-                            match mode.load(Ordering::SeqCst) {
-                                CORRUPT => {
-                                    let last = body.len() - 1;
-                                    body[last] ^= 0xff;
-                                }
-                                CUT_ONCE => {
-                                    mode.store(GOOD, Ordering::SeqCst);
-                                    let half = bytes::Bytes::from(body[..body.len() / 2].to_vec());
-                                    let frames = futures_util::stream::iter(vec![
-                                        Ok(hyper::body::Frame::data(half)),
-                                        Err(std::io::Error::other("cut off")),
-                                    ]);
-                                    let resp = hyper::Response::builder()
-                                        .header("content-length", body.len())
-                                        .body(BodyExt::boxed(StreamBody::new(frames)));
-                                    return Ok::<_, std::convert::Infallible>(resp.unwrap());
-                                }
-                                _ => {}
-                            }
-                            let total = body.len();
-                            if from > 0 {
+                        let resp =
+                            if path == format!("/v2/bad/app/blobs/{digest}") && req.method() == hyper::Method::HEAD {
                                 hyper::Response::builder()
-                                    .status(206)
-                                    .header("content-length", total - from)
-                                    .header("content-range", format!("bytes {from}-{}/{total}", total - 1))
-                                    .body(full(body[from..].to_vec()))
+                                    .header("content-length", data.len())
+                                    .body(full(Vec::new()))
+                            } else if path == format!("/v2/bad/app/blobs/{digest}") {
+                                seen.hits.fetch_add(1, Ordering::SeqCst);
+                                let range = req
+                                    .headers()
+                                    .get("range")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_owned);
+                                let from = range
+                                    .as_deref()
+                                    .and_then(|r| r.strip_prefix("bytes="))
+                                    .and_then(|r| r.strip_suffix('-'))
+                                    .and_then(|n| n.parse::<usize>().ok())
+                                    .unwrap_or(0);
+                                if let Some(r) = range {
+                                    seen.ranges.lock().push(r);
+                                }
+                                let mut body = data.as_ref().clone();
+                                match mode.load(Ordering::SeqCst) {
+                                    CORRUPT => {
+                                        let last = body.len() - 1;
+                                        body[last] ^= 0xff;
+                                    }
+                                    CUT_ONCE => {
+                                        mode.store(GOOD, Ordering::SeqCst);
+                                        let half = bytes::Bytes::from(body[..body.len() / 2].to_vec());
+                                        let frames = futures_util::stream::iter(vec![
+                                            Ok(hyper::body::Frame::data(half)),
+                                            Err(std::io::Error::other("cut off")),
+                                        ]);
+                                        let resp = hyper::Response::builder()
+                                            .header("content-length", body.len())
+                                            .body(BodyExt::boxed(StreamBody::new(frames)));
+                                        return Ok::<_, std::convert::Infallible>(resp.unwrap());
+                                    }
+                                    SLOW if from == 0 => {
+                                        let total = body.len();
+                                        let pieces: Vec<bytes::Bytes> = body
+                                            .chunks(total.div_ceil(32))
+                                            .map(bytes::Bytes::copy_from_slice)
+                                            .collect();
+                                        let n = pieces.len();
+                                        let seen = seen.clone();
+                                        let frames = futures_util::stream::iter(pieces.into_iter().enumerate()).then(
+                                            move |(i, p)| {
+                                                let seen = seen.clone();
+                                                async move {
+                                                    tokio::time::sleep(Duration::from_millis(40)).await;
+                                                    if i + 1 == n {
+                                                        seen.sent_all.store(true, Ordering::SeqCst);
+                                                    }
+                                                    Ok::<_, std::io::Error>(hyper::body::Frame::data(p))
+                                                }
+                                            },
+                                        );
+                                        let resp = hyper::Response::builder()
+                                            .header("content-length", total)
+                                            .body(BodyExt::boxed(StreamBody::new(frames)));
+                                        return Ok::<_, std::convert::Infallible>(resp.unwrap());
+                                    }
+                                    _ => {}
+                                }
+                                let total = body.len();
+                                if from > 0 {
+                                    hyper::Response::builder()
+                                        .status(206)
+                                        .header("content-length", total - from)
+                                        .header("content-range", format!("bytes {from}-{}/{total}", total - 1))
+                                        .body(full(body[from..].to_vec()))
+                                } else {
+                                    hyper::Response::builder()
+                                        .header("content-length", total)
+                                        .body(full(body))
+                                }
+                            } else if path == "/v2/" {
+                                hyper::Response::builder().body(full(b"{}".to_vec()))
                             } else {
                                 hyper::Response::builder()
-                                    .header("content-length", total)
-                                    .body(full(body))
-                            }
-                        } else if path == "/v2/" {
-                            hyper::Response::builder().body(full(b"{}".to_vec()))
-                        } else {
-                            hyper::Response::builder()
-                                .status(404)
-                                .body(full(b"{\"errors\":[]}".to_vec()))
-                        };
+                                    .status(404)
+                                    .body(full(b"{\"errors\":[]}".to_vec()))
+                            };
                         Ok::<_, std::convert::Infallible>(resp.unwrap())
                     }
                 });
@@ -443,6 +483,69 @@ async fn an_interrupted_download_resumes_with_a_range_request() {
     assert_eq!(metric(&mirror, "berth_mirror_resumed_total{upstream=\"up\"}").await, 1);
     mirror.head(&format!("/v2/up/bad/app/blobs/{digest}")).await.expect(200);
     assert_eq!(seen.hits.load(Ordering::SeqCst), 2, "stored: no more upstream requests");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_streams_the_download_another_one_runs() {
+    use futures_util::StreamExt as _;
+    let data = Arc::new(random_bytes(4 << 20, common::unique_u64()));
+    let digest = sha256(&data);
+    let (mode, seen) = (Arc::new(AtomicUsize::new(SLOW)), Arc::new(Seen::default()));
+    let url = test_upstream(data.clone(), mode.clone(), seen.clone()).await;
+    let Some(a) = mirror_of_test_upstream(&url).await else {
+        return;
+    };
+    let b = a.share().await;
+    let path = format!("/v2/up/bad/app/blobs/{digest}");
+    // A starts the download (about 1.3 s at the upstream's pace).
+    let first = {
+        let (client, url, want) = (a.client.clone(), a.url(&path), data.clone());
+        tokio::spawn(async move {
+            let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
+            assert!(body == *want, "A's client got wrong bytes");
+        })
+    };
+    let t0 = Instant::now();
+    while seen.hits.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "A never asked the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A's download serves only its own token.
+    let stolen = a
+        .client
+        .get(a.url(&format!("/v2/_berth/fills/{digest}")))
+        .header("berth-fill-token", "0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stolen.status(), 404, "a wrong token gets nothing");
+    // B's client gets bytes while the upstream is still sending them to A.
+    let resp = b.client.get(b.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut got = body.next().await.unwrap().unwrap().to_vec();
+    assert!(
+        !seen.sent_all.load(Ordering::SeqCst),
+        "B's first bytes came only after the whole download: it waited instead of streaming"
+    );
+    while let Some(piece) = body.next().await {
+        got.extend_from_slice(&piece.unwrap());
+    }
+    assert!(got == *data, "B's client got wrong bytes");
+    first.await.unwrap();
+    assert_eq!(
+        seen.hits.load(Ordering::SeqCst),
+        1,
+        "one upstream download for both processes"
+    );
+    assert_eq!(metric(&b, "berth_mirror_peer_streams_total{upstream=\"up\"}").await, 1);
+    // B linked the blob when the stream ended: its next pull reads local storage.
+    let r = b.get(&path).await;
+    r.expect(200);
+    assert!(r.body == *data);
+    assert_eq!(seen.hits.load(Ordering::SeqCst), 1);
+    drop(b);
 }
 
 /// Push an image with one layer of `layer` bytes; returns (manifest digest, layer digest).

@@ -331,7 +331,7 @@ impl MetaStore for SqliteStore {
         self.run(move |m| m.repo_usage(&prefix)).await
     }
 
-    async fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+    async fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<crate::FillClaim> {
         let (d, o) = (digest.clone(), owner.to_owned());
         self.run(move |m| m.claim_fill(&d, &o, lease_secs)).await
     }

@@ -1,13 +1,13 @@
 //! The embedded store's part of a pull-through cache's eviction (see [`crate::usage`]): pull
 //! times in the `pulls` table, and what each repository uses.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::Meta;
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::name::RepoName;
-use crate::usage::{ImageUse, name_range};
+use crate::usage::{FillClaim, ImageUse, name_range};
 
 fn parsed<T: std::str::FromStr>(s: String, what: &str) -> Result<T> {
     s.parse()
@@ -59,9 +59,10 @@ impl Meta {
     }
 
     /// Claim a blob's download (see [`crate::MetaStore::claim_fill`]).
-    pub fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+    pub fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<FillClaim> {
         let now = super::now_secs();
         let until = now.saturating_add(lease_secs as i64);
+        let digest = digest.to_string();
         self.write(|t| {
             let n =
                 t.0.prepare_cached(
@@ -69,8 +70,15 @@ impl Meta {
                  ON CONFLICT(digest) DO UPDATE SET owner = excluded.owner, until = excluded.until
                  WHERE fills.owner = excluded.owner OR fills.until < ?4",
                 )?
-                .execute(params![digest.to_string(), owner, until, now])?;
-            Ok(n > 0)
+                .execute(params![digest, owner, until, now])?;
+            if n > 0 {
+                return Ok(FillClaim::Ours);
+            }
+            let holder: Option<String> =
+                t.0.prepare_cached("SELECT owner FROM fills WHERE digest = ?1")?
+                    .query_row(params![digest], |r| r.get(0))
+                    .optional()?;
+            Ok(FillClaim::Held(holder.unwrap_or_default()))
         })
     }
 

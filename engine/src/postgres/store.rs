@@ -380,7 +380,7 @@ impl MetaStore for PgStore {
         self.linked_bytes(prefix).await
     }
 
-    async fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+    async fn claim_fill(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<crate::FillClaim> {
         self.claim_fill_row(digest, owner, lease_secs).await
     }
 

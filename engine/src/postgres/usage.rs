@@ -2,11 +2,11 @@
 //! times in the `pulls` table (migration 4), and what each repository uses.
 
 use super::PgStore;
-use super::records::{NOW, digest, exec, rows, size};
+use super::records::{NOW, digest, exec, row, rows, size};
 use crate::digest::Digest;
 use crate::error::{Error, MetaError, Result};
 use crate::name::RepoName;
-use crate::usage::{ImageUse, name_range};
+use crate::usage::{FillClaim, ImageUse, name_range};
 
 fn repo_name(s: String) -> Result<RepoName> {
     s.parse()
@@ -65,8 +65,9 @@ impl PgStore {
     }
 
     /// Claim a blob's download (see [`crate::MetaStore::claim_fill`]), by the database's clock.
-    pub(super) async fn claim_fill_row(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<bool> {
+    pub(super) async fn claim_fill_row(&self, digest: &Digest, owner: &str, lease_secs: u64) -> Result<FillClaim> {
         let lease = i64::try_from(lease_secs).unwrap_or(i64::MAX);
+        let digest = digest.to_string();
         let c = self.client().await?;
         let n = exec(
             &c,
@@ -75,10 +76,14 @@ impl PgStore {
                  ON CONFLICT (digest) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
                  WHERE fills.owner = EXCLUDED.owner OR fills.until < {NOW}"
             ),
-            &[&digest.to_string(), &owner, &lease],
+            &[&digest, &owner, &lease],
         )
         .await?;
-        Ok(n > 0)
+        if n > 0 {
+            return Ok(FillClaim::Ours);
+        }
+        let holder = row(&c, "SELECT owner FROM fills WHERE digest = $1", &[&digest]).await?;
+        Ok(FillClaim::Held(holder.map(|r| r.get(0)).unwrap_or_default()))
     }
 
     /// Give up a claim (see [`crate::MetaStore::release_fill`]).

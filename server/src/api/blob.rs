@@ -26,6 +26,8 @@ enum Source {
     Filling(Arc<Fill>),
     /// Nowhere: a HEAD answered with the upstream's size.
     Headers,
+    /// Another process's fill, streamed from there: the whole blob.
+    Peer(crate::mirror::upstream::BlobBody),
 }
 
 /// The blob's size and source: stored in the repository, or (in a mirrored repository) linked,
@@ -56,6 +58,7 @@ async fn locate(
         Missing::Linked => Ok((app.engine.blob_size(repo, digest).await?, Source::Stored)),
         Missing::Filling(fill, size) => Ok((size, Source::Filling(fill))),
         Missing::Upstream(size) => Ok((size, Source::Headers)),
+        Missing::Peer(body, size) => Ok((size, Source::Peer(body))),
     }
 }
 
@@ -106,6 +109,10 @@ pub(super) async fn get(
             return finish(builder, body);
         }
         Source::Headers => return finish(builder, empty()),
+        Source::Peer(body) => {
+            let body = BodyExt::boxed(StreamBody::new(slice(body, range).map(|r| r.map(Frame::data))));
+            return finish(builder, body);
+        }
     }
     if let Some(url) = app.engine.blob_url(digest).await? {
         // The object store serves the bytes (and the Range, which the client sends again).
@@ -120,6 +127,40 @@ pub(super) async fn get(
     let stream = app.engine.blob_read(digest, range).await?;
     let body = BodyExt::boxed(StreamBody::new(stream.map(|r| r.map(Frame::data))));
     finish(builder, body)
+}
+
+/// `range` of a stream of the whole blob: the bytes before it skipped, the stream ended after
+/// it. (Read by a task of its own: the response body must be `Sync`, the peer's body is not.)
+fn slice(
+    mut body: crate::mirror::upstream::BlobBody,
+    range: ByteRange,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Sync {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let end = range.start + range.len;
+    tokio::spawn(async move {
+        let mut pos = 0u64;
+        while pos < end {
+            let piece = match body.next().await {
+                None => return,
+                Some(Err(e)) => Err(e),
+                Some(Ok(b)) => {
+                    let (from, to) = (pos, pos + b.len() as u64);
+                    pos = to;
+                    let (lo, hi) = (range.start.clamp(from, to), end.clamp(from, to));
+                    if hi == lo {
+                        continue;
+                    }
+                    Ok(b.slice((lo - from) as usize..(hi - from) as usize))
+                }
+            };
+            let failed = piece.is_err();
+            // The client went away, or the stream broke: stop reading.
+            if tx.send(piece).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
 }
 
 pub(super) async fn delete(app: &App, repo: &RepoName, digest: &Digest) -> Result<Response<Body>, ApiError> {

@@ -3,6 +3,7 @@
 mod blob;
 mod listing;
 mod manifest;
+mod peer_fill;
 mod token;
 mod upload;
 
@@ -138,19 +139,29 @@ fn error_response(e: &ApiError, head: bool) -> Response<Body> {
 }
 
 /// A containerd mirror request (`?ns=docker.io`) on the local name of the upstream serving that
-/// host; any other request as it is.
-fn mirror_namespace(app: &App, route: Route, uri: &http::Uri) -> Route {
+/// host, with the `ns` value it was scoped by (returned in `OCI-Namespace`, as the distribution
+/// spec asks); any other request as it is. A host no upstream serves is ignored, never dialled.
+fn mirror_namespace(app: &App, route: Route, uri: &http::Uri) -> (Route, Option<HeaderValue>) {
     let Some(mirrors) = app.mirrors.as_deref() else {
-        return route;
+        return (route, None);
     };
     let Some(ns) = uri.query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "ns")
             .map(|(_, v)| v.into_owned())
     }) else {
-        return route;
+        return (route, None);
     };
-    route.map_repo(|repo| mirrors.local_name(&repo, &ns).unwrap_or(repo))
+    let mut scoped = false;
+    let route = route.map_repo(|repo| match mirrors.local_name(&repo, &ns) {
+        Some(local) => {
+            scoped = true;
+            local
+        }
+        None => repo,
+    });
+    let header = if scoped { HeaderValue::from_str(&ns).ok() } else { None };
+    (route, header)
 }
 
 /// Refuse a push or delete in a namespace that mirrors an upstream (unless it allows pushes).
@@ -334,6 +345,9 @@ enum Outside {
     Metrics,
     Token,
     Jwks,
+    /// Another replica streaming a mirror download this process runs (its own token, not
+    /// registry credentials).
+    PeerFill,
 }
 
 /// The Prometheus exposition of `app`'s metrics.
@@ -409,6 +423,7 @@ fn outside_endpoint(app: &App, path: &str, metrics_here: bool) -> Option<Outside
         p if metrics_here && app.config.metrics_path.as_deref() == Some(p) => Some(Outside::Metrics),
         token::JWKS_PATH if token_server.is_some() => Some(Outside::Jwks),
         p if token_server.is_some_and(|s| s.path == p) => Some(Outside::Token),
+        p if app.mirrors.is_some() && p.starts_with(crate::mirror::peer::PATH) => Some(Outside::PeerFill),
         _ => None,
     }
 }
@@ -433,6 +448,7 @@ async fn answer_outside(
             token::issue(&app.access, server, client, &app.config.body_limits, req).await,
         ),
         (Outside::Jwks, Some(server)) => ("jwks", token::jwks(server)),
+        (Outside::PeerFill, _) => ("peer_fill", peer_fill::serve(app, &req).await),
         (Outside::Token | Outside::Jwks, None) => ("invalid", Err(Kind::NotFound.into())),
     }
 }
@@ -500,7 +516,13 @@ async fn handle_api(app: Arc<App>, req: Req) -> Response<Body> {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }
-    let route = route::parse(req.uri().path()).map(|r| mirror_namespace(&app, r, req.uri()));
+    let (route, namespace) = match route::parse(req.uri().path()) {
+        Ok(r) => {
+            let (r, ns) = mirror_namespace(&app, r, req.uri());
+            (Ok(r), ns)
+        }
+        Err(e) => (Err(e), None),
+    };
     let (kind, repo) = match &route {
         Ok(r) => (r.kind(), r.repo().map(|r| r.to_string())),
         Err(_) => ("invalid", None),
@@ -529,7 +551,7 @@ async fn handle_api(app: Arc<App>, req: Req) -> Response<Body> {
             }
         }
     };
-    finish_response(
+    let mut resp = finish_response(
         app.config.access_log,
         Some(&app.metrics),
         result,
@@ -540,7 +562,11 @@ async fn handle_api(app: Arc<App>, req: Req) -> Response<Body> {
         repo.as_deref(),
         user.as_deref(),
         bytes_in,
-    )
+    );
+    if let Some(ns) = namespace {
+        resp.headers_mut().insert("oci-namespace", ns);
+    }
+    resp
 }
 
 /// Turn a handler result into the response, add the common headers, write the access log.

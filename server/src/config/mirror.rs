@@ -236,7 +236,7 @@ fn duration(item: &Map<String, Value>, at: &str, key: &str, default: Duration) -
 
 /// The URL's host (with its port, if it names one), when it is an http(s) URL without a path,
 /// query or credentials: the `ns` value containerd sends for images named after that host.
-fn url_host(url: &str) -> Option<String> {
+pub(super) fn url_host(url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.query().is_some() {
         return None;

@@ -119,6 +119,9 @@ pub struct Config {
     pub auth_throttle: berth_auth::ThrottleConfig,
     /// Upstream registries this one mirrors (`proxy`, `mirrors`); empty: none.
     pub mirrors: Vec<MirrorConfig>,
+    /// How the other processes reach this one directly (`http.peerurl`, or the listen address
+    /// when it names one interface).
+    pub peer_url: Option<String>,
 }
 
 /// A configuration that cannot be used; the message says which setting and what to do.
@@ -216,6 +219,8 @@ pub fn from_tree(
     take(trusted_proxy_list(&tree).map(|t| trusted_proxies = t));
     let mut tls = None;
     take(tls_settings(&tree).map(|t| tls = t));
+    let mut peer_url = None;
+    take(serving::peer_url(&tree, addr, tls.is_some()).map(|p| peer_url = p));
     let mut database = None;
     take(database_settings(&tree).map(|d| database = d));
     let mut mirrors = Vec::new();
@@ -317,6 +322,7 @@ pub fn from_tree(
         trusted_proxies,
         auth_throttle,
         mirrors,
+        peer_url,
     };
     Ok((config, warnings))
 }

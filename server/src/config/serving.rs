@@ -46,6 +46,25 @@ fn parse_host(host: &str) -> Option<IpAddr> {
     }
 }
 
+/// `http.peerurl`: how the other processes sharing this registry's database reach this one
+/// directly (not through the balancer), to stream a mirrored blob it is downloading. Without the
+/// setting, the listen address when it names one interface (`None` for every interface: the
+/// others then wait until the blob is stored).
+pub(super) fn peer_url(tree: &Value, addr: SocketAddr, tls: bool) -> Result<Option<String>, ConfigError> {
+    let setting = "http.peerurl";
+    match get_str(tree, setting)?.map(str::trim) {
+        Some(u) => match super::mirror::url_host(u) {
+            Some(_) => Ok(Some(u.trim_end_matches('/').to_owned())),
+            None => Err(ConfigError(format!(
+                "{setting}{}: {u:?} is not an http:// or https:// URL with only a host and port, such as http://10.0.0.5:5000",
+                env_names(setting)
+            ))),
+        },
+        None if addr.ip().is_unspecified() => Ok(None),
+        None => Ok(Some(format!("{}://{addr}", if tls { "https" } else { "http" }))),
+    }
+}
+
 /// `http.tls.*`: none of it, or a certificate with its key.
 pub(super) fn tls_settings(tree: &Value) -> Result<Option<crate::tls::TlsConfig>, ConfigError> {
     let certificate = get_file(tree, "http.tls.certificate")?;
@@ -229,6 +248,26 @@ pub(super) fn pagination(tree: &Value) -> Result<(usize, usize), ConfigError> {
 mod tests {
     use super::super::testing::load_str;
     use super::*;
+
+    #[test]
+    fn the_peer_url_defaults_to_a_specific_listen_address() {
+        let peer = |yaml: &str, env: &[(&str, &str)]| load_str(yaml, env).map(|(c, _)| c.peer_url);
+        assert_eq!(peer("", &[]).unwrap(), None, "every interface: no address to give");
+        assert_eq!(
+            peer("http: {addr: '10.0.0.5:5001'}", &[]).unwrap().as_deref(),
+            Some("http://10.0.0.5:5001")
+        );
+        assert_eq!(
+            peer("", &[("REGISTRY_HTTP_PEERURL", "https://berth-0.berth:5000/")])
+                .unwrap()
+                .as_deref(),
+            Some("https://berth-0.berth:5000")
+        );
+        for bad in ["10.0.0.5:5000", "ftp://x", "http://u:p@x:5000", "http://x:5000/v2"] {
+            let e = peer("", &[("REGISTRY_HTTP_PEERURL", bad)]).unwrap_err().to_string();
+            assert!(e.contains("http.peerurl") && e.contains("REGISTRY_HTTP_PEERURL"), "{e}");
+        }
+    }
 
     #[test]
     fn metrics_settings() {

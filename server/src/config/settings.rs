@@ -430,6 +430,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "A second listener (host:port) that serves only the metrics; when set, the main listener does not serve them.",
     },
     Setting {
+        path: "http.peerurl",
+        env: &["REGISTRY_HTTP_PEERURL"],
+        default: "http(s)://<http.addr> when it names one interface, else (none)",
+        doc: "This process's own URL as the other replicas reach it directly (not the balancer's), such as http://10.0.0.5:5000 (in Kubernetes, the pod IP). A replica that needs a mirrored blob another one is downloading streams it from there as it arrives; without it, they wait until the blob is stored.",
+    },
+    Setting {
         path: "http.timeouts.header",
         env: &["REGISTRY_HTTP_TIMEOUTS_HEADER"],
         default: "30s",

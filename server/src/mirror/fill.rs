@@ -75,6 +75,8 @@ pub struct Fill {
     spool: OnceLock<Arc<File>>,
     /// The latest pieces, by offset, at most [`RECENT`] bytes.
     recent: Mutex<Recent>,
+    /// The token another process presents to read it (see [`super::peer`]).
+    token: String,
 }
 
 /// The latest pieces of a download and their bytes.
@@ -85,6 +87,12 @@ struct Recent {
 }
 
 impl Fill {
+    /// Whether `token` is this download's (compared in constant time).
+    pub fn admits(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(self.token.as_bytes().ct_eq(token.as_bytes()))
+    }
+
     /// Keep the piece at `at` among the latest ones.
     fn keep(&self, at: u64, piece: Bytes) {
         let mut r = self.recent.lock();
@@ -235,6 +243,8 @@ pub struct Job {
     pub owner: String,
     /// Where it is stored.
     pub engine: Arc<Engine>,
+    /// What another process presents to stream it from this one (see [`super::peer`]).
+    pub token: String,
 }
 
 /// The fills in progress, by digest.
@@ -284,6 +294,11 @@ impl Fills {
         self.len() == 0
     }
 
+    /// The fill of `digest` in progress, if any.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.running.lock().get(digest).cloned()
+    }
+
     /// The fill of `job.digest`: the running one, or a new one. `done` is called when a new
     /// one ends.
     pub fn join_or_start(self: &Arc<Self>, job: Job, done: impl FnOnce(Outcome) + Send + 'static) -> Joined {
@@ -296,6 +311,7 @@ impl Fills {
             state: rx,
             spool: OnceLock::new(),
             recent: Mutex::default(),
+            token: job.token.clone(),
         });
         running.insert(job.digest.clone(), fill.clone());
         drop(running);

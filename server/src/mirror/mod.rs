@@ -11,6 +11,7 @@
 
 pub mod evict;
 pub mod fill;
+pub mod peer;
 pub mod report;
 pub mod tags;
 pub mod upstream;
@@ -20,15 +21,18 @@ mod upstream_tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use futures_util::StreamExt as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use berth_engine::meta::StoredManifest;
-use berth_engine::{Digest, Engine, Error as EngineError, Reference, RepoName, Tag};
+use berth_engine::{Digest, Engine, Error as EngineError, FillClaim, Reference, RepoName, Tag};
 
 use crate::config::MirrorConfig;
 use crate::error::ApiError;
 use fill::{Fill, FillFailure, Fills, Job, Joined};
+use peer::{Holder, Peers};
 use tags::Tags;
 use upstream::{Upstream, UpstreamError, UpstreamSettings};
 
@@ -39,8 +43,10 @@ pub struct Stats {
     pub hits: AtomicU64,
     /// Manifests and blobs fetched from the upstream for a client.
     pub misses: AtomicU64,
-    /// Requests fed from a fill another request started.
+    /// Requests fed from a fill another request started (in this process or another one).
     pub coalesced: AtomicU64,
+    /// Requests fed from another process's download, streamed from it (`http.peerurl`).
+    pub from_peers: AtomicU64,
     /// Blobs linked from another repository after the upstream confirmed them (no download).
     pub linked: AtomicU64,
     /// Tags served past their TTL while the upstream was asked in the background.
@@ -92,12 +98,18 @@ pub enum Missing {
     Filling(Arc<Fill>, u64),
     /// The upstream has it with this size (for HEAD, which fetches nothing).
     Upstream(u64),
+    /// Being fetched by another process: the whole blob as it streams from there, and its size.
+    Peer(upstream::BlobBody, u64),
 }
 
 /// Every configured upstream.
 pub struct Mirrors {
     /// This process, as the owner of download claims.
     id: String,
+    /// Where the other processes reach this one (`http.peerurl`).
+    peer_url: Option<String>,
+    /// The client of the other processes.
+    peers: Peers,
     entries: Vec<Entry>,
     fills: Arc<Fills>,
     tags: Arc<Tags>,
@@ -105,8 +117,15 @@ pub struct Mirrors {
 }
 
 impl Mirrors {
-    /// The upstreams of `configs`; fills spool into `spool`. The error names the upstream.
-    pub fn new(configs: &[MirrorConfig], spool: PathBuf) -> Result<Mirrors, String> {
+    /// The upstreams of `configs`; fills spool into `spool`. Other processes reach this one's
+    /// downloads at `peer_url`; `own_certificate` is the listener's (trusted for `https` peers).
+    /// The error names the upstream.
+    pub fn new(
+        configs: &[MirrorConfig],
+        spool: PathBuf,
+        peer_url: Option<String>,
+        own_certificate: Option<PathBuf>,
+    ) -> Result<Mirrors, String> {
         std::fs::create_dir_all(&spool).map_err(|e| format!("creating {}: {e}", spool.display()))?;
         let mut entries = Vec::new();
         for c in configs {
@@ -133,7 +152,9 @@ impl Mirrors {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         Ok(Mirrors {
-            id: format!("pid {} at {nonce:x}", std::process::id()),
+            id: format!("pid-{}-{nonce:x}", std::process::id()),
+            peer_url,
+            peers: Peers::new(own_certificate, PEER_TIMEOUT)?,
             entries,
             fills: Arc::new(Fills::new(spool)),
             tags: Arc::default(),
@@ -149,6 +170,12 @@ impl Mirrors {
     /// Blob fills in progress.
     pub fn fills_in_progress(&self) -> usize {
         self.fills.len()
+    }
+
+    /// This process's download of `digest` in progress, for another process presenting its
+    /// token (see [`peer`]).
+    pub fn fill_for_peer(&self, digest: &Digest, token: &str) -> Option<Arc<Fill>> {
+        self.fills.get(digest).filter(|f| f.admits(token))
     }
 
     /// The local name of `repo` in a request whose `ns` query parameter (containerd's mirror
@@ -302,21 +329,35 @@ impl Mirrors {
         head: bool,
     ) -> Result<Missing, ApiError> {
         let stats = &t.entry.stats;
-        let upstream = &t.entry.upstream;
-        let not_there = || ApiError::from(EngineError::BlobUnknown(digest.clone()));
         if (head || engine.blob_stored(digest).await?.is_some())
             && let Some(m) = link_stored(engine, t, repo, digest, head).await?
         {
             return Ok(m);
         }
+        // A download this process runs already: read it (no database write).
+        if let Some(f) = self.fills.get(digest) {
+            stats.coalesced.fetch_add(1, Relaxed);
+            return from_fill(f, digest).await;
+        }
         // One download per blob among every process sharing the metadata: when another one
-        // holds the claim, wait for the blob it stores.
-        let started = Instant::now();
-        while !engine.claim_fill(digest, &self.id, FILL_LEASE).await? {
+        // holds the claim, stream its download from it, or wait for the blob it stores.
+        let token = peer::new_token();
+        let claim = peer::owner_text(&self.id, &token, self.peer_url.as_deref());
+        let (started, mut confirmed) = (Instant::now(), false);
+        while let FillClaim::Held(holder) = engine.claim_fill(digest, &claim, FILL_LEASE).await? {
             if engine.blob_stored(digest).await?.is_some()
                 && let Some(m) = link_stored(engine, t, repo, digest, false).await?
             {
                 stats.coalesced.fetch_add(1, Relaxed);
+                return Ok(m);
+            }
+            if let Some(f) = self.fills.get(digest) {
+                stats.coalesced.fetch_add(1, Relaxed);
+                return from_fill(f, digest).await;
+            }
+            if let Some(h) = peer::parse_holder(&holder).filter(|h| h.process != self.id && h.url.is_some())
+                && let Some(m) = self.stream_from_peer(engine, t, repo, digest, &h, &mut confirmed).await?
+            {
                 return Ok(m);
             }
             if started.elapsed() > t.entry.config.timeout.max(FILL_LEASE) * 10 {
@@ -331,9 +372,10 @@ impl Mirrors {
         if engine.blob_stored(digest).await?.is_some()
             && let Some(m) = link_stored(engine, t, repo, digest, false).await?
         {
-            engine.release_fill(digest, &self.id).await?;
+            engine.release_fill(digest, &claim).await?;
             return Ok(m);
         }
+        let upstream = &t.entry.upstream;
         let job = Job {
             upstream: upstream.clone(),
             upstream_repo: t.upstream_repo.clone(),
@@ -341,6 +383,7 @@ impl Mirrors {
             digest: digest.clone(),
             owner: owner.to_owned(),
             engine: engine.clone(),
+            token,
         };
         let (done_stats, pulls) = (stats.clone(), self.pulls.clone());
         let name = upstream.name().to_owned();
@@ -352,23 +395,92 @@ impl Mirrors {
         }) {
             Joined::Started(f) => {
                 stats.misses.fetch_add(1, Relaxed);
-                keep_claim(engine.clone(), f.clone(), digest.clone(), self.id.clone());
+                keep_claim(engine.clone(), f.clone(), digest.clone(), claim);
                 f
             }
             Joined::Coalesced(f) => {
+                // Started here meanwhile (under a claim that had expired): that fill renews its own.
+                engine.release_fill(digest, &claim).await?;
                 stats.coalesced.fetch_add(1, Relaxed);
                 f
             }
         };
-        match fill.size().await {
-            Ok(size) => Ok(Missing::Filling(fill, size)),
-            Err(FillFailure::Upstream(UpstreamError::NotFound)) => Err(not_there()),
-            Err(FillFailure::Upstream(e)) => Err(crate::error::upstream(&e)),
-            Err(FillFailure::Store(e)) => Err(crate::error::fill_store(&e)),
-            Err(f @ FillFailure::Mismatch(_)) => Err(crate::error::upstream(&UpstreamError::Invalid(f.to_string()))),
+        from_fill(fill, digest).await
+    }
+
+    /// The blob streamed from the process downloading it, once the upstream confirms that this
+    /// repository has it (`confirmed` remembers that across attempts). `None`: that process
+    /// cannot serve it (it finished, or cannot be reached); the caller waits for the blob.
+    async fn stream_from_peer(
+        &self,
+        engine: &Arc<Engine>,
+        t: &Target<'_>,
+        repo: &RepoName,
+        digest: &Digest,
+        holder: &Holder,
+        confirmed: &mut bool,
+    ) -> Result<Option<Missing>, ApiError> {
+        if !*confirmed {
+            match t
+                .entry
+                .upstream
+                .blob_exists(&t.upstream_repo, &digest.to_string())
+                .await
+            {
+                Ok(Some(_)) => *confirmed = true,
+                Ok(None) => return Err(EngineError::BlobUnknown(digest.clone()).into()),
+                Err(e) => return Err(crate::error::upstream(&e)),
+            }
+        }
+        match self.peers.fetch(holder, digest).await {
+            Ok(Some((size, body))) => {
+                let stats = &t.entry.stats;
+                stats.coalesced.fetch_add(1, Relaxed);
+                stats.from_peers.fetch_add(1, Relaxed);
+                Ok(Some(Missing::Peer(
+                    linked_when_done(body, engine.clone(), repo.clone(), digest.clone()),
+                    size,
+                )))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(digest = %digest, peer = holder.url.as_deref().unwrap_or("-"), error = %e, "streaming a blob from the replica downloading it failed; waiting until it is stored (check that replica's http.peerurl)");
+                Ok(None)
+            }
         }
     }
 }
+
+/// A request's view of a fill: its size once the upstream answered, or the client's error.
+async fn from_fill(fill: Arc<Fill>, digest: &Digest) -> Result<Missing, ApiError> {
+    match fill.size().await {
+        Ok(size) => Ok(Missing::Filling(fill, size)),
+        Err(FillFailure::Upstream(UpstreamError::NotFound)) => Err(EngineError::BlobUnknown(digest.clone()).into()),
+        Err(FillFailure::Upstream(e)) => Err(crate::error::upstream(&e)),
+        Err(FillFailure::Store(e)) => Err(crate::error::fill_store(&e)),
+        Err(f @ FillFailure::Mismatch(_)) => Err(crate::error::upstream(&UpstreamError::Invalid(f.to_string()))),
+    }
+}
+
+/// `body` (a blob streamed from another process); once it ended whole, the blob (stored by then)
+/// is linked into `repo`, so that the next pull reads it here.
+fn linked_when_done(
+    body: upstream::BlobBody,
+    engine: Arc<Engine>,
+    repo: RepoName,
+    digest: Digest,
+) -> upstream::BlobBody {
+    let link = futures_util::stream::once(async move {
+        if let Err(e) = engine.blob_mount(&repo, &digest, None).await {
+            tracing::warn!(repo = %repo, digest = %digest, error = %e, "linking a blob streamed from another replica failed (the next pull links it)");
+        }
+        None
+    });
+    Box::pin(body.map(Some).chain(link).filter_map(std::future::ready))
+}
+
+/// Longest wait for another process's answer, and longest pause in the blob it streams.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a claim on a download lasts unless renewed (a process that dies loses it then).
 const FILL_LEASE: Duration = Duration::from_secs(30);
@@ -499,7 +611,13 @@ mod tests {
             format!("mirrors: [{{name: hub, url: 'https://registry-1.docker.io', repositories: {repositories:?}}}]");
         let tree = crate::config::parse_yaml(&yaml).unwrap();
         let (c, _) = crate::config::from_tree(tree, None, &Default::default()).unwrap();
-        Mirrors::new(&c.mirrors, std::env::temp_dir().join("berth-mirror-test-spool")).unwrap()
+        Mirrors::new(
+            &c.mirrors,
+            std::env::temp_dir().join("berth-mirror-test-spool"),
+            None,
+            None,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -25,6 +25,11 @@ const COUNTERS: &[(&str, &str, Counter)] = &[
         |s| &s.coalesced,
     ),
     (
+        "berth_mirror_peer_streams_total",
+        "Blob requests fed from another replica's download in progress, streamed from it (http.peerurl).",
+        |s| &s.from_peers,
+    ),
+    (
         "berth_mirror_linked_total",
         "Blobs linked from another repository after the upstream confirmed them (no download).",
         |s| &s.linked,

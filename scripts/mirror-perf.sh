@@ -12,6 +12,10 @@
 #   MIRROR_PERF_WORK         scratch directory on a real disk (default /var/tmp); about 3.5 GB for the
 #                            default 5 rounds of 100 MiB blobs
 #   MIRROR_PERF_KEEP         1: keep the scratch directory (storage and the servers' logs)
+#   MIRROR_PERF_LINK         a rate such as 250MB: the upstream sits behind `berth-loadtest link`, a relay
+#                            that limits what the upstream sends to that many bytes per second, all
+#                            connections together -- a network link between the upstream and both the
+#                            direct pulls and the mirror (default: none, loopback at full speed)
 # Exit status: the scenario's (0 when every pull worked, whether or not the targets are met).
 set -euo pipefail
 
@@ -85,8 +89,20 @@ MPORT=$(free_port) || die "no free port"
 while [[ $MPORT == "$UPORT" ]]; do MPORT=$(free_port) || die "no free port"; done
 
 start upstream "$UPORT"
-start mirror "$MPORT" REGISTRY_MIRRORS="[{name: up, url: 'http://127.0.0.1:$UPORT', prefix: up}]"
+UPSTREAM="127.0.0.1:$UPORT"
+if [[ -n ${MIRROR_PERF_LINK:-} ]]; then
+  LPORT=$(free_port) || die "no free port"
+  "$LT" link --listen "127.0.0.1:$LPORT" --to "$UPSTREAM" --rate "$MIRROR_PERF_LINK" 2>"$WORK/link.log" &
+  PIDS+=("$!")
+  for i in $(seq 1 50); do
+    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$LPORT/v2/" && break
+    sleep 0.1
+  done
+  UPSTREAM="127.0.0.1:$LPORT"
+  echo "mirror-perf: the upstream is behind a link of $MIRROR_PERF_LINK/s (berth-loadtest link on $UPSTREAM)"
+fi
+start mirror "$MPORT" REGISTRY_MIRRORS="[{name: up, url: 'http://$UPSTREAM', prefix: up}]"
 
 echo "mirror-perf: $(lscpu | grep 'Model name' | sed 's/  */ /g'), $(nproc) CPUs, Linux $(uname -r)"
-echo "mirror-perf: $("$BERTH" --version 2>/dev/null | head -1 || echo 'berth ?'): upstream 127.0.0.1:$UPORT, mirror 127.0.0.1:$MPORT; storage in $WORK"
-"$LT" pull-through --upstream "http://127.0.0.1:$UPORT" --mirror "http://127.0.0.1:$MPORT" --prefix up "$@"
+echo "mirror-perf: $("$BERTH" --version 2>/dev/null | head -1 || echo 'berth ?'): upstream $UPSTREAM, mirror 127.0.0.1:$MPORT; storage in $WORK"
+"$LT" pull-through --upstream "http://$UPSTREAM" --mirror "http://127.0.0.1:$MPORT" --prefix up "$@"

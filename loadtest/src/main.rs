@@ -99,6 +99,7 @@
 mod blob;
 mod client;
 mod hashrate;
+mod link;
 mod listing;
 mod ops;
 mod population;
@@ -169,6 +170,9 @@ enum Cmd {
     /// A pull-through cache against its upstream: cold and warm pulls through it vs straight from the
     /// upstream, and how many upstream requests many concurrent cold pulls of one blob cost.
     PullThrough(pull_through::PullThroughArgs),
+    /// A TCP relay with a bandwidth limit on what the far side sends: a network link of a chosen speed
+    /// between a registry and its clients (for `pull-through` against an upstream "elsewhere").
+    Link(link::LinkArgs),
 }
 
 /// Arguments of `compare`.
@@ -998,6 +1002,7 @@ fn main() {
         Some(Cmd::Scale(a)) => std::process::exit(scale::run(&a)),
         Some(Cmd::ReadersUnderPush(a)) => std::process::exit(readers::run(&a)),
         Some(Cmd::PullThrough(a)) => std::process::exit(pull_through::run(&a)),
+        Some(Cmd::Link(a)) => std::process::exit(link::run(&a)),
     };
     if !inputs.is_empty() {
         std::process::exit(compare_inputs(&inputs, &args));

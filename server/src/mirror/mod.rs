@@ -192,18 +192,17 @@ impl Mirrors {
     /// The upstream a local repository comes from, when it is mirrored and its upstream name is
     /// allowed.
     pub fn target(&self, repo: &RepoName) -> Option<Target<'_>> {
+        let e = self.owner(repo)?;
         let name = repo.as_str();
-        self.entries.iter().find_map(|e| {
-            let upstream_repo = if e.config.prefix.is_empty() {
-                name
-            } else {
-                name.strip_prefix(e.config.prefix.as_str())?.strip_prefix('/')?
-            };
-            let allowed = e.repositories.is_empty() || e.repositories.iter().any(|p| p.matches(upstream_repo, None));
-            allowed.then(|| Target {
-                entry: e,
-                upstream_repo: upstream_repo.to_owned(),
-            })
+        let upstream_repo = if e.config.prefix.is_empty() {
+            name
+        } else {
+            &name[e.config.prefix.len() + 1..]
+        };
+        let allowed = e.repositories.is_empty() || e.repositories.iter().any(|p| p.matches(upstream_repo, None));
+        allowed.then(|| Target {
+            entry: e,
+            upstream_repo: upstream_repo.to_owned(),
         })
     }
 
@@ -280,35 +279,40 @@ impl Mirrors {
         let (up_repo, repo, tag, digest) = (t.upstream_repo.clone(), repo.clone(), tag.clone(), digest.clone());
         tokio::spawn(async move {
             let _claim = claim;
-            let now = match upstream.manifest(&up_repo, tag.as_str(), true).await {
-                Ok(head) => head.digest,
+            let refreshed = async {
+                let now = upstream
+                    .manifest(&up_repo, tag.as_str(), true)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .digest;
+                if now.as_deref() == Some(digest.to_string().as_str()) {
+                    return Ok(None);
+                }
+                // Moved (or the upstream gave no digest on HEAD): fetch what the tag names now.
+                let m = upstream
+                    .manifest(&up_repo, tag.as_str(), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store_manifest(&engine, upstream.name(), &repo, &Reference::Tag(tag.clone()), m)
+                    .await
+                    .map(|stored| Some(stored.digest))
+                    .map_err(|e| {
+                        format!(
+                            "storing the refreshed manifest failed: {}",
+                            e.message.unwrap_or_default()
+                        )
+                    })
+            };
+            match refreshed.await {
+                Ok(moved) => {
+                    if let Some(to) = moved.filter(|to| *to != digest) {
+                        stats.tag_updates.fetch_add(1, Relaxed);
+                        tracing::info!(upstream = upstream.name(), repo = %repo, tag = %tag, from = %digest, to = %to, "mirrored tag moved upstream");
+                    }
+                    tags.confirmed(&repo, &tag);
+                }
                 Err(e) => {
                     // Stale-if-error: the cached image stays; the next pull asks again.
-                    stats.stale_errors.fetch_add(1, Relaxed);
-                    tracing::warn!(upstream = upstream.name(), repo = %repo, tag = %tag, error = %e, "refreshing a mirrored tag failed; serving the cached manifest");
-                    return;
-                }
-            };
-            if now.as_deref() == Some(digest.to_string().as_str()) {
-                tags.confirmed(&repo, &tag);
-                return;
-            }
-            // Moved (or the upstream gave no digest on HEAD): fetch what the tag names now.
-            match upstream.manifest(&up_repo, tag.as_str(), false).await {
-                Ok(m) => match store_manifest(&engine, upstream.name(), &repo, &Reference::Tag(tag.clone()), m).await {
-                    Ok(stored) => {
-                        if stored.digest != digest {
-                            stats.tag_updates.fetch_add(1, Relaxed);
-                            tracing::info!(upstream = upstream.name(), repo = %repo, tag = %tag, from = %digest, to = %stored.digest, "mirrored tag moved upstream");
-                        }
-                        tags.confirmed(&repo, &tag);
-                    }
-                    Err(e) => {
-                        stats.stale_errors.fetch_add(1, Relaxed);
-                        tracing::warn!(upstream = upstream.name(), repo = %repo, tag = %tag, error = ?e.message, "storing a refreshed manifest failed");
-                    }
-                },
-                Err(e) => {
                     stats.stale_errors.fetch_add(1, Relaxed);
                     tracing::warn!(upstream = upstream.name(), repo = %repo, tag = %tag, error = %e, "refreshing a mirrored tag failed; serving the cached manifest");
                 }
@@ -356,7 +360,9 @@ impl Mirrors {
                 return from_fill(f, digest).await;
             }
             if let Some(h) = peer::parse_holder(&holder).filter(|h| h.process != self.id && h.url.is_some())
-                && let Some(m) = self.stream_from_peer(engine, t, repo, digest, &h, &mut confirmed).await?
+                && let Some(m) = self
+                    .stream_from_peer(engine, t, repo, digest, &h, &mut confirmed)
+                    .await?
             {
                 return Ok(m);
             }

@@ -107,6 +107,7 @@ mod prom;
 mod pull;
 mod pull_through;
 mod pull_through_report;
+mod push_pull;
 mod random_read;
 mod readers;
 mod readers_report;
@@ -173,6 +174,9 @@ enum Cmd {
     /// A TCP relay with a bandwidth limit on what the far side sends: a network link of a chosen speed
     /// between a registry and its clients (for `pull-through` against an upstream "elsewhere").
     Link(link::LinkArgs),
+    /// Pulls right after a push: the first pull's rate, all pulls', and the server's CPU per GB, side by
+    /// side for several registries.
+    PushPull(push_pull::PushPullArgs),
 }
 
 /// Arguments of `compare`.
@@ -1003,6 +1007,7 @@ fn main() {
         Some(Cmd::ReadersUnderPush(a)) => std::process::exit(readers::run(&a)),
         Some(Cmd::PullThrough(a)) => std::process::exit(pull_through::run(&a)),
         Some(Cmd::Link(a)) => std::process::exit(link::run(&a)),
+        Some(Cmd::PushPull(a)) => std::process::exit(push_pull::run(&a)),
     };
     if !inputs.is_empty() {
         std::process::exit(compare_inputs(&inputs, &args));

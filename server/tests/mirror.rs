@@ -297,12 +297,21 @@ const SLOW: usize = 3;
 struct Seen {
     /// Blob GETs (HEADs are not counted).
     hits: AtomicUsize,
+    /// Blob HEADs.
+    heads: AtomicUsize,
     ranges: parking_lot::Mutex<Vec<String>>,
     /// Whether a SLOW answer has sent its last piece.
     sent_all: std::sync::atomic::AtomicBool,
 }
 
-/// A registry that serves one blob, in the way `mode` says.
+/// Whether the test upstream has the blob at `path`: in `bad/app` and `bad/copy`.
+fn served(path: &str, digest: &str) -> bool {
+    ["bad/app", "bad/copy"]
+        .iter()
+        .any(|r| path == format!("/v2/{r}/blobs/{digest}"))
+}
+
+/// A registry that serves one blob (in `bad/app` and `bad/copy`), in the way `mode` says.
 async fn test_upstream(data: Arc<Vec<u8>>, mode: Arc<AtomicUsize>, seen: Arc<Seen>) -> String {
     use futures_util::StreamExt as _;
     use http_body_util::{BodyExt, Full, StreamBody};
@@ -323,91 +332,91 @@ async fn test_upstream(data: Arc<Vec<u8>>, mode: Arc<AtomicUsize>, seen: Arc<See
                     let (data, mode, seen, digest) = (data.clone(), mode.clone(), seen.clone(), digest.clone());
                     async move {
                         let path = req.uri().path().to_owned();
-                        let resp =
-                            if path == format!("/v2/bad/app/blobs/{digest}") && req.method() == hyper::Method::HEAD {
-                                hyper::Response::builder()
-                                    .header("content-length", data.len())
-                                    .body(full(Vec::new()))
-                            } else if path == format!("/v2/bad/app/blobs/{digest}") {
-                                seen.hits.fetch_add(1, Ordering::SeqCst);
-                                let range = req
-                                    .headers()
-                                    .get("range")
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(str::to_owned);
-                                let from = range
-                                    .as_deref()
-                                    .and_then(|r| r.strip_prefix("bytes="))
-                                    .and_then(|r| r.strip_suffix('-'))
-                                    .and_then(|n| n.parse::<usize>().ok())
-                                    .unwrap_or(0);
-                                if let Some(r) = range {
-                                    seen.ranges.lock().push(r);
+                        let resp = if served(&path, &digest) && req.method() == hyper::Method::HEAD {
+                            seen.heads.fetch_add(1, Ordering::SeqCst);
+                            hyper::Response::builder()
+                                .header("content-length", data.len())
+                                .body(full(Vec::new()))
+                        } else if served(&path, &digest) {
+                            seen.hits.fetch_add(1, Ordering::SeqCst);
+                            let range = req
+                                .headers()
+                                .get("range")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            let from = range
+                                .as_deref()
+                                .and_then(|r| r.strip_prefix("bytes="))
+                                .and_then(|r| r.strip_suffix('-'))
+                                .and_then(|n| n.parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if let Some(r) = range {
+                                seen.ranges.lock().push(r);
+                            }
+                            let mut body = data.as_ref().clone();
+                            match mode.load(Ordering::SeqCst) {
+                                CORRUPT => {
+                                    let last = body.len() - 1;
+                                    body[last] ^= 0xff;
                                 }
-                                let mut body = data.as_ref().clone();
-                                match mode.load(Ordering::SeqCst) {
-                                    CORRUPT => {
-                                        let last = body.len() - 1;
-                                        body[last] ^= 0xff;
-                                    }
-                                    CUT_ONCE => {
-                                        mode.store(GOOD, Ordering::SeqCst);
-                                        let half = bytes::Bytes::from(body[..body.len() / 2].to_vec());
-                                        let frames = futures_util::stream::iter(vec![
-                                            Ok(hyper::body::Frame::data(half)),
-                                            Err(std::io::Error::other("cut off")),
-                                        ]);
-                                        let resp = hyper::Response::builder()
-                                            .header("content-length", body.len())
-                                            .body(BodyExt::boxed(StreamBody::new(frames)));
-                                        return Ok::<_, std::convert::Infallible>(resp.unwrap());
-                                    }
-                                    SLOW if from == 0 => {
-                                        let total = body.len();
-                                        let pieces: Vec<bytes::Bytes> = body
-                                            .chunks(total.div_ceil(32))
-                                            .map(bytes::Bytes::copy_from_slice)
-                                            .collect();
-                                        let n = pieces.len();
-                                        let seen = seen.clone();
-                                        let frames = futures_util::stream::iter(pieces.into_iter().enumerate()).then(
-                                            move |(i, p)| {
-                                                let seen = seen.clone();
-                                                async move {
-                                                    tokio::time::sleep(Duration::from_millis(40)).await;
-                                                    if i + 1 == n {
-                                                        seen.sent_all.store(true, Ordering::SeqCst);
-                                                    }
-                                                    Ok::<_, std::io::Error>(hyper::body::Frame::data(p))
+                                CUT_ONCE => {
+                                    mode.store(GOOD, Ordering::SeqCst);
+                                    let half = bytes::Bytes::from(body[..body.len() / 2].to_vec());
+                                    let frames = futures_util::stream::iter(vec![
+                                        Ok(hyper::body::Frame::data(half)),
+                                        Err(std::io::Error::other("cut off")),
+                                    ]);
+                                    let resp = hyper::Response::builder()
+                                        .header("content-length", body.len())
+                                        .body(BodyExt::boxed(StreamBody::new(frames)));
+                                    return Ok::<_, std::convert::Infallible>(resp.unwrap());
+                                }
+                                SLOW if from == 0 => {
+                                    let total = body.len();
+                                    let pieces: Vec<bytes::Bytes> = body
+                                        .chunks(total.div_ceil(32))
+                                        .map(bytes::Bytes::copy_from_slice)
+                                        .collect();
+                                    let n = pieces.len();
+                                    let seen = seen.clone();
+                                    let frames = futures_util::stream::iter(pieces.into_iter().enumerate()).then(
+                                        move |(i, p)| {
+                                            let seen = seen.clone();
+                                            async move {
+                                                tokio::time::sleep(Duration::from_millis(40)).await;
+                                                if i + 1 == n {
+                                                    seen.sent_all.store(true, Ordering::SeqCst);
                                                 }
-                                            },
-                                        );
-                                        let resp = hyper::Response::builder()
-                                            .header("content-length", total)
-                                            .body(BodyExt::boxed(StreamBody::new(frames)));
-                                        return Ok::<_, std::convert::Infallible>(resp.unwrap());
-                                    }
-                                    _ => {}
-                                }
-                                let total = body.len();
-                                if from > 0 {
-                                    hyper::Response::builder()
-                                        .status(206)
-                                        .header("content-length", total - from)
-                                        .header("content-range", format!("bytes {from}-{}/{total}", total - 1))
-                                        .body(full(body[from..].to_vec()))
-                                } else {
-                                    hyper::Response::builder()
+                                                Ok::<_, std::io::Error>(hyper::body::Frame::data(p))
+                                            }
+                                        },
+                                    );
+                                    let resp = hyper::Response::builder()
                                         .header("content-length", total)
-                                        .body(full(body))
+                                        .body(BodyExt::boxed(StreamBody::new(frames)));
+                                    return Ok::<_, std::convert::Infallible>(resp.unwrap());
                                 }
-                            } else if path == "/v2/" {
-                                hyper::Response::builder().body(full(b"{}".to_vec()))
+                                _ => {}
+                            }
+                            let total = body.len();
+                            if from > 0 {
+                                hyper::Response::builder()
+                                    .status(206)
+                                    .header("content-length", total - from)
+                                    .header("content-range", format!("bytes {from}-{}/{total}", total - 1))
+                                    .body(full(body[from..].to_vec()))
                             } else {
                                 hyper::Response::builder()
-                                    .status(404)
-                                    .body(full(b"{\"errors\":[]}".to_vec()))
-                            };
+                                    .header("content-length", total)
+                                    .body(full(body))
+                            }
+                        } else if path == "/v2/" {
+                            hyper::Response::builder().body(full(b"{}".to_vec()))
+                        } else {
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(full(b"{\"errors\":[]}".to_vec()))
+                        };
                         Ok::<_, std::convert::Infallible>(resp.unwrap())
                     }
                 });
@@ -497,6 +506,8 @@ async fn a_replica_streams_the_download_another_one_runs() {
     };
     let b = a.share().await;
     let path = format!("/v2/up/bad/app/blobs/{digest}");
+    // B's clients pull it from another repository that the upstream has it in too.
+    let b_path = format!("/v2/up/bad/copy/blobs/{digest}");
     // A starts the download (about 1.3 s at the upstream's pace).
     let first = {
         let (client, url, want) = (a.client.clone(), a.url(&path), data.clone());
@@ -520,8 +531,12 @@ async fn a_replica_streams_the_download_another_one_runs() {
         .await
         .unwrap();
     assert_eq!(stolen.status(), 404, "a wrong token gets nothing");
+    // Nor does a repository the upstream does not have the blob in, though this process is
+    // downloading it for another one.
+    let other = a.get(&format!("/v2/up/bad/other/blobs/{digest}")).await;
+    other.expect(404);
     // B's client gets bytes while the upstream is still sending them to A.
-    let resp = b.client.get(b.url(&path)).send().await.unwrap();
+    let resp = b.client.get(b.url(&b_path)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let mut got = body.next().await.unwrap().unwrap().to_vec();
@@ -534,17 +549,28 @@ async fn a_replica_streams_the_download_another_one_runs() {
     }
     assert!(got == *data, "B's client got wrong bytes");
     first.await.unwrap();
+    let heads = seen.heads.load(Ordering::SeqCst);
+    assert_eq!(
+        heads, 1,
+        "B asked the upstream once whether the repository has the blob"
+    );
     assert_eq!(
         seen.hits.load(Ordering::SeqCst),
         1,
         "one upstream download for both processes"
     );
     assert_eq!(metric(&b, "berth_mirror_peer_streams_total{upstream=\"up\"}").await, 1);
-    // B linked the blob when the stream ended: its next pull reads local storage.
-    let r = b.get(&path).await;
+    // B linked the blob when the stream ended: its next pull reads local storage, asking the
+    // upstream nothing.
+    let r = b.get(&b_path).await;
     r.expect(200);
     assert!(r.body == *data);
     assert_eq!(seen.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        seen.heads.load(Ordering::SeqCst),
+        heads,
+        "B linked the blob it streamed"
+    );
     drop(b);
 }
 

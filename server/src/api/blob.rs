@@ -141,7 +141,11 @@ fn slice(
         let mut pos = 0u64;
         while pos < end {
             let piece = match body.next().await {
-                None => return,
+                // Ended short of the range: the client must see a broken body, not a short one.
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the replica's stream ended after {pos} bytes"),
+                )),
                 Some(Err(e)) => Err(e),
                 Some(Ok(b)) => {
                     let (from, to) = (pos, pos + b.len() as u64);

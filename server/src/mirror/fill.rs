@@ -77,6 +77,8 @@ pub struct Fill {
     recent: Mutex<Recent>,
     /// The token another process presents to read it (see [`super::peer`]).
     token: String,
+    /// The repository it was started for (the one the blob is linked into).
+    repo: RepoName,
 }
 
 /// The latest pieces of a download and their bytes.
@@ -87,6 +89,11 @@ struct Recent {
 }
 
 impl Fill {
+    /// The repository it was started for.
+    pub fn repo(&self) -> &RepoName {
+        &self.repo
+    }
+
     /// Whether `token` is this download's (compared in constant time).
     pub fn admits(&self, token: &str) -> bool {
         use subtle::ConstantTimeEq as _;
@@ -312,6 +319,7 @@ impl Fills {
             spool: OnceLock::new(),
             recent: Mutex::default(),
             token: job.token.clone(),
+            repo: job.local.clone(),
         });
         running.insert(job.digest.clone(), fill.clone());
         drop(running);

@@ -338,16 +338,18 @@ impl Mirrors {
         {
             return Ok(m);
         }
+        // The blob's size upstream, once the upstream confirmed that this repository has it: a
+        // download started for another repository is no evidence that this one may read it.
+        let mut confirmed = None;
         // A download this process runs already: read it (no database write).
-        if let Some(f) = self.fills.get(digest) {
-            stats.coalesced.fetch_add(1, Relaxed);
-            return from_fill(f, digest).await;
+        if let Some(m) = self.join_local(t, repo, digest, &mut confirmed).await? {
+            return Ok(m);
         }
         // One download per blob among every process sharing the metadata: when another one
         // holds the claim, stream its download from it, or wait for the blob it stores.
         let token = peer::new_token();
         let claim = peer::owner_text(&self.id, &token, self.peer_url.as_deref());
-        let (started, mut confirmed) = (Instant::now(), false);
+        let (started, mut unreachable) = (Instant::now(), None::<String>);
         while let FillClaim::Held(holder) = engine.claim_fill(digest, &claim, FILL_LEASE).await? {
             if engine.blob_stored(digest).await?.is_some()
                 && let Some(m) = link_stored(engine, t, repo, digest, false).await?
@@ -355,16 +357,20 @@ impl Mirrors {
                 stats.coalesced.fetch_add(1, Relaxed);
                 return Ok(m);
             }
-            if let Some(f) = self.fills.get(digest) {
-                stats.coalesced.fetch_add(1, Relaxed);
-                return from_fill(f, digest).await;
+            if let Some(m) = self.join_local(t, repo, digest, &mut confirmed).await? {
+                return Ok(m);
             }
-            if let Some(h) = peer::parse_holder(&holder).filter(|h| h.process != self.id && h.url.is_some())
-                && let Some(m) = self
+            // A holder that could not serve the blob is not asked again for this request.
+            if let Some(h) = peer::parse_holder(&holder)
+                .filter(|h| h.process != self.id && h.url.is_some() && unreachable.as_ref() != Some(&h.token))
+            {
+                match self
                     .stream_from_peer(engine, t, repo, digest, &h, &mut confirmed)
                     .await?
-            {
-                return Ok(m);
+                {
+                    Some(m) => return Ok(m),
+                    None => unreachable = Some(h.token),
+                }
             }
             if started.elapsed() > t.entry.config.timeout.max(FILL_LEASE) * 10 {
                 return Err(crate::error::upstream(&UpstreamError::Unavailable {
@@ -374,11 +380,17 @@ impl Mirrors {
             }
             tokio::time::sleep(ELSEWHERE_POLL).await;
         }
-        // Claimed, perhaps just after another process stored it and let go.
+        // Claimed: given up again on every way out but the download (an error, the client
+        // gone), so that other requests do not wait for the lease to expire.
+        let claim = ClaimGuard {
+            engine: engine.clone(),
+            digest: digest.clone(),
+            owner: Some(claim),
+        };
+        // Perhaps another process stored it just before it let go.
         if engine.blob_stored(digest).await?.is_some()
             && let Some(m) = link_stored(engine, t, repo, digest, false).await?
         {
-            engine.release_fill(digest, &claim).await?;
             return Ok(m);
         }
         let upstream = &t.entry.upstream;
@@ -401,17 +413,36 @@ impl Mirrors {
         }) {
             Joined::Started(f) => {
                 stats.misses.fetch_add(1, Relaxed);
-                keep_claim(engine.clone(), f.clone(), digest.clone(), claim);
+                keep_claim(engine.clone(), f.clone(), digest.clone(), claim.hand_over());
                 f
             }
             Joined::Coalesced(f) => {
-                // Started here meanwhile (under a claim that had expired): that fill renews its own.
-                engine.release_fill(digest, &claim).await?;
+                // Started here meanwhile (under a claim that had expired): that fill renews its
+                // own, and the guard gives this one up.
                 stats.coalesced.fetch_add(1, Relaxed);
                 f
             }
         };
         from_fill(fill, digest).await
+    }
+
+    /// The download of `digest` this process runs, when there is one; for a download another
+    /// repository started, once the upstream confirms that `repo` has the blob.
+    async fn join_local(
+        &self,
+        t: &Target<'_>,
+        repo: &RepoName,
+        digest: &Digest,
+        confirmed: &mut Option<u64>,
+    ) -> Result<Option<Missing>, ApiError> {
+        let Some(f) = self.fills.get(digest) else {
+            return Ok(None);
+        };
+        if f.repo() != repo {
+            confirm(t, digest, confirmed).await?;
+        }
+        t.entry.stats.coalesced.fetch_add(1, Relaxed);
+        from_fill(f, digest).await.map(Some)
     }
 
     /// The blob streamed from the process downloading it, once the upstream confirms that this
@@ -424,27 +455,20 @@ impl Mirrors {
         repo: &RepoName,
         digest: &Digest,
         holder: &Holder,
-        confirmed: &mut bool,
+        confirmed: &mut Option<u64>,
     ) -> Result<Option<Missing>, ApiError> {
-        if !*confirmed {
-            match t
-                .entry
-                .upstream
-                .blob_exists(&t.upstream_repo, &digest.to_string())
-                .await
-            {
-                Ok(Some(_)) => *confirmed = true,
-                Ok(None) => return Err(EngineError::BlobUnknown(digest.clone()).into()),
-                Err(e) => return Err(crate::error::upstream(&e)),
-            }
-        }
+        let want = confirm(t, digest, confirmed).await?;
         match self.peers.fetch(holder, digest).await {
+            Ok(Some((size, _))) if size != want => {
+                tracing::warn!(digest = %digest, peer = holder.url.as_deref().unwrap_or("-"), size, upstream_size = want, "the replica downloading a blob gave another size than the upstream; waiting until it is stored");
+                Ok(None)
+            }
             Ok(Some((size, body))) => {
                 let stats = &t.entry.stats;
                 stats.coalesced.fetch_add(1, Relaxed);
                 stats.from_peers.fetch_add(1, Relaxed);
                 Ok(Some(Missing::Peer(
-                    linked_when_done(body, engine.clone(), repo.clone(), digest.clone()),
+                    linked_when_done(body, size, engine.clone(), repo.clone(), digest.clone()),
                     size,
                 )))
             }
@@ -468,21 +492,78 @@ async fn from_fill(fill: Arc<Fill>, digest: &Digest) -> Result<Missing, ApiError
     }
 }
 
-/// `body` (a blob streamed from another process); once it ended whole, the blob (stored by then)
-/// is linked into `repo`, so that the next pull reads it here.
+/// The size of `digest` upstream, once the upstream confirmed that the target's repository has
+/// it (asked once per request: `confirmed` keeps the answer).
+async fn confirm(t: &Target<'_>, digest: &Digest, confirmed: &mut Option<u64>) -> Result<u64, ApiError> {
+    if let Some(size) = *confirmed {
+        return Ok(size);
+    }
+    match t
+        .entry
+        .upstream
+        .blob_exists(&t.upstream_repo, &digest.to_string())
+        .await
+    {
+        Ok(Some(size)) => {
+            *confirmed = Some(size);
+            Ok(size)
+        }
+        Ok(None) => Err(EngineError::BlobUnknown(digest.clone()).into()),
+        Err(e) => Err(crate::error::upstream(&e)),
+    }
+}
+
+/// `body`, a blob of `size` bytes streamed from another process. Its last piece comes only once
+/// that process has stored the blob; before it is passed on, the blob is linked into `repo`, so
+/// that the next pull reads it here.
 fn linked_when_done(
     body: upstream::BlobBody,
+    size: u64,
     engine: Arc<Engine>,
     repo: RepoName,
     digest: Digest,
 ) -> upstream::BlobBody {
-    let link = futures_util::stream::once(async move {
-        if let Err(e) = engine.blob_mount(&repo, &digest, None).await {
-            tracing::warn!(repo = %repo, digest = %digest, error = %e, "linking a blob streamed from another replica failed (the next pull links it)");
+    Box::pin(futures_util::stream::unfold((body, 0u64), move |(mut body, seen)| {
+        let (engine, repo, digest) = (engine.clone(), repo.clone(), digest.clone());
+        async move {
+            let piece = body.next().await?;
+            let seen = seen + piece.as_ref().map_or(0, |b| b.len() as u64);
+            if piece.is_ok()
+                && seen == size
+                && let Err(e) = engine.blob_mount(&repo, &digest, None).await
+            {
+                tracing::warn!(repo = %repo, digest = %digest, error = %e, "linking a blob streamed from another replica failed (the next pull links it)");
+            }
+            Some((piece, (body, seen)))
         }
-        None
-    });
-    Box::pin(body.map(Some).chain(link).filter_map(std::future::ready))
+    }))
+}
+
+/// A claim on a download, given up when dropped unless handed to [`keep_claim`].
+struct ClaimGuard {
+    engine: Arc<Engine>,
+    digest: Digest,
+    owner: Option<String>,
+}
+
+impl ClaimGuard {
+    /// The claim's owner text, for the download that now renews and releases it.
+    fn hand_over(mut self) -> String {
+        self.owner.take().unwrap_or_default()
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(owner) = self.owner.take() {
+            let (engine, digest) = (self.engine.clone(), self.digest.clone());
+            tokio::spawn(async move {
+                if let Err(e) = engine.release_fill(&digest, &owner).await {
+                    tracing::warn!(digest = %digest, error = %e, "releasing the claim on a mirrored blob's download failed (it expires)");
+                }
+            });
+        }
+    }
 }
 
 /// Longest wait for another process's answer, and longest pause in the blob it streams.

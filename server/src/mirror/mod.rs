@@ -333,14 +333,15 @@ impl Mirrors {
         head: bool,
     ) -> Result<Missing, ApiError> {
         let stats = &t.entry.stats;
+        // The blob's size upstream, once the upstream confirmed that this repository has it
+        // (asked once per request): a blob stored, or a download started, for another
+        // repository is no evidence that this one may read it.
+        let mut confirmed = None;
         if (head || engine.blob_stored(digest).await?.is_some())
-            && let Some(m) = link_stored(engine, t, repo, digest, head).await?
+            && let Some(m) = link_stored(engine, t, repo, digest, head, &mut confirmed).await?
         {
             return Ok(m);
         }
-        // The blob's size upstream, once the upstream confirmed that this repository has it: a
-        // download started for another repository is no evidence that this one may read it.
-        let mut confirmed = None;
         // A download this process runs already: read it (no database write).
         if let Some(m) = self.join_local(t, repo, digest, &mut confirmed).await? {
             return Ok(m);
@@ -352,7 +353,7 @@ impl Mirrors {
         let (started, mut unreachable) = (Instant::now(), None::<String>);
         while let FillClaim::Held(holder) = engine.claim_fill(digest, &claim, FILL_LEASE).await? {
             if engine.blob_stored(digest).await?.is_some()
-                && let Some(m) = link_stored(engine, t, repo, digest, false).await?
+                && let Some(m) = link_stored(engine, t, repo, digest, false, &mut confirmed).await?
             {
                 stats.coalesced.fetch_add(1, Relaxed);
                 return Ok(m);
@@ -389,7 +390,7 @@ impl Mirrors {
         };
         // Perhaps another process stored it just before it let go.
         if engine.blob_stored(digest).await?.is_some()
-            && let Some(m) = link_stored(engine, t, repo, digest, false).await?
+            && let Some(m) = link_stored(engine, t, repo, digest, false, &mut confirmed).await?
         {
             return Ok(m);
         }
@@ -596,24 +597,16 @@ fn keep_claim(engine: Arc<Engine>, fill: Arc<Fill>, digest: Digest, owner: Strin
 /// A blob stored already (for this or another repository): linked into `repo` when the upstream
 /// says the repository has it — a digest stored for some other repository is not evidence that
 /// a client of this one may read it. With `head`, only the upstream's size. `None`: not
-/// linkable after all (removed meanwhile).
+/// linkable after all (removed meanwhile). `confirmed` holds the upstream's answer ([`confirm`]).
 async fn link_stored(
     engine: &Engine,
     t: &Target<'_>,
     repo: &RepoName,
     digest: &Digest,
     head: bool,
+    confirmed: &mut Option<u64>,
 ) -> Result<Option<Missing>, ApiError> {
-    let size = match t
-        .entry
-        .upstream
-        .blob_exists(&t.upstream_repo, &digest.to_string())
-        .await
-    {
-        Ok(Some(size)) => size,
-        Ok(None) => return Err(EngineError::BlobUnknown(digest.clone()).into()),
-        Err(e) => return Err(crate::error::upstream(&e)),
-    };
+    let size = confirm(t, digest, confirmed).await?;
     if head {
         return Ok(Some(Missing::Upstream(size)));
     }

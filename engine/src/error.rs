@@ -164,6 +164,18 @@ pub enum ObjectStoreError {
 /// Engine result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `e` and its sources, joined by `: ` (what a driver or client error says, with its causes).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 impl Error {
     /// The same failure once more, for each of several callers that shared one operation (a
     /// group commit): I/O errors keep their OS code and kind, so a full disk still answers as one.

@@ -46,7 +46,7 @@ pub use blob_store::BlobStore;
 pub use descriptor::Descriptor;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use engine::{BlobStream, ByteRange, ChunkRange, Engine, GcOptions, GcReport, PushedManifest};
-pub use error::{Error, MetaError, ObjectStoreError, ParseError, Result};
+pub use error::{Error, MetaError, ObjectStoreError, ParseError, Result, error_chain};
 pub use io::engine_name as io_engine;
 pub use meta::StoredManifest;
 pub use name::{Reference, RepoName, Tag, UploadId};

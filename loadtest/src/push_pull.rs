@@ -22,6 +22,7 @@ use crate::client::{Conn, Target};
 use crate::ops::{self, MonoMode};
 use crate::pull::{Check, timed_get};
 use crate::scenario::{ClientArgs, block_on, run_id};
+use crate::stats::median;
 use crate::units::{GIB, format_size, parse_size};
 
 /// Arguments of `push-pull`.
@@ -183,14 +184,12 @@ async fn one(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// The summary: medians, and ratios to the last registry.
 fn table(urls: &[String], results: &[Vec<Round>]) -> String {
-    let med = |i: usize, f: fn(&Round) -> f64| median(results[i].iter().map(f).collect());
+    let med = |i: usize, f: fn(&Round) -> f64| {
+        let v: Vec<f64> = results[i].iter().map(f).collect();
+        median(&v).unwrap_or(f64::NAN)
+    };
     let last = urls.len() - 1;
     let ratio = |i: usize, f: fn(&Round) -> f64| {
         if i == last {
@@ -204,11 +203,7 @@ fn table(urls: &[String], results: &[Vec<Round>]) -> String {
     );
     for (i, u) in urls.iter().enumerate() {
         let cpu: Vec<f64> = results[i].iter().filter_map(|r| r.cpu_s_per_gb).collect();
-        let cpu = if cpu.is_empty() {
-            "-".to_string()
-        } else {
-            format!("{:.3}", median(cpu))
-        };
+        let cpu = median(&cpu).map_or_else(|| "-".to_string(), |c| format!("{c:.3}"));
         t.push_str(&format!(
             "| {u} | {:.2}{} | {:.2}{} | {:.2}{} | {cpu} |\n",
             med(i, |r| r.push_gb_s),

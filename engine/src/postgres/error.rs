@@ -10,16 +10,7 @@ use tokio_postgres::error::SqlState;
 use crate::error::{Error, MetaError};
 
 /// The error and its causes, joined.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
+pub(crate) use crate::error::error_chain as chain;
 
 /// Whether a server answer means "not reachable now" rather than "refused".
 fn unavailable_code(code: &SqlState) -> bool {

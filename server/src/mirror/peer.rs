@@ -14,15 +14,12 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rand::RngCore;
 
 use berth_engine::Digest;
 
 use super::upstream::{BlobBody, UpstreamSettings};
-use super::upstream_tls::tls_config;
+use super::upstream_tls::{HttpsClient, https_client};
 
 /// Where a process serves the downloads it is running (not a repository name: no name
 /// component starts with `_`).
@@ -69,7 +66,7 @@ pub fn new_token() -> String {
 
 /// The client of the other processes.
 pub struct Peers {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: HttpsClient,
     /// Longest wait for an answer, and longest pause in a body.
     timeout: Duration,
 }
@@ -87,20 +84,8 @@ impl Peers {
             insecure: false,
             timeout,
         };
-        let tls = tls_config(&settings, "the replicas' client (http.peerurl)")?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Ok(Peers {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(https),
+            client: https_client(&settings, "the replicas' client (http.peerurl)")?,
             timeout,
         })
     }

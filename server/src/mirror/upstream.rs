@@ -21,16 +21,15 @@ use http::header::{USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
+
+use berth_engine::error_chain;
 
 use super::upstream_auth::{self as auth, Auth, TokenCache};
 use super::upstream_http::{
-    clock, content_range, default_port, error_chain, port_of, resolve, retry_after, show, valid_reference, valid_repo,
+    clock, content_range, default_port, port_of, resolve, retry_after, show, valid_reference, valid_repo,
 };
-use super::upstream_tls::tls_config;
+use super::upstream_tls::{HttpsClient, https_client};
 
 /// Largest manifest accepted from an upstream.
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -190,8 +189,6 @@ struct Credential {
     bearer: Option<String>,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
 /// One upstream registry. Shared behind an `Arc`; every call may run concurrently.
 pub struct Upstream {
     settings: UpstreamSettings,
@@ -265,19 +262,7 @@ impl Upstream {
         if settings.timeout.is_zero() {
             return Err(format!("{label}: the timeout must be more than 0"));
         }
-        let tls = tls_config(&settings, &label)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(settings.timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(https);
+        let client = https_client(&settings, &label)?;
         Ok(Upstream {
             scheme: scheme.to_owned(),
             host: host.to_ascii_lowercase(),

@@ -1,6 +1,6 @@
 //! The pure pieces of the upstream client: which repository names and references may go into a
 //! URL path, `Retry-After` (seconds or an HTTP date), `Content-Range`, where a `Location` points,
-//! default ports, and how URIs (never their query) and error chains are shown in messages.
+//! default ports, and how URIs (never their query) are shown in messages.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,18 +120,6 @@ pub(super) fn resolve(at: &Uri, location: &str) -> Option<Uri> {
 /// A host and path for logs: never the query, which holds presigned signatures.
 pub(super) fn show(uri: &Uri) -> String {
     format!("{}{}", uri.authority().map_or("", |a| a.as_str()), uri.path())
-}
-
-/// `e` and its sources, joined by `: `.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
